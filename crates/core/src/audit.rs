@@ -1,0 +1,210 @@
+//! Audit notes: how any layer records its decision for an outer audit layer.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// What a layer decided about a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Decision {
+    /// The layer let the request through.
+    Allow,
+    /// The layer refused the request.
+    Deny,
+    /// The layer had nothing to check (an optional credential that was absent).
+    Skip,
+    /// The layer would have refused, but runs in shadow mode and let it through.
+    ShadowDeny,
+}
+
+impl Decision {
+    /// A stable lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::Skip => "skip",
+            Self::ShadowDeny => "shadow_deny",
+        }
+    }
+}
+
+/// One layer's note about one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditNote {
+    layer: &'static str,
+    decision: Decision,
+    code: Option<&'static str>,
+    principal_id: Option<String>,
+    credential_id: Option<String>,
+    detail: Option<Cow<'static, str>>,
+}
+
+impl AuditNote {
+    /// A note by `layer`.
+    pub fn new(layer: &'static str, decision: Decision) -> Self {
+        Self {
+            layer,
+            decision,
+            code: None,
+            principal_id: None,
+            credential_id: None,
+            detail: None,
+        }
+    }
+
+    /// `layer` let the request through.
+    pub fn allow(layer: &'static str) -> Self {
+        Self::new(layer, Decision::Allow)
+    }
+
+    /// `layer` refused the request with `code`.
+    pub fn deny(layer: &'static str, code: &'static str) -> Self {
+        Self::new(layer, Decision::Deny).code(code)
+    }
+
+    /// Sets the reason code.
+    pub fn code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    /// Sets the principal id.
+    pub fn principal_id(mut self, id: impl Into<String>) -> Self {
+        self.principal_id = Some(id.into());
+        self
+    }
+
+    /// Sets the credential id (never the secret).
+    pub fn credential_id(mut self, id: impl Into<String>) -> Self {
+        self.credential_id = Some(id.into());
+        self
+    }
+
+    /// Sets a short detail (a matched rule, a network, a quota).
+    pub fn detail(mut self, detail: impl Into<Cow<'static, str>>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// The layer.
+    pub fn layer(&self) -> &'static str {
+        self.layer
+    }
+
+    /// The decision.
+    pub fn decision(&self) -> Decision {
+        self.decision
+    }
+
+    /// The reason code.
+    pub fn reason_code(&self) -> Option<&'static str> {
+        self.code
+    }
+
+    /// The principal id.
+    pub fn principal(&self) -> Option<&str> {
+        self.principal_id.as_deref()
+    }
+
+    /// The credential id.
+    pub fn credential(&self) -> Option<&str> {
+        self.credential_id.as_deref()
+    }
+
+    /// The detail.
+    pub fn detail_text(&self) -> Option<&str> {
+        self.detail.as_deref()
+    }
+}
+
+/// The notes layers make about one request, shared between the audit layer that
+/// created it and the layers inside it.
+///
+/// An audit layer inserts an `AuditRecord` into the request's extensions and reads the
+/// notes once the response is ready. Other layers call [`AuditRecord::note`], which
+/// does nothing, and builds nothing, when no audit layer is present.
+///
+/// ```
+/// use portcullis_core::{AuditNote, AuditRecord, Decision};
+///
+/// let record = AuditRecord::new();
+/// let mut request = http::Request::new(());
+/// request.extensions_mut().insert(record.clone());
+///
+/// AuditRecord::note(request.extensions(), || AuditNote::deny("ip-allowlist", "ip_denied"));
+///
+/// let notes = record.notes();
+/// assert_eq!(notes[0].decision(), Decision::Deny);
+/// assert_eq!(notes[0].reason_code(), Some("ip_denied"));
+/// ```
+#[derive(Clone, Default)]
+pub struct AuditRecord(Arc<Mutex<Vec<AuditNote>>>);
+
+impl AuditRecord {
+    /// An empty record.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `make()` to the record in `extensions`, if there is one.
+    pub fn note(extensions: &http::Extensions, make: impl FnOnce() -> AuditNote) {
+        if let Some(record) = extensions.get::<AuditRecord>() {
+            record.push(make());
+        }
+    }
+
+    /// Adds a note.
+    pub fn push(&self, note: AuditNote) {
+        // A panic elsewhere while holding this per-request lock leaves the notes intact.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).push(note);
+    }
+
+    /// A copy of the notes so far, in the order they were made.
+    pub fn notes(&self) -> Vec<AuditNote> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Takes the notes, leaving the record empty.
+    pub fn take(&self) -> Vec<AuditNote> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl fmt::Debug for AuditRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("AuditRecord").field(&self.notes()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_are_kept_in_order_and_shared_by_clones() {
+        let record = AuditRecord::new();
+        let mut ext = http::Extensions::new();
+        ext.insert(record.clone());
+        AuditRecord::note(&ext, || {
+            AuditNote::allow("api-key").principal_id("p").credential_id("k1")
+        });
+        AuditRecord::note(&ext, || AuditNote::deny("role-router", "forbidden").detail("rule 3"));
+        let notes = record.notes();
+        assert_eq!(notes.len(), 2);
+        assert_eq!(notes[0].layer(), "api-key");
+        assert_eq!(notes[0].credential(), Some("k1"));
+        assert_eq!(notes[0].principal(), Some("p"));
+        assert_eq!(notes[1].decision().as_str(), "deny");
+        assert_eq!(notes[1].detail_text(), Some("rule 3"));
+        assert_eq!(record.take().len(), 2);
+        assert!(record.notes().is_empty());
+    }
+
+    #[test]
+    fn nothing_is_built_without_a_record() {
+        let ext = http::Extensions::new();
+        AuditRecord::note(&ext, || unreachable!("the note must not be built"));
+    }
+}

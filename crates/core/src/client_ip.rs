@@ -1,0 +1,533 @@
+//! The client's address: the socket peer, or what a trusted proxy says.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use http::{HeaderMap, HeaderName, Request};
+
+use crate::forwarded::{self, Malformed, Node};
+use crate::{NetworkSet, Rejection};
+
+/// The address a request came from, resolved once per request by
+/// [`ClientIpResolver::resolve_request`] and kept in the request's extensions.
+///
+/// IPv4-mapped IPv6 addresses (`::ffff:192.0.2.1`) are normalized to IPv4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientIp(IpAddr);
+
+impl ClientIp {
+    /// A client address, normalized.
+    pub fn new(ip: IpAddr) -> Self {
+        Self(ip.to_canonical())
+    }
+
+    /// The address.
+    pub fn ip(self) -> IpAddr {
+        self.0
+    }
+}
+
+impl fmt::Display for ClientIp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The socket peer of a connection, for hosts that run their own serve loop (plain
+/// hyper, a custom TLS acceptor). Insert it into each request's extensions:
+///
+/// ```
+/// use portcullis_core::PeerAddr;
+///
+/// let peer: std::net::SocketAddr = "192.0.2.10:50123".parse()?;
+/// let mut request = http::Request::new(());
+/// request.extensions_mut().insert(PeerAddr(peer));
+/// # Ok::<(), std::net::AddrParseError>(())
+/// ```
+///
+/// axum's `ConnectInfo<SocketAddr>` (feature `axum`), tonic's `TcpConnectInfo` (feature
+/// `tonic`) and `TlsConnectInfo<TcpConnectInfo>` (feature `tonic-tls`) are read as they
+/// are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// Which header a trusted proxy uses to name the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ForwardedHeader {
+    /// `Forwarded` (RFC 7239): the `for` parameter of its elements, rightmost untrusted
+    /// hop.
+    Forwarded,
+    /// `X-Forwarded-For`: a comma-separated chain, rightmost untrusted hop.
+    XForwardedFor,
+    /// `X-Real-IP`: one address, set by the proxy (nginx's `real_ip` style).
+    XRealIp,
+}
+
+impl ForwardedHeader {
+    /// The header's name.
+    pub fn header_name(self) -> HeaderName {
+        match self {
+            Self::Forwarded => http::header::FORWARDED,
+            Self::XForwardedFor => HeaderName::from_static("x-forwarded-for"),
+            Self::XRealIp => HeaderName::from_static("x-real-ip"),
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Forwarded => "Forwarded",
+            Self::XForwardedFor => "X-Forwarded-For",
+            Self::XRealIp => "X-Real-IP",
+        }
+    }
+}
+
+/// Why the client address could not be resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientIpError {
+    /// The request carries no socket peer address: the host did not provide connect info.
+    PeerUnavailable,
+    /// A trusted proxy sent a forwarding header that does not follow its grammar.
+    MalformedHeader(ForwardedHeader),
+    /// A trusted proxy sent the header, but the client hop is `unknown` or an
+    /// obfuscated identifier, so the address is not known.
+    Undisclosed(ForwardedHeader),
+}
+
+impl ClientIpError {
+    /// The stable rejection code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::PeerUnavailable => "client_ip_unavailable",
+            Self::MalformedHeader(_) => "malformed_forwarded_header",
+            Self::Undisclosed(_) => "client_ip_undisclosed",
+        }
+    }
+
+    /// The rejection to answer with: 500 when the host gave no connect info (a set-up
+    /// error), 400 for a malformed header, 403 when the proxy hid the client.
+    pub fn to_rejection(self) -> Rejection {
+        match self {
+            Self::PeerUnavailable => Rejection::internal(
+                self.code(),
+                "the server cannot determine the client address",
+            ),
+            Self::MalformedHeader(header) => Rejection::bad_request(
+                self.code(),
+                format!("the {} header is malformed", header.as_str()),
+            ),
+            Self::Undisclosed(header) => Rejection::forbidden(
+                self.code(),
+                format!("the {} header does not disclose the client address", header.as_str()),
+            ),
+        }
+    }
+}
+
+impl fmt::Display for ClientIpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::PeerUnavailable => f.write_str(
+                "the request has no socket peer address: serve axum with \
+                 `into_make_service_with_connect_info::<SocketAddr>()`, use tonic's TCP or TLS \
+                 incoming, or insert `portcullis_core::PeerAddr` in your own serve loop",
+            ),
+            Self::MalformedHeader(header) => {
+                write!(f, "a trusted proxy sent a malformed {} header", header.as_str())
+            }
+            Self::Undisclosed(header) => write!(
+                f,
+                "a trusted proxy's {} header does not disclose the client address",
+                header.as_str()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ClientIpError {}
+
+/// Resolves the [`ClientIp`] of a request.
+///
+/// The socket peer is the client, unless it lies in the trusted-proxy set and a
+/// forwarding header is configured: then the client is the rightmost hop of that header
+/// that is not itself a trusted proxy. Headers from any other peer are ignored, so a
+/// client cannot spoof its address. By default no proxy is trusted.
+///
+/// ```
+/// use portcullis_core::{ClientIpResolver, ForwardedHeader, PeerAddr};
+///
+/// let resolver = ClientIpResolver::new()
+///     .trust_proxies("10.0.0.0/8".parse()?)
+///     .forwarded_header(ForwardedHeader::XForwardedFor);
+///
+/// let mut request = http::Request::builder()
+///     .header("x-forwarded-for", "198.51.100.7, 203.0.113.9, 10.1.1.1")
+///     .body(())?;
+/// request.extensions_mut().insert(PeerAddr("10.0.0.2:41000".parse()?));
+///
+/// // 10.1.1.1 is another trusted proxy; 203.0.113.9 is the client. 198.51.100.7 was
+/// // written by the client itself and is ignored.
+/// let client = resolver.resolve_request(&mut request)?;
+/// assert_eq!(client.ip().to_string(), "203.0.113.9");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ClientIpResolver {
+    trusted_proxies: NetworkSet,
+    header: Option<ForwardedHeader>,
+}
+
+impl ClientIpResolver {
+    /// A resolver that takes the socket peer as the client.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Trusts the proxies in `networks` to name the client in the configured header.
+    pub fn trust_proxies(mut self, networks: NetworkSet) -> Self {
+        self.trusted_proxies = networks;
+        self
+    }
+
+    /// The header trusted proxies name the client in.
+    pub fn forwarded_header(mut self, header: ForwardedHeader) -> Self {
+        self.header = Some(header);
+        self
+    }
+
+    /// The trusted proxies.
+    pub fn trusted_proxies(&self) -> &NetworkSet {
+        &self.trusted_proxies
+    }
+
+    /// The request's [`ClientIp`]: the one already in its extensions, or a newly
+    /// resolved one, which is then stored there for the layers that follow.
+    pub fn resolve_request<B>(&self, request: &mut Request<B>) -> Result<ClientIp, ClientIpError> {
+        if let Some(ip) = request.extensions().get::<ClientIp>() {
+            return Ok(*ip);
+        }
+        let ip = self.resolve(request.extensions(), request.headers())?;
+        request.extensions_mut().insert(ip);
+        Ok(ip)
+    }
+
+    /// Resolves from a request's extensions (the socket peer) and headers, without
+    /// looking for or storing an earlier result.
+    pub fn resolve(
+        &self,
+        extensions: &http::Extensions,
+        headers: &HeaderMap,
+    ) -> Result<ClientIp, ClientIpError> {
+        let peer = socket_peer(extensions).ok_or(ClientIpError::PeerUnavailable)?;
+        let peer = peer.to_canonical();
+        let Some(header) = self.header else {
+            return Ok(ClientIp(peer));
+        };
+        if !self.trusted_proxies.contains(peer) {
+            return Ok(ClientIp(peer));
+        }
+        let client = match header {
+            ForwardedHeader::XRealIp => self.x_real_ip(headers),
+            ForwardedHeader::Forwarded => self.chain(headers, header, forwarded::forwarded_nodes),
+            ForwardedHeader::XForwardedFor => {
+                self.chain(headers, header, forwarded::x_forwarded_for_nodes)
+            }
+        };
+        match client {
+            Ok(Some(ip)) => Ok(ClientIp::new(ip)),
+            // A trusted proxy that sends no header is itself the client (a health check).
+            Ok(None) => Ok(ClientIp(peer)),
+            Err(error) => Err(error),
+        }
+    }
+
+    fn x_real_ip(&self, headers: &HeaderMap) -> Result<Option<IpAddr>, ClientIpError> {
+        let malformed = ClientIpError::MalformedHeader(ForwardedHeader::XRealIp);
+        let mut values = headers.get_all("x-real-ip").iter();
+        let Some(value) = values.next() else {
+            return Ok(None);
+        };
+        if values.next().is_some() {
+            return Err(malformed);
+        }
+        let text = value.to_str().map_err(|_| malformed)?;
+        forwarded::x_real_ip(text).map(Some).map_err(|Malformed| malformed)
+    }
+
+    /// The rightmost hop that is not a trusted proxy, across every line of the header.
+    /// When every hop is trusted, the leftmost one: the furthest the chain can tell.
+    fn chain(
+        &self,
+        headers: &HeaderMap,
+        header: ForwardedHeader,
+        parse_line: fn(&str, &mut dyn FnMut(Node)) -> Result<(), Malformed>,
+    ) -> Result<Option<IpAddr>, ClientIpError> {
+        let malformed = ClientIpError::MalformedHeader(header);
+        let mut leftmost: Option<Node> = None;
+        let mut rightmost_untrusted: Option<Node> = None;
+        let mut record = |node: Node| {
+            leftmost.get_or_insert(node);
+            let trusted = matches!(node, Node::Ip(ip) if self.trusted_proxies.contains(ip));
+            if !trusted {
+                rightmost_untrusted = Some(node);
+            }
+        };
+        let mut lines = 0usize;
+        for value in headers.get_all(header.header_name()) {
+            lines += 1;
+            let line = value.to_str().map_err(|_| malformed)?;
+            parse_line(line, &mut record).map_err(|Malformed| malformed)?;
+        }
+        if lines == 0 {
+            return Ok(None);
+        }
+        match rightmost_untrusted.or(leftmost) {
+            Some(Node::Ip(ip)) => Ok(Some(ip)),
+            Some(Node::Undisclosed) => Err(ClientIpError::Undisclosed(header)),
+            None => Err(malformed),
+        }
+    }
+}
+
+/// The socket peer from whichever connect info the server put in the extensions.
+pub fn socket_peer(extensions: &http::Extensions) -> Option<IpAddr> {
+    if let Some(PeerAddr(addr)) = extensions.get::<PeerAddr>() {
+        return Some(addr.ip());
+    }
+    #[cfg(feature = "axum")]
+    if let Some(axum::extract::ConnectInfo(addr)) =
+        extensions.get::<axum::extract::ConnectInfo<SocketAddr>>()
+    {
+        return Some(addr.ip());
+    }
+    #[cfg(feature = "tonic")]
+    if let Some(info) = extensions.get::<tonic::transport::server::TcpConnectInfo>() {
+        return info.remote_addr().map(|addr| addr.ip());
+    }
+    #[cfg(feature = "tonic-tls")]
+    if let Some(info) = extensions.get::<
+        tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>,
+    >() {
+        return info.get_ref().remote_addr().map(|addr| addr.ip());
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn request(peer: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut builder = Request::builder();
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let mut request = builder.body(()).unwrap();
+        request
+            .extensions_mut()
+            .insert(PeerAddr(format!("{peer}:1234").parse().unwrap()));
+        request
+    }
+
+    fn v6_request(peer: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut request = request("0.0.0.0", headers);
+        request
+            .extensions_mut()
+            .insert(PeerAddr(format!("[{peer}]:1234").parse().unwrap()));
+        request
+    }
+
+    fn behind(header: ForwardedHeader) -> ClientIpResolver {
+        ClientIpResolver::new()
+            .trust_proxies("10.0.0.0/8, 2001:db8:ffff::/48".parse().unwrap())
+            .forwarded_header(header)
+    }
+
+    fn resolve(resolver: &ClientIpResolver, mut request: Request<()>) -> Result<String, ClientIpError> {
+        resolver.resolve_request(&mut request).map(|ip| ip.to_string())
+    }
+
+    #[test]
+    fn default_is_the_socket_peer_and_ignores_headers() {
+        let resolver = ClientIpResolver::new();
+        let req = request("203.0.113.5", &[("x-forwarded-for", "1.2.3.4"), ("forwarded", "for=1.2.3.4")]);
+        assert_eq!(resolve(&resolver, req).unwrap(), "203.0.113.5");
+    }
+
+    #[test]
+    fn headers_from_untrusted_peers_change_nothing() {
+        for header in [ForwardedHeader::XForwardedFor, ForwardedHeader::Forwarded, ForwardedHeader::XRealIp] {
+            let req = request(
+                "203.0.113.5",
+                &[("x-forwarded-for", "1.2.3.4"), ("forwarded", "for=1.2.3.4"), ("x-real-ip", "1.2.3.4")],
+            );
+            assert_eq!(resolve(&behind(header), req).unwrap(), "203.0.113.5");
+            // Malformed headers from an untrusted peer are not even read.
+            let req = request("203.0.113.5", &[("x-forwarded-for", "garbage"), ("forwarded", "garbage"), ("x-real-ip", "garbage")]);
+            assert_eq!(resolve(&behind(header), req).unwrap(), "203.0.113.5");
+        }
+    }
+
+    #[test]
+    fn rightmost_untrusted_hop_wins() {
+        let resolver = behind(ForwardedHeader::XForwardedFor);
+        let req = request("10.0.0.1", &[("x-forwarded-for", "6.6.6.6, 198.51.100.1, 10.2.2.2, 10.3.3.3")]);
+        assert_eq!(resolve(&resolver, req).unwrap(), "198.51.100.1");
+    }
+
+    #[test]
+    fn several_header_lines_are_one_chain() {
+        let resolver = behind(ForwardedHeader::XForwardedFor);
+        let req = request(
+            "10.0.0.1",
+            &[("x-forwarded-for", "6.6.6.6, 198.51.100.1"), ("x-forwarded-for", "10.2.2.2")],
+        );
+        assert_eq!(resolve(&resolver, req).unwrap(), "198.51.100.1");
+        let resolver = behind(ForwardedHeader::Forwarded);
+        let req = request(
+            "10.0.0.1",
+            &[("forwarded", "for=6.6.6.6"), ("forwarded", r#"for="[2001:db8::9]:443";proto=https, for=10.9.9.9"#)],
+        );
+        assert_eq!(resolve(&resolver, req).unwrap(), "2001:db8::9");
+    }
+
+    #[test]
+    fn all_trusted_hops_give_the_leftmost() {
+        let resolver = behind(ForwardedHeader::XForwardedFor);
+        let req = request("10.0.0.1", &[("x-forwarded-for", "10.5.5.5, 10.6.6.6")]);
+        assert_eq!(resolve(&resolver, req).unwrap(), "10.5.5.5");
+    }
+
+    #[test]
+    fn trusted_proxy_without_header_is_the_client() {
+        for header in [ForwardedHeader::XForwardedFor, ForwardedHeader::Forwarded, ForwardedHeader::XRealIp] {
+            assert_eq!(resolve(&behind(header), request("10.0.0.1", &[])).unwrap(), "10.0.0.1");
+        }
+    }
+
+    #[test]
+    fn x_real_ip_from_trusted_proxy() {
+        let resolver = behind(ForwardedHeader::XRealIp);
+        assert_eq!(
+            resolve(&resolver, request("10.0.0.1", &[("x-real-ip", "198.51.100.2")])).unwrap(),
+            "198.51.100.2"
+        );
+        assert_eq!(
+            resolve(&resolver, request("10.0.0.1", &[("x-real-ip", "198.51.100.2"), ("x-real-ip", "198.51.100.3")])),
+            Err(ClientIpError::MalformedHeader(ForwardedHeader::XRealIp))
+        );
+        assert_eq!(
+            resolve(&resolver, request("10.0.0.1", &[("x-real-ip", "nope")])),
+            Err(ClientIpError::MalformedHeader(ForwardedHeader::XRealIp))
+        );
+    }
+
+    #[test]
+    fn malformed_headers_from_trusted_proxies_are_errors() {
+        for (header, name, value) in [
+            (ForwardedHeader::XForwardedFor, "x-forwarded-for", "1.2.3.4,,5.6.7.8"),
+            (ForwardedHeader::XForwardedFor, "x-forwarded-for", ""),
+            (ForwardedHeader::Forwarded, "forwarded", "for=[::1]"),
+            (ForwardedHeader::Forwarded, "forwarded", "for=1.2.3.4;for=5.6.7.8"),
+        ] {
+            let err = resolve(&behind(header), request("10.0.0.1", &[(name, value)])).unwrap_err();
+            assert_eq!(err, ClientIpError::MalformedHeader(header), "{value}");
+            let rejection = err.to_rejection();
+            assert_eq!(rejection.status(), http::StatusCode::BAD_REQUEST);
+            assert_eq!(rejection.code(), "malformed_forwarded_header");
+        }
+    }
+
+    #[test]
+    fn non_utf8_header_is_malformed() {
+        let mut req = request("10.0.0.1", &[]);
+        req.headers_mut().insert(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"1.2.3.4\xff").unwrap(),
+        );
+        assert_eq!(
+            resolve(&behind(ForwardedHeader::XForwardedFor), req),
+            Err(ClientIpError::MalformedHeader(ForwardedHeader::XForwardedFor))
+        );
+    }
+
+    #[test]
+    fn undisclosed_client_is_an_error_not_the_proxy() {
+        let resolver = behind(ForwardedHeader::Forwarded);
+        for value in ["for=unknown", r#"for="_hidden""#, "proto=https", "for=198.51.100.1, for=_x"] {
+            let err = resolve(&resolver, request("10.0.0.1", &[("forwarded", value)])).unwrap_err();
+            assert_eq!(err, ClientIpError::Undisclosed(ForwardedHeader::Forwarded), "{value}");
+            assert_eq!(err.to_rejection().status(), http::StatusCode::FORBIDDEN);
+        }
+        // An undisclosed hop left of the client does not matter.
+        let req = request("10.0.0.1", &[("forwarded", "for=unknown, for=198.51.100.1")]);
+        assert_eq!(resolve(&resolver, req).unwrap(), "198.51.100.1");
+    }
+
+    #[test]
+    fn mapped_addresses_become_ipv4() {
+        let resolver = behind(ForwardedHeader::XForwardedFor);
+        // A mapped peer inside the trusted IPv4 network is trusted.
+        let req = v6_request("::ffff:10.0.0.1", &[("x-forwarded-for", "::ffff:198.51.100.4")]);
+        assert_eq!(resolve(&resolver, req).unwrap(), "198.51.100.4");
+        let req = v6_request("::ffff:203.0.113.1", &[]);
+        assert_eq!(resolve(&ClientIpResolver::new(), req).unwrap(), "203.0.113.1");
+        assert_eq!(ClientIp::new("::ffff:1.2.3.4".parse().unwrap()).ip(), "1.2.3.4".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn ipv6_trusted_proxy() {
+        let resolver = behind(ForwardedHeader::XForwardedFor);
+        let req = v6_request("2001:db8:ffff::1", &[("x-forwarded-for", "2001:db8:1::5")]);
+        assert_eq!(resolve(&resolver, req).unwrap(), "2001:db8:1::5");
+    }
+
+    #[test]
+    fn missing_peer_is_an_error_that_says_what_to_do() {
+        let mut req = Request::new(());
+        let err = ClientIpResolver::new().resolve_request(&mut req).unwrap_err();
+        assert_eq!(err, ClientIpError::PeerUnavailable);
+        assert!(err.to_string().contains("into_make_service_with_connect_info"));
+        let rejection = err.to_rejection();
+        assert_eq!(rejection.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(rejection.code(), "client_ip_unavailable");
+    }
+
+    #[test]
+    fn resolved_once_and_kept() {
+        let resolver = behind(ForwardedHeader::XForwardedFor);
+        let mut req = request("10.0.0.1", &[("x-forwarded-for", "198.51.100.1")]);
+        let first = resolver.resolve_request(&mut req).unwrap();
+        assert_eq!(req.extensions().get::<ClientIp>(), Some(&first));
+        // A later resolution reuses the stored value even if the headers changed.
+        req.headers_mut().insert("x-forwarded-for", http::HeaderValue::from_static("198.51.100.99"));
+        assert_eq!(resolver.resolve_request(&mut req).unwrap(), first);
+    }
+
+    #[cfg(feature = "axum")]
+    #[test]
+    fn reads_axum_connect_info() {
+        let mut req = Request::new(());
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo::<SocketAddr>("192.0.2.9:80".parse().unwrap()));
+        assert_eq!(socket_peer(req.extensions()), Some("192.0.2.9".parse().unwrap()));
+    }
+
+    proptest! {
+        // A client behind any number of trusted proxies is found, whatever it prepends.
+        #[test]
+        fn client_found_behind_trusted_hops(
+            spoofed in proptest::collection::vec(any::<std::net::Ipv4Addr>(), 0..4),
+            client in any::<std::net::Ipv4Addr>(),
+            hops in proptest::collection::vec(any::<u32>().prop_map(|x| std::net::Ipv4Addr::from(0x0a00_0000 | (x & 0x00ff_ffff))), 0..5),
+        ) {
+            prop_assume!(!client.octets().starts_with(&[10]));
+            let chain: Vec<String> = spoofed.iter().chain(std::iter::once(&client)).chain(hops.iter()).map(ToString::to_string).collect();
+            let req = request("10.0.0.1", &[("x-forwarded-for", &chain.join(", "))]);
+            prop_assert_eq!(resolve(&behind(ForwardedHeader::XForwardedFor), req).unwrap(), client.to_string());
+        }
+    }
+}

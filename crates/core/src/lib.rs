@@ -1,0 +1,43 @@
+//! The shared contracts of the Portcullis middleware.
+//!
+//! Every Portcullis layer reads and writes these types in the request's and response's
+//! extensions, so layers compose in any order without knowing about each other:
+//!
+//! - [`Principal`] and [`Authentication`]: who the request is, one principal per
+//!   [`AuthMethod`].
+//! - [`ClientIp`] and [`ClientIpResolver`]: where the request came from, from the socket
+//!   peer and, only behind trusted proxies, `Forwarded` / `X-Forwarded-For` / `X-Real-IP`.
+//! - [`Rejection`], [`Renderer`] and [`Denial`]: a refusal, rendered as
+//!   `application/problem+json` or as a gRPC status, with the reason in the response.
+//! - [`AuditRecord`] and [`AuditNote`]: each layer's decision, for an outer audit layer.
+//! - [`RejectOrBody`] and [`DecisionFuture`]: the response body and future of a layer
+//!   that may refuse before calling the inner service.
+//! - [`NetworkSet`]: IP networks compiled for `O(log n)` lookups.
+//!
+//! # Features
+//!
+//! - `axum`: read the socket peer from axum's `ConnectInfo<SocketAddr>`.
+//! - `tonic`: read the socket peer from tonic's `TcpConnectInfo`.
+//! - `tonic-tls`: also from `TlsConnectInfo<TcpConnectInfo>`, when tonic serves TLS.
+//!
+//! Without them, hosts insert [`PeerAddr`] themselves.
+
+mod audit;
+mod body;
+mod client_ip;
+mod forwarded;
+mod future;
+mod network;
+mod principal;
+mod rejection;
+
+pub use audit::{AuditNote, AuditRecord, Decision};
+pub use body::RejectOrBody;
+pub use client_ip::{socket_peer, ClientIp, ClientIpError, ClientIpResolver, ForwardedHeader, PeerAddr};
+pub use future::DecisionFuture;
+pub use network::{InvalidNetwork, NetworkListError, NetworkSet};
+pub use principal::{AuthMethod, Authentication, DuplicateMethod, Principal, PrincipalBuilder};
+pub use rejection::{
+    grpc_response, problem_json_response, DefaultRenderer, Denial, GrpcCode, RejectionContext,
+    Rejection, RenderRejection, Renderer,
+};
