@@ -1,1 +1,44 @@
-//! Portcullis.
+//! Portcullis: security middleware for tower.
+//!
+//! Each concern is one small crate exporting one tower `Layer`; this crate re-exports
+//! them behind features of the same name, so an axum, tonic or hyper service picks the
+//! layers it needs and composes them in the order it wants.
+//!
+//! | feature | crate | layer |
+//! |---|---|---|
+//! | `ip-allowlist` | [`portcullis-ip-allowlist`](ip_allowlist) | [`IpAllowlistLayer`](ip_allowlist::IpAllowlistLayer): allow and deny networks, client IP behind trusted proxies |
+//!
+//! [`core`] holds the contracts every layer shares: [`Principal`](core::Principal),
+//! [`Authentication`](core::Authentication), [`ClientIp`](core::ClientIp),
+//! [`Rejection`](core::Rejection) and its renderers, and audit notes.
+//!
+//! Features `axum`, `tonic` and `tonic-tls` teach [`ClientIp`](core::ClientIp)
+//! resolution to read those servers' connection info; `full` (the default) turns on
+//! everything.
+//!
+//! ```
+//! # #[cfg(feature = "ip-allowlist")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use portcullis::core::{ClientIpResolver, ForwardedHeader};
+//! use portcullis::ip_allowlist::{IpAllowlistLayer, IpRules};
+//!
+//! let allowlist = IpAllowlistLayer::new(IpRules::new().allow("10.0.0.0/8".parse()?))
+//!     .client_ip(
+//!         ClientIpResolver::new()
+//!             .trust_proxies("10.255.0.0/16".parse()?)
+//!             .forwarded_header(ForwardedHeader::Forwarded),
+//!     );
+//! let app: axum::Router = axum::Router::new()
+//!     .route("/", axum::routing::get(|| async { "hello" }))
+//!     .layer(allowlist);
+//! # let _ = app;
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "ip-allowlist"))]
+//! # fn main() {}
+//! ```
+
+pub use portcullis_core as core;
+
+#[cfg(feature = "ip-allowlist")]
+pub use portcullis_ip_allowlist as ip_allowlist;
