@@ -1,0 +1,53 @@
+//! A real HTTP client whose source address the test chooses.
+
+use std::net::{IpAddr, SocketAddr};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// What came back.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    /// The problem+json body's `code`, or the `code` of a `{success, message}` body.
+    pub fn code(&self) -> Option<String> {
+        let json: serde_json::Value = serde_json::from_str(&self.body).ok()?;
+        json.get("code")?.as_str().map(str::to_owned)
+    }
+}
+
+/// GETs `path` on `server` from source address `from`, with extra headers.
+pub async fn get(server: SocketAddr, from: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut connector = HttpConnector::new();
+    connector.set_local_address(Some(from.parse::<IpAddr>().unwrap()));
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    let mut request = Request::get(format!("http://{server}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = client.request(request.body(Empty::new()).unwrap()).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8(body.to_vec()).unwrap(),
+    }
+}
+
+/// A listener on an ephemeral loopback port.
+pub async fn listener() -> (tokio::net::TcpListener, SocketAddr) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (listener, addr)
+}

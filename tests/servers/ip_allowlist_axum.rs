@@ -1,0 +1,247 @@
+//! The ip-allowlist layer in an axum app served with connect info.
+
+use std::net::SocketAddr;
+
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Extension, Router};
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use portcullis::core::{
+    grpc_response, ClientIp, ClientIpResolver, Denial, ForwardedHeader, NetworkSet, Rejection,
+    RejectionContext,
+};
+use portcullis::ip_allowlist::{IpAllowlistLayer, IpRules};
+
+use crate::client::{get as fetch, listener};
+
+async fn whoami(Extension(client): Extension<ClientIp>) -> String {
+    client.to_string()
+}
+
+/// Copies the `Denial` of a refused response into a header, as a host that wants to
+/// know why a request was refused would.
+async fn expose_denial(mut response: Response) -> Response {
+    if let Some(denial) = response.extensions().get::<Denial>().copied() {
+        let value = format!("{}/{}", denial.layer(), denial.code());
+        response
+            .headers_mut()
+            .insert("x-denied-by", HeaderValue::from_str(&value).unwrap());
+    }
+    response
+}
+
+fn app(layer: IpAllowlistLayer) -> Router {
+    Router::new()
+        .route("/", get(whoami))
+        .layer(layer)
+        .layer(axum::middleware::map_response(expose_denial))
+}
+
+async fn serve(app: Router) -> SocketAddr {
+    let (listener, addr) = listener().await;
+    tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .await
+            .unwrap();
+    });
+    addr
+}
+
+fn rules(allow: &str, deny: &str) -> IpRules {
+    IpRules::new()
+        .allow(NetworkSet::parse_list("allow", allow).unwrap())
+        .deny(NetworkSet::parse_list("deny", deny).unwrap())
+}
+
+/// 127.0.0.10 and 127.0.0.11 are trusted proxies that write X-Forwarded-For.
+fn behind_proxies(header: ForwardedHeader) -> ClientIpResolver {
+    ClientIpResolver::new()
+        .trust_proxies("127.0.0.10, 127.0.0.11".parse().unwrap())
+        .forwarded_header(header)
+}
+
+#[tokio::test]
+async fn allows_and_denies_by_socket_peer() {
+    let addr = serve(app(IpAllowlistLayer::new(rules("127.0.0.0/8", "127.0.0.66")))).await;
+
+    let ok = fetch(addr, "127.0.0.1", "/", &[]).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(ok.body, "127.0.0.1");
+
+    let denied = fetch(addr, "127.0.0.66", "/", &[]).await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    assert_eq!(denied.headers["content-type"], "application/problem+json");
+    assert_eq!(denied.headers["x-denied-by"], "ip-allowlist/ip_denied");
+    assert_eq!(denied.code().as_deref(), Some("ip_denied"));
+    let problem: serde_json::Value = serde_json::from_str(&denied.body).unwrap();
+    assert_eq!(problem["status"], 403);
+    assert_eq!(problem["type"], "urn:portcullis:problem:ip_denied");
+}
+
+#[tokio::test]
+async fn allow_list_refuses_everything_else() {
+    let addr = serve(app(IpAllowlistLayer::new(rules("127.0.0.1", "")))).await;
+    assert_eq!(fetch(addr, "127.0.0.1", "/", &[]).await.status, StatusCode::OK);
+    let other = fetch(addr, "127.0.0.2", "/", &[]).await;
+    assert_eq!(other.status, StatusCode::FORBIDDEN);
+    assert_eq!(other.code().as_deref(), Some("ip_denied"));
+}
+
+#[tokio::test]
+async fn x_forwarded_for_from_an_untrusted_peer_changes_nothing() {
+    let layer = IpAllowlistLayer::new(rules("", "127.0.0.66"))
+        .client_ip(behind_proxies(ForwardedHeader::XForwardedFor));
+    let addr = serve(app(layer)).await;
+
+    // A denied client claiming to be somebody else is still denied.
+    let spoof = fetch(addr, "127.0.0.66", "/", &[("x-forwarded-for", "127.0.0.1")]).await;
+    assert_eq!(spoof.status, StatusCode::FORBIDDEN);
+    // An allowed client cannot be framed by a header it did not get from a proxy.
+    let framed = fetch(addr, "127.0.0.5", "/", &[("x-forwarded-for", "127.0.0.66")]).await;
+    assert_eq!(framed.status, StatusCode::OK);
+    assert_eq!(framed.body, "127.0.0.5");
+    // Garbage in the header of an untrusted peer is not read at all.
+    let garbage = fetch(addr, "127.0.0.5", "/", &[("x-forwarded-for", ",,,")]).await;
+    assert_eq!(garbage.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn x_forwarded_for_from_a_trusted_proxy_rightmost_untrusted_wins() {
+    let layer = IpAllowlistLayer::new(rules("", "127.0.0.66"))
+        .client_ip(behind_proxies(ForwardedHeader::XForwardedFor));
+    let addr = serve(app(layer)).await;
+
+    let via = |xff: &'static str| async move {
+        fetch(addr, "127.0.0.10", "/", &[("x-forwarded-for", xff)]).await
+    };
+
+    // The proxy names a denied client.
+    assert_eq!(via("127.0.0.66").await.status, StatusCode::FORBIDDEN);
+    // The client prepended an allowed address to hide: the rightmost untrusted hop wins.
+    assert_eq!(via("127.0.0.7, 127.0.0.66").await.status, StatusCode::FORBIDDEN);
+    // Trusted hops are skipped, wherever they are.
+    assert_eq!(via("127.0.0.66, 127.0.0.11").await.status, StatusCode::FORBIDDEN);
+    // An allowed client that prepended a denied address is itself.
+    let allowed = via("127.0.0.66, 127.0.0.7, 127.0.0.11").await;
+    assert_eq!(allowed.status, StatusCode::OK);
+    assert_eq!(allowed.body, "127.0.0.7");
+    // Several header lines are one chain.
+    let lines = fetch(
+        addr,
+        "127.0.0.10",
+        "/",
+        &[("x-forwarded-for", "127.0.0.66"), ("x-forwarded-for", "127.0.0.11")],
+    )
+    .await;
+    assert_eq!(lines.status, StatusCode::FORBIDDEN);
+    // The proxy itself, with no header, is the client.
+    let direct = fetch(addr, "127.0.0.10", "/", &[]).await;
+    assert_eq!(direct.body, "127.0.0.10");
+}
+
+#[tokio::test]
+async fn malformed_or_undisclosed_forwarding_from_a_trusted_proxy() {
+    let layer = IpAllowlistLayer::new(rules("", "127.0.0.66"))
+        .client_ip(behind_proxies(ForwardedHeader::Forwarded));
+    let addr = serve(app(layer)).await;
+
+    let ok = fetch(addr, "127.0.0.10", "/", &[("forwarded", "for=127.0.0.8;proto=http")]).await;
+    assert_eq!((ok.status, ok.body.as_str()), (StatusCode::OK, "127.0.0.8"));
+    let denied = fetch(addr, "127.0.0.10", "/", &[("forwarded", r#"for="127.0.0.66:5000""#)]).await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+
+    let malformed = fetch(addr, "127.0.0.10", "/", &[("forwarded", "for=[::1]")]).await;
+    assert_eq!(malformed.status, StatusCode::BAD_REQUEST);
+    assert_eq!(malformed.code().as_deref(), Some("malformed_forwarded_header"));
+    assert_eq!(malformed.headers["x-denied-by"], "ip-allowlist/malformed_forwarded_header");
+
+    let hidden = fetch(addr, "127.0.0.10", "/", &[("forwarded", "for=_hidden")]).await;
+    assert_eq!(hidden.status, StatusCode::FORBIDDEN);
+    assert_eq!(hidden.code().as_deref(), Some("client_ip_undisclosed"));
+}
+
+#[tokio::test]
+async fn without_connect_info_requests_are_refused_not_passed() {
+    let (listener, addr) = listener().await;
+    let app = app(IpAllowlistLayer::new(IpRules::new()));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let reply = fetch(addr, "127.0.0.1", "/", &[]).await;
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(reply.code().as_deref(), Some("client_ip_unavailable"));
+}
+
+#[tokio::test]
+async fn rules_swap_on_a_running_server() {
+    let layer = IpAllowlistLayer::new(IpRules::new());
+    let handle = layer.handle();
+    let addr = serve(app(layer)).await;
+    assert_eq!(fetch(addr, "127.0.0.9", "/", &[]).await.status, StatusCode::OK);
+    handle.replace(rules("", "127.0.0.9"));
+    assert_eq!(fetch(addr, "127.0.0.9", "/", &[]).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(fetch(addr, "127.0.0.1", "/", &[]).await.status, StatusCode::OK);
+    handle.replace(IpRules::new());
+    assert_eq!(fetch(addr, "127.0.0.9", "/", &[]).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn custom_renderer_shapes_the_error_body() {
+    let layer = IpAllowlistLayer::new(rules("", "127.0.0.66")).renderer(
+        |rejection: &Rejection, request: &RejectionContext<'_>| {
+            if request.is_grpc() {
+                return grpc_response(rejection, request);
+            }
+            let body = serde_json::json!({ "success": false, "message": rejection.detail() });
+            let mut response = http::Response::new(Bytes::from(body.to_string()));
+            *response.status_mut() = rejection.status();
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        },
+    );
+    let addr = serve(app(layer)).await;
+    let reply = fetch(addr, "127.0.0.66", "/", &[]).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert_eq!(reply.headers["content-type"], "application/json");
+    assert_eq!(reply.headers["x-denied-by"], "ip-allowlist/ip_denied");
+    let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({ "success": false, "message": "requests from this address are not allowed" })
+    );
+}
+
+#[tokio::test]
+async fn blocklist_of_real_size_from_a_file() {
+    // 100,000 /32s spread over 10.0.0.0/8, plus the one the test connects from.
+    let dir = std::env::temp_dir().join(format!("portcullis-blocklist-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("blocklist.txt");
+    let mut text = String::from("# generated\n127.0.0.66\n");
+    for i in 0..100_000u32 {
+        let ip = std::net::Ipv4Addr::from(0x0a00_0000 | i.wrapping_mul(2_654_435_761) >> 8);
+        text.push_str(&format!("{ip}\n"));
+    }
+    std::fs::write(&path, text).unwrap();
+    let deny = NetworkSet::from_file(&path).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let addr = serve(app(IpAllowlistLayer::new(IpRules::new().deny(deny)))).await;
+    assert_eq!(fetch(addr, "127.0.0.66", "/", &[]).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(fetch(addr, "127.0.0.65", "/", &[]).await.status, StatusCode::OK);
+}
+
+/// A layer placed on a single route through `route_layer` works the same.
+#[tokio::test]
+async fn route_layer_guards_one_route() {
+    let app = Router::new()
+        .route("/admin", get(|| async { "admin" }))
+        .route_layer(IpAllowlistLayer::new(rules("127.0.0.1", "")))
+        .route("/public", get(|| async { "public" }));
+    let addr = serve(app).await;
+    assert_eq!(fetch(addr, "127.0.0.2", "/admin", &[]).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(fetch(addr, "127.0.0.1", "/admin", &[]).await.status, StatusCode::OK);
+    assert_eq!(fetch(addr, "127.0.0.2", "/public", &[]).await.status, StatusCode::OK);
+}

@@ -1,0 +1,12 @@
+//! Portcullis layers behind real servers bound to 127.0.0.1: axum, tonic, and plain
+//! hyper through hyper-util.
+//!
+//! All of 127.0.0.0/8 is loopback on Linux, so the client binds its socket to a chosen
+//! source address (127.0.0.1, 127.0.0.66, …) to play different clients and proxies.
+
+#![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
+
+mod client;
+mod ip_allowlist_axum;
+mod ip_allowlist_hyper;
+mod ip_allowlist_tonic;
