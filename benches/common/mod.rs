@@ -1,0 +1,70 @@
+//! Shared by the benchmarks: a no-op inner service and a way to drive a request through
+//! a service to completion with as little harness cost as possible.
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::pin::pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Empty;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use portcullis::core::NetworkSet;
+use tower::Service;
+
+pub type NoopFn = fn(Request<()>) -> std::future::Ready<Result<Response<Empty<Bytes>>, Infallible>>;
+
+/// The floor: a service that answers 200 at once.
+pub fn noop_service() -> tower::util::ServiceFn<NoopFn> {
+    fn noop(_: Request<()>) -> std::future::Ready<Result<Response<Empty<Bytes>>, Infallible>> {
+        std::future::ready(Ok(Response::new(Empty::new())))
+    }
+    tower::service_fn(noop as NoopFn)
+}
+
+/// Calls `service` and polls the future to completion with a no-op waker.
+pub fn drive<S, B>(service: &mut S, request: Request<()>) -> Response<B>
+where
+    S: Service<Request<()>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let _ = service.poll_ready(&mut cx);
+    let mut future = pin!(service.call(request));
+    loop {
+        if let Poll::Ready(result) = future.as_mut().poll(&mut cx) {
+            return result.unwrap();
+        }
+    }
+}
+
+/// `count` distinct networks, a realistic mix: mostly IPv4 /24 and /32, some IPv6 /48,
+/// spread over the address space with a fixed seed so runs compare. None of them
+/// covers 192.0.2.0/24, which the allow-path benchmarks use.
+pub fn networks(count: usize) -> NetworkSet {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        // xorshift64*
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let mut out = Vec::with_capacity(count);
+    while out.len() < count {
+        let r = next();
+        let net = match r % 10 {
+            0 => IpNet::V6(Ipv6Net::new(Ipv6Addr::from(u128::from(next()) << 64), 48).unwrap().trunc()),
+            1..=5 => IpNet::V4(Ipv4Net::new(Ipv4Addr::from((r >> 32) as u32), 24).unwrap().trunc()),
+            _ => IpNet::V4(Ipv4Net::new(Ipv4Addr::from((r >> 32) as u32), 32).unwrap()),
+        };
+        if !net.contains(&"192.0.2.1".parse::<std::net::IpAddr>().unwrap()) {
+            out.push(net);
+        }
+    }
+    NetworkSet::from_networks(out)
+}
