@@ -51,11 +51,16 @@ fn bench(c: &mut Criterion) {
         .trust_proxies(proxies)
         .forwarded_header(ForwardedHeader::Forwarded);
     assert_eq!(
-        behind_forwarded.resolve(&extensions, &forwarded).unwrap().to_string(),
+        behind_forwarded
+            .resolve(&extensions, &forwarded)
+            .unwrap()
+            .to_string(),
         "198.51.100.23"
     );
     group.bench_function("forwarded_5_hops", |b| {
-        b.iter(|| black_box(behind_forwarded.resolve(black_box(&extensions), black_box(&forwarded))))
+        b.iter(|| {
+            black_box(behind_forwarded.resolve(black_box(&extensions), black_box(&forwarded)))
+        })
     });
     group.finish();
 }

@@ -17,7 +17,9 @@ use common::{drive, networks, noop_service};
 
 fn request(peer: &str) -> Request<()> {
     let mut request = Request::new(());
-    request.extensions_mut().insert(PeerAddr(peer.parse().unwrap()));
+    request
+        .extensions_mut()
+        .insert(PeerAddr(peer.parse().unwrap()));
     request
 }
 
@@ -39,7 +41,10 @@ fn bench(c: &mut Criterion) {
         // An address inside the deny list: the first address of its first network.
         let denied_peer = {
             let probe = (0u32..).map(|i| std::net::Ipv4Addr::from(i.wrapping_mul(2_654_435_761)));
-            probe.take(10_000_000).find(|ip| deny.contains((*ip).into())).unwrap()
+            probe
+                .take(10_000_000)
+                .find(|ip| deny.contains((*ip).into()))
+                .unwrap()
         };
         let mut service = IpAllowlistLayer::new(IpRules::new().deny(deny)).layer(noop_service());
 
@@ -55,7 +60,8 @@ fn bench(c: &mut Criterion) {
             b.iter_batched(
                 || {
                     let mut req = request("192.0.2.1:4000");
-                    req.extensions_mut().insert(ClientIp::new("192.0.2.1".parse().unwrap()));
+                    req.extensions_mut()
+                        .insert(ClientIp::new("192.0.2.1".parse().unwrap()));
                     req
                 },
                 |req| black_box(drive(&mut service, req)),

@@ -31,7 +31,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
 
-    let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(3000);
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(3000);
     let deny_file = std::env::var_os("PORTCULLIS_DENY_FILE")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("target/allowlist-demo-deny.txt"));
@@ -39,23 +42,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         if let Some(dir) = deny_file.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        std::fs::write(&deny_file, "# one address or CIDR network a line\n127.0.0.66\n")?;
+        std::fs::write(
+            &deny_file,
+            "# one address or CIDR network a line\n127.0.0.66\n",
+        )?;
     }
 
     // Only loopback clients, minus the deny list. 127.0.0.10 plays a reverse proxy
     // that names the real client in X-Forwarded-For.
     let allow: NetworkSet = "127.0.0.0/8, ::1".parse()?;
-    let rules = IpRules::new().allow(allow.clone()).deny(NetworkSet::from_file(&deny_file)?);
+    let rules = IpRules::new()
+        .allow(allow.clone())
+        .deny(NetworkSet::from_file(&deny_file)?);
     let allowlist = IpAllowlistLayer::new(rules).client_ip(
         ClientIpResolver::new()
             .trust_proxies("127.0.0.10".parse()?)
             .forwarded_header(ForwardedHeader::XForwardedFor),
     );
-    tokio::spawn(reload_on_change(allowlist.handle(), allow, deny_file.clone()));
+    tokio::spawn(reload_on_change(
+        allowlist.handle(),
+        allow,
+        deny_file.clone(),
+    ));
 
-    let app = Router::new()
-        .route("/", get(hello))
-        .layer(allowlist);
+    let app = Router::new().route("/", get(hello)).layer(allowlist);
 
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -64,13 +74,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  denied:   curl -i --interface 127.0.0.66 http://{addr}/");
     println!("  spoofing: curl -i --interface 127.0.0.66 -H 'X-Forwarded-For: 127.0.0.1' http://{addr}/   (still denied: not a trusted proxy)");
     println!("  proxied:  curl -i --interface 127.0.0.10 -H 'X-Forwarded-For: 127.0.0.66' http://{addr}/   (denied: the proxy names a denied client)");
-    println!("  deny list: {} (edit it while the server runs)", deny_file.display());
+    println!(
+        "  deny list: {} (edit it while the server runs)",
+        deny_file.display()
+    );
 
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
     Ok(())
 }
 

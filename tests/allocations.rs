@@ -61,7 +61,9 @@ where
 
 fn request_from(peer: &str) -> Request<()> {
     let mut request = Request::new(());
-    request.extensions_mut().insert(PeerAddr(peer.parse().unwrap()));
+    request
+        .extensions_mut()
+        .insert(PeerAddr(peer.parse().unwrap()));
     request
 }
 
@@ -78,12 +80,17 @@ fn allow_path_allocations() {
     // The client address was resolved and stored by an earlier layer: the allowlist
     // decision itself allocates nothing.
     let mut request = request_from("192.0.2.1:1");
-    request.extensions_mut().insert(ClientIp::new("192.0.2.1".parse().unwrap()));
+    request
+        .extensions_mut()
+        .insert(ClientIp::new("192.0.2.1".parse().unwrap()));
     assert_eq!(allocations(&mut service, request), (0, StatusCode::OK));
 
     // The layer resolves the address itself: the only allocation is the one slot
     // `http::Extensions` boxes to keep the `ClientIp` for the layers that follow.
-    assert_eq!(allocations(&mut service, request_from("192.0.2.1:1")), (1, StatusCode::OK));
+    assert_eq!(
+        allocations(&mut service, request_from("192.0.2.1:1")),
+        (1, StatusCode::OK)
+    );
 
     // The reject path renders a body; it is not the hot path, but it must still answer.
     let (_, status) = allocations(&mut service, request_from("10.0.0.1:1"));

@@ -58,8 +58,16 @@ pub fn networks(count: usize) -> NetworkSet {
     while out.len() < count {
         let r = next();
         let net = match r % 10 {
-            0 => IpNet::V6(Ipv6Net::new(Ipv6Addr::from(u128::from(next()) << 64), 48).unwrap().trunc()),
-            1..=5 => IpNet::V4(Ipv4Net::new(Ipv4Addr::from((r >> 32) as u32), 24).unwrap().trunc()),
+            0 => IpNet::V6(
+                Ipv6Net::new(Ipv6Addr::from(u128::from(next()) << 64), 48)
+                    .unwrap()
+                    .trunc(),
+            ),
+            1..=5 => IpNet::V4(
+                Ipv4Net::new(Ipv4Addr::from((r >> 32) as u32), 24)
+                    .unwrap()
+                    .trunc(),
+            ),
             _ => IpNet::V4(Ipv4Net::new(Ipv4Addr::from((r >> 32) as u32), 32).unwrap()),
         };
         if !net.contains(&"192.0.2.1".parse::<std::net::IpAddr>().unwrap()) {

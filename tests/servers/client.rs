@@ -34,7 +34,10 @@ pub async fn get(server: SocketAddr, from: &str, path: &str, headers: &[(&str, &
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let response = client.request(request.body(Empty::new()).unwrap()).await.unwrap();
+    let response = client
+        .request(request.body(Empty::new()).unwrap())
+        .await
+        .unwrap();
     let status = response.status();
     let headers = response.headers().clone();
     let body = response.into_body().collect().await.unwrap().to_bytes();

@@ -41,9 +41,12 @@ fn app(layer: IpAllowlistLayer) -> Router {
 async fn serve(app: Router) -> SocketAddr {
     let (listener, addr) = listener().await;
     tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .await
-            .unwrap();
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
     });
     addr
 }
@@ -63,7 +66,11 @@ fn behind_proxies(header: ForwardedHeader) -> ClientIpResolver {
 
 #[tokio::test]
 async fn allows_and_denies_by_socket_peer() {
-    let addr = serve(app(IpAllowlistLayer::new(rules("127.0.0.0/8", "127.0.0.66")))).await;
+    let addr = serve(app(IpAllowlistLayer::new(rules(
+        "127.0.0.0/8",
+        "127.0.0.66",
+    ))))
+    .await;
 
     let ok = fetch(addr, "127.0.0.1", "/", &[]).await;
     assert_eq!(ok.status, StatusCode::OK);
@@ -82,7 +89,10 @@ async fn allows_and_denies_by_socket_peer() {
 #[tokio::test]
 async fn allow_list_refuses_everything_else() {
     let addr = serve(app(IpAllowlistLayer::new(rules("127.0.0.1", "")))).await;
-    assert_eq!(fetch(addr, "127.0.0.1", "/", &[]).await.status, StatusCode::OK);
+    assert_eq!(
+        fetch(addr, "127.0.0.1", "/", &[]).await.status,
+        StatusCode::OK
+    );
     let other = fetch(addr, "127.0.0.2", "/", &[]).await;
     assert_eq!(other.status, StatusCode::FORBIDDEN);
     assert_eq!(other.code().as_deref(), Some("ip_denied"));
@@ -119,9 +129,15 @@ async fn x_forwarded_for_from_a_trusted_proxy_rightmost_untrusted_wins() {
     // The proxy names a denied client.
     assert_eq!(via("127.0.0.66").await.status, StatusCode::FORBIDDEN);
     // The client prepended an allowed address to hide: the rightmost untrusted hop wins.
-    assert_eq!(via("127.0.0.7, 127.0.0.66").await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        via("127.0.0.7, 127.0.0.66").await.status,
+        StatusCode::FORBIDDEN
+    );
     // Trusted hops are skipped, wherever they are.
-    assert_eq!(via("127.0.0.66, 127.0.0.11").await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        via("127.0.0.66, 127.0.0.11").await.status,
+        StatusCode::FORBIDDEN
+    );
     // An allowed client that prepended a denied address is itself.
     let allowed = via("127.0.0.66, 127.0.0.7, 127.0.0.11").await;
     assert_eq!(allowed.status, StatusCode::OK);
@@ -131,7 +147,10 @@ async fn x_forwarded_for_from_a_trusted_proxy_rightmost_untrusted_wins() {
         addr,
         "127.0.0.10",
         "/",
-        &[("x-forwarded-for", "127.0.0.66"), ("x-forwarded-for", "127.0.0.11")],
+        &[
+            ("x-forwarded-for", "127.0.0.66"),
+            ("x-forwarded-for", "127.0.0.11"),
+        ],
     )
     .await;
     assert_eq!(lines.status, StatusCode::FORBIDDEN);
@@ -146,15 +165,33 @@ async fn malformed_or_undisclosed_forwarding_from_a_trusted_proxy() {
         .client_ip(behind_proxies(ForwardedHeader::Forwarded));
     let addr = serve(app(layer)).await;
 
-    let ok = fetch(addr, "127.0.0.10", "/", &[("forwarded", "for=127.0.0.8;proto=http")]).await;
+    let ok = fetch(
+        addr,
+        "127.0.0.10",
+        "/",
+        &[("forwarded", "for=127.0.0.8;proto=http")],
+    )
+    .await;
     assert_eq!((ok.status, ok.body.as_str()), (StatusCode::OK, "127.0.0.8"));
-    let denied = fetch(addr, "127.0.0.10", "/", &[("forwarded", r#"for="127.0.0.66:5000""#)]).await;
+    let denied = fetch(
+        addr,
+        "127.0.0.10",
+        "/",
+        &[("forwarded", r#"for="127.0.0.66:5000""#)],
+    )
+    .await;
     assert_eq!(denied.status, StatusCode::FORBIDDEN);
 
     let malformed = fetch(addr, "127.0.0.10", "/", &[("forwarded", "for=[::1]")]).await;
     assert_eq!(malformed.status, StatusCode::BAD_REQUEST);
-    assert_eq!(malformed.code().as_deref(), Some("malformed_forwarded_header"));
-    assert_eq!(malformed.headers["x-denied-by"], "ip-allowlist/malformed_forwarded_header");
+    assert_eq!(
+        malformed.code().as_deref(),
+        Some("malformed_forwarded_header")
+    );
+    assert_eq!(
+        malformed.headers["x-denied-by"],
+        "ip-allowlist/malformed_forwarded_header"
+    );
 
     let hidden = fetch(addr, "127.0.0.10", "/", &[("forwarded", "for=_hidden")]).await;
     assert_eq!(hidden.status, StatusCode::FORBIDDEN);
@@ -176,12 +213,24 @@ async fn rules_swap_on_a_running_server() {
     let layer = IpAllowlistLayer::new(IpRules::new());
     let handle = layer.handle();
     let addr = serve(app(layer)).await;
-    assert_eq!(fetch(addr, "127.0.0.9", "/", &[]).await.status, StatusCode::OK);
+    assert_eq!(
+        fetch(addr, "127.0.0.9", "/", &[]).await.status,
+        StatusCode::OK
+    );
     handle.replace(rules("", "127.0.0.9"));
-    assert_eq!(fetch(addr, "127.0.0.9", "/", &[]).await.status, StatusCode::FORBIDDEN);
-    assert_eq!(fetch(addr, "127.0.0.1", "/", &[]).await.status, StatusCode::OK);
+    assert_eq!(
+        fetch(addr, "127.0.0.9", "/", &[]).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        fetch(addr, "127.0.0.1", "/", &[]).await.status,
+        StatusCode::OK
+    );
     handle.replace(IpRules::new());
-    assert_eq!(fetch(addr, "127.0.0.9", "/", &[]).await.status, StatusCode::OK);
+    assert_eq!(
+        fetch(addr, "127.0.0.9", "/", &[]).await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -229,8 +278,14 @@ async fn blocklist_of_real_size_from_a_file() {
     std::fs::remove_dir_all(&dir).unwrap();
 
     let addr = serve(app(IpAllowlistLayer::new(IpRules::new().deny(deny)))).await;
-    assert_eq!(fetch(addr, "127.0.0.66", "/", &[]).await.status, StatusCode::FORBIDDEN);
-    assert_eq!(fetch(addr, "127.0.0.65", "/", &[]).await.status, StatusCode::OK);
+    assert_eq!(
+        fetch(addr, "127.0.0.66", "/", &[]).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        fetch(addr, "127.0.0.65", "/", &[]).await.status,
+        StatusCode::OK
+    );
 }
 
 /// A layer placed on a single route through `route_layer` works the same.
@@ -241,7 +296,16 @@ async fn route_layer_guards_one_route() {
         .route_layer(IpAllowlistLayer::new(rules("127.0.0.1", "")))
         .route("/public", get(|| async { "public" }));
     let addr = serve(app).await;
-    assert_eq!(fetch(addr, "127.0.0.2", "/admin", &[]).await.status, StatusCode::FORBIDDEN);
-    assert_eq!(fetch(addr, "127.0.0.1", "/admin", &[]).await.status, StatusCode::OK);
-    assert_eq!(fetch(addr, "127.0.0.2", "/public", &[]).await.status, StatusCode::OK);
+    assert_eq!(
+        fetch(addr, "127.0.0.2", "/admin", &[]).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        fetch(addr, "127.0.0.1", "/admin", &[]).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        fetch(addr, "127.0.0.2", "/public", &[]).await.status,
+        StatusCode::OK
+    );
 }

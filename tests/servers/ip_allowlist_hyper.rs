@@ -18,13 +18,20 @@ use tower::{service_fn, ServiceBuilder, ServiceExt};
 use crate::client::{get, listener};
 
 async fn hello(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let client = request.extensions().get::<ClientIp>().map(ToString::to_string);
-    Ok(Response::new(Full::new(Bytes::from(client.unwrap_or_default()))))
+    let client = request
+        .extensions()
+        .get::<ClientIp>()
+        .map(ToString::to_string);
+    Ok(Response::new(Full::new(Bytes::from(
+        client.unwrap_or_default(),
+    ))))
 }
 
 async fn serve(layer: IpAllowlistLayer) -> SocketAddr {
     let (listener, addr) = listener().await;
-    let service = ServiceBuilder::new().layer(layer).service(service_fn(hello));
+    let service = ServiceBuilder::new()
+        .layer(layer)
+        .service(service_fn(hello));
     tokio::spawn(async move {
         loop {
             let (stream, peer) = listener.accept().await.unwrap();
@@ -35,7 +42,10 @@ async fn serve(layer: IpAllowlistLayer) -> SocketAddr {
                     service.clone().oneshot(request)
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(per_connection))
+                    .serve_connection(
+                        TokioIo::new(stream),
+                        TowerToHyperService::new(per_connection),
+                    )
                     .await;
             });
         }

@@ -7,8 +7,8 @@ use portcullis::ip_allowlist::{IpAllowlistLayer, IpRules};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Endpoint, Server};
 use tonic::Code;
-use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 use crate::client::listener;
@@ -35,7 +35,9 @@ async fn check(addr: SocketAddr, from: &str) -> Result<ServingStatus, tonic::Sta
         .await
         .unwrap();
     let response = HealthClient::new(channel)
-        .check(HealthCheckRequest { service: String::new() })
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
         .await?;
     Ok(response.into_inner().status())
 }
@@ -47,7 +49,10 @@ fn deny(list: &str) -> IpAllowlistLayer {
 #[tokio::test]
 async fn allowed_client_gets_the_service() {
     let addr = serve(deny("127.0.0.66")).await;
-    assert_eq!(check(addr, "127.0.0.1").await.unwrap(), ServingStatus::Serving);
+    assert_eq!(
+        check(addr, "127.0.0.1").await.unwrap(),
+        ServingStatus::Serving
+    );
 }
 
 #[tokio::test]

@@ -158,12 +158,18 @@ impl AuditRecord {
     /// Adds a note.
     pub fn push(&self, note: AuditNote) {
         // A panic elsewhere while holding this per-request lock leaves the notes intact.
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).push(note);
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(note);
     }
 
     /// A copy of the notes so far, in the order they were made.
     pub fn notes(&self) -> Vec<AuditNote> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Takes the notes, leaving the record empty.
@@ -188,9 +194,13 @@ mod tests {
         let mut ext = http::Extensions::new();
         ext.insert(record.clone());
         AuditRecord::note(&ext, || {
-            AuditNote::allow("api-key").principal_id("p").credential_id("k1")
+            AuditNote::allow("api-key")
+                .principal_id("p")
+                .credential_id("k1")
         });
-        AuditRecord::note(&ext, || AuditNote::deny("role-router", "forbidden").detail("rule 3"));
+        AuditRecord::note(&ext, || {
+            AuditNote::deny("role-router", "forbidden").detail("rule 3")
+        });
         let notes = record.notes();
         assert_eq!(notes.len(), 2);
         assert_eq!(notes[0].layer(), "api-key");

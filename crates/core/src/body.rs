@@ -96,7 +96,9 @@ mod tests {
         let body = RejectOrBody::inner(Full::new(Bytes::from_static(b"hello")));
         assert!(!body.is_rejection());
         assert_eq!(body.size_hint().exact(), Some(5));
-        let bytes = futures::executor::block_on(body.collect()).unwrap().to_bytes();
+        let bytes = futures::executor::block_on(body.collect())
+            .unwrap()
+            .to_bytes();
         assert_eq!(bytes, "hello");
     }
 
@@ -106,7 +108,9 @@ mod tests {
         assert!(body.is_rejection());
         assert!(!body.is_end_stream());
         assert_eq!(body.size_hint().exact(), Some(2));
-        let bytes = futures::executor::block_on(body.collect()).unwrap().to_bytes();
+        let bytes = futures::executor::block_on(body.collect())
+            .unwrap()
+            .to_bytes();
         assert_eq!(bytes, "{}");
     }
 

@@ -120,7 +120,10 @@ impl ClientIpError {
             ),
             Self::Undisclosed(header) => Rejection::forbidden(
                 self.code(),
-                format!("the {} header does not disclose the client address", header.as_str()),
+                format!(
+                    "the {} header does not disclose the client address",
+                    header.as_str()
+                ),
             ),
         }
     }
@@ -135,7 +138,11 @@ impl fmt::Display for ClientIpError {
                  incoming, or insert `portcullis_core::PeerAddr` in your own serve loop",
             ),
             Self::MalformedHeader(header) => {
-                write!(f, "a trusted proxy sent a malformed {} header", header.as_str())
+                write!(
+                    f,
+                    "a trusted proxy sent a malformed {} header",
+                    header.as_str()
+                )
             }
             Self::Undisclosed(header) => write!(
                 f,
@@ -253,7 +260,9 @@ impl ClientIpResolver {
             return Err(malformed);
         }
         let text = value.to_str().map_err(|_| malformed)?;
-        forwarded::x_real_ip(text).map(Some).map_err(|Malformed| malformed)
+        forwarded::x_real_ip(text)
+            .map(Some)
+            .map_err(|Malformed| malformed)
     }
 
     /// The rightmost hop that is not a trusted proxy, across every line of the header.
@@ -262,7 +271,7 @@ impl ClientIpResolver {
         &self,
         headers: &HeaderMap,
         header: ForwardedHeader,
-        parse_line: fn(&str, &mut dyn FnMut(Node)) -> Result<(), Malformed>,
+        parse_line: forwarded::ChainParser,
     ) -> Result<Option<IpAddr>, ClientIpError> {
         let malformed = ClientIpError::MalformedHeader(header);
         let mut leftmost: Option<Node> = None;
@@ -307,9 +316,9 @@ pub fn socket_peer(extensions: &http::Extensions) -> Option<IpAddr> {
         return info.remote_addr().map(|addr| addr.ip());
     }
     #[cfg(feature = "tonic-tls")]
-    if let Some(info) = extensions.get::<
-        tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>,
-    >() {
+    if let Some(info) = extensions
+        .get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>()
+    {
         return info.get_ref().remote_addr().map(|addr| addr.ip());
     }
     None
@@ -346,27 +355,50 @@ mod tests {
             .forwarded_header(header)
     }
 
-    fn resolve(resolver: &ClientIpResolver, mut request: Request<()>) -> Result<String, ClientIpError> {
-        resolver.resolve_request(&mut request).map(|ip| ip.to_string())
+    fn resolve(
+        resolver: &ClientIpResolver,
+        mut request: Request<()>,
+    ) -> Result<String, ClientIpError> {
+        resolver
+            .resolve_request(&mut request)
+            .map(|ip| ip.to_string())
     }
 
     #[test]
     fn default_is_the_socket_peer_and_ignores_headers() {
         let resolver = ClientIpResolver::new();
-        let req = request("203.0.113.5", &[("x-forwarded-for", "1.2.3.4"), ("forwarded", "for=1.2.3.4")]);
+        let req = request(
+            "203.0.113.5",
+            &[("x-forwarded-for", "1.2.3.4"), ("forwarded", "for=1.2.3.4")],
+        );
         assert_eq!(resolve(&resolver, req).unwrap(), "203.0.113.5");
     }
 
     #[test]
     fn headers_from_untrusted_peers_change_nothing() {
-        for header in [ForwardedHeader::XForwardedFor, ForwardedHeader::Forwarded, ForwardedHeader::XRealIp] {
+        for header in [
+            ForwardedHeader::XForwardedFor,
+            ForwardedHeader::Forwarded,
+            ForwardedHeader::XRealIp,
+        ] {
             let req = request(
                 "203.0.113.5",
-                &[("x-forwarded-for", "1.2.3.4"), ("forwarded", "for=1.2.3.4"), ("x-real-ip", "1.2.3.4")],
+                &[
+                    ("x-forwarded-for", "1.2.3.4"),
+                    ("forwarded", "for=1.2.3.4"),
+                    ("x-real-ip", "1.2.3.4"),
+                ],
             );
             assert_eq!(resolve(&behind(header), req).unwrap(), "203.0.113.5");
             // Malformed headers from an untrusted peer are not even read.
-            let req = request("203.0.113.5", &[("x-forwarded-for", "garbage"), ("forwarded", "garbage"), ("x-real-ip", "garbage")]);
+            let req = request(
+                "203.0.113.5",
+                &[
+                    ("x-forwarded-for", "garbage"),
+                    ("forwarded", "garbage"),
+                    ("x-real-ip", "garbage"),
+                ],
+            );
             assert_eq!(resolve(&behind(header), req).unwrap(), "203.0.113.5");
         }
     }
@@ -374,7 +406,13 @@ mod tests {
     #[test]
     fn rightmost_untrusted_hop_wins() {
         let resolver = behind(ForwardedHeader::XForwardedFor);
-        let req = request("10.0.0.1", &[("x-forwarded-for", "6.6.6.6, 198.51.100.1, 10.2.2.2, 10.3.3.3")]);
+        let req = request(
+            "10.0.0.1",
+            &[(
+                "x-forwarded-for",
+                "6.6.6.6, 198.51.100.1, 10.2.2.2, 10.3.3.3",
+            )],
+        );
         assert_eq!(resolve(&resolver, req).unwrap(), "198.51.100.1");
     }
 
@@ -383,13 +421,22 @@ mod tests {
         let resolver = behind(ForwardedHeader::XForwardedFor);
         let req = request(
             "10.0.0.1",
-            &[("x-forwarded-for", "6.6.6.6, 198.51.100.1"), ("x-forwarded-for", "10.2.2.2")],
+            &[
+                ("x-forwarded-for", "6.6.6.6, 198.51.100.1"),
+                ("x-forwarded-for", "10.2.2.2"),
+            ],
         );
         assert_eq!(resolve(&resolver, req).unwrap(), "198.51.100.1");
         let resolver = behind(ForwardedHeader::Forwarded);
         let req = request(
             "10.0.0.1",
-            &[("forwarded", "for=6.6.6.6"), ("forwarded", r#"for="[2001:db8::9]:443";proto=https, for=10.9.9.9"#)],
+            &[
+                ("forwarded", "for=6.6.6.6"),
+                (
+                    "forwarded",
+                    r#"for="[2001:db8::9]:443";proto=https, for=10.9.9.9"#,
+                ),
+            ],
         );
         assert_eq!(resolve(&resolver, req).unwrap(), "2001:db8::9");
     }
@@ -403,8 +450,15 @@ mod tests {
 
     #[test]
     fn trusted_proxy_without_header_is_the_client() {
-        for header in [ForwardedHeader::XForwardedFor, ForwardedHeader::Forwarded, ForwardedHeader::XRealIp] {
-            assert_eq!(resolve(&behind(header), request("10.0.0.1", &[])).unwrap(), "10.0.0.1");
+        for header in [
+            ForwardedHeader::XForwardedFor,
+            ForwardedHeader::Forwarded,
+            ForwardedHeader::XRealIp,
+        ] {
+            assert_eq!(
+                resolve(&behind(header), request("10.0.0.1", &[])).unwrap(),
+                "10.0.0.1"
+            );
         }
     }
 
@@ -412,11 +466,21 @@ mod tests {
     fn x_real_ip_from_trusted_proxy() {
         let resolver = behind(ForwardedHeader::XRealIp);
         assert_eq!(
-            resolve(&resolver, request("10.0.0.1", &[("x-real-ip", "198.51.100.2")])).unwrap(),
+            resolve(
+                &resolver,
+                request("10.0.0.1", &[("x-real-ip", "198.51.100.2")])
+            )
+            .unwrap(),
             "198.51.100.2"
         );
         assert_eq!(
-            resolve(&resolver, request("10.0.0.1", &[("x-real-ip", "198.51.100.2"), ("x-real-ip", "198.51.100.3")])),
+            resolve(
+                &resolver,
+                request(
+                    "10.0.0.1",
+                    &[("x-real-ip", "198.51.100.2"), ("x-real-ip", "198.51.100.3")]
+                )
+            ),
             Err(ClientIpError::MalformedHeader(ForwardedHeader::XRealIp))
         );
         assert_eq!(
@@ -428,10 +492,18 @@ mod tests {
     #[test]
     fn malformed_headers_from_trusted_proxies_are_errors() {
         for (header, name, value) in [
-            (ForwardedHeader::XForwardedFor, "x-forwarded-for", "1.2.3.4,,5.6.7.8"),
+            (
+                ForwardedHeader::XForwardedFor,
+                "x-forwarded-for",
+                "1.2.3.4,,5.6.7.8",
+            ),
             (ForwardedHeader::XForwardedFor, "x-forwarded-for", ""),
             (ForwardedHeader::Forwarded, "forwarded", "for=[::1]"),
-            (ForwardedHeader::Forwarded, "forwarded", "for=1.2.3.4;for=5.6.7.8"),
+            (
+                ForwardedHeader::Forwarded,
+                "forwarded",
+                "for=1.2.3.4;for=5.6.7.8",
+            ),
         ] {
             let err = resolve(&behind(header), request("10.0.0.1", &[(name, value)])).unwrap_err();
             assert_eq!(err, ClientIpError::MalformedHeader(header), "{value}");
@@ -450,20 +522,34 @@ mod tests {
         );
         assert_eq!(
             resolve(&behind(ForwardedHeader::XForwardedFor), req),
-            Err(ClientIpError::MalformedHeader(ForwardedHeader::XForwardedFor))
+            Err(ClientIpError::MalformedHeader(
+                ForwardedHeader::XForwardedFor
+            ))
         );
     }
 
     #[test]
     fn undisclosed_client_is_an_error_not_the_proxy() {
         let resolver = behind(ForwardedHeader::Forwarded);
-        for value in ["for=unknown", r#"for="_hidden""#, "proto=https", "for=198.51.100.1, for=_x"] {
+        for value in [
+            "for=unknown",
+            r#"for="_hidden""#,
+            "proto=https",
+            "for=198.51.100.1, for=_x",
+        ] {
             let err = resolve(&resolver, request("10.0.0.1", &[("forwarded", value)])).unwrap_err();
-            assert_eq!(err, ClientIpError::Undisclosed(ForwardedHeader::Forwarded), "{value}");
+            assert_eq!(
+                err,
+                ClientIpError::Undisclosed(ForwardedHeader::Forwarded),
+                "{value}"
+            );
             assert_eq!(err.to_rejection().status(), http::StatusCode::FORBIDDEN);
         }
         // An undisclosed hop left of the client does not matter.
-        let req = request("10.0.0.1", &[("forwarded", "for=unknown, for=198.51.100.1")]);
+        let req = request(
+            "10.0.0.1",
+            &[("forwarded", "for=unknown, for=198.51.100.1")],
+        );
         assert_eq!(resolve(&resolver, req).unwrap(), "198.51.100.1");
     }
 
@@ -471,11 +557,20 @@ mod tests {
     fn mapped_addresses_become_ipv4() {
         let resolver = behind(ForwardedHeader::XForwardedFor);
         // A mapped peer inside the trusted IPv4 network is trusted.
-        let req = v6_request("::ffff:10.0.0.1", &[("x-forwarded-for", "::ffff:198.51.100.4")]);
+        let req = v6_request(
+            "::ffff:10.0.0.1",
+            &[("x-forwarded-for", "::ffff:198.51.100.4")],
+        );
         assert_eq!(resolve(&resolver, req).unwrap(), "198.51.100.4");
         let req = v6_request("::ffff:203.0.113.1", &[]);
-        assert_eq!(resolve(&ClientIpResolver::new(), req).unwrap(), "203.0.113.1");
-        assert_eq!(ClientIp::new("::ffff:1.2.3.4".parse().unwrap()).ip(), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            resolve(&ClientIpResolver::new(), req).unwrap(),
+            "203.0.113.1"
+        );
+        assert_eq!(
+            ClientIp::new("::ffff:1.2.3.4".parse().unwrap()).ip(),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]
@@ -488,9 +583,13 @@ mod tests {
     #[test]
     fn missing_peer_is_an_error_that_says_what_to_do() {
         let mut req = Request::new(());
-        let err = ClientIpResolver::new().resolve_request(&mut req).unwrap_err();
+        let err = ClientIpResolver::new()
+            .resolve_request(&mut req)
+            .unwrap_err();
         assert_eq!(err, ClientIpError::PeerUnavailable);
-        assert!(err.to_string().contains("into_make_service_with_connect_info"));
+        assert!(err
+            .to_string()
+            .contains("into_make_service_with_connect_info"));
         let rejection = err.to_rejection();
         assert_eq!(rejection.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(rejection.code(), "client_ip_unavailable");
@@ -503,7 +602,10 @@ mod tests {
         let first = resolver.resolve_request(&mut req).unwrap();
         assert_eq!(req.extensions().get::<ClientIp>(), Some(&first));
         // A later resolution reuses the stored value even if the headers changed.
-        req.headers_mut().insert("x-forwarded-for", http::HeaderValue::from_static("198.51.100.99"));
+        req.headers_mut().insert(
+            "x-forwarded-for",
+            http::HeaderValue::from_static("198.51.100.99"),
+        );
         assert_eq!(resolver.resolve_request(&mut req).unwrap(), first);
     }
 
@@ -512,8 +614,13 @@ mod tests {
     fn reads_axum_connect_info() {
         let mut req = Request::new(());
         req.extensions_mut()
-            .insert(axum::extract::ConnectInfo::<SocketAddr>("192.0.2.9:80".parse().unwrap()));
-        assert_eq!(socket_peer(req.extensions()), Some("192.0.2.9".parse().unwrap()));
+            .insert(axum::extract::ConnectInfo::<SocketAddr>(
+                "192.0.2.9:80".parse().unwrap(),
+            ));
+        assert_eq!(
+            socket_peer(req.extensions()),
+            Some("192.0.2.9".parse().unwrap())
+        );
     }
 
     proptest! {

@@ -16,6 +16,9 @@ pub(crate) enum Node {
     Undisclosed,
 }
 
+/// A parser of one header line: calls its callback with each hop, in order.
+pub(crate) type ChainParser = fn(&str, &mut dyn FnMut(Node)) -> Result<(), Malformed>;
+
 /// The header did not follow its grammar.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Malformed;
@@ -137,7 +140,10 @@ fn obfuscated(text: &str) -> Result<(), Malformed> {
 ///
 /// Entries are addresses, optionally with a port (`192.0.2.1:4711`, `[2001:db8::1]:4711`),
 /// or `unknown`. Empty entries are refused.
-pub(crate) fn x_forwarded_for_nodes(line: &str, each: &mut dyn FnMut(Node)) -> Result<(), Malformed> {
+pub(crate) fn x_forwarded_for_nodes(
+    line: &str,
+    each: &mut dyn FnMut(Node),
+) -> Result<(), Malformed> {
     for entry in line.split(',') {
         each(x_forwarded_for_entry(entry.trim_matches(is_ows))?);
     }
@@ -268,7 +274,20 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
-            b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
         )
 }
 
@@ -311,13 +330,20 @@ mod tests {
         );
         assert_eq!(
             forwarded(r#"for=192.0.2.43,for="[2001:db8:cafe::17]",for=unknown"#),
-            Ok(vec![ip("192.0.2.43"), ip("2001:db8:cafe::17"), Node::Undisclosed])
+            Ok(vec![
+                ip("192.0.2.43"),
+                ip("2001:db8:cafe::17"),
+                Node::Undisclosed
+            ])
         );
         assert_eq!(
             forwarded(r#"for=unknown, for="_hidden:_port""#),
             Ok(vec![Node::Undisclosed, Node::Undisclosed])
         );
-        assert_eq!(forwarded(r#"for="192.0.2.43:47011""#), Ok(vec![ip("192.0.2.43")]));
+        assert_eq!(
+            forwarded(r#"for="192.0.2.43:47011""#),
+            Ok(vec![ip("192.0.2.43")])
+        );
     }
 
     #[test]
@@ -326,7 +352,10 @@ mod tests {
             forwarded("proto=https;host=example.com, for=192.0.2.1"),
             Ok(vec![Node::Undisclosed, ip("192.0.2.1")])
         );
-        assert_eq!(forwarded("for=192.0.2.1;;proto=https;"), Ok(vec![ip("192.0.2.1")]));
+        assert_eq!(
+            forwarded("for=192.0.2.1;;proto=https;"),
+            Ok(vec![ip("192.0.2.1")])
+        );
     }
 
     #[test]
@@ -378,11 +407,20 @@ mod tests {
     fn x_forwarded_for_entries() {
         assert_eq!(
             xff("203.0.113.195, 2001:db8:85a3::8a2e:370:7334 ,198.51.100.178"),
-            Ok(vec![ip("203.0.113.195"), ip("2001:db8:85a3::8a2e:370:7334"), ip("198.51.100.178")])
+            Ok(vec![
+                ip("203.0.113.195"),
+                ip("2001:db8:85a3::8a2e:370:7334"),
+                ip("198.51.100.178")
+            ])
         );
         assert_eq!(
             xff("192.0.2.1:4711,[2001:db8::1]:80,[2001:db8::2],unknown"),
-            Ok(vec![ip("192.0.2.1"), ip("2001:db8::1"), ip("2001:db8::2"), Node::Undisclosed])
+            Ok(vec![
+                ip("192.0.2.1"),
+                ip("2001:db8::1"),
+                ip("2001:db8::2"),
+                Node::Undisclosed
+            ])
         );
     }
 

@@ -33,11 +33,13 @@ mod rejection;
 
 pub use audit::{AuditNote, AuditRecord, Decision};
 pub use body::RejectOrBody;
-pub use client_ip::{socket_peer, ClientIp, ClientIpError, ClientIpResolver, ForwardedHeader, PeerAddr};
+pub use client_ip::{
+    socket_peer, ClientIp, ClientIpError, ClientIpResolver, ForwardedHeader, PeerAddr,
+};
 pub use future::DecisionFuture;
 pub use network::{InvalidNetwork, NetworkListError, NetworkSet};
 pub use principal::{AuthMethod, Authentication, DuplicateMethod, Principal, PrincipalBuilder};
 pub use rejection::{
-    grpc_response, problem_json_response, DefaultRenderer, Denial, GrpcCode, RejectionContext,
-    Rejection, RenderRejection, Renderer,
+    grpc_response, problem_json_response, DefaultRenderer, Denial, GrpcCode, Rejection,
+    RejectionContext, RenderRejection, Renderer,
 };

@@ -59,14 +59,8 @@ impl NetworkSet {
         let mut v6 = Vec::new();
         for network in networks {
             match normalize(network) {
-                IpNet::V4(net) => v4.push((
-                    u32::from(net.network()),
-                    u32::from(net.broadcast()),
-                )),
-                IpNet::V6(net) => v6.push((
-                    u128::from(net.network()),
-                    u128::from(net.broadcast()),
-                )),
+                IpNet::V4(net) => v4.push((u32::from(net.network()), u32::from(net.broadcast()))),
+                IpNet::V6(net) => v6.push((u128::from(net.network()), u128::from(net.broadcast()))),
             }
         }
         let v4 = merge(v4);
@@ -99,12 +93,13 @@ impl NetworkSet {
             if content.is_empty() {
                 continue;
             }
-            let network = parse_network(content).map_err(|reason| NetworkListError::InvalidLine {
-                source_name: source.to_owned(),
-                line: index + 1,
-                text: shorten(content),
-                reason,
-            })?;
+            let network =
+                parse_network(content).map_err(|reason| NetworkListError::InvalidLine {
+                    source_name: source.to_owned(),
+                    line: index + 1,
+                    text: shorten(content),
+                    reason,
+                })?;
             networks.push(network);
         }
         Ok(Self::from_networks(networks))
@@ -442,14 +437,14 @@ mod tests {
     #[test]
     fn large_sets_are_indexed_small_ones_not() {
         assert!(set("10.0.0.0/8").v4_index.is_empty());
-        let big = NetworkSet::from_networks((0..5000u32).map(|i| {
-            IpNet::V4(Ipv4Net::new(Ipv4Addr::from(i << 12), 20).unwrap())
-        }));
+        let big = NetworkSet::from_networks(
+            (0..5000u32).map(|i| IpNet::V4(Ipv4Net::new(Ipv4Addr::from(i << 12), 20).unwrap())),
+        );
         // Adjacent /20s merge into one range: make them disjoint instead.
         assert_eq!(big.range_count(), 1);
-        let big = NetworkSet::from_networks((0..5000u32).map(|i| {
-            IpNet::V4(Ipv4Net::new(Ipv4Addr::from(i << 13), 20).unwrap())
-        }));
+        let big = NetworkSet::from_networks(
+            (0..5000u32).map(|i| IpNet::V4(Ipv4Net::new(Ipv4Addr::from(i << 13), 20).unwrap())),
+        );
         assert_eq!(big.range_count(), 5000);
         assert_eq!(big.v4_index.len(), 65_537);
         assert!(big.contains(ip("0.0.0.0")));
@@ -470,7 +465,8 @@ mod tests {
 
     #[test]
     fn bad_lines_name_the_source_and_line() {
-        let err = NetworkSet::parse_list("blocklist.txt", "10.0.0.0/8\n\n# x\nnot-an-ip\n").unwrap_err();
+        let err =
+            NetworkSet::parse_list("blocklist.txt", "10.0.0.0/8\n\n# x\nnot-an-ip\n").unwrap_err();
         assert_eq!(
             err.to_string(),
             "blocklist.txt:4: `not-an-ip` is not an IP address or CIDR network (such as 192.0.2.0/24 or 2001:db8::/32)"
@@ -498,7 +494,11 @@ mod tests {
             ("[::1]", InvalidNetwork::NotAnAddress),
         ] {
             match NetworkSet::parse_list("t", text) {
-                Err(NetworkListError::InvalidLine { reason: got, line: 1, .. }) => {
+                Err(NetworkListError::InvalidLine {
+                    reason: got,
+                    line: 1,
+                    ..
+                }) => {
                     assert_eq!(got, reason, "{text}")
                 }
                 other => panic!("{text}: unexpected {other:?}"),
@@ -530,7 +530,10 @@ mod tests {
     #[test]
     fn debug_prints_sizes_only() {
         let set = set("10.0.0.0/8\n2001:db8::/32");
-        assert_eq!(format!("{set:?}"), "NetworkSet { ipv4_ranges: 1, ipv6_ranges: 1 }");
+        assert_eq!(
+            format!("{set:?}"),
+            "NetworkSet { ipv4_ranges: 1, ipv6_ranges: 1 }"
+        );
     }
 
     fn arb_v4net() -> impl Strategy<Value = IpNet> {

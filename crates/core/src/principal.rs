@@ -306,7 +306,10 @@ impl Authentication {
 
     /// The `Authentication` in `extensions`, or an empty one.
     pub fn from_extensions(extensions: &http::Extensions) -> Authentication {
-        extensions.get::<Authentication>().cloned().unwrap_or_default()
+        extensions
+            .get::<Authentication>()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The principal for `method`.
@@ -397,8 +400,10 @@ mod tests {
     fn one_principal_per_method() {
         let mut auth = Authentication::new();
         assert!(!auth.is_authenticated());
-        auth.insert(Principal::builder("k", AuthMethod::ApiKey).build()).unwrap();
-        auth.insert(Principal::builder("c", AuthMethod::Certificate).build()).unwrap();
+        auth.insert(Principal::builder("k", AuthMethod::ApiKey).build())
+            .unwrap();
+        auth.insert(Principal::builder("c", AuthMethod::Certificate).build())
+            .unwrap();
         let err = auth
             .insert(Principal::builder("k2", AuthMethod::ApiKey).build())
             .unwrap_err();
@@ -417,8 +422,11 @@ mod tests {
         assert!(!Authentication::from_extensions(&ext).is_authenticated());
         Authentication::insert_into(&mut ext, Principal::builder("j", AuthMethod::Jwt).build())
             .unwrap();
-        Authentication::insert_into(&mut ext, Principal::builder("k", AuthMethod::ApiKey).build())
-            .unwrap();
+        Authentication::insert_into(
+            &mut ext,
+            Principal::builder("k", AuthMethod::ApiKey).build(),
+        )
+        .unwrap();
         assert!(Authentication::insert_into(
             &mut ext,
             Principal::builder("j2", AuthMethod::Jwt).build()

@@ -38,7 +38,11 @@ pub struct Rejection {
 
 impl Rejection {
     /// A rejection with any status.
-    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<Cow<'static, str>>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        detail: impl Into<Cow<'static, str>>,
+    ) -> Self {
         Self {
             status,
             code,
@@ -383,7 +387,10 @@ pub fn grpc_response(rejection: &Rejection, request: &RejectionContext<'_>) -> R
     let mut response = Response::new(Bytes::new());
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert("grpc-status", HeaderValue::from(u16::from(rejection.grpc_status().as_u8())));
+    headers.insert(
+        "grpc-status",
+        HeaderValue::from(u16::from(rejection.grpc_status().as_u8())),
+    );
     let message = format!("{}: {}", rejection.code(), rejection.detail());
     let encoded = utf8_percent_encode(&message, GRPC_MESSAGE).to_string();
     if let Ok(value) = HeaderValue::from_str(&encoded) {
@@ -428,7 +435,9 @@ mod tests {
     where
         B::Error: fmt::Debug,
     {
-        futures::executor::block_on(body.collect()).unwrap().to_bytes()
+        futures::executor::block_on(body.collect())
+            .unwrap()
+            .to_bytes()
     }
 
     #[test]
@@ -444,7 +453,8 @@ mod tests {
             response.extensions().get::<Denial>(),
             Some(&Denial::new("ip-allowlist", "ip_denied"))
         );
-        let body: serde_json::Value = serde_json::from_slice(&body_of(response.into_body())).unwrap();
+        let body: serde_json::Value =
+            serde_json::from_slice(&body_of(response.into_body())).unwrap();
         assert_eq!(
             body,
             serde_json::json!({
@@ -459,15 +469,17 @@ mod tests {
 
     #[test]
     fn detail_is_json_escaped() {
-        let response = problem_json_response(&Rejection::bad_request("x", "a \"quoted\"\n\\ detail"));
+        let response =
+            problem_json_response(&Rejection::bad_request("x", "a \"quoted\"\n\\ detail"));
         let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
         assert_eq!(body["detail"], "a \"quoted\"\n\\ detail");
     }
 
     #[test]
     fn challenge_and_retry_after_are_added() {
-        let rejection = Rejection::too_many_requests("rate_limited", "slow down", Duration::from_millis(1500))
-            .with_www_authenticate(HeaderValue::from_static("ApiKey realm=\"api\""));
+        let rejection =
+            Rejection::too_many_requests("rate_limited", "slow down", Duration::from_millis(1500))
+                .with_www_authenticate(HeaderValue::from_static("ApiKey realm=\"api\""));
         assert_eq!(rejection.retry_after_secs(), Some(2));
         let response = Renderer::default().respond::<http_body_util::Empty<Bytes>, _>(
             "rate-limit",
@@ -524,9 +536,18 @@ mod tests {
         };
         assert_eq!(ctx("application/grpc"), Some("application/grpc"));
         assert_eq!(ctx("Application/GRPC+proto"), Some("application/grpc"));
-        assert_eq!(ctx("application/grpc;charset=utf-8"), Some("application/grpc"));
-        assert_eq!(ctx("application/grpc-web+proto"), Some("application/grpc-web"));
-        assert_eq!(ctx("application/grpc-web-text"), Some("application/grpc-web-text"));
+        assert_eq!(
+            ctx("application/grpc;charset=utf-8"),
+            Some("application/grpc")
+        );
+        assert_eq!(
+            ctx("application/grpc-web+proto"),
+            Some("application/grpc-web")
+        );
+        assert_eq!(
+            ctx("application/grpc-web-text"),
+            Some("application/grpc-web-text")
+        );
         assert_eq!(ctx("application/grpcx"), None);
         assert_eq!(ctx("application/json"), None);
         assert_eq!(grpc_content_type(&HeaderMap::new()), None);
@@ -549,8 +570,15 @@ mod tests {
         );
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(response.headers()[WWW_AUTHENTICATE], "ApiKey");
-        assert_eq!(response.extensions().get::<Denial>().unwrap().code(), "invalid_api_key");
-        let body: serde_json::Value = serde_json::from_slice(&body_of(response.into_body())).unwrap();
-        assert_eq!(body, serde_json::json!({"success": false, "message": "the API key is not valid"}));
+        assert_eq!(
+            response.extensions().get::<Denial>().unwrap().code(),
+            "invalid_api_key"
+        );
+        let body: serde_json::Value =
+            serde_json::from_slice(&body_of(response.into_body())).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"success": false, "message": "the API key is not valid"})
+        );
     }
 }

@@ -135,10 +135,7 @@ impl IpRules {
 
     /// Reads the allow list and the deny list from files, one address or network a line
     /// with `#` comments. Either may be omitted. Errors name the file and line.
-    pub fn from_files(
-        allow: Option<&Path>,
-        deny: Option<&Path>,
-    ) -> Result<Self, NetworkListError> {
+    pub fn from_files(allow: Option<&Path>, deny: Option<&Path>) -> Result<Self, NetworkListError> {
         let read = |path: Option<&Path>| path.map(NetworkSet::from_file).transpose();
         Ok(Self {
             allow: read(allow)?.unwrap_or_default(),
@@ -223,7 +220,9 @@ impl IpRulesHandle {
 
 impl fmt::Debug for IpRulesHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("IpRulesHandle").field(&self.0.load()).finish()
+        f.debug_tuple("IpRulesHandle")
+            .field(&self.0.load())
+            .finish()
     }
 }
 
@@ -343,9 +342,14 @@ impl<S> IpAllowlist<S> {
         AuditRecord::note(request.extensions(), || {
             AuditNote::deny(LAYER_NAME, IP_DENIED).detail(refusal.as_str())
         });
-        let rejection = Rejection::forbidden(IP_DENIED, "requests from this address are not allowed")
-            .with_status(self.config.deny_status);
-        DecisionFuture::rejected(self.config.renderer.respond(LAYER_NAME, &rejection, request))
+        let rejection =
+            Rejection::forbidden(IP_DENIED, "requests from this address are not allowed")
+                .with_status(self.config.deny_status);
+        DecisionFuture::rejected(
+            self.config
+                .renderer
+                .respond(LAYER_NAME, &rejection, request),
+        )
     }
 
     fn refuse_unresolved<ReqBody, ResBody, F>(
@@ -354,12 +358,20 @@ impl<S> IpAllowlist<S> {
         request: &Request<ReqBody>,
     ) -> DecisionFuture<F, ResBody> {
         match error {
-            ClientIpError::PeerUnavailable => tracing::error!("ip-allowlist refused a request: {error}"),
+            ClientIpError::PeerUnavailable => {
+                tracing::error!("ip-allowlist refused a request: {error}")
+            }
             _ => tracing::debug!("ip-allowlist refused a request: {error}"),
         }
         let rejection = error.to_rejection();
-        AuditRecord::note(request.extensions(), || AuditNote::deny(LAYER_NAME, rejection.code()));
-        DecisionFuture::rejected(self.config.renderer.respond(LAYER_NAME, &rejection, request))
+        AuditRecord::note(request.extensions(), || {
+            AuditNote::deny(LAYER_NAME, rejection.code())
+        });
+        DecisionFuture::rejected(
+            self.config
+                .renderer
+                .respond(LAYER_NAME, &rejection, request),
+        )
     }
 }
 
@@ -388,7 +400,9 @@ mod tests {
 
     fn request(peer: &str) -> Request<()> {
         let mut request = Request::new(());
-        request.extensions_mut().insert(PeerAddr(peer.parse().unwrap()));
+        request
+            .extensions_mut()
+            .insert(PeerAddr(peer.parse().unwrap()));
         request
     }
 
@@ -396,7 +410,9 @@ mod tests {
         let response = futures::executor::block_on(service.clone().oneshot(request)).unwrap();
         let status = response.status();
         let denial = response.extensions().get::<Denial>().copied();
-        let body = futures::executor::block_on(response.into_body().collect()).unwrap().to_bytes();
+        let body = futures::executor::block_on(response.into_body().collect())
+            .unwrap()
+            .to_bytes();
         (status, denial, String::from_utf8(body.to_vec()).unwrap())
     }
 
@@ -427,23 +443,35 @@ mod tests {
 
     #[test]
     fn not_in_allow_list_is_denied() {
-        let svc = service(&IpAllowlistLayer::new(rules("10.0.0.0/8\n2001:db8::/32", "")));
+        let svc = service(&IpAllowlistLayer::new(rules(
+            "10.0.0.0/8\n2001:db8::/32",
+            "",
+        )));
         assert_eq!(call(&svc, request("192.0.2.1:1")).0, StatusCode::FORBIDDEN);
-        assert_eq!(call(&svc, request("[2001:db9::1]:1")).0, StatusCode::FORBIDDEN);
+        assert_eq!(
+            call(&svc, request("[2001:db9::1]:1")).0,
+            StatusCode::FORBIDDEN
+        );
         assert_eq!(call(&svc, request("[2001:db8::1]:1")).0, StatusCode::OK);
     }
 
     #[test]
     fn deny_only_rules() {
         let svc = service(&IpAllowlistLayer::new(rules("", "192.0.2.0/24")));
-        assert_eq!(call(&svc, request("192.0.2.200:1")).0, StatusCode::FORBIDDEN);
+        assert_eq!(
+            call(&svc, request("192.0.2.200:1")).0,
+            StatusCode::FORBIDDEN
+        );
         assert_eq!(call(&svc, request("192.0.3.1:1")).0, StatusCode::OK);
     }
 
     #[test]
     fn mapped_ipv6_peer_is_checked_as_ipv4() {
         let svc = service(&IpAllowlistLayer::new(rules("", "192.0.2.0/24")));
-        assert_eq!(call(&svc, request("[::ffff:192.0.2.1]:1")).0, StatusCode::FORBIDDEN);
+        assert_eq!(
+            call(&svc, request("[::ffff:192.0.2.1]:1")).0,
+            StatusCode::FORBIDDEN
+        );
     }
 
     #[test]
@@ -475,18 +503,34 @@ mod tests {
         let svc = service(&layer);
         let with_xff = |peer: &str, xff: &str| {
             let mut r = request(peer);
-            r.headers_mut().insert("x-forwarded-for", xff.parse().unwrap());
+            r.headers_mut()
+                .insert("x-forwarded-for", xff.parse().unwrap());
             r
         };
         // Through the proxy, the denied client is found.
-        assert_eq!(call(&svc, with_xff("10.0.0.1:1", "198.51.100.7")).0, StatusCode::FORBIDDEN);
+        assert_eq!(
+            call(&svc, with_xff("10.0.0.1:1", "198.51.100.7")).0,
+            StatusCode::FORBIDDEN
+        );
         // A denied client cannot hide by prepending an allowed address.
-        assert_eq!(call(&svc, with_xff("10.0.0.1:1", "192.0.2.1, 198.51.100.7")).0, StatusCode::FORBIDDEN);
+        assert_eq!(
+            call(&svc, with_xff("10.0.0.1:1", "192.0.2.1, 198.51.100.7")).0,
+            StatusCode::FORBIDDEN
+        );
         // An allowed client that claims to be somebody else still is itself.
-        assert_eq!(call(&svc, with_xff("10.0.0.1:1", "198.51.100.7, 192.0.2.1")).0, StatusCode::OK);
+        assert_eq!(
+            call(&svc, with_xff("10.0.0.1:1", "198.51.100.7, 192.0.2.1")).0,
+            StatusCode::OK
+        );
         // Directly connected, the header is ignored.
-        assert_eq!(call(&svc, with_xff("198.51.100.7:1", "192.0.2.1")).0, StatusCode::FORBIDDEN);
-        assert_eq!(call(&svc, with_xff("192.0.2.1:1", "198.51.100.7")).0, StatusCode::OK);
+        assert_eq!(
+            call(&svc, with_xff("198.51.100.7:1", "192.0.2.1")).0,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            call(&svc, with_xff("192.0.2.1:1", "198.51.100.7")).0,
+            StatusCode::OK
+        );
         // A malformed header from the proxy is a 400.
         let (status, denial, _) = call(&svc, with_xff("10.0.0.1:1", "198.51.100.7,,"));
         assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -537,8 +581,13 @@ mod tests {
         std::fs::write(&bad, "192.0.2.0/24\n192.0.2.300\n").unwrap();
         let rules = IpRules::from_files(Some(&good), None).unwrap();
         assert!(rules.check("10.1.1.1".parse().unwrap()).is_ok());
-        assert_eq!(rules.check("11.1.1.1".parse().unwrap()), Err(IpRefusal::NotAllowed));
-        let err = IpRules::from_files(Some(&good), Some(&bad)).unwrap_err().to_string();
+        assert_eq!(
+            rules.check("11.1.1.1".parse().unwrap()),
+            Err(IpRefusal::NotAllowed)
+        );
+        let err = IpRules::from_files(Some(&good), Some(&bad))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("deny.txt:2"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
