@@ -42,3 +42,8 @@ pub use portcullis_core as core;
 
 #[cfg(feature = "ip-allowlist")]
 pub use portcullis_ip_allowlist as ip_allowlist;
+
+// The README's Rust examples compile as tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
