@@ -13,7 +13,7 @@ use portcullis::core::{ClientIp, PeerAddr};
 use portcullis::ip_allowlist::{IpAllowlistLayer, IpRules};
 use tower::Layer;
 
-use common::{drive, networks, noop_service};
+use common::{drive, networks, noop_service, ALLOWED_PEER, DENIED_PEER};
 
 fn request(peer: &str) -> Request<()> {
     let mut request = Request::new(());
@@ -30,7 +30,7 @@ fn bench(c: &mut Criterion) {
     let mut floor = noop_service();
     group.bench_function("floor", |b| {
         b.iter_batched(
-            || request("192.0.2.1:4000"),
+            || request(ALLOWED_PEER),
             |req| black_box(drive(&mut floor, req)),
             BatchSize::SmallInput,
         )
@@ -50,7 +50,7 @@ fn bench(c: &mut Criterion) {
 
         group.bench_with_input(BenchmarkId::new("allow", size), &size, |b, _| {
             b.iter_batched(
-                || request("192.0.2.1:4000"),
+                || request(ALLOWED_PEER),
                 |req| black_box(drive(&mut service, req)),
                 BatchSize::SmallInput,
             )
@@ -59,7 +59,7 @@ fn bench(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("allow_resolved", size), &size, |b, _| {
             b.iter_batched(
                 || {
-                    let mut req = request("192.0.2.1:4000");
+                    let mut req = request(ALLOWED_PEER);
                     req.extensions_mut()
                         .insert(ClientIp::new("192.0.2.1".parse().unwrap()));
                     req
@@ -68,10 +68,9 @@ fn bench(c: &mut Criterion) {
                 BatchSize::SmallInput,
             )
         });
-        let denied = format!("{denied_peer}:4000");
         group.bench_with_input(BenchmarkId::new("reject", size), &size, |b, _| {
             b.iter_batched(
-                || request(&denied),
+                || request(DENIED_PEER),
                 |req| black_box(drive(&mut service, req)),
                 BatchSize::SmallInput,
             )

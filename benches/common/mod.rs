@@ -16,6 +16,12 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use portcullis::core::NetworkSet;
 use tower::Service;
 
+/// A socket peer inside the deny lists [`networks`] builds.
+pub const DENIED_PEER: &str = "198.51.100.7:4000";
+
+/// A socket peer outside them.
+pub const ALLOWED_PEER: &str = "192.0.2.1:4000";
+
 pub type NoopFn = fn(Request<()>) -> std::future::Ready<Result<Response<Empty<Bytes>>, Infallible>>;
 
 /// The floor: a service that answers 200 at once.
@@ -26,7 +32,10 @@ pub fn noop_service() -> tower::util::ServiceFn<NoopFn> {
     tower::service_fn(noop as NoopFn)
 }
 
-/// Calls `service` and polls the future to completion with a no-op waker.
+/// Calls `service` and polls the future to completion with a no-op waker. Never
+/// inlined, so that `valgrind --tool=callgrind --toggle-collect='*drive*'` can count
+/// the instructions of exactly one request (see benches/README.md).
+#[inline(never)]
 pub fn drive<S, B>(service: &mut S, request: Request<()>) -> Response<B>
 where
     S: Service<Request<()>, Response = Response<B>>,
@@ -43,8 +52,9 @@ where
 }
 
 /// `count` distinct networks, a realistic mix: mostly IPv4 /24 and /32, some IPv6 /48,
-/// spread over the address space with a fixed seed so runs compare. None of them
-/// covers 192.0.2.0/24, which the allow-path benchmarks use.
+/// spread over the address space with a fixed seed so runs compare. One of them is
+/// 198.51.100.0/24 (see [`DENIED_PEER`]); none covers 192.0.2.0/24, which the
+/// allow-path benchmarks use.
 pub fn networks(count: usize) -> NetworkSet {
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = move || {
@@ -55,6 +65,7 @@ pub fn networks(count: usize) -> NetworkSet {
         state.wrapping_mul(0x2545_f491_4f6c_dd1d)
     };
     let mut out = Vec::with_capacity(count);
+    out.push("198.51.100.0/24".parse().unwrap());
     while out.len() < count {
         let r = next();
         let net = match r % 10 {

@@ -1,0 +1,105 @@
+//! Instruction counts per request, for machines where wall-clock timings are too noisy
+//! to compare (shared CI machines, virtual machines with busy neighbours).
+//!
+//! `benches/instructions.sh` runs this binary under `valgrind --tool=callgrind`, which
+//! counts the instructions executed inside `drive` for one scenario, and divides by the
+//! number of requests. The counts are repeatable for the same binary and inputs,
+//! whatever else the machine is doing.
+//!
+//! Run alone (`cargo bench --bench instructions`) it runs every scenario once, as a
+//! smoke test.
+
+#![allow(missing_docs, clippy::unwrap_used)]
+
+mod common;
+
+use std::hint::black_box;
+
+use http::Request;
+use portcullis::core::{ClientIp, ClientIpResolver, ForwardedHeader, PeerAddr};
+use portcullis::ip_allowlist::{IpAllowlistLayer, IpRules};
+use tower::Layer;
+
+use common::{drive, networks, noop_service, ALLOWED_PEER, DENIED_PEER};
+
+const SCENARIOS: &[&str] = &[
+    "floor",
+    "allow/10",
+    "allow/100000",
+    "allow_resolved/100000",
+    "reject/100000",
+    "allow_xff_5_hops/100000",
+];
+
+fn request(peer: &str) -> Request<()> {
+    let mut request = Request::new(());
+    request
+        .extensions_mut()
+        .insert(PeerAddr(peer.parse().unwrap()));
+    request
+}
+
+fn run(scenario: &str, iterations: u64) {
+    let (kind, size) = match scenario.split_once('/') {
+        Some((kind, size)) => (kind, size.parse::<usize>().unwrap()),
+        None => (scenario, 0),
+    };
+    let deny = networks(size.max(1));
+    let layer = IpAllowlistLayer::new(IpRules::new().deny(deny)).client_ip(
+        ClientIpResolver::new()
+            .trust_proxies("10.0.0.0/8".parse().unwrap())
+            .forwarded_header(ForwardedHeader::XForwardedFor),
+    );
+    let mut floor = noop_service();
+    let mut service = layer.layer(noop_service());
+    // Requests are built outside `drive`, so only the layer's work is counted.
+    let make = || match kind {
+        "floor" | "allow" => request(ALLOWED_PEER),
+        "allow_resolved" => {
+            let mut req = request(ALLOWED_PEER);
+            req.extensions_mut()
+                .insert(ClientIp::new("192.0.2.1".parse().unwrap()));
+            req
+        }
+        "reject" => request(DENIED_PEER),
+        "allow_xff_5_hops" => {
+            let mut req = request("10.0.0.1:4000");
+            req.headers_mut().insert(
+                "x-forwarded-for",
+                "192.0.2.1, 10.0.0.5, 10.0.0.4, 10.0.0.3, 10.0.0.2"
+                    .parse()
+                    .unwrap(),
+            );
+            req
+        }
+        other => panic!("unknown scenario {other}; known: {SCENARIOS:?}"),
+    };
+    for _ in 0..iterations {
+        let req = make();
+        if kind == "floor" {
+            black_box(drive(&mut floor, req));
+        } else {
+            black_box(drive(&mut service, req));
+        }
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; the script passes a scenario and a count.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    match args.as_slice() {
+        [scenario, iterations] => run(scenario, iterations.parse().unwrap()),
+        _ => {
+            for scenario in SCENARIOS {
+                run(scenario, 1);
+            }
+            println!(
+                "instructions: ran {} scenarios once; see benches/instructions.sh",
+                SCENARIOS.len()
+            );
+        }
+    }
+}

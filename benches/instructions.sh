@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Instructions per request for each scenario of benches/instructions.rs, counted by
+# callgrind inside `drive` only. Needs valgrind (apt-get install -y valgrind).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo bench --bench instructions --no-run >/dev/null 2>&1
+bin=$(cargo bench --bench instructions --no-run --message-format=json 2>/dev/null \
+    | grep -o '"executable":"[^"]*instructions[^"]*"' | tail -n1 | cut -d'"' -f4)
+iterations=${ITERATIONS:-5000}
+out=$(mktemp -d)
+printf '%-28s %12s\n' scenario "Ir/request"
+for scenario in floor allow/10 allow/100000 allow_resolved/100000 reject/100000 allow_xff_5_hops/100000; do
+    file="$out/$(echo "$scenario" | tr / _).cg"
+    valgrind --tool=callgrind --toggle-collect='*common::drive*' --callgrind-out-file="$file" \
+        "$bin" "$scenario" "$iterations" >/dev/null 2>&1
+    total=$(grep -E '^summary:|^totals:' "$file" | head -n1 | awk '{print $2}')
+    printf '%-28s %12d\n' "$scenario" $((total / iterations))
+done
+rm -rf "$out"
