@@ -76,3 +76,56 @@ async fn allow_list_refuses_other_clients() {
         Code::PermissionDenied
     );
 }
+
+/// tonic serving TLS puts `TlsConnectInfo<TcpConnectInfo>` in the extensions instead of
+/// `TcpConnectInfo`; the layer reads the peer from it (feature `tonic-tls`).
+#[tokio::test]
+async fn over_tls_the_peer_comes_from_tls_connect_info() {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert_pem = certified.cert.pem();
+    let key_pem = certified.signing_key.serialize_pem();
+
+    let (listener, addr) = listener().await;
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let layer = deny("127.0.0.66");
+    let identity = Identity::from_pem(&cert_pem, &key_pem);
+    tokio::spawn(async move {
+        Server::builder()
+            .tls_config(ServerTlsConfig::new().identity(identity))
+            .unwrap()
+            .layer(layer)
+            .add_service(health)
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+
+    let check_tls = |from: &'static str| {
+        let cert_pem = cert_pem.clone();
+        async move {
+            let channel = Endpoint::from_shared(format!("https://{addr}"))
+                .unwrap()
+                .tls_config(
+                    ClientTlsConfig::new()
+                        .ca_certificate(Certificate::from_pem(cert_pem))
+                        .domain_name("localhost"),
+                )
+                .unwrap()
+                .local_address(Some(from.parse().unwrap()))
+                .connect()
+                .await
+                .unwrap();
+            HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+        }
+    };
+    let allowed = check_tls("127.0.0.1").await.unwrap();
+    assert_eq!(allowed.into_inner().status(), ServingStatus::Serving);
+    let denied = check_tls("127.0.0.66").await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+}
