@@ -15,12 +15,11 @@ mod common;
 
 use std::hint::black_box;
 
-use http::Request;
-use portcullis::core::{ClientIp, ClientIpResolver, ForwardedHeader, PeerAddr};
+use portcullis::core::{ClientIp, ClientIpResolver, ForwardedHeader};
 use portcullis::ip_allowlist::{IpAllowlistLayer, IpRules};
 use tower::Layer;
 
-use common::{drive, networks, noop_service, ALLOWED_PEER, DENIED_PEER};
+use common::{drive, networks, noop_service, request, ALLOWED_PEER, DENIED_PEER};
 
 const SCENARIOS: &[&str] = &[
     "floor",
@@ -30,14 +29,6 @@ const SCENARIOS: &[&str] = &[
     "reject/100000",
     "allow_xff_5_hops/100000",
 ];
-
-fn request(peer: &str) -> Request<()> {
-    let mut request = Request::new(());
-    request
-        .extensions_mut()
-        .insert(PeerAddr(peer.parse().unwrap()));
-    request
-}
 
 fn run(scenario: &str, iterations: u64) {
     let (kind, size) = match scenario.split_once('/') {

@@ -8,20 +8,11 @@ mod common;
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use http::Request;
-use portcullis::core::{ClientIp, PeerAddr};
+use portcullis::core::ClientIp;
 use portcullis::ip_allowlist::{IpAllowlistLayer, IpRules};
 use tower::Layer;
 
-use common::{drive, networks, noop_service, ALLOWED_PEER, DENIED_PEER};
-
-fn request(peer: &str) -> Request<()> {
-    let mut request = Request::new(());
-    request
-        .extensions_mut()
-        .insert(PeerAddr(peer.parse().unwrap()));
-    request
-}
+use common::{drive, networks, noop_service, request, ALLOWED_PEER, DENIED_PEER};
 
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("ip_allowlist");

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Empty;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use portcullis::core::NetworkSet;
+use portcullis::core::{NetworkSet, PeerAddr};
 use tower::Service;
 
 /// A socket peer inside the deny lists [`networks`] builds.
@@ -30,6 +30,15 @@ pub fn noop_service() -> tower::util::ServiceFn<NoopFn> {
         std::future::ready(Ok(Response::new(Empty::new())))
     }
     tower::service_fn(noop as NoopFn)
+}
+
+/// A request whose socket peer is `peer` (`"192.0.2.1:4000"`).
+pub fn request(peer: &str) -> Request<()> {
+    let mut request = Request::new(());
+    request
+        .extensions_mut()
+        .insert(PeerAddr(peer.parse().unwrap()));
+    request
 }
 
 /// Calls `service` and polls the future to completion with a no-op waker. Never
