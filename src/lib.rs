@@ -7,6 +7,7 @@
 //! | feature | crate | layer |
 //! |---|---|---|
 //! | `ip-allowlist` | [`portcullis-ip-allowlist`](ip_allowlist) | [`IpAllowlistLayer`](ip_allowlist::IpAllowlistLayer): allow and deny networks, client IP behind trusted proxies |
+//! | `role-router` | [`portcullis-role-router`](role_router) | [`RoleRouterLayer`](role_router::RoleRouterLayer): method + path-pattern rules saying which credentials, roles and scopes a route needs |
 //!
 //! [`core`] holds the contracts every layer shares: [`Principal`](core::Principal),
 //! [`Authentication`](core::Authentication), [`ClientIp`](core::ClientIp),
@@ -42,6 +43,9 @@ pub use portcullis_core as core;
 
 #[cfg(feature = "ip-allowlist")]
 pub use portcullis_ip_allowlist as ip_allowlist;
+
+#[cfg(feature = "role-router")]
+pub use portcullis_role_router as role_router;
 
 // The README's Rust examples compile as tests.
 #[cfg(doctest)]

@@ -265,15 +265,24 @@ fn dedup(values: &mut Vec<String>) {
 /// assert!(auth.principals().any(|p| p.has_role("admin")));
 /// # Ok::<(), portcullis_core::DuplicateMethod>(())
 /// ```
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Authentication {
     by_method: [Option<Principal>; 3],
 }
 
 impl Authentication {
     /// No principal.
-    pub fn new() -> Self {
-        Self::default()
+    pub const fn new() -> Self {
+        Self {
+            by_method: [None, None, None],
+        }
+    }
+
+    /// An empty `Authentication` with a `'static` lifetime, for layers that borrow the
+    /// request's `Authentication` and need something to point at when there is none.
+    pub fn empty() -> &'static Authentication {
+        static EMPTY: Authentication = Authentication::new();
+        &EMPTY
     }
 
     /// Adds a principal. A second principal for the same method is refused: two layers
@@ -335,6 +344,12 @@ impl Authentication {
     /// The methods that succeeded.
     pub fn methods(&self) -> impl Iterator<Item = AuthMethod> + '_ {
         self.principals().map(Principal::method)
+    }
+}
+
+impl Default for Authentication {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
