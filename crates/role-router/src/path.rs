@@ -57,36 +57,57 @@ pub fn normalize(raw: &str) -> Result<Cow<'_, str>, AmbiguousPath> {
     if !raw.starts_with('/') {
         return Err(AmbiguousPath::NotAbsolute);
     }
-    if raw.contains('\\') {
-        return Err(AmbiguousPath::Backslash);
-    }
-    let decoded: Cow<'_, str> = if raw.contains('%') {
-        Cow::Owned(decode(raw)?)
+    if raw.as_bytes().contains(&b'%') {
+        let mut decoded = decode(raw)?;
+        let end = check(&decoded)?;
+        decoded.truncate(end);
+        Ok(Cow::Owned(decoded))
     } else {
-        Cow::Borrowed(raw)
-    };
-    if decoded.chars().any(char::is_control) {
-        return Err(AmbiguousPath::BadCharacter);
+        let end = check(raw)?;
+        Ok(Cow::Borrowed(&raw[..end]))
     }
-    let body = &decoded[1..];
-    let body = body.strip_suffix('/').unwrap_or(body);
-    if !body.is_empty() {
-        for segment in body.split('/') {
-            match segment {
-                "" => return Err(AmbiguousPath::EmptySegment),
-                "." | ".." => return Err(AmbiguousPath::DotSegment),
+}
+
+/// Checks an absolute, decoded path in one pass and returns where it ends without its
+/// trailing `/`.
+fn check(path: &str) -> Result<usize, AmbiguousPath> {
+    let bytes = path.as_bytes();
+    if bytes.ends_with(b"//") {
+        return Err(AmbiguousPath::EmptySegment);
+    }
+    let end = if bytes.len() > 1 && bytes.ends_with(b"/") {
+        bytes.len() - 1
+    } else {
+        bytes.len()
+    };
+    let mut non_ascii = false;
+    let mut segment_start = 1;
+    for at in 1..=end {
+        let byte = bytes.get(at).copied();
+        if at < end {
+            match byte {
+                Some(b'\\') => return Err(AmbiguousPath::Backslash),
+                Some(b) if b < 0x20 || b == 0x7f => return Err(AmbiguousPath::BadCharacter),
+                Some(b) if b >= 0x80 => non_ascii = true,
                 _ => {}
             }
         }
-    }
-    let end = 1 + body.len();
-    Ok(match decoded {
-        Cow::Borrowed(path) => Cow::Borrowed(&path[..end]),
-        Cow::Owned(mut path) => {
-            path.truncate(end);
-            Cow::Owned(path)
+        if at == end || byte == Some(b'/') {
+            match &bytes[segment_start..at] {
+                // `/` alone is the root, not an empty segment.
+                b"" if end == 1 => {}
+                b"" => return Err(AmbiguousPath::EmptySegment),
+                b"." | b".." => return Err(AmbiguousPath::DotSegment),
+                _ => {}
+            }
+            segment_start = at + 1;
         }
-    })
+    }
+    // C1 control characters are two bytes in UTF-8; look for them only when needed.
+    if non_ascii && path.chars().any(char::is_control) {
+        return Err(AmbiguousPath::BadCharacter);
+    }
+    Ok(end)
 }
 
 fn decode(raw: &str) -> Result<String, AmbiguousPath> {
@@ -162,6 +183,8 @@ mod tests {
             ("/v1//key", AmbiguousPath::EmptySegment),
             ("//v1/key", AmbiguousPath::EmptySegment),
             ("/v1/key//", AmbiguousPath::EmptySegment),
+            ("//", AmbiguousPath::EmptySegment),
+            ("/v1/%C2%85", AmbiguousPath::BadCharacter),
             ("/v1\\key", AmbiguousPath::Backslash),
             ("/v1/%zz", AmbiguousPath::BadPercentEncoding),
             ("/v1/%4", AmbiguousPath::BadPercentEncoding),

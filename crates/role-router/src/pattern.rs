@@ -89,12 +89,9 @@ impl PathPattern {
 
     /// Whether a normalized path (see [`normalize`](crate::normalize)) matches.
     pub fn matches(&self, path: &str) -> bool {
-        let body = &path[path.len().min(1)..];
-        if body.is_empty() {
-            return matches_segments(&self.segments, &mut std::iter::empty());
-        }
-        // `split` is cheap to clone, so backtracking over `**` needs no allocation.
-        matches_segments(&self.segments, &mut body.split('/'))
+        // `Segments` is two words and cheap to clone, so backtracking over `**` needs no
+        // allocation.
+        matches_segments(&self.segments, &mut Segments::of(path))
     }
 
     /// Whether every path this pattern's `other` matches is matched by `self` too. Sound
@@ -148,14 +145,50 @@ fn compile_segment(text: &str) -> Result<Segment, &'static str> {
     Ok(Segment::Literal(text.into()))
 }
 
-fn matches_segments<'p, I>(pattern: &[Segment], path: &mut I) -> bool
-where
-    I: Iterator<Item = &'p str> + Clone,
-{
+/// The segments of a normalized path, without allocating: `/a/b` gives `a`, `b`; `/`
+/// gives none.
+#[derive(Clone, Debug)]
+pub(crate) struct Segments<'a> {
+    rest: Option<&'a str>,
+}
+
+impl<'a> Segments<'a> {
+    pub(crate) fn of(path: &'a str) -> Self {
+        let body = path.strip_prefix('/').unwrap_or(path);
+        Self {
+            rest: (!body.is_empty()).then_some(body),
+        }
+    }
+}
+
+impl<'a> Iterator for Segments<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let rest = self.rest?;
+        // Segments are short: a plain byte loop beats a general-purpose searcher here.
+        match rest.bytes().position(|b| b == b'/') {
+            Some(at) => {
+                self.rest = Some(&rest[at + 1..]);
+                Some(&rest[..at])
+            }
+            None => {
+                self.rest = None;
+                Some(rest)
+            }
+        }
+    }
+}
+
+fn matches_segments(pattern: &[Segment], path: &mut Segments<'_>) -> bool {
     let Some((first, rest)) = pattern.split_first() else {
         return path.next().is_none();
     };
     if let Segment::Any = first {
+        if rest.is_empty() {
+            // A trailing `**` takes whatever is left.
+            return true;
+        }
         // Try `**` as zero segments, then one more, and so on.
         let mut remaining = path.clone();
         loop {

@@ -1,12 +1,11 @@
 //! Policies: ordered rules of method + path pattern + requirement, compiled for lookup.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use http::Method;
 use portcullis_core::{AuthMethod, Authentication};
 
-use crate::pattern::{PathPattern, PatternError};
+use crate::pattern::{PathPattern, PatternError, Segments};
 
 /// "Any of" or "all of" a set of values.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -309,10 +308,39 @@ pub struct Policy {
 
 #[derive(Debug, Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
+    /// Sorted by segment: a binary search over a few short strings is cheaper than
+    /// hashing the segment.
+    children: Vec<(Box<str>, Node)>,
     /// Rules whose literal prefix ends here, in policy order.
     rules: Vec<u32>,
 }
+
+impl Node {
+    fn child(&self, segment: &str) -> Option<&Node> {
+        self.children
+            .binary_search_by(|(text, _)| (**text).cmp(segment))
+            .ok()
+            .map(|at| &self.children[at].1)
+    }
+
+    fn child_or_insert(&mut self, segment: &str) -> &mut Node {
+        let at = match self
+            .children
+            .binary_search_by(|(text, _)| (**text).cmp(segment))
+        {
+            Ok(at) => at,
+            Err(at) => {
+                self.children.insert(at, (segment.into(), Node::default()));
+                at
+            }
+        };
+        &mut self.children[at].1
+    }
+}
+
+/// How deep the trie walk remembers nodes on the stack; deeper literal prefixes are
+/// still found, only evaluated in walk order.
+const WALK_DEPTH: usize = 16;
 
 /// The outcome of matching a request against a [`Policy`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -381,19 +409,29 @@ impl Policy {
                 }
             }
         };
+        // Walk the trie first, then consider the deepest node's rules first: specific
+        // rules usually come early in a policy, so the broad rules near the root (a
+        // `/**` catch-all) are then skipped by the index bound instead of matched.
+        let mut walked: [Option<&Node>; WALK_DEPTH] = [None; WALK_DEPTH];
+        let mut depth = 0;
         let mut node = &self.index;
-        consider(&node.rules);
-        let body = &path[path.len().min(1)..];
-        if !body.is_empty() {
-            for segment in body.split('/') {
-                match node.children.get(segment) {
-                    Some(child) => {
-                        node = child;
+        walked[0] = Some(node);
+        for segment in Segments::of(path) {
+            match node.child(segment) {
+                Some(child) => {
+                    node = child;
+                    depth += 1;
+                    if depth < WALK_DEPTH {
+                        walked[depth] = Some(node);
+                    } else {
                         consider(&node.rules);
                     }
-                    None => break,
                 }
+                None => break,
             }
+        }
+        for node in walked.iter().rev().flatten() {
+            consider(&node.rules);
         }
         best
     }
@@ -488,7 +526,7 @@ impl PolicyBuilder {
             })?;
             let mut node = &mut index;
             for literal in pattern.literal_prefix() {
-                node = node.children.entry(literal.into()).or_default();
+                node = node.child_or_insert(literal);
             }
             node.rules.push(u32::try_from(position).unwrap_or(u32::MAX));
             compiled.push(CompiledRule {

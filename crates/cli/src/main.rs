@@ -1,0 +1,197 @@
+//! `portcullis`: the command-line companion of the Portcullis layers.
+//!
+//! ```text
+//! portcullis policy check FILE [--deny-warnings]
+//! portcullis policy explain FILE METHOD PATH [--auth METHOD]... [--role ROLE]... [--scope SCOPE]...
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use http::Method;
+use portcullis_core::{AuthMethod, Authentication, Principal};
+use portcullis_role_router::{normalize, read_policy, Policy};
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Portcullis: check and explain API security policies"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Role-router policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Parse a policy file and report rules that can never match.
+    ///
+    /// Exit status: 0 when the file is valid (warnings are printed), 1 when it is not, or
+    /// when it has warnings and --deny-warnings is given.
+    Check {
+        /// The policy file (TOML).
+        file: PathBuf,
+        /// Treat lint warnings as errors.
+        #[arg(long)]
+        deny_warnings: bool,
+    },
+    /// Show which rule decides a request, and the decision.
+    ///
+    /// Exit status: 0 when the request would be allowed, 2 when refused, 1 on errors.
+    Explain(ExplainArgs),
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    /// The policy file (TOML).
+    file: PathBuf,
+    /// The HTTP method (GET, POST, …).
+    method: String,
+    /// The request path, as sent (percent-encoded).
+    path: String,
+    /// An authentication method that succeeded: certificate, api_key or jwt. Repeat for
+    /// several. Defaults to api_key when roles or scopes are given.
+    #[arg(long = "auth", value_name = "METHOD")]
+    auth: Vec<String>,
+    /// A role the principals have. Repeat for several.
+    #[arg(long = "role", value_name = "ROLE")]
+    roles: Vec<String>,
+    /// A scope the principals have. Repeat for several.
+    #[arg(long = "scope", value_name = "SCOPE")]
+    scopes: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Policy(PolicyCommand::Check {
+            file,
+            deny_warnings,
+        }) => check(&file, deny_warnings),
+        Command::Policy(PolicyCommand::Explain(args)) => explain(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn load(file: &PathBuf) -> Result<Policy, String> {
+    read_policy(file).map_err(|e| e.to_string())
+}
+
+fn rule_label(policy: &Policy, index: usize) -> String {
+    let line = policy
+        .rule_line(index)
+        .map(|l| format!(" (line {l})"))
+        .unwrap_or_default();
+    format!("\"{}\"{line}", policy.rule_name(index).unwrap_or("?"))
+}
+
+fn check(file: &PathBuf, deny_warnings: bool) -> Result<ExitCode, String> {
+    let policy = load(file)?;
+    let findings = policy.lint();
+    for finding in &findings {
+        println!(
+            "warning: rule {} can never match: rule {} before it covers every request it would match",
+            rule_label(&policy, finding.rule),
+            rule_label(&policy, finding.by),
+        );
+    }
+    println!(
+        "{}: {} rules, {} warning(s)",
+        file.display(),
+        policy.len(),
+        findings.len()
+    );
+    if deny_warnings && !findings.is_empty() {
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn explain(args: &ExplainArgs) -> Result<ExitCode, String> {
+    let policy = load(&args.file)?;
+    let method = Method::from_bytes(args.method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| format!("{:?} is not an HTTP method", args.method))?;
+    let mut methods = Vec::new();
+    for name in &args.auth {
+        let method = AuthMethod::ALL
+            .into_iter()
+            .find(|m| m.as_str() == name)
+            .ok_or_else(|| {
+                format!("{name:?} is not an authentication method: use certificate, api_key or jwt")
+            })?;
+        methods.push(method);
+    }
+    if methods.is_empty() && (!args.roles.is_empty() || !args.scopes.is_empty()) {
+        methods.push(AuthMethod::ApiKey);
+    }
+    let mut auth = Authentication::new();
+    for method in &methods {
+        let principal = Principal::builder("explain", *method)
+            .roles(args.roles.iter().cloned())
+            .scopes(args.scopes.iter().cloned())
+            .build();
+        auth.insert(principal)
+            .map_err(|_| format!("--auth {} is given twice", method.as_str()))?;
+    }
+
+    let path = match normalize(&args.path) {
+        Ok(path) => path,
+        Err(why) => {
+            println!("decision: deny 400 ambiguous_path: {why}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    println!("request:  {method} {path}");
+    let who: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
+    println!(
+        "as:       {}",
+        if who.is_empty() {
+            "anonymous".to_owned()
+        } else {
+            format!(
+                "{} with roles [{}] and scopes [{}]",
+                who.join(" + "),
+                args.roles.join(", "),
+                args.scopes.join(", ")
+            )
+        }
+    );
+    let verdict = policy.decide(&method, &path, &auth);
+    match verdict.rule {
+        Some(index) => println!(
+            "rule:     {}: {}",
+            rule_label(&policy, index),
+            policy.describe_rule(index).unwrap_or_default()
+        ),
+        None => println!("rule:     none matches; the policy's default applies"),
+    }
+    match verdict.result {
+        Ok(()) => {
+            println!("decision: allow");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(refusal) if refusal.is_unauthenticated() => {
+            println!("decision: deny 401 unauthenticated: {refusal}");
+            Ok(ExitCode::from(2))
+        }
+        Err(refusal) => {
+            println!("decision: deny 403 forbidden: {refusal}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
