@@ -17,9 +17,13 @@ use std::hint::black_box;
 
 use portcullis::core::{ClientIp, ClientIpResolver, ForwardedHeader};
 use portcullis::ip_allowlist::{IpAllowlistLayer, IpRules};
+use portcullis::role_router::RoleRouterLayer;
 use tower::Layer;
 
-use common::{drive, networks, noop_service, request, ALLOWED_PEER, DENIED_PEER};
+use common::{
+    drive, networks, noop_service, request, role_request, role_router_policy, ALLOWED_PEER,
+    DENIED_PEER,
+};
 
 const SCENARIOS: &[&str] = &[
     "floor",
@@ -28,9 +32,42 @@ const SCENARIOS: &[&str] = &[
     "allow_resolved/100000",
     "reject/100000",
     "allow_xff_5_hops/100000",
+    "role_router_floor",
+    "role_router_allow/10",
+    "role_router_allow/1000",
+    "role_router_deny/1000",
 ];
 
+/// Role-router scenarios: the policies of `benches/role_router.rs`.
+fn run_role_router(kind: &str, size: usize, iterations: u64) {
+    let mut floor = noop_service();
+    let mut service = RoleRouterLayer::new(role_router_policy(size.max(2))).layer(noop_service());
+    let middle = size / 8;
+    let path = format!("/v1/svc{middle}/items/k1");
+    let reader = format!("svc{middle}-reader");
+    for _ in 0..iterations {
+        let role = if kind == "role_router_deny" {
+            "nobody"
+        } else {
+            reader.as_str()
+        };
+        let req = role_request(&path, role);
+        if kind == "role_router_floor" {
+            black_box(drive(&mut floor, req));
+        } else {
+            black_box(drive(&mut service, req));
+        }
+    }
+}
+
 fn run(scenario: &str, iterations: u64) {
+    if scenario.starts_with("role_router") {
+        let (kind, size) = match scenario.split_once('/') {
+            Some((kind, size)) => (kind, size.parse::<usize>().unwrap()),
+            None => (scenario, 10),
+        };
+        return run_role_router(kind, size, iterations);
+    }
     let (kind, size) = match scenario.split_once('/') {
         Some((kind, size)) => (kind, size.parse::<usize>().unwrap()),
         None => (scenario, 0),

@@ -9,7 +9,8 @@ bin=$(cargo bench --bench instructions --no-run --message-format=json 2>/dev/nul
 iterations=${ITERATIONS:-5000}
 out=$(mktemp -d)
 printf '%-28s %12s\n' scenario "Ir/request"
-for scenario in floor allow/10 allow/100000 allow_resolved/100000 reject/100000 allow_xff_5_hops/100000; do
+for scenario in floor allow/10 allow/100000 allow_resolved/100000 reject/100000 allow_xff_5_hops/100000 \
+    role_router_floor role_router_allow/10 role_router_allow/1000 role_router_deny/1000; do
     file="$out/$(echo "$scenario" | tr / _).cg"
     valgrind --tool=callgrind --toggle-collect='*common::drive*' --callgrind-out-file="$file" \
         "$bin" "$scenario" "$iterations" >/dev/null 2>&1

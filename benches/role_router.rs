@@ -8,57 +8,10 @@ mod common;
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use http::{Method, Request};
-use portcullis::core::{AuthMethod, Authentication, Principal};
-use portcullis::role_router::{Policy, Requirement, RoleRouterLayer, Rule};
+use portcullis::role_router::RoleRouterLayer;
 use tower::Layer;
 
-use common::{drive, noop_service};
-
-/// `count` rules the way real APIs grow: one group per service, each with a few routes
-/// (literal, parameter, deep wildcard), and a catch-all at the end.
-pub fn policy(count: usize) -> Policy {
-    let mut builder = Policy::builder();
-    for i in 0..count - 1 {
-        let service = i / 4;
-        let rule = match i % 4 {
-            0 => Rule::new(
-                format!("/v1/svc{service}/items"),
-                Requirement::authenticated(),
-            )
-            .methods([Method::GET]),
-            1 => Rule::new(
-                format!("/v1/svc{service}/items/{{id}}"),
-                Requirement::authenticated().any_role([format!("svc{service}-reader")]),
-            ),
-            2 => Rule::new(
-                format!("/v1/svc{service}/items/**/attributes"),
-                Requirement::authenticated().all_roles([format!("svc{service}-admin")]),
-            ),
-            _ => Rule::new(
-                format!("/v1/svc{service}/filtered*Task"),
-                Requirement::public(),
-            ),
-        };
-        builder = builder.rule(rule);
-    }
-    builder
-        .rule(Rule::new(
-            "/**",
-            Requirement::authenticated().any_role(["root"]),
-        ))
-        .build()
-        .unwrap()
-}
-
-fn request(path: &str, role: &str) -> Request<()> {
-    let mut request = Request::get(path).body(()).unwrap();
-    let principal = Principal::builder("p", AuthMethod::ApiKey)
-        .role(role)
-        .build();
-    Authentication::insert_into(request.extensions_mut(), principal).unwrap();
-    request
-}
+use common::{drive, noop_service, role_request as request, role_router_policy as policy};
 
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("role_router");

@@ -10,10 +10,11 @@ use std::pin::pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use http_body_util::Empty;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use portcullis::core::{NetworkSet, PeerAddr};
+use portcullis::core::{AuthMethod, Authentication, NetworkSet, PeerAddr, Principal};
+use portcullis::role_router::{Policy, Requirement, Rule};
 use tower::Service;
 
 /// A socket peer inside the deny lists [`networks`] builds.
@@ -95,4 +96,50 @@ pub fn networks(count: usize) -> NetworkSet {
         }
     }
     NetworkSet::from_networks(out)
+}
+
+/// `count` rules the way real APIs grow: one group per service, each with a few routes
+/// (literal, parameter, deep wildcard), and a catch-all at the end.
+pub fn role_router_policy(count: usize) -> Policy {
+    let mut builder = Policy::builder();
+    for i in 0..count - 1 {
+        let service = i / 4;
+        let rule = match i % 4 {
+            0 => Rule::new(
+                format!("/v1/svc{service}/items"),
+                Requirement::authenticated(),
+            )
+            .methods([Method::GET]),
+            1 => Rule::new(
+                format!("/v1/svc{service}/items/{{id}}"),
+                Requirement::authenticated().any_role([format!("svc{service}-reader")]),
+            ),
+            2 => Rule::new(
+                format!("/v1/svc{service}/items/**/attributes"),
+                Requirement::authenticated().all_roles([format!("svc{service}-admin")]),
+            ),
+            _ => Rule::new(
+                format!("/v1/svc{service}/filtered*Task"),
+                Requirement::public(),
+            ),
+        };
+        builder = builder.rule(rule);
+    }
+    builder
+        .rule(Rule::new(
+            "/**",
+            Requirement::authenticated().any_role(["root"]),
+        ))
+        .build()
+        .unwrap()
+}
+
+/// A GET of `path` by an API-key principal with `role`.
+pub fn role_request(path: &str, role: &str) -> Request<()> {
+    let mut request = Request::get(path).body(()).unwrap();
+    let principal = Principal::builder("p", AuthMethod::ApiKey)
+        .role(role)
+        .build();
+    Authentication::insert_into(request.extensions_mut(), principal).unwrap();
+    request
 }

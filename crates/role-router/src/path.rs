@@ -68,6 +68,29 @@ pub fn normalize(raw: &str) -> Result<Cow<'_, str>, AmbiguousPath> {
     }
 }
 
+/// Byte classes for the one-pass check.
+const CONTROL: u8 = 1;
+const BACKSLASH: u8 = 2;
+const NON_ASCII: u8 = 4;
+
+const CLASSES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = if b < 0x20 || b == 0x7f {
+            CONTROL
+        } else if b == b'\\' as usize {
+            BACKSLASH
+        } else if b >= 0x80 {
+            NON_ASCII
+        } else {
+            0
+        };
+        b += 1;
+    }
+    table
+};
+
 /// Checks an absolute, decoded path in one pass and returns where it ends without its
 /// trailing `/`.
 fn check(path: &str) -> Result<usize, AmbiguousPath> {
@@ -80,34 +103,33 @@ fn check(path: &str) -> Result<usize, AmbiguousPath> {
     } else {
         bytes.len()
     };
-    let mut non_ascii = false;
-    let mut segment_start = 1;
-    for at in 1..=end {
-        let byte = bytes.get(at).copied();
-        if at < end {
-            match byte {
-                Some(b'\\') => return Err(AmbiguousPath::Backslash),
-                Some(b) if b < 0x20 || b == 0x7f => return Err(AmbiguousPath::BadCharacter),
-                Some(b) if b >= 0x80 => non_ascii = true,
-                _ => {}
-            }
-        }
-        if at == end || byte == Some(b'/') {
-            match &bytes[segment_start..at] {
-                // `/` alone is the root, not an empty segment.
-                b"" if end == 1 => {}
-                b"" => return Err(AmbiguousPath::EmptySegment),
-                b"." | b".." => return Err(AmbiguousPath::DotSegment),
-                _ => {}
-            }
-            segment_start = at + 1;
+    let body = &bytes[1..end];
+    let mut classes = 0u8;
+    for &byte in body {
+        classes |= CLASSES[byte as usize];
+    }
+    // `/` alone is the root, not an empty segment.
+    if !body.is_empty() {
+        for segment in body.split(|&b| b == b'/') {
+            check_segment(segment)?;
         }
     }
+    if classes & BACKSLASH != 0 {
+        return Err(AmbiguousPath::Backslash);
+    }
     // C1 control characters are two bytes in UTF-8; look for them only when needed.
-    if non_ascii && path.chars().any(char::is_control) {
+    if classes & CONTROL != 0 || (classes & NON_ASCII != 0 && path.chars().any(char::is_control)) {
         return Err(AmbiguousPath::BadCharacter);
     }
     Ok(end)
+}
+
+fn check_segment(segment: &[u8]) -> Result<(), AmbiguousPath> {
+    match segment {
+        b"" => Err(AmbiguousPath::EmptySegment),
+        b"." | b".." => Err(AmbiguousPath::DotSegment),
+        _ => Ok(()),
+    }
 }
 
 fn decode(raw: &str) -> Result<String, AmbiguousPath> {

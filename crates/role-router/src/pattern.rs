@@ -94,6 +94,13 @@ impl PathPattern {
         matches_segments(&self.segments, &mut Segments::of(path))
     }
 
+    /// Whether the path matches, given that its first `skip` segments are already known
+    /// to equal this pattern's first `skip` (literal) segments and `rest` holds the
+    /// path's remaining segments.
+    pub(crate) fn matches_after(&self, skip: usize, rest: &Segments<'_>) -> bool {
+        matches_segments(&self.segments[skip..], &mut rest.clone())
+    }
+
     /// Whether every path this pattern's `other` matches is matched by `self` too. Sound
     /// but not complete: `true` is always right, `false` may miss a subtle cover.
     pub(crate) fn covers(&self, other: &PathPattern) -> bool {

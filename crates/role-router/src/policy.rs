@@ -396,14 +396,16 @@ impl Policy {
     /// The index of the first rule matching `method` and a normalized `path`.
     pub fn find(&self, method: &Method, path: &str) -> Option<usize> {
         let mut best: Option<usize> = None;
-        let mut consider = |candidates: &[u32]| {
-            for &index in candidates {
+        // `rest` is the path after the node's literal prefix, which the trie walk has
+        // already compared: patterns match only what follows it.
+        let mut consider = |node: &Node, depth: usize, rest: &Segments<'_>| {
+            for &index in &node.rules {
                 let index = index as usize;
                 if best.is_some_and(|b| index >= b) {
                     break;
                 }
                 let rule = &self.rules[index];
-                if rule.applies_to(method) && rule.pattern.matches(path) {
+                if rule.applies_to(method) && rule.pattern.matches_after(depth, rest) {
                     best = Some(index);
                     break;
                 }
@@ -412,26 +414,26 @@ impl Policy {
         // Walk the trie first, then consider the deepest node's rules first: specific
         // rules usually come early in a policy, so the broad rules near the root (a
         // `/**` catch-all) are then skipped by the index bound instead of matched.
-        let mut walked: [Option<&Node>; WALK_DEPTH] = [None; WALK_DEPTH];
-        let mut depth = 0;
+        let mut walked: [Option<(&Node, Segments<'_>)>; WALK_DEPTH] = [const { None }; WALK_DEPTH];
         let mut node = &self.index;
-        walked[0] = Some(node);
-        for segment in Segments::of(path) {
-            match node.child(segment) {
-                Some(child) => {
-                    node = child;
-                    depth += 1;
-                    if depth < WALK_DEPTH {
-                        walked[depth] = Some(node);
-                    } else {
-                        consider(&node.rules);
-                    }
-                }
-                None => break,
+        let mut rest = Segments::of(path);
+        walked[0] = Some((node, rest.clone()));
+        let mut depth = 0;
+        while let Some(segment) = rest.next() {
+            let Some(child) = node.child(segment) else {
+                break;
+            };
+            node = child;
+            depth += 1;
+            match walked.get_mut(depth) {
+                Some(slot) => *slot = Some((node, rest.clone())),
+                None => consider(node, depth, &rest),
             }
         }
-        for node in walked.iter().rev().flatten() {
-            consider(&node.rules);
+        for (depth, entry) in walked.iter().enumerate().rev() {
+            if let Some((node, rest)) = entry {
+                consider(node, depth, rest);
+            }
         }
         best
     }
