@@ -1,4 +1,4 @@
-//! Counts heap allocations on the ip-allowlist allow path with a counting global
+//! Counts heap allocations on the allow paths of the layers with a counting global
 //! allocator. This binary holds one test so that nothing else allocates meanwhile.
 
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -14,8 +14,9 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Empty;
 use ipnet::{IpNet, Ipv4Net};
-use portcullis::core::{ClientIp, NetworkSet, PeerAddr};
+use portcullis::core::{AuthMethod, Authentication, ClientIp, NetworkSet, PeerAddr, Principal};
 use portcullis::ip_allowlist::{IpAllowlistLayer, IpRules};
+use portcullis::role_router::{Policy, Requirement, RoleRouterLayer, Rule};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use tower::{Layer, Service};
 
@@ -69,6 +70,11 @@ fn request_from(peer: &str) -> Request<()> {
 
 #[test]
 fn allow_path_allocations() {
+    ip_allowlist_allocations();
+    role_router_allocations();
+}
+
+fn ip_allowlist_allocations() {
     let rules = IpRules::new().deny(blocklist());
     let mut service = IpAllowlistLayer::new(rules).layer(tower::service_fn(noop));
     // Warm up lazily initialised state (arc-swap's per-thread debt list, tracing's
@@ -94,5 +100,49 @@ fn allow_path_allocations() {
 
     // The reject path renders a body; it is not the hot path, but it must still answer.
     let (_, status) = allocations(&mut service, request_from("10.0.0.1:1"));
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+fn role_router_allocations() {
+    let mut builder = Policy::builder();
+    for i in 0..1_000 {
+        builder = builder.rule(Rule::new(
+            format!("/v1/svc{i}/items/{{id}}"),
+            Requirement::authenticated().any_role([format!("svc{i}-reader")]),
+        ));
+    }
+    let policy = builder
+        .rule(Rule::new(
+            "/**",
+            Requirement::authenticated().any_role(["root"]),
+        ))
+        .build()
+        .unwrap();
+    let mut service = RoleRouterLayer::new(policy).layer(tower::service_fn(noop));
+    let request = |path: &str, role: &str| {
+        let mut request = Request::get(path).body(()).unwrap();
+        let principal = Principal::builder("p", AuthMethod::ApiKey)
+            .role(role)
+            .build();
+        Authentication::insert_into(request.extensions_mut(), principal).unwrap();
+        request
+    };
+    for _ in 0..3 {
+        allocations(&mut service, request("/v1/svc1/items/k", "svc1-reader"));
+    }
+    // Matching 1,000 rules and checking the role allocates nothing.
+    assert_eq!(
+        allocations(&mut service, request("/v1/svc500/items/k", "svc500-reader")),
+        (0, StatusCode::OK)
+    );
+    // A path with percent-encodings is decoded into one new string.
+    assert_eq!(
+        allocations(
+            &mut service,
+            request("/v1/svc500/items/%6B", "svc500-reader")
+        ),
+        (1, StatusCode::OK)
+    );
+    let (_, status) = allocations(&mut service, request("/v1/svc500/items/k", "nobody"));
     assert_eq!(status, StatusCode::FORBIDDEN);
 }

@@ -27,10 +27,23 @@ impl Reply {
 
 /// GETs `path` on `server` from source address `from`, with extra headers.
 pub async fn get(server: SocketAddr, from: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    get_with(server, "GET", from, path, headers).await
+}
+
+/// Sends `method path` to `server` from source address `from`, with extra headers.
+pub async fn get_with(
+    server: SocketAddr,
+    method: &str,
+    from: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
     let mut connector = HttpConnector::new();
     connector.set_local_address(Some(from.parse::<IpAddr>().unwrap()));
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
-    let mut request = Request::get(format!("http://{server}{path}"));
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://{server}{path}"));
     for (name, value) in headers {
         request = request.header(*name, *value);
     }

@@ -1,5 +1,5 @@
 //! Portcullis layers behind real servers bound to 127.0.0.1: axum, tonic, and plain
-//! hyper through hyper-util.
+//! hyper through hyper-util, driven by real clients.
 //!
 //! All of 127.0.0.0/8 is loopback on Linux, so the client binds its socket to a chosen
 //! source address (127.0.0.1, 127.0.0.66, …) to play different clients and proxies.
@@ -10,3 +10,6 @@ mod client;
 mod ip_allowlist_axum;
 mod ip_allowlist_hyper;
 mod ip_allowlist_tonic;
+mod role_router_axum;
+mod role_router_tonic;
+mod stand_in;
