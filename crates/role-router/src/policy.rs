@@ -4,6 +4,7 @@ use std::fmt;
 
 use http::Method;
 use portcullis_core::{AuthMethod, Authentication};
+use rustc_hash::FxHashMap;
 
 use crate::pattern::{PathPattern, PatternError, Segments};
 
@@ -340,7 +341,7 @@ impl Node {
 
 /// How deep the trie walk remembers nodes on the stack; deeper literal prefixes are
 /// still found, only evaluated in walk order.
-const WALK_DEPTH: usize = 16;
+const WALK_DEPTH: usize = 8;
 
 /// The outcome of matching a request against a [`Policy`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
