@@ -12,10 +12,7 @@ pub fn authenticate<B>(mut request: Request<B>) -> Request<B> {
     };
     for entry in value.to_str().unwrap().split(';').filter(|e| !e.is_empty()) {
         let (method, roles) = entry.split_once(':').unwrap_or((entry, ""));
-        let method = AuthMethod::ALL
-            .into_iter()
-            .find(|m| m.as_str() == method)
-            .unwrap();
+        let method: AuthMethod = method.parse().unwrap();
         let principal = Principal::builder(format!("{method}-principal"), method)
             .roles(roles.split(',').filter(|r| !r.is_empty()))
             .build();

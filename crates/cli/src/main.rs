@@ -128,13 +128,7 @@ fn explain(args: &ExplainArgs) -> Result<ExitCode, String> {
         .map_err(|_| format!("{:?} is not an HTTP method", args.method))?;
     let mut methods = Vec::new();
     for name in &args.auth {
-        let method = AuthMethod::ALL
-            .into_iter()
-            .find(|m| m.as_str() == name)
-            .ok_or_else(|| {
-                format!("{name:?} is not an authentication method: use certificate, api_key or jwt")
-            })?;
-        methods.push(method);
+        methods.push(name.parse::<AuthMethod>().map_err(|e| e.to_string())?);
     }
     if methods.is_empty() && (!args.roles.is_empty() || !args.scopes.is_empty()) {
         methods.push(AuthMethod::ApiKey);

@@ -38,7 +38,9 @@ pub use client_ip::{
 };
 pub use future::DecisionFuture;
 pub use network::{InvalidNetwork, NetworkListError, NetworkSet};
-pub use principal::{AuthMethod, Authentication, DuplicateMethod, Principal, PrincipalBuilder};
+pub use principal::{
+    AuthMethod, Authentication, DuplicateMethod, Principal, PrincipalBuilder, UnknownAuthMethod,
+};
 pub use rejection::{
     grpc_response, problem_json_response, DefaultRenderer, Denial, GrpcCode, Rejection,
     RejectionContext, RenderRejection, Renderer,

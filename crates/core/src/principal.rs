@@ -46,6 +46,34 @@ impl fmt::Display for AuthMethod {
     }
 }
 
+impl std::str::FromStr for AuthMethod {
+    type Err = UnknownAuthMethod;
+
+    /// Parses the stable name of [`AuthMethod::as_str`]: `certificate`, `api_key`, `jwt`.
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        AuthMethod::ALL
+            .into_iter()
+            .find(|m| m.as_str() == name)
+            .ok_or_else(|| UnknownAuthMethod(name.to_owned()))
+    }
+}
+
+/// A name that is not one of [`AuthMethod`]'s.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownAuthMethod(pub String);
+
+impl fmt::Display for UnknownAuthMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:?} is not an authentication method: use \"certificate\", \"api_key\" or \"jwt\"",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownAuthMethod {}
+
 /// An authenticated identity: who, by which method, with what roles and scopes.
 ///
 /// Cheap to clone (one `Arc`). It never holds a secret: `credential_id` names the
@@ -402,6 +430,18 @@ mod tests {
         assert_eq!(p.rate_limit_tier(), Some("gold"));
         assert_eq!(p.attribute("org"), Some("acme2"));
         assert_eq!(p.attributes().collect::<Vec<_>>(), [("org", "acme2")]);
+    }
+
+    #[test]
+    fn methods_parse_from_their_names() {
+        for method in AuthMethod::ALL {
+            assert_eq!(method.as_str().parse::<AuthMethod>(), Ok(method));
+        }
+        let err = "password".parse::<AuthMethod>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "\"password\" is not an authentication method: use \"certificate\", \"api_key\" or \"jwt\""
+        );
     }
 
     #[test]

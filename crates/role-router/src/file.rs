@@ -238,14 +238,7 @@ impl RuleFile {
 fn auth_methods(names: &[String]) -> Result<Vec<AuthMethod>, String> {
     names
         .iter()
-        .map(|name| {
-            AuthMethod::ALL
-                .into_iter()
-                .find(|m| m.as_str() == name)
-                .ok_or_else(|| {
-                    format!("{name:?} is not an authentication method: use \"certificate\", \"api_key\" or \"jwt\"")
-                })
-        })
+        .map(|name| name.parse::<AuthMethod>().map_err(|e| e.to_string()))
         .collect()
 }
 
