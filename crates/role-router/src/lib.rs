@@ -234,41 +234,40 @@ impl<S> RoleRouter<S> {
             .get::<Authentication>()
             .unwrap_or(Authentication::empty());
         let verdict = config.policy.decide(request.method(), &path, auth);
-        let rule_name = || match verdict.rule {
-            Some(index) => config.policy.rule_name(index).unwrap_or("?").to_owned(),
-            None => "default".to_owned(),
+        let rule_name = match verdict.rule {
+            Some(index) => config.policy.rule_name(index).unwrap_or("?"),
+            None => "default",
         };
-        match verdict.result {
-            Ok(()) => {
-                AuditRecord::note(request.extensions(), || {
-                    AuditNote::allow(LAYER_NAME).detail(rule_name())
-                });
-                Ok(())
+        let Err(refusal) = verdict.result else {
+            AuditRecord::note(request.extensions(), || {
+                AuditNote::allow(LAYER_NAME).detail(rule_name.to_owned())
+            });
+            return Ok(());
+        };
+        let rejection = if refusal.is_unauthenticated() {
+            let rejection =
+                Rejection::unauthorized("unauthenticated", "this route requires authentication");
+            match &config.challenge {
+                Some(challenge) => rejection.with_www_authenticate(challenge.clone()),
+                None => rejection,
             }
-            Err(refusal) => {
-                let code = if refusal.is_unauthenticated() {
-                    "unauthenticated"
-                } else {
-                    "forbidden"
-                };
-                AuditRecord::note(request.extensions(), || {
-                    AuditNote::new(LAYER_NAME, refused)
-                        .code(code)
-                        .detail(format!("{}: {}", rule_name(), refusal.as_str()))
-                });
-                tracing::debug!(rule = %rule_name(), reason = refusal.as_str(), "role-router refused a request");
-                Err(if refusal.is_unauthenticated() {
-                    let rejection =
-                        Rejection::unauthorized(code, "this route requires authentication");
-                    match &config.challenge {
-                        Some(challenge) => rejection.with_www_authenticate(challenge.clone()),
-                        None => rejection,
-                    }
-                } else {
-                    Rejection::forbidden(code, "the credentials presented do not allow this route")
-                })
-            }
-        }
+        } else {
+            Rejection::forbidden(
+                "forbidden",
+                "the credentials presented do not allow this route",
+            )
+        };
+        AuditRecord::note(request.extensions(), || {
+            AuditNote::new(LAYER_NAME, refused)
+                .code(rejection.code())
+                .detail(format!("{rule_name}: {}", refusal.as_str()))
+        });
+        tracing::debug!(
+            rule = rule_name,
+            reason = refusal.as_str(),
+            "role-router refused a request"
+        );
+        Err(rejection)
     }
 }
 
