@@ -61,17 +61,13 @@ fn run_role_router(kind: &str, size: usize, iterations: u64) {
 }
 
 fn run(scenario: &str, iterations: u64) {
-    if scenario.starts_with("role_router") {
-        let (kind, size) = match scenario.split_once('/') {
-            Some((kind, size)) => (kind, size.parse::<usize>().unwrap()),
-            None => (scenario, 10),
-        };
-        return run_role_router(kind, size, iterations);
-    }
     let (kind, size) = match scenario.split_once('/') {
         Some((kind, size)) => (kind, size.parse::<usize>().unwrap()),
         None => (scenario, 0),
     };
+    if kind.starts_with("role_router") {
+        return run_role_router(kind, size, iterations);
+    }
     let deny = networks(size.max(1));
     let layer = IpAllowlistLayer::new(IpRules::new().deny(deny)).client_ip(
         ClientIpResolver::new()
