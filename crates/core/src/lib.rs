@@ -13,6 +13,7 @@
 //! - [`RejectOrBody`] and [`DecisionFuture`]: the response body and future of a layer
 //!   that may refuse before calling the inner service.
 //! - [`NetworkSet`]: IP networks compiled for `O(log n)` lookups.
+//! - [`Clock`]: the time layers check expiry against, controllable in tests.
 //!
 //! # Features
 //!
@@ -25,6 +26,7 @@
 mod audit;
 mod body;
 mod client_ip;
+mod clock;
 mod forwarded;
 mod future;
 mod network;
@@ -36,6 +38,7 @@ pub use body::RejectOrBody;
 pub use client_ip::{
     socket_peer, ClientIp, ClientIpError, ClientIpResolver, ForwardedHeader, PeerAddr,
 };
+pub use clock::{Clock, ManualClock};
 pub use future::DecisionFuture;
 pub use network::{InvalidNetwork, NetworkListError, NetworkSet};
 pub use principal::{

@@ -116,6 +116,27 @@ impl NetworkSet {
         Self::parse_list(&path.display().to_string(), &text)
     }
 
+    /// The set as the fewest CIDR networks that cover exactly its addresses, IPv4 first:
+    /// what to write back to a list file.
+    ///
+    /// ```
+    /// use portcullis_core::NetworkSet;
+    ///
+    /// let set: NetworkSet = "10.0.0.0/25, 10.0.0.128/25, 2001:db8::1".parse()?;
+    /// let networks: Vec<String> = set.networks().map(|n| n.to_string()).collect();
+    /// assert_eq!(networks, ["10.0.0.0/24", "2001:db8::1/128"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn networks(&self) -> impl Iterator<Item = IpNet> + '_ {
+        let v4 = self.v4.iter().flat_map(|&(start, end)| {
+            ipnet::Ipv4Subnets::new(start.into(), end.into(), 0).map(IpNet::V4)
+        });
+        let v6 = self.v6.iter().flat_map(|&(start, end)| {
+            ipnet::Ipv6Subnets::new(start.into(), end.into(), 0).map(IpNet::V6)
+        });
+        v4.chain(v6)
+    }
+
     /// Whether `ip` lies in one of the set's networks. An IPv4-mapped IPv6 address is
     /// looked up as the IPv4 address it carries.
     pub fn contains(&self, ip: IpAddr) -> bool {

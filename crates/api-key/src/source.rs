@@ -1,0 +1,367 @@
+//! Where in a request the key is read from.
+
+use std::fmt;
+
+use http::header::{HeaderName, AUTHORIZATION};
+use http::{HeaderMap, Request, Uri};
+
+use crate::key::{KeyPrefix, MalformedKey, PresentedKey, MAX_PRESENTED_LEN};
+
+/// Where the layer looks for a key. Several may be configured; a request that carries
+/// two different keys is refused.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeySource(Kind);
+
+#[derive(Clone, PartialEq, Eq)]
+enum Kind {
+    Header(HeaderName),
+    Split(HeaderName),
+    Authorization(Box<str>),
+    Query(Box<str>),
+}
+
+impl KeySource {
+    /// The whole header value is the key: `X-API-KEY: pck_<id>_<secret>`.
+    pub fn header(name: HeaderName) -> Self {
+        Self(Kind::Header(name))
+    }
+
+    /// The header holds `<secret>/<id>`, as in `X-Auth-Token: pck_<secret>/<id>`.
+    pub fn split_header(name: HeaderName) -> Self {
+        Self(Kind::Split(name))
+    }
+
+    /// `Authorization: <scheme> <key>`, the scheme matched without regard to case
+    /// (`ApiKey`, `Bearer`, …). An `Authorization` header with another scheme is left for
+    /// other layers.
+    pub fn authorization(scheme: &str) -> Result<Self, InvalidScheme> {
+        let valid = !scheme.is_empty()
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if valid {
+            Ok(Self(Kind::Authorization(scheme.into())))
+        } else {
+            Err(InvalidScheme)
+        }
+    }
+
+    /// A query parameter, `?api_key=…`.
+    ///
+    /// **Avoid it.** URLs end up in proxy logs, browser history and `Referer` headers,
+    /// so a key in a URL leaks. It exists for clients that cannot set headers. The layer
+    /// removes the parameter before the inner service runs (unless told to keep
+    /// credentials), but anything in front of the layer has already seen it.
+    pub fn query_parameter(name: &str) -> Self {
+        Self(Kind::Query(name.into()))
+    }
+
+    /// The scheme of an `Authorization` source, for the challenge.
+    pub(crate) fn scheme(&self) -> Option<&str> {
+        match &self.0 {
+            Kind::Authorization(scheme) => Some(scheme),
+            _ => None,
+        }
+    }
+
+    /// Header name to advertise in the challenge.
+    pub(crate) fn header_name(&self) -> Option<&HeaderName> {
+        match &self.0 {
+            Kind::Header(name) | Kind::Split(name) => Some(name),
+            _ => None,
+        }
+    }
+}
+
+impl Default for KeySource {
+    /// `X-API-KEY`.
+    fn default() -> Self {
+        Self::header(HeaderName::from_static("x-api-key"))
+    }
+}
+
+impl fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Kind::Header(name) => write!(f, "header {name}"),
+            Kind::Split(name) => write!(f, "header {name} (<secret>/<id>)"),
+            Kind::Authorization(scheme) => write!(f, "Authorization: {scheme}"),
+            Kind::Query(name) => write!(f, "query parameter {name}"),
+        }
+    }
+}
+
+/// An `Authorization` scheme that is not an HTTP token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InvalidScheme;
+
+impl fmt::Display for InvalidScheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an Authorization scheme is an HTTP token such as ApiKey or Bearer")
+    }
+}
+
+impl std::error::Error for InvalidScheme {}
+
+/// The credential a request carries, borrowed from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Found<'a> {
+    None,
+    Compact(&'a str),
+    Split(&'a str),
+    /// Two different values.
+    Conflict,
+    /// A value that is not visible ASCII, or too long to be a key.
+    Unreadable(MalformedKey),
+}
+
+impl<'a> Found<'a> {
+    pub(crate) fn parse(self, prefix: &KeyPrefix) -> Result<PresentedKey<'a>, MalformedKey> {
+        match self {
+            Self::Compact(text) => PresentedKey::parse(prefix, text),
+            Self::Split(text) => PresentedKey::parse_split(prefix, text),
+            Self::Unreadable(reason) => Err(reason),
+            // Callers handle the other cases first.
+            Self::None | Self::Conflict => Err(MalformedKey::Shape),
+        }
+    }
+}
+
+/// Reads every configured source; allocates nothing.
+pub(crate) fn find<'a, B>(sources: &[KeySource], request: &'a Request<B>) -> Found<'a> {
+    let mut found = Found::None;
+    let mut add = |candidate: Found<'a>| {
+        found = match (found, candidate) {
+            (Found::None, next) => next,
+            (Found::Unreadable(reason), _) | (_, Found::Unreadable(reason)) => {
+                Found::Unreadable(reason)
+            }
+            (current, next) if current == next => current,
+            _ => Found::Conflict,
+        };
+    };
+    for source in sources {
+        match &source.0 {
+            Kind::Header(name) => header_values(request.headers(), name, &mut |value| {
+                add(value.map_or_else(Found::Unreadable, Found::Compact))
+            }),
+            Kind::Split(name) => header_values(request.headers(), name, &mut |value| {
+                add(value.map_or_else(Found::Unreadable, Found::Split))
+            }),
+            Kind::Authorization(scheme) => header_values(
+                request.headers(),
+                &AUTHORIZATION,
+                &mut |value| match value {
+                    Ok(value) => {
+                        if let Some(credentials) = strip_scheme(value, scheme) {
+                            add(Found::Compact(credentials));
+                        }
+                    }
+                    Err(reason) => add(Found::Unreadable(reason)),
+                },
+            ),
+            Kind::Query(name) => {
+                for value in query_values(request.uri(), name) {
+                    add(Found::Compact(value));
+                }
+            }
+        }
+    }
+    found
+}
+
+fn header_values<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+    each: &mut dyn FnMut(Result<&'a str, MalformedKey>),
+) {
+    for value in headers.get_all(name) {
+        let text = if value.len() > MAX_PRESENTED_LEN + 64 {
+            Err(MalformedKey::TooLong)
+        } else {
+            value
+                .to_str()
+                .map(str::trim)
+                .map_err(|_| MalformedKey::NotText)
+        };
+        each(text);
+    }
+}
+
+fn strip_scheme<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
+    let (given, rest) = value.split_once(' ')?;
+    given.eq_ignore_ascii_case(scheme).then(|| rest.trim())
+}
+
+fn query_values<'a, 'n>(
+    uri: &'a Uri,
+    name: &'n str,
+) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
+    uri.query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(move |pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key == name).then_some(value)
+        })
+}
+
+/// Removes every configured source from the request, so the inner service never sees
+/// the secret.
+pub(crate) fn strip<B>(sources: &[KeySource], request: &mut Request<B>) {
+    for source in sources {
+        match &source.0 {
+            Kind::Header(name) | Kind::Split(name) => {
+                request.headers_mut().remove(name);
+            }
+            Kind::Authorization(scheme) => {
+                let ours = request
+                    .headers()
+                    .get(AUTHORIZATION)
+                    .and_then(|value| value.to_str().ok())
+                    .is_some_and(|value| strip_scheme(value, scheme).is_some());
+                if ours {
+                    request.headers_mut().remove(AUTHORIZATION);
+                }
+            }
+            Kind::Query(name) => strip_query(request, name),
+        }
+    }
+}
+
+fn strip_query<B>(request: &mut Request<B>, name: &str) {
+    let Some(query) = request.uri().query() else {
+        return;
+    };
+    if query_values(request.uri(), name).next().is_none() {
+        return;
+    }
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| pair.split_once('=').map_or(*pair, |(key, _)| key) != name)
+        .collect();
+    let path = request.uri().path();
+    let path_and_query = if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    };
+    let mut parts = request.uri().clone().into_parts();
+    if let Ok(value) = path_and_query.parse() {
+        parts.path_and_query = Some(value);
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(headers: &[(&str, &str)], uri: &str) -> Request<()> {
+        let mut builder = Request::builder().uri(uri);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    fn all() -> Vec<KeySource> {
+        vec![
+            KeySource::default(),
+            KeySource::split_header(HeaderName::from_static("x-auth-token")),
+            KeySource::authorization("ApiKey").unwrap(),
+            KeySource::query_parameter("api_key"),
+        ]
+    }
+
+    #[test]
+    fn each_source_is_read() {
+        let sources = all();
+        assert_eq!(
+            find(&sources, &request(&[("x-api-key", " k1 ")], "/")),
+            Found::Compact("k1")
+        );
+        assert_eq!(
+            find(&sources, &request(&[("x-auth-token", "s/1")], "/")),
+            Found::Split("s/1")
+        );
+        assert_eq!(
+            find(&sources, &request(&[("authorization", "apikey k1")], "/")),
+            Found::Compact("k1")
+        );
+        assert_eq!(
+            find(&sources, &request(&[], "/a?x=1&api_key=k1")),
+            Found::Compact("k1")
+        );
+        assert_eq!(
+            find(&sources, &request(&[("authorization", "Bearer jwt")], "/")),
+            Found::None
+        );
+        assert_eq!(find(&sources, &request(&[], "/a?x=1")), Found::None);
+    }
+
+    #[test]
+    fn two_different_keys_conflict_and_the_same_key_twice_does_not() {
+        let sources = all();
+        let both = request(&[("x-api-key", "k1"), ("authorization", "ApiKey k2")], "/");
+        assert_eq!(find(&sources, &both), Found::Conflict);
+        let same = request(&[("x-api-key", "k1"), ("authorization", "ApiKey k1")], "/");
+        assert_eq!(find(&sources, &same), Found::Compact("k1"));
+        let repeated = request(&[("x-api-key", "k1"), ("x-api-key", "k2")], "/");
+        assert_eq!(find(&sources, &repeated), Found::Conflict);
+        let query = request(&[("x-api-key", "k1")], "/?api_key=k2");
+        assert_eq!(find(&sources, &query), Found::Conflict);
+    }
+
+    #[test]
+    fn unreadable_values_are_malformed() {
+        let mut bad = request(&[], "/");
+        bad.headers_mut().insert(
+            "x-api-key",
+            http::HeaderValue::from_bytes(b"k\xff1").unwrap(),
+        );
+        assert_eq!(find(&all(), &bad), Found::Unreadable(MalformedKey::NotText));
+        let long = "k".repeat(1000);
+        assert_eq!(
+            find(&all(), &request(&[("x-api-key", &long)], "/")),
+            Found::Unreadable(MalformedKey::TooLong)
+        );
+    }
+
+    #[test]
+    fn strip_removes_every_source_and_keeps_the_rest() {
+        let sources = all();
+        let mut req = request(
+            &[
+                ("x-api-key", "k1"),
+                ("x-auth-token", "s/1"),
+                ("authorization", "ApiKey k1"),
+                ("accept", "*/*"),
+            ],
+            "http://h/a/b?x=1&api_key=k1&y=2",
+        );
+        strip(&sources, &mut req);
+        assert!(req.headers().get("x-api-key").is_none());
+        assert!(req.headers().get("x-auth-token").is_none());
+        assert!(req.headers().get("authorization").is_none());
+        assert!(req.headers().get("accept").is_some());
+        assert_eq!(req.uri().to_string(), "http://h/a/b?x=1&y=2");
+
+        let mut bearer = request(&[("authorization", "Bearer jwt")], "/only?api_key=k1");
+        strip(&sources, &mut bearer);
+        assert!(
+            bearer.headers().get("authorization").is_some(),
+            "another scheme is not ours"
+        );
+        assert_eq!(bearer.uri().to_string(), "/only");
+    }
+
+    #[test]
+    fn schemes_are_tokens() {
+        assert!(KeySource::authorization("Api Key").is_err());
+        assert!(KeySource::authorization("").is_err());
+        assert!(KeySource::authorization("Bearer").is_ok());
+    }
+}
