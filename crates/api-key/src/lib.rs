@@ -95,6 +95,8 @@ mod layer;
 mod record;
 mod source;
 mod store;
+#[cfg(test)]
+mod tests;
 
 pub use file::{parse_key_file, read_key_file, render_key_record, FileKeyStore, KeyFileError};
 pub use future::ResponseFuture;

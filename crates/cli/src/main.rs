@@ -3,7 +3,12 @@
 //! ```text
 //! portcullis policy check FILE [--deny-warnings]
 //! portcullis policy explain FILE METHOD PATH [--auth METHOD]... [--role ROLE]... [--scope SCOPE]...
+//! portcullis key new --file KEYS --owner OWNER [--roles R,..] [--expires 90d] [--networks N,..] ...
+//! portcullis key list --file KEYS
+//! portcullis key revoke --file KEYS ID
 //! ```
+
+mod key;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,7 +22,7 @@ use portcullis_role_router::{normalize, read_policy, Policy};
 #[command(
     name = "portcullis",
     version,
-    about = "Portcullis: check and explain API security policies"
+    about = "Portcullis: check and explain API security policies, make and revoke API keys"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -29,6 +34,9 @@ enum Command {
     /// Role-router policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// API keys in a key file.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
 }
 
 #[derive(Subcommand)]
@@ -78,6 +86,7 @@ fn main() -> ExitCode {
             deny_warnings,
         }) => check(&file, deny_warnings),
         Command::Policy(PolicyCommand::Explain(args)) => explain(&args),
+        Command::Key(command) => key::run(command),
     };
     match result {
         Ok(code) => code,
