@@ -6,6 +6,7 @@
 //!
 //! | feature | crate | layer |
 //! |---|---|---|
+//! | `api-key` | [`portcullis-api-key`](api_key) | [`ApiKeyLayer`](api_key::ApiKeyLayer): checksummed API keys checked against hashed records, with expiry, rotation, revocation and per-key networks |
 //! | `ip-allowlist` | [`portcullis-ip-allowlist`](ip_allowlist) | [`IpAllowlistLayer`](ip_allowlist::IpAllowlistLayer): allow and deny networks, client IP behind trusted proxies |
 //! | `role-router` | [`portcullis-role-router`](role_router) | [`RoleRouterLayer`](role_router::RoleRouterLayer): method + path-pattern rules saying which credentials, roles and scopes a route needs |
 //!
@@ -40,6 +41,9 @@
 //! ```
 
 pub use portcullis_core as core;
+
+#[cfg(feature = "api-key")]
+pub use portcullis_api_key as api_key;
 
 #[cfg(feature = "ip-allowlist")]
 pub use portcullis_ip_allowlist as ip_allowlist;

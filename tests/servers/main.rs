@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
+mod api_key_axum;
+mod api_key_tonic;
 mod client;
 mod ip_allowlist_axum;
 mod ip_allowlist_hyper;

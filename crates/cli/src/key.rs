@@ -14,7 +14,7 @@ use portcullis_core::NetworkSet;
 pub(crate) enum KeyCommand {
     /// Make a key: print its secret once on stdout, append its record (a digest, never
     /// the secret) to the key file.
-    New(NewArgs),
+    New(Box<NewArgs>),
     /// List the keys in a key file, without digests.
     List {
         /// The key file (TOML).
@@ -71,7 +71,7 @@ pub(crate) struct NewArgs {
 
 pub(crate) fn run(command: KeyCommand) -> Result<ExitCode, String> {
     match command {
-        KeyCommand::New(args) => new(args),
+        KeyCommand::New(args) => new(*args),
         KeyCommand::List { file } => list(&file),
         KeyCommand::Revoke { file, id } => revoke(&file, &id),
     }
