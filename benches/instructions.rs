@@ -15,6 +15,7 @@ mod common;
 
 use std::hint::black_box;
 
+use portcullis::api_key::{ApiKeyLayer, GeneratedKey, KeyPrefix, KeyRecord, MemoryKeyStore};
 use portcullis::core::{ClientIp, ClientIpResolver, ForwardedHeader};
 use portcullis::ip_allowlist::{IpAllowlistLayer, IpRules};
 use portcullis::role_router::RoleRouterLayer;
@@ -36,7 +37,44 @@ const SCENARIOS: &[&str] = &[
     "role_router_allow/10",
     "role_router_allow/1000",
     "role_router_deny/1000",
+    "api_key_floor",
+    "api_key_allow/1",
+    "api_key_allow/10000",
+    "api_key_reject_malformed/1",
+    "api_key_reject_unknown/1",
 ];
+
+/// Api-key scenarios: a store of `size` keys, the request carrying the middle one.
+fn run_api_key(kind: &str, size: usize, iterations: u64) {
+    let prefix = KeyPrefix::default();
+    let keys: Vec<GeneratedKey> = (0..size.max(1))
+        .map(|i| GeneratedKey::with_id(&prefix, &format!("key-{i}")).unwrap())
+        .collect();
+    let store = MemoryKeyStore::from_records(keys.iter().map(|key| {
+        KeyRecord::new(key.id(), "owner", key.digest())
+            .unwrap()
+            .roles(["reader"])
+    }))
+    .unwrap();
+    let unknown = GeneratedKey::generate(&prefix).unwrap();
+    let secret = match kind {
+        "api_key_reject_malformed" => keys[0].expose_secret().replace("pck_", "pck_x"),
+        "api_key_reject_unknown" => unknown.expose_secret().to_owned(),
+        _ => keys[keys.len() / 2].expose_secret().to_owned(),
+    };
+    let mut floor = noop_service();
+    let mut service = ApiKeyLayer::new(std::sync::Arc::new(store)).layer(noop_service());
+    for _ in 0..iterations {
+        let mut req = request(ALLOWED_PEER);
+        req.headers_mut()
+            .insert("x-api-key", secret.parse().unwrap());
+        if kind == "api_key_floor" {
+            black_box(drive(&mut floor, req));
+        } else {
+            black_box(drive(&mut service, req));
+        }
+    }
+}
 
 /// Role-router scenarios: the policies of `benches/role_router.rs`.
 fn run_role_router(kind: &str, size: usize, iterations: u64) {
@@ -67,6 +105,9 @@ fn run(scenario: &str, iterations: u64) {
     };
     if kind.starts_with("role_router") {
         return run_role_router(kind, size, iterations);
+    }
+    if kind.starts_with("api_key") {
+        return run_api_key(kind, size, iterations);
     }
     let deny = networks(size.max(1));
     let layer = IpAllowlistLayer::new(IpRules::new().deny(deny)).client_ip(

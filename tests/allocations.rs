@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Empty;
 use ipnet::{IpNet, Ipv4Net};
+use portcullis::api_key::{ApiKeyLayer, GeneratedKey, KeyPrefix, KeyRecord, MemoryKeyStore};
 use portcullis::core::{AuthMethod, Authentication, ClientIp, NetworkSet, PeerAddr, Principal};
 use portcullis::ip_allowlist::{IpAllowlistLayer, IpRules};
 use portcullis::role_router::{Policy, Requirement, RoleRouterLayer, Rule};
@@ -72,6 +73,7 @@ fn request_from(peer: &str) -> Request<()> {
 fn allow_path_allocations() {
     ip_allowlist_allocations();
     role_router_allocations();
+    api_key_allocations();
 }
 
 fn ip_allowlist_allocations() {
@@ -145,4 +147,49 @@ fn role_router_allocations() {
     );
     let (_, status) = allocations(&mut service, request("/v1/svc500/items/k", "nobody"));
     assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+fn api_key_allocations() {
+    let prefix = KeyPrefix::default();
+    let keys: Vec<GeneratedKey> = (0..10_000)
+        .map(|i| GeneratedKey::with_id(&prefix, &format!("key-{i}")).unwrap())
+        .collect();
+    let store = MemoryKeyStore::from_records(keys.iter().map(|key| {
+        KeyRecord::new(key.id(), "owner", key.digest())
+            .unwrap()
+            .roles(["reader"])
+    }))
+    .unwrap();
+    let mut service = ApiKeyLayer::new(std::sync::Arc::new(store)).layer(tower::service_fn(noop));
+    let secret = keys[5_000].expose_secret();
+    let request = |with_auth: bool| {
+        let mut request = request_from("192.0.2.1:1");
+        request
+            .headers_mut()
+            .insert("x-api-key", secret.parse().unwrap());
+        if with_auth {
+            let other = Principal::builder("cn", AuthMethod::Certificate).build();
+            Authentication::insert_into(request.extensions_mut(), other).unwrap();
+        }
+        request
+    };
+    for _ in 0..3 {
+        allocations(&mut service, request(false));
+    }
+    // Parsing, the checksum, the digest, the lookup and the constant-time compare
+    // allocate nothing, and the principal is an `Arc` clone. An earlier layer already
+    // authenticated another method: the principal joins its `Authentication`.
+    assert_eq!(
+        allocations(&mut service, request(true)),
+        (0, StatusCode::OK)
+    );
+    // The first principal of the request: `http::Extensions` boxes the new
+    // `Authentication`, its one allocation.
+    assert_eq!(
+        allocations(&mut service, request(false)),
+        (1, StatusCode::OK)
+    );
+
+    let (_, status) = allocations(&mut service, request_from("192.0.2.1:1"));
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }

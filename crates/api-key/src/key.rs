@@ -124,17 +124,23 @@ impl KeyDigest {
     /// Constant-time comparison: how long it takes says nothing about where two digests
     /// differ.
     pub fn matches(&self, other: &KeyDigest) -> bool {
-        self.0.ct_eq(&other.0).into()
+        // Four 64-bit words rather than 32 bytes: the same constant-time guarantee from
+        // `subtle`, in an eighth of the operations.
+        self.words().ct_eq(&other.words()).into()
     }
 
-    fn compute(prefix: &str, id: &str, random: &str) -> Self {
-        let mut hasher = Sha256::new();
-        hasher.update(prefix.as_bytes());
-        hasher.update(b"_");
-        hasher.update(id.as_bytes());
-        hasher.update(b"_");
-        hasher.update(random.as_bytes());
-        Self(hasher.finalize().into())
+    fn words(&self) -> [u64; 4] {
+        let mut words = [0u64; 4];
+        for (word, chunk) in words.iter_mut().zip(self.0.chunks_exact(8)) {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(chunk);
+            *word = u64::from_ne_bytes(bytes);
+        }
+        words
+    }
+
+    fn compute(canonical: &Canonical) -> Self {
+        Self(Sha256::digest(canonical.as_bytes()).into())
     }
 }
 
@@ -211,12 +217,13 @@ impl<'a> PresentedKey<'a> {
             return Err(MalformedKey::BadCharacter);
         }
         let (random, checksum) = tail.split_at(SECRET_LEN);
-        if checksum.as_bytes() != checksum_of(prefix.as_str(), id, random) {
+        let canonical = Canonical::new(prefix.as_str(), id, random);
+        if checksum.as_bytes() != canonical.checksum() {
             return Err(MalformedKey::Checksum);
         }
         Ok(Self {
             id,
-            digest: KeyDigest::compute(prefix.as_str(), id, random),
+            digest: KeyDigest::compute(&canonical),
         })
     }
 
@@ -282,20 +289,45 @@ impl fmt::Display for MalformedKey {
 
 impl std::error::Error for MalformedKey {}
 
-fn checksum_of(prefix: &str, id: &str, random: &str) -> [u8; CHECKSUM_LEN] {
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(prefix.as_bytes());
-    crc.update(b"_");
-    crc.update(id.as_bytes());
-    crc.update(b"_");
-    crc.update(random.as_bytes());
-    let mut value = crc.finalize();
-    let mut out = [b'0'; CHECKSUM_LEN];
-    for slot in out.iter_mut().rev() {
-        *slot = BASE62[(value % 62) as usize];
-        value /= 62;
+/// `<prefix>_<id>_<random>`, what the checksum and the digest cover, assembled on the
+/// stack so that both hash one contiguous slice.
+struct Canonical {
+    bytes: [u8; MAX_PREFIX_LEN + MAX_ID_LEN + SECRET_LEN + 2],
+    len: usize,
+}
+
+impl Canonical {
+    fn new(prefix: &str, id: &str, random: &str) -> Self {
+        let mut bytes = [0u8; MAX_PREFIX_LEN + MAX_ID_LEN + SECRET_LEN + 2];
+        let mut len = 0;
+        for part in [
+            prefix.as_bytes(),
+            b"_",
+            id.as_bytes(),
+            b"_",
+            random.as_bytes(),
+        ] {
+            // Callers pass a valid prefix, id and random part, whose lengths fit.
+            let end = (len + part.len()).min(bytes.len());
+            bytes[len..end].copy_from_slice(&part[..end - len]);
+            len = end;
+        }
+        Self { bytes, len }
     }
-    out
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    fn checksum(&self) -> [u8; CHECKSUM_LEN] {
+        let mut value = crc32fast::hash(self.as_bytes());
+        let mut out = [b'0'; CHECKSUM_LEN];
+        for slot in out.iter_mut().rev() {
+            *slot = BASE62[(value % 62) as usize];
+            value /= 62;
+        }
+        out
+    }
 }
 
 /// A newly generated key. The secret exists only here: show it to its owner once, store
@@ -320,13 +352,14 @@ impl GeneratedKey {
             return Err(GenerateError::InvalidId);
         }
         let random = random_base62(SECRET_LEN).map_err(GenerateError::Random)?;
-        let checksum = checksum_of(prefix.as_str(), id, &random);
+        let canonical = Canonical::new(prefix.as_str(), id, &random);
+        let checksum = canonical.checksum();
         let checksum = std::str::from_utf8(&checksum).unwrap_or_default();
         Ok(Self {
             id: id.to_owned(),
             token: format!("{prefix}_{id}_{random}{checksum}"),
             split: format!("{prefix}_{random}{checksum}/{id}"),
-            digest: KeyDigest::compute(prefix.as_str(), id, &random),
+            digest: KeyDigest::compute(&canonical),
         })
     }
 
