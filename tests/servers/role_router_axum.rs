@@ -285,8 +285,6 @@ async fn shadow_mode_serves_and_audits() {
     assert_eq!(notes.len(), 1);
     assert_eq!(notes[0].decision(), Decision::ShadowDeny);
     assert_eq!(notes[0].reason_code(), Some("forbidden"));
-    assert_eq!(
-        notes[0].detail_text(),
-        Some("users: a required role is missing")
-    );
+    assert_eq!(notes[0].rule_name(), Some("users"));
+    assert_eq!(notes[0].detail_text(), Some("a required role is missing"));
 }

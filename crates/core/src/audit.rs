@@ -38,6 +38,7 @@ pub struct AuditNote {
     code: Option<&'static str>,
     principal_id: Option<String>,
     credential_id: Option<String>,
+    rule: Option<Cow<'static, str>>,
     detail: Option<Cow<'static, str>>,
 }
 
@@ -50,8 +51,20 @@ impl AuditNote {
             code: None,
             principal_id: None,
             credential_id: None,
+            rule: None,
             detail: None,
         }
+    }
+
+    /// The name of the route rule that decided (role-router sets it).
+    pub fn rule(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.rule = Some(name.into());
+        self
+    }
+
+    /// The route rule that decided, if the layer matched one.
+    pub fn rule_name(&self) -> Option<&str> {
+        self.rule.as_deref()
     }
 
     /// `layer` let the request through.

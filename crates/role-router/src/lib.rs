@@ -240,7 +240,7 @@ impl<S> RoleRouter<S> {
         };
         let Err(refusal) = verdict.result else {
             AuditRecord::note(request.extensions(), || {
-                AuditNote::allow(LAYER_NAME).detail(rule_name.to_owned())
+                AuditNote::allow(LAYER_NAME).rule(rule_name.to_owned())
             });
             return Ok(());
         };
@@ -260,7 +260,8 @@ impl<S> RoleRouter<S> {
         AuditRecord::note(request.extensions(), || {
             AuditNote::new(LAYER_NAME, refused)
                 .code(rejection.code())
-                .detail(format!("{rule_name}: {}", refusal.as_str()))
+                .rule(rule_name.to_owned())
+                .detail(refusal.as_str())
         });
         tracing::debug!(
             rule = rule_name,
@@ -408,10 +409,8 @@ mod tests {
         assert_eq!(notes.len(), 1);
         assert_eq!(notes[0].decision(), Decision::ShadowDeny);
         assert_eq!(notes[0].reason_code(), Some("forbidden"));
-        assert_eq!(
-            notes[0].detail_text(),
-            Some("admin: a required role is missing")
-        );
+        assert_eq!(notes[0].rule_name(), Some("admin"));
+        assert_eq!(notes[0].detail_text(), Some("a required role is missing"));
     }
 
     #[test]
@@ -421,7 +420,7 @@ mod tests {
         let mut req = request(Method::GET, "/admin/x", Some(&["admin"]));
         req.extensions_mut().insert(record.clone());
         call(&layer, req);
-        assert_eq!(record.notes()[0].detail_text(), Some("admin"));
+        assert_eq!(record.notes()[0].rule_name(), Some("admin"));
         assert_eq!(record.notes()[0].decision(), Decision::Allow);
     }
 }
