@@ -1,0 +1,398 @@
+//! JSON lines in files, written by a thread of their own.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::SystemTime;
+
+use tracing_appender::rolling::{RollingFileAppender, Rotation as AppenderRotation};
+
+use crate::chain::{self, GENESIS};
+use crate::event::AuditEvent;
+use crate::sink::AuditSink;
+
+/// When a new file is started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rotation {
+    /// One file a day, `<prefix>.YYYY-MM-DD.jsonl` (UTC), by `tracing-appender`.
+    Daily,
+    /// A new file when the current one would pass this many bytes. The current file is
+    /// `<prefix>.jsonl`; full ones are renamed `<prefix>.000001.jsonl`, `….000002.jsonl`, …
+    Size(u64),
+    /// One file, `<prefix>.jsonl`, forever.
+    Never,
+}
+
+/// What happens when events arrive faster than the file takes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overflow {
+    /// Requests wait for room in the queue: nothing is lost, and a slow disk slows
+    /// requests down (the default).
+    Block,
+    /// Events that find the queue full are dropped and counted. The count is written to
+    /// the file as an `audit_records_dropped` record as soon as there is room, and
+    /// [`FileSink::dropped`] reports it: nothing is lost silently.
+    Drop,
+}
+
+/// Builds a [`FileSink`].
+#[derive(Clone, Debug)]
+pub struct FileSinkBuilder {
+    directory: PathBuf,
+    prefix: String,
+    rotation: Rotation,
+    overflow: Overflow,
+    capacity: usize,
+    hash_chain: bool,
+}
+
+impl FileSinkBuilder {
+    /// The file name prefix (`audit` by default).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// [`Rotation::Daily`] by default.
+    pub fn rotation(mut self, rotation: Rotation) -> Self {
+        self.rotation = rotation;
+        self
+    }
+
+    /// [`Overflow::Block`] by default.
+    pub fn overflow(mut self, overflow: Overflow) -> Self {
+        self.overflow = overflow;
+        self
+    }
+
+    /// How many events may wait for the writer (8,192 by default).
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity.max(1);
+        self
+    }
+
+    /// Seals every record into a SHA-256 chain (see [`verify_files`](crate::verify_files)
+    /// and `portcullis audit verify`). Off by default.
+    pub fn hash_chain(mut self, on: bool) -> Self {
+        self.hash_chain = on;
+        self
+    }
+
+    /// Opens the file and starts the writer thread.
+    pub fn build(self) -> io::Result<FileSink> {
+        std::fs::create_dir_all(&self.directory)?;
+        let (writer, current) = self.open_writer()?;
+        let prev = if self.hash_chain {
+            Some(chain::last_hash_of(&current).unwrap_or(GENESIS))
+        } else {
+            None
+        };
+        let (sender, receiver) = mpsc::sync_channel(self.capacity);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let dropped = dropped.clone();
+            std::thread::Builder::new()
+                .name("portcullis-audit".into())
+                .spawn(move || write_loop(receiver, writer, prev, &dropped))?
+        };
+        Ok(FileSink {
+            inner: Arc::new(Inner {
+                sender: Mutex::new(Some(sender)),
+                thread: Mutex::new(Some(thread)),
+                dropped,
+                overflow: self.overflow,
+                path: current,
+            }),
+        })
+    }
+
+    fn open_writer(&self) -> io::Result<(Box<dyn Write + Send>, PathBuf)> {
+        match self.rotation {
+            Rotation::Daily => {
+                let appender = RollingFileAppender::builder()
+                    .rotation(AppenderRotation::DAILY)
+                    .filename_prefix(&self.prefix)
+                    .filename_suffix("jsonl")
+                    .build(&self.directory)
+                    .map_err(io::Error::other)?;
+                let today = humantime::format_rfc3339(SystemTime::now()).to_string();
+                let current =
+                    self.directory
+                        .join(format!("{}.{}.jsonl", self.prefix, &today[..10]));
+                Ok((Box::new(appender), current))
+            }
+            Rotation::Size(max) => {
+                let writer = SizeRotating::open(&self.directory, &self.prefix, max)?;
+                let current = writer.current.clone();
+                Ok((Box::new(writer), current))
+            }
+            Rotation::Never => {
+                let current = self.directory.join(format!("{}.jsonl", self.prefix));
+                let file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&current)?;
+                Ok((Box::new(file), current))
+            }
+        }
+    }
+}
+
+enum Message {
+    Line(Vec<u8>),
+    Flush(mpsc::Sender<()>),
+}
+
+/// Audit events as JSON lines in files, with rotation, written by a background thread
+/// so that requests never wait on the disk (unless [`Overflow::Block`] and the queue is
+/// full). Cheap to clone; the thread finishes writing and stops when the last clone is
+/// dropped.
+///
+/// ```no_run
+/// use portcullis_audit::{AuditLayer, FileSink, Overflow, Rotation};
+///
+/// let sink = FileSink::builder("/var/log/api")
+///     .rotation(Rotation::Daily)
+///     .overflow(Overflow::Block)
+///     .hash_chain(true)
+///     .build()?;
+/// let layer = AuditLayer::new().sink(sink);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct FileSink {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    sender: Mutex<Option<SyncSender<Message>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    dropped: Arc<AtomicU64>,
+    overflow: Overflow,
+    path: PathBuf,
+}
+
+impl FileSink {
+    /// A sink writing into `directory`.
+    pub fn builder(directory: impl Into<PathBuf>) -> FileSinkBuilder {
+        FileSinkBuilder {
+            directory: directory.into(),
+            prefix: "audit".to_owned(),
+            rotation: Rotation::Daily,
+            overflow: Overflow::Block,
+            capacity: 8192,
+            hash_chain: false,
+        }
+    }
+
+    /// Events dropped so far because the queue was full ([`Overflow::Drop`] only).
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The file being written when the sink was built.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Waits until every event recorded so far is written and flushed.
+    pub fn flush(&self) {
+        let (done, wait) = mpsc::channel();
+        if let Some(sender) = self.sender() {
+            if sender.send(Message::Flush(done)).is_ok() {
+                let _ = wait.recv();
+            }
+        }
+    }
+
+    fn sender(&self) -> Option<SyncSender<Message>> {
+        self.inner
+            .sender
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn send(&self, line: Vec<u8>) {
+        // The sender is cloned per event so that no lock is held while waiting for room.
+        let Some(sender) = self.sender() else { return };
+        match self.inner.overflow {
+            Overflow::Block => {
+                let _ = sender.send(Message::Line(line));
+            }
+            Overflow::Drop => {
+                if let Err(TrySendError::Full(_)) = sender.try_send(Message::Line(line)) {
+                    self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+impl AuditSink for FileSink {
+    fn record(&self, event: &AuditEvent) {
+        self.send(event.to_json());
+    }
+}
+
+impl fmt::Debug for FileSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileSink")
+            .field("path", &self.inner.path)
+            .field("overflow", &self.inner.overflow)
+            .field("dropped", &self.dropped())
+            .finish()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the channel lets the thread drain the queue and stop.
+        self.sender
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(thread) = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn write_loop(
+    receiver: Receiver<Message>,
+    mut writer: Box<dyn Write + Send>,
+    mut prev: Option<[u8; 32]>,
+    dropped: &AtomicU64,
+) {
+    let mut reported = 0u64;
+    let mut write = |writer: &mut Box<dyn Write + Send>, mut line: Vec<u8>| {
+        if let Some(prev) = prev.as_mut() {
+            *prev = chain::seal(&mut line, prev);
+        }
+        line.push(b'\n');
+        if let Err(error) = writer.write_all(&line) {
+            tracing::error!(target: "portcullis::audit", %error, "the audit file sink cannot write");
+        }
+    };
+    while let Ok(message) = receiver.recv() {
+        match message {
+            Message::Line(line) => write(&mut writer, line),
+            Message::Flush(done) => {
+                let _ = writer.flush();
+                let _ = done.send(());
+            }
+        }
+        // Drops are themselves audited, as soon as the queue had room again.
+        let now = dropped.load(Ordering::Relaxed);
+        if now > reported {
+            let record = serde_json::json!({
+                "time": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+                "event": "audit_records_dropped",
+                "count": now - reported,
+                "total": now,
+            });
+            tracing::warn!(target: "portcullis::audit", dropped = now - reported, total = now, "audit records dropped: the file sink fell behind");
+            write(&mut writer, record.to_string().into_bytes());
+            reported = now;
+        }
+    }
+    let _ = writer.flush();
+}
+
+/// `<prefix>.jsonl`, renamed to `<prefix>.NNNNNN.jsonl` when the next line would make
+/// it larger than the limit.
+struct SizeRotating {
+    directory: PathBuf,
+    prefix: String,
+    current: PathBuf,
+    file: File,
+    size: u64,
+    max: u64,
+    next: u64,
+}
+
+impl SizeRotating {
+    fn open(directory: &Path, prefix: &str, max: u64) -> io::Result<Self> {
+        let current = directory.join(format!("{prefix}.jsonl"));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&current)?;
+        let size = file.metadata()?.len();
+        let next = existing_numbers(directory, prefix).max().unwrap_or(0) + 1;
+        Ok(Self {
+            directory: directory.to_owned(),
+            prefix: prefix.to_owned(),
+            current,
+            file,
+            size,
+            max: max.max(1),
+            next,
+        })
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        self.file.flush()?;
+        let full = self
+            .directory
+            .join(format!("{}.{:06}.jsonl", self.prefix, self.next));
+        std::fs::rename(&self.current, full)?;
+        self.next += 1;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.current)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+fn existing_numbers<'a>(directory: &Path, prefix: &'a str) -> impl Iterator<Item = u64> + 'a {
+    std::fs::read_dir(directory)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(move |entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let number = name
+                .strip_prefix(prefix)?
+                .strip_prefix('.')?
+                .strip_suffix(".jsonl")?;
+            number.parse().ok()
+        })
+}
+
+impl Write for SizeRotating {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // Called once per record with the whole line, so records never straddle files.
+        if self.size > 0 && self.size + buf.len() as u64 > self.max {
+            self.rotate()?;
+        }
+        let written = self.file.write(buf)?;
+        self.size += written as u64;
+        Ok(written)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        if self.size > 0 && self.size + buf.len() as u64 > self.max {
+            self.rotate()?;
+        }
+        self.file.write_all(buf)?;
+        self.size += buf.len() as u64;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}

@@ -1,0 +1,566 @@
+//! The layer, its service and its response future.
+
+use std::fmt;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use http::header::{HeaderName, HeaderValue, USER_AGENT};
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use portcullis_core::{AuditNote, AuditRecord, ClientIpResolver, Decision, Denial};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::event::{AuditEvent, NoteEntry, Outcome, PrincipalEntry};
+use crate::sink::AuditSink;
+
+/// Which requests get an event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AuditLevel {
+    /// Every request (the default).
+    #[default]
+    All,
+    /// Refused, failed, dropped and panicked requests only.
+    RefusalsOnly,
+    /// Every refusal, and one allowed request in `one_in`.
+    RefusalsAndSample {
+        /// 1 records every allowed request; 100 records one in a hundred.
+        one_in: u32,
+    },
+}
+
+/// Longest user agent recorded; longer ones are cut at a character boundary.
+const USER_AGENT_MAX: usize = 256;
+
+/// Longest request id taken from a request header.
+const REQUEST_ID_MAX: usize = 128;
+
+/// Query parameters whose values are never recorded, whatever the host adds.
+const SENSITIVE_QUERY_KEYS: &[&str] = &[
+    "access_token",
+    "api_key",
+    "apikey",
+    "auth",
+    "client_secret",
+    "code",
+    "id_token",
+    "key",
+    "password",
+    "refresh_token",
+    "secret",
+    "sig",
+    "signature",
+    "token",
+];
+
+struct Config {
+    sinks: Vec<Arc<dyn AuditSink>>,
+    tracing_event: bool,
+    level: AuditLevel,
+    request_id_header: HeaderName,
+    resolver: ClientIpResolver,
+    log_query: bool,
+    redact: Vec<String>,
+    id_prefix: String,
+    counter: AtomicU64,
+    sampled: AtomicU64,
+}
+
+impl Clone for Config {
+    fn clone(&self) -> Self {
+        Self {
+            sinks: self.sinks.clone(),
+            tracing_event: self.tracing_event,
+            level: self.level,
+            request_id_header: self.request_id_header.clone(),
+            resolver: self.resolver.clone(),
+            log_query: self.log_query,
+            redact: self.redact.clone(),
+            id_prefix: self.id_prefix.clone(),
+            counter: AtomicU64::new(0),
+            sampled: AtomicU64::new(0),
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("sinks", &self.sinks.len())
+            .field("tracing_event", &self.tracing_event)
+            .field("level", &self.level)
+            .field("request_id_header", &self.request_id_header)
+            .field("log_query", &self.log_query)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Writes one audit event per request. See the [crate docs](crate).
+#[derive(Clone, Debug)]
+pub struct AuditLayer {
+    config: Config,
+}
+
+impl Default for AuditLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AuditLayer {
+    /// A layer emitting a `tracing` event (target `portcullis::audit`) for every
+    /// request, taking request ids from `x-request-id`.
+    pub fn new() -> Self {
+        let mut random = [0u8; 4];
+        // Without OS randomness ids are still unique within the process.
+        let _ = getrandom::fill(&mut random);
+        Self {
+            config: Config {
+                sinks: Vec::new(),
+                tracing_event: true,
+                level: AuditLevel::All,
+                request_id_header: HeaderName::from_static("x-request-id"),
+                resolver: ClientIpResolver::new(),
+                log_query: false,
+                redact: SENSITIVE_QUERY_KEYS
+                    .iter()
+                    .map(|k| (*k).to_owned())
+                    .collect(),
+                id_prefix: hex::encode(random),
+                counter: AtomicU64::new(0),
+                sampled: AtomicU64::new(0),
+            },
+        }
+    }
+
+    /// Also hands every event to `sink` (a [`FileSink`](crate::FileSink), a
+    /// [`MemorySink`](crate::MemorySink), or your own).
+    pub fn sink(mut self, sink: impl AuditSink) -> Self {
+        self.config.sinks.push(Arc::new(sink));
+        self
+    }
+
+    /// Whether to emit the `tracing` event (on by default).
+    pub fn tracing_event(mut self, on: bool) -> Self {
+        self.config.tracing_event = on;
+        self
+    }
+
+    /// Which requests get an event.
+    pub fn level(mut self, level: AuditLevel) -> Self {
+        self.config.level = level;
+        self
+    }
+
+    /// The header that carries request ids (`x-request-id` by default). A request
+    /// without a usable one gets a generated id, set on the request for the service
+    /// and on the response for the client.
+    pub fn request_id_header(mut self, name: HeaderName) -> Self {
+        self.config.request_id_header = name;
+        self
+    }
+
+    /// How the client address is resolved. Use the same resolver as the other layers.
+    pub fn client_ip(mut self, resolver: ClientIpResolver) -> Self {
+        self.config.resolver = resolver;
+        self
+    }
+
+    /// Records the query string, with the values of sensitive parameters replaced by
+    /// `REDACTED`. Off by default: query strings often carry secrets.
+    pub fn log_query(mut self, on: bool) -> Self {
+        self.config.log_query = on;
+        self
+    }
+
+    /// More query parameters whose values are redacted, besides the built-in ones
+    /// (`api_key`, `token`, `access_token`, `password`, `secret`, …).
+    pub fn redact_query_keys<I, K>(mut self, keys: I) -> Self
+    where
+        I: IntoIterator<Item = K>,
+        K: Into<String>,
+    {
+        self.config
+            .redact
+            .extend(keys.into_iter().map(|k| k.into().to_ascii_lowercase()));
+        self
+    }
+}
+
+impl<S> Layer<S> for AuditLayer {
+    type Service = Audit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Audit {
+            inner,
+            config: Arc::new(self.config.clone()),
+        }
+    }
+}
+
+/// The service built by [`AuditLayer`].
+#[derive(Clone, Debug)]
+pub struct Audit<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Audit<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let config = &self.config;
+        let record = AuditRecord::new();
+        request.extensions_mut().insert(record.clone());
+        let request_id = match usable_request_id(request.headers().get(&config.request_id_header)) {
+            Some(id) => id.to_owned(),
+            None => {
+                let counter = config.counter.fetch_add(1, Ordering::Relaxed);
+                let id = format!("{}-{counter:x}", config.id_prefix);
+                if let Ok(value) = HeaderValue::from_str(&id) {
+                    request
+                        .headers_mut()
+                        .insert(config.request_id_header.clone(), value);
+                }
+                id
+            }
+        };
+        // Resolving here also stores the `ClientIp` for the layers inside. A failure is
+        // theirs to refuse; the audit event just has no address.
+        let client_ip = config
+            .resolver
+            .resolve_request(&mut request)
+            .ok()
+            .map(|client| client.ip());
+        let started = Started {
+            time: SystemTime::now(),
+            at: Instant::now(),
+            request_id,
+            client_ip,
+            method: request.method().as_str().to_owned(),
+            path: request.uri().path().to_owned(),
+            query: config
+                .log_query
+                .then(|| {
+                    request
+                        .uri()
+                        .query()
+                        .map(|q| redact_query(q, &config.redact))
+                })
+                .flatten(),
+            user_agent: request
+                .headers()
+                .get(USER_AGENT)
+                .map(|value| truncate(&String::from_utf8_lossy(value.as_bytes()), USER_AGENT_MAX)),
+            record,
+        };
+        // The guard exists before the inner service is called, so a panic in `call`
+        // is audited too.
+        let guard = Guard {
+            started: Some(started),
+            config: config.clone(),
+        };
+        ResponseFuture {
+            inner: self.inner.call(request),
+            guard,
+        }
+    }
+}
+
+fn usable_request_id(value: Option<&HeaderValue>) -> Option<&str> {
+    let text = value?.to_str().ok()?;
+    let usable = !text.is_empty()
+        && text.len() <= REQUEST_ID_MAX
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(&b));
+    usable.then_some(text)
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].chars().filter(|c| !c.is_control()).collect()
+}
+
+fn redact_query(query: &str, redact: &[String]) -> String {
+    let mut out = String::with_capacity(query.len());
+    for (index, pair) in query.split('&').enumerate() {
+        if index > 0 {
+            out.push('&');
+        }
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let lowered = key.to_ascii_lowercase();
+        let sensitive = redact.iter().any(|k| *k == lowered);
+        out.push_str(key);
+        if pair.contains('=') {
+            out.push('=');
+            out.push_str(if sensitive && !value.is_empty() {
+                "REDACTED"
+            } else {
+                value
+            });
+        }
+    }
+    out
+}
+
+struct Started {
+    time: SystemTime,
+    at: Instant,
+    request_id: String,
+    client_ip: Option<IpAddr>,
+    method: String,
+    path: String,
+    query: Option<String>,
+    user_agent: Option<String>,
+    record: AuditRecord,
+}
+
+/// Emits the event once: when the response is ready, or, if that never happens, when
+/// the request is dropped or unwinds from a panic.
+struct Guard {
+    started: Option<Started>,
+    config: Arc<Config>,
+}
+
+struct Ending {
+    outcome: Outcome,
+    status: Option<u16>,
+    denial: Option<Denial>,
+}
+
+impl Guard {
+    fn finish(&mut self, ending: Ending) {
+        let Some(started) = self.started.take() else {
+            return;
+        };
+        let notes = started.record.take();
+        let mut outcome = ending.outcome;
+        let (mut refused_by, mut reason) = match ending.denial {
+            Some(denial) => (Some(denial.layer()), Some(denial.code())),
+            None => (None, None),
+        };
+        if refused_by.is_none() {
+            if let Some(note) = notes.iter().find(|n| n.decision() == Decision::Deny) {
+                refused_by = Some(note.layer());
+                reason = note.reason_code();
+            }
+        }
+        if outcome == Outcome::Allow && refused_by.is_some() {
+            outcome = Outcome::Deny;
+        }
+        if !self.wanted(outcome) {
+            return;
+        }
+        let event = AuditEvent {
+            time: started.time,
+            request_id: started.request_id,
+            client_ip: started.client_ip,
+            method: started.method,
+            path: started.path,
+            query: started.query,
+            route: notes.iter().find_map(|n| n.rule_name().map(str::to_owned)),
+            principals: notes.iter().filter_map(principal_of).collect(),
+            decision: outcome,
+            refused_by,
+            reason,
+            status: ending.status,
+            latency_us: u64::try_from(started.at.elapsed().as_micros()).unwrap_or(u64::MAX),
+            user_agent: started.user_agent,
+            notes: notes.iter().map(note_entry).collect(),
+        };
+        if self.config.tracing_event {
+            emit_tracing(&event);
+        }
+        for sink in &self.config.sinks {
+            sink.record(&event);
+        }
+    }
+
+    fn wanted(&self, outcome: Outcome) -> bool {
+        match (self.config.level, outcome) {
+            (AuditLevel::All, _) => true,
+            (_, outcome) if outcome != Outcome::Allow => true,
+            (AuditLevel::RefusalsOnly, _) => false,
+            (AuditLevel::RefusalsAndSample { one_in }, _) => {
+                let n = self.config.sampled.fetch_add(1, Ordering::Relaxed);
+                one_in > 0 && n % u64::from(one_in) == 0
+            }
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if self.started.is_some() {
+            let outcome = if std::thread::panicking() {
+                Outcome::Panicked
+            } else {
+                Outcome::Dropped
+            };
+            self.finish(Ending {
+                outcome,
+                status: None,
+                denial: None,
+            });
+        }
+    }
+}
+
+fn principal_of(note: &AuditNote) -> Option<PrincipalEntry> {
+    if note.decision() != Decision::Allow {
+        return None;
+    }
+    Some(PrincipalEntry {
+        layer: note.layer(),
+        id: note.principal()?.to_owned(),
+        credential: note.credential().map(str::to_owned),
+    })
+}
+
+fn note_entry(note: &AuditNote) -> NoteEntry {
+    NoteEntry {
+        layer: note.layer(),
+        decision: note.decision().as_str(),
+        code: note.reason_code(),
+        rule: note.rule_name().map(str::to_owned),
+        detail: note.detail_text().map(str::to_owned),
+    }
+}
+
+fn emit_tracing(event: &AuditEvent) {
+    // One event, at INFO for allowed requests and WARN for the rest, so a subscriber can
+    // keep refusals at a stricter filter.
+    macro_rules! emit {
+        ($level:expr) => {
+            tracing::event!(
+                target: "portcullis::audit",
+                $level,
+                request_id = %event.request_id,
+                client_ip = event.client_ip.map(tracing::field::display),
+                method = %event.method,
+                path = %event.path,
+                query = event.query.as_deref(),
+                route = event.route.as_deref(),
+                principals = %event.principals_summary(),
+                decision = event.decision.as_str(),
+                refused_by = event.refused_by,
+                reason = event.reason,
+                status = event.status,
+                latency_us = event.latency_us,
+                user_agent = event.user_agent.as_deref(),
+                "audit"
+            )
+        };
+    }
+    if event.decision == Outcome::Allow {
+        emit!(tracing::Level::INFO);
+    } else {
+        emit!(tracing::Level::WARN);
+    }
+}
+
+pin_project! {
+    /// The response future of [`Audit`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        guard: Guard,
+    }
+}
+
+impl<F, ResBody, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = Result<Response<ResBody>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut result = ready!(this.inner.poll(cx));
+        let ending = match &mut result {
+            Ok(response) => {
+                if let Some(started) = &this.guard.started {
+                    if let Ok(value) = HeaderValue::from_str(&started.request_id) {
+                        response
+                            .headers_mut()
+                            .insert(this.guard.config.request_id_header.clone(), value);
+                    }
+                }
+                Ending {
+                    outcome: Outcome::Allow,
+                    status: Some(response.status().as_u16()),
+                    denial: response.extensions().get::<Denial>().copied(),
+                }
+            }
+            Err(_) => Ending {
+                outcome: Outcome::Error,
+                status: None,
+                denial: None,
+            },
+        };
+        this.guard.finish(ending);
+        Poll::Ready(result)
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("pending", &self.guard.started.is_some())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_of_sensitive_keys_are_redacted() {
+        let redact: Vec<String> = SENSITIVE_QUERY_KEYS
+            .iter()
+            .map(|k| (*k).to_owned())
+            .collect();
+        assert_eq!(
+            redact_query("page=2&api_key=pck_x&Token=abc&flag&sort=", &redact),
+            "page=2&api_key=REDACTED&Token=REDACTED&flag&sort="
+        );
+    }
+
+    #[test]
+    fn request_ids_from_headers_are_checked() {
+        let ok = HeaderValue::from_static("req-1.2:3");
+        assert_eq!(usable_request_id(Some(&ok)), Some("req-1.2:3"));
+        for bad in ["", "has space", "quote\"", &"x".repeat(200)] {
+            let value = HeaderValue::from_str(bad).unwrap();
+            assert_eq!(usable_request_id(Some(&value)), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn user_agents_are_cut_at_a_character_boundary() {
+        let agent = "é".repeat(200);
+        let cut = truncate(&agent, USER_AGENT_MAX);
+        assert!(cut.len() <= USER_AGENT_MAX);
+        assert!(cut.chars().all(|c| c == 'é'));
+        assert_eq!(truncate("a\u{7}b", 10), "ab");
+    }
+}
