@@ -41,14 +41,35 @@ pub enum Overflow {
 }
 
 /// Builds a [`FileSink`].
-#[derive(Clone, Debug)]
 pub struct FileSinkBuilder {
-    directory: PathBuf,
+    target: Target,
     prefix: String,
     rotation: Rotation,
     overflow: Overflow,
     capacity: usize,
     hash_chain: bool,
+}
+
+enum Target {
+    Directory(PathBuf),
+    Writer(Box<dyn Write + Send>),
+}
+
+impl fmt::Debug for FileSinkBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let target = match &self.target {
+            Target::Directory(directory) => directory.display().to_string(),
+            Target::Writer(_) => "a writer".to_owned(),
+        };
+        f.debug_struct("FileSinkBuilder")
+            .field("target", &target)
+            .field("prefix", &self.prefix)
+            .field("rotation", &self.rotation)
+            .field("overflow", &self.overflow)
+            .field("capacity", &self.capacity)
+            .field("hash_chain", &self.hash_chain)
+            .finish()
+    }
 }
 
 impl FileSinkBuilder {
@@ -85,13 +106,16 @@ impl FileSinkBuilder {
 
     /// Opens the file and starts the writer thread.
     pub fn build(self) -> io::Result<FileSink> {
-        std::fs::create_dir_all(&self.directory)?;
-        let (writer, current) = self.open_writer()?;
-        let prev = if self.hash_chain {
-            Some(chain::last_hash_of(&current).unwrap_or(GENESIS))
-        } else {
-            None
+        let (writer, current, last_hash) = match self.target {
+            Target::Directory(ref directory) => {
+                std::fs::create_dir_all(directory)?;
+                let (writer, current) = open_writer(directory, &self.prefix, self.rotation)?;
+                let last_hash = chain::last_hash_of(&current);
+                (writer, current, last_hash)
+            }
+            Target::Writer(writer) => (writer, PathBuf::new(), None),
         };
+        let prev = self.hash_chain.then(|| last_hash.unwrap_or(GENESIS));
         let (sender, receiver) = mpsc::sync_channel(self.capacity);
         let dropped = Arc::new(AtomicU64::new(0));
         let thread = {
@@ -110,35 +134,37 @@ impl FileSinkBuilder {
             }),
         })
     }
+}
 
-    fn open_writer(&self) -> io::Result<(Box<dyn Write + Send>, PathBuf)> {
-        match self.rotation {
-            Rotation::Daily => {
-                let appender = RollingFileAppender::builder()
-                    .rotation(AppenderRotation::DAILY)
-                    .filename_prefix(&self.prefix)
-                    .filename_suffix("jsonl")
-                    .build(&self.directory)
-                    .map_err(io::Error::other)?;
-                let today = humantime::format_rfc3339(SystemTime::now()).to_string();
-                let current =
-                    self.directory
-                        .join(format!("{}.{}.jsonl", self.prefix, &today[..10]));
-                Ok((Box::new(appender), current))
-            }
-            Rotation::Size(max) => {
-                let writer = SizeRotating::open(&self.directory, &self.prefix, max)?;
-                let current = writer.current.clone();
-                Ok((Box::new(writer), current))
-            }
-            Rotation::Never => {
-                let current = self.directory.join(format!("{}.jsonl", self.prefix));
-                let file = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&current)?;
-                Ok((Box::new(file), current))
-            }
+fn open_writer(
+    directory: &Path,
+    prefix: &str,
+    rotation: Rotation,
+) -> io::Result<(Box<dyn Write + Send>, PathBuf)> {
+    match rotation {
+        Rotation::Daily => {
+            let appender = RollingFileAppender::builder()
+                .rotation(AppenderRotation::DAILY)
+                .filename_prefix(prefix)
+                .filename_suffix("jsonl")
+                .build(directory)
+                .map_err(io::Error::other)?;
+            let today = humantime::format_rfc3339(SystemTime::now()).to_string();
+            let current = directory.join(format!("{prefix}.{}.jsonl", &today[..10]));
+            Ok((Box::new(appender), current))
+        }
+        Rotation::Size(max) => {
+            let writer = SizeRotating::open(directory, prefix, max)?;
+            let current = writer.current.clone();
+            Ok((Box::new(writer), current))
+        }
+        Rotation::Never => {
+            let current = directory.join(format!("{prefix}.jsonl"));
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&current)?;
+            Ok((Box::new(file), current))
         }
     }
 }
@@ -178,10 +204,20 @@ struct Inner {
 }
 
 impl FileSink {
-    /// A sink writing into `directory`.
+    /// A sink writing files into `directory`.
     pub fn builder(directory: impl Into<PathBuf>) -> FileSinkBuilder {
+        Self::with_target(Target::Directory(directory.into()))
+    }
+
+    /// A sink writing JSON lines to any writer, such as `std::io::stdout()`, from its
+    /// own thread. Rotation and prefix do not apply.
+    pub fn to_writer(writer: impl Write + Send + 'static) -> FileSinkBuilder {
+        Self::with_target(Target::Writer(Box::new(writer)))
+    }
+
+    fn with_target(target: Target) -> FileSinkBuilder {
         FileSinkBuilder {
-            directory: directory.into(),
+            target,
             prefix: "audit".to_owned(),
             rotation: Rotation::Daily,
             overflow: Overflow::Block,
@@ -195,7 +231,7 @@ impl FileSink {
         self.inner.dropped.load(Ordering::Relaxed)
     }
 
-    /// The file being written when the sink was built.
+    /// The file being written when the sink was built (empty for a writer).
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
@@ -285,14 +321,8 @@ fn write_loop(
         }
     };
     while let Ok(message) = receiver.recv() {
-        match message {
-            Message::Line(line) => write(&mut writer, line),
-            Message::Flush(done) => {
-                let _ = writer.flush();
-                let _ = done.send(());
-            }
-        }
-        // Drops are themselves audited, as soon as the queue had room again.
+        // Drops are themselves audited, as soon as the queue has room again, and before
+        // a flush returns.
         let now = dropped.load(Ordering::Relaxed);
         if now > reported {
             let record = serde_json::json!({
@@ -304,6 +334,13 @@ fn write_loop(
             tracing::warn!(target: "portcullis::audit", dropped = now - reported, total = now, "audit records dropped: the file sink fell behind");
             write(&mut writer, record.to_string().into_bytes());
             reported = now;
+        }
+        match message {
+            Message::Line(line) => write(&mut writer, line),
+            Message::Flush(done) => {
+                let _ = writer.flush();
+                let _ = done.send(());
+            }
         }
     }
     let _ = writer.flush();

@@ -67,8 +67,15 @@ struct Config {
     log_query: bool,
     redact: Vec<String>,
     id_prefix: String,
-    counter: AtomicU64,
-    sampled: AtomicU64,
+    /// Shared by every service the layer (and its clones) builds, so that generated ids
+    /// stay unique and sampling counts every request.
+    counters: Arc<Counters>,
+}
+
+#[derive(Default)]
+struct Counters {
+    request_ids: AtomicU64,
+    allowed: AtomicU64,
 }
 
 impl Clone for Config {
@@ -82,8 +89,7 @@ impl Clone for Config {
             log_query: self.log_query,
             redact: self.redact.clone(),
             id_prefix: self.id_prefix.clone(),
-            counter: AtomicU64::new(0),
-            sampled: AtomicU64::new(0),
+            counters: self.counters.clone(),
         }
     }
 }
@@ -132,8 +138,7 @@ impl AuditLayer {
                     .map(|k| (*k).to_owned())
                     .collect(),
                 id_prefix: hex::encode(random),
-                counter: AtomicU64::new(0),
-                sampled: AtomicU64::new(0),
+                counters: Arc::default(),
             },
         }
     }
@@ -229,7 +234,7 @@ where
         let request_id = match usable_request_id(request.headers().get(&config.request_id_header)) {
             Some(id) => id.to_owned(),
             None => {
-                let counter = config.counter.fetch_add(1, Ordering::Relaxed);
+                let counter = config.counters.request_ids.fetch_add(1, Ordering::Relaxed);
                 let id = format!("{}-{counter:x}", config.id_prefix);
                 if let Ok(value) = HeaderValue::from_str(&id) {
                     request
@@ -400,7 +405,7 @@ impl Guard {
             (_, outcome) if outcome != Outcome::Allow => true,
             (AuditLevel::RefusalsOnly, _) => false,
             (AuditLevel::RefusalsAndSample { one_in }, _) => {
-                let n = self.config.sampled.fetch_add(1, Ordering::Relaxed);
+                let n = self.config.counters.allowed.fetch_add(1, Ordering::Relaxed);
                 one_in > 0 && n % u64::from(one_in) == 0
             }
         }

@@ -72,6 +72,8 @@ mod event;
 mod file;
 mod layer;
 mod sink;
+#[cfg(test)]
+mod tests;
 
 pub use chain::{verify_files, ChainBreak, ChainProblem, ChainReport, VerifyError, GENESIS};
 pub use event::{AuditEvent, NoteEntry, Outcome, PrincipalEntry};
