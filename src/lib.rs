@@ -7,6 +7,7 @@
 //! | feature | crate | layer |
 //! |---|---|---|
 //! | `api-key` | [`portcullis-api-key`](api_key) | [`ApiKeyLayer`](api_key::ApiKeyLayer): checksummed API keys checked against hashed records, with expiry, rotation, revocation and per-key networks |
+//! | `audit` | [`portcullis-audit`](audit) | [`AuditLayer`](audit::AuditLayer): one audit event per request (who, what, from where, decision and why) to `tracing` and JSON-lines files with rotation and a hash chain |
 //! | `ip-allowlist` | [`portcullis-ip-allowlist`](ip_allowlist) | [`IpAllowlistLayer`](ip_allowlist::IpAllowlistLayer): allow and deny networks, client IP behind trusted proxies |
 //! | `role-router` | [`portcullis-role-router`](role_router) | [`RoleRouterLayer`](role_router::RoleRouterLayer): method + path-pattern rules saying which credentials, roles and scopes a route needs |
 //!
@@ -44,6 +45,9 @@ pub use portcullis_core as core;
 
 #[cfg(feature = "api-key")]
 pub use portcullis_api_key as api_key;
+
+#[cfg(feature = "audit")]
+pub use portcullis_audit as audit;
 
 #[cfg(feature = "ip-allowlist")]
 pub use portcullis_ip_allowlist as ip_allowlist;

@@ -6,8 +6,10 @@
 //! portcullis key new --file KEYS --owner OWNER [--roles R,..] [--expires 90d] [--networks N,..] ...
 //! portcullis key list --file KEYS
 //! portcullis key revoke --file KEYS ID
+//! portcullis audit verify FILE...
 //! ```
 
+mod audit;
 mod key;
 
 use std::path::PathBuf;
@@ -22,7 +24,7 @@ use portcullis_role_router::{normalize, read_policy, Policy};
 #[command(
     name = "portcullis",
     version,
-    about = "Portcullis: check and explain API security policies, make and revoke API keys"
+    about = "Portcullis: check and explain API security policies, make and revoke API keys, verify audit logs"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -37,6 +39,9 @@ enum Command {
     /// API keys in a key file.
     #[command(subcommand)]
     Key(key::KeyCommand),
+    /// Audit logs.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 #[derive(Subcommand)]
@@ -87,6 +92,7 @@ fn main() -> ExitCode {
         }) => check(&file, deny_warnings),
         Command::Policy(PolicyCommand::Explain(args)) => explain(&args),
         Command::Key(command) => key::run(command),
+        Command::Audit(command) => audit::run(command),
     };
     match result {
         Ok(code) => code,
