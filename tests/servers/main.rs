@@ -8,6 +8,7 @@
 
 mod api_key_axum;
 mod api_key_tonic;
+mod audit_axum;
 mod client;
 mod ip_allowlist_axum;
 mod ip_allowlist_hyper;

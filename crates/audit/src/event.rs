@@ -59,6 +59,9 @@ pub struct NoteEntry {
     /// Its reason code.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<&'static str>,
+    /// The credential id it saw (also on refusals: which key id was tried).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
     /// The route rule it matched.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,

@@ -312,7 +312,7 @@ fn redact_query(query: &str, redact: &[String]) -> String {
         }
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let lowered = key.to_ascii_lowercase();
-        let sensitive = redact.iter().any(|k| *k == lowered);
+        let sensitive = redact.contains(&lowered);
         out.push_str(key);
         if pair.contains('=') {
             out.push('=');
@@ -445,6 +445,7 @@ fn note_entry(note: &AuditNote) -> NoteEntry {
         layer: note.layer(),
         decision: note.decision().as_str(),
         code: note.reason_code(),
+        credential: note.credential().map(str::to_owned),
         rule: note.rule_name().map(str::to_owned),
         detail: note.detail_text().map(str::to_owned),
     }
