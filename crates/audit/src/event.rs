@@ -3,6 +3,9 @@
 use std::net::IpAddr;
 use std::time::SystemTime;
 
+use http::Method;
+use portcullis_core::{AuditNote, Decision};
+use serde::ser::SerializeStruct;
 use serde::{Serialize, Serializer};
 
 /// How a request ended, as the audit layer saw it.
@@ -38,101 +41,116 @@ impl Outcome {
 }
 
 /// A principal that authenticated the request, as a layer noted it. Never a secret.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct PrincipalEntry {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PrincipalEntry<'a> {
     /// The layer that authenticated it (`api-key`, `jwt`, `mtls-identity`).
     pub layer: &'static str,
     /// The principal's id.
-    pub id: String,
+    pub id: &'a str,
     /// The credential's id (key id, token id, certificate thumbprint).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub credential: Option<String>,
+    pub credential: Option<&'a str>,
 }
 
-/// One layer's note, as recorded.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct NoteEntry {
-    /// The layer.
-    pub layer: &'static str,
-    /// What it decided: `allow`, `deny`, `skip`, `shadow_deny`.
-    pub decision: &'static str,
-    /// Its reason code.
+/// One layer's note, as serialized.
+#[derive(Serialize)]
+struct NoteEntry<'a> {
+    layer: &'static str,
+    decision: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub code: Option<&'static str>,
-    /// The credential id it saw (also on refusals: which key id was tried).
+    code: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub credential: Option<String>,
-    /// The route rule it matched.
+    credential: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rule: Option<String>,
-    /// More detail.
+    rule: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
+    detail: Option<&'a str>,
 }
 
 /// Everything the audit layer records about one request.
 ///
 /// Headers are never recorded except the user agent: credentials (`Authorization`,
 /// `X-API-KEY`, `X-Auth-Token`, cookies, forwarded client certificates) cannot appear.
-#[derive(Clone, Debug, Serialize)]
+///
+/// Serialized (by sinks) as one JSON object: `time`, `request_id`, `client_ip`,
+/// `method`, `path`, `query` (when logged), `route`, `principals`, `decision`,
+/// `refused_by`, `reason`, `status`, `latency_us`, `user_agent`, `notes`.
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct AuditEvent {
-    /// When the request arrived (RFC 3339, UTC, milliseconds).
-    #[serde(serialize_with = "rfc3339")]
+    /// When the request arrived.
     pub time: SystemTime,
     /// From the configured request-id header, or generated.
     pub request_id: String,
     /// The client address, when it could be resolved.
     pub client_ip: Option<IpAddr>,
     /// The HTTP method.
-    pub method: String,
+    pub method: Method,
     /// The path, without the query string.
     pub path: String,
     /// The query string with sensitive values redacted, when the host opted in.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
-    /// The route rule that matched, from the role router's note.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub route: Option<String>,
-    /// Who the request authenticated as.
-    pub principals: Vec<PrincipalEntry>,
     /// How the request ended.
     pub decision: Outcome,
     /// The layer that refused it.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub refused_by: Option<&'static str>,
     /// The refusal's code.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
     /// The response status, when there was a response.
     pub status: Option<u16>,
     /// Time from the request reaching the audit layer to the response (or the end).
     pub latency_us: u64,
     /// The user agent, truncated.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
     /// Every layer's note, in order.
-    pub notes: Vec<NoteEntry>,
+    pub notes: Vec<AuditNote>,
 }
 
 impl AuditEvent {
+    /// The route rule that matched, from the role router's note.
+    pub fn route(&self) -> Option<&str> {
+        self.notes.iter().find_map(AuditNote::rule_name)
+    }
+
+    /// Who the request authenticated as: the principals the layers that allowed it
+    /// noted.
+    pub fn principals(&self) -> impl Iterator<Item = PrincipalEntry<'_>> {
+        self.notes.iter().filter_map(|note| {
+            if note.decision() != Decision::Allow {
+                return None;
+            }
+            Some(PrincipalEntry {
+                layer: note.layer(),
+                id: note.principal()?,
+                credential: note.credential(),
+            })
+        })
+    }
+
     /// The event as one line of JSON, without the newline.
     pub fn to_json(&self) -> Vec<u8> {
-        // Serializing plain strings, numbers and enums into a Vec cannot fail.
-        serde_json::to_vec(self).unwrap_or_else(|_| b"{}".to_vec())
+        let mut out = Vec::with_capacity(512);
+        self.write_json(&mut out);
+        out
+    }
+
+    /// Appends the event as one line of JSON, without the newline.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        // Serializing strings, numbers and enums into a Vec cannot fail.
+        let _ = serde_json::to_writer(out, self);
     }
 
     /// The principals as `layer:id(credential)`, comma-separated, for one-line logs.
     pub fn principals_summary(&self) -> String {
         let mut out = String::new();
-        for (index, principal) in self.principals.iter().enumerate() {
+        for (index, principal) in self.principals().enumerate() {
             if index > 0 {
                 out.push(',');
             }
             out.push_str(principal.layer);
             out.push(':');
-            out.push_str(&principal.id);
-            if let Some(credential) = &principal.credential {
+            out.push_str(principal.id);
+            if let Some(credential) = principal.credential {
                 out.push('(');
                 out.push_str(credential);
                 out.push(')');
@@ -142,6 +160,61 @@ impl AuditEvent {
     }
 }
 
-fn rfc3339<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(&humantime::format_rfc3339_millis(*time))
+impl Serialize for AuditEvent {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        struct Principals<'a>(&'a AuditEvent);
+        impl Serialize for Principals<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_seq(self.0.principals())
+            }
+        }
+        struct Notes<'a>(&'a [AuditNote]);
+        impl Serialize for Notes<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_seq(self.0.iter().map(|note| NoteEntry {
+                    layer: note.layer(),
+                    decision: note.decision().as_str(),
+                    code: note.reason_code(),
+                    credential: note.credential(),
+                    rule: note.rule_name(),
+                    detail: note.detail_text(),
+                }))
+            }
+        }
+        let mut event = serializer.serialize_struct("AuditEvent", 15)?;
+        event.serialize_field("time", &Rfc3339(self.time))?;
+        event.serialize_field("request_id", &self.request_id)?;
+        event.serialize_field("client_ip", &self.client_ip)?;
+        event.serialize_field("method", self.method.as_str())?;
+        event.serialize_field("path", &self.path)?;
+        if let Some(query) = &self.query {
+            event.serialize_field("query", query)?;
+        }
+        if let Some(route) = self.route() {
+            event.serialize_field("route", route)?;
+        }
+        event.serialize_field("principals", &Principals(self))?;
+        event.serialize_field("decision", &self.decision)?;
+        if let Some(layer) = self.refused_by {
+            event.serialize_field("refused_by", layer)?;
+        }
+        if let Some(reason) = self.reason {
+            event.serialize_field("reason", reason)?;
+        }
+        event.serialize_field("status", &self.status)?;
+        event.serialize_field("latency_us", &self.latency_us)?;
+        if let Some(agent) = &self.user_agent {
+            event.serialize_field("user_agent", agent)?;
+        }
+        event.serialize_field("notes", &Notes(&self.notes))?;
+        event.end()
+    }
+}
+
+struct Rfc3339(SystemTime);
+
+impl Serialize for Rfc3339 {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&humantime::format_rfc3339_millis(self.0))
+    }
 }

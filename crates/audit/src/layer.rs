@@ -10,13 +10,13 @@ use std::task::{ready, Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use http::header::{HeaderName, HeaderValue, USER_AGENT};
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use pin_project_lite::pin_project;
-use portcullis_core::{AuditNote, AuditRecord, ClientIpResolver, Decision, Denial};
+use portcullis_core::{AuditRecord, ClientIpResolver, Decision, Denial};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::event::{AuditEvent, NoteEntry, Outcome, PrincipalEntry};
+use crate::event::{AuditEvent, Outcome};
 use crate::sink::AuditSink;
 
 /// Which requests get an event.
@@ -229,19 +229,31 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let config = &self.config;
+        if !anyone_listening(config) {
+            // Nothing would take the event: no record, no copies, no id.
+            return ResponseFuture {
+                inner: self.inner.call(request),
+                guard: Guard {
+                    started: None,
+                    config: config.clone(),
+                },
+            };
+        }
         let record = AuditRecord::new();
         request.extensions_mut().insert(record.clone());
-        let request_id = match usable_request_id(request.headers().get(&config.request_id_header)) {
-            Some(id) => id.to_owned(),
+        let header = request.headers().get(&config.request_id_header);
+        let (request_id, request_id_value) = match usable_request_id(header) {
+            Some(id) => (id.to_owned(), header.cloned()),
             None => {
                 let counter = config.counters.request_ids.fetch_add(1, Ordering::Relaxed);
                 let id = format!("{}-{counter:x}", config.id_prefix);
-                if let Ok(value) = HeaderValue::from_str(&id) {
+                let value = HeaderValue::from_str(&id).ok();
+                if let Some(value) = &value {
                     request
                         .headers_mut()
-                        .insert(config.request_id_header.clone(), value);
+                        .insert(config.request_id_header.clone(), value.clone());
                 }
-                id
+                (id, value)
             }
         };
         // Resolving here also stores the `ClientIp` for the layers inside. A failure is
@@ -255,8 +267,9 @@ where
             time: SystemTime::now(),
             at: Instant::now(),
             request_id,
+            request_id_value,
             client_ip,
-            method: request.method().as_str().to_owned(),
+            method: request.method().clone(),
             path: request.uri().path().to_owned(),
             query: config
                 .log_query
@@ -284,6 +297,13 @@ where
             guard,
         }
     }
+}
+
+/// Whether a sink or a `tracing` subscriber would take an event: if not, none is built.
+fn anyone_listening(config: &Config) -> bool {
+    !config.sinks.is_empty()
+        || (config.tracing_event
+            && tracing::enabled!(target: "portcullis::audit", tracing::Level::WARN))
 }
 
 fn usable_request_id(value: Option<&HeaderValue>) -> Option<&str> {
@@ -330,8 +350,9 @@ struct Started {
     time: SystemTime,
     at: Instant,
     request_id: String,
+    request_id_value: Option<HeaderValue>,
     client_ip: Option<IpAddr>,
-    method: String,
+    method: Method,
     path: String,
     query: Option<String>,
     user_agent: Option<String>,
@@ -371,7 +392,7 @@ impl Guard {
         if outcome == Outcome::Allow && refused_by.is_some() {
             outcome = Outcome::Deny;
         }
-        if !self.wanted(outcome) {
+        if !self.wanted(outcome) || !anyone_listening(&self.config) {
             return;
         }
         let event = AuditEvent {
@@ -381,15 +402,13 @@ impl Guard {
             method: started.method,
             path: started.path,
             query: started.query,
-            route: notes.iter().find_map(|n| n.rule_name().map(str::to_owned)),
-            principals: notes.iter().filter_map(principal_of).collect(),
             decision: outcome,
             refused_by,
             reason,
             status: ending.status,
             latency_us: u64::try_from(started.at.elapsed().as_micros()).unwrap_or(u64::MAX),
             user_agent: started.user_agent,
-            notes: notes.iter().map(note_entry).collect(),
+            notes,
         };
         if self.config.tracing_event {
             emit_tracing(&event);
@@ -429,28 +448,6 @@ impl Drop for Guard {
     }
 }
 
-fn principal_of(note: &AuditNote) -> Option<PrincipalEntry> {
-    if note.decision() != Decision::Allow {
-        return None;
-    }
-    Some(PrincipalEntry {
-        layer: note.layer(),
-        id: note.principal()?.to_owned(),
-        credential: note.credential().map(str::to_owned),
-    })
-}
-
-fn note_entry(note: &AuditNote) -> NoteEntry {
-    NoteEntry {
-        layer: note.layer(),
-        decision: note.decision().as_str(),
-        code: note.reason_code(),
-        credential: note.credential().map(str::to_owned),
-        rule: note.rule_name().map(str::to_owned),
-        detail: note.detail_text().map(str::to_owned),
-    }
-}
-
 fn emit_tracing(event: &AuditEvent) {
     // One event, at INFO for allowed requests and WARN for the rest, so a subscriber can
     // keep refusals at a stricter filter.
@@ -464,7 +461,7 @@ fn emit_tracing(event: &AuditEvent) {
                 method = %event.method,
                 path = %event.path,
                 query = event.query.as_deref(),
-                route = event.route.as_deref(),
+                route = event.route(),
                 principals = %event.principals_summary(),
                 decision = event.decision.as_str(),
                 refused_by = event.refused_by,
@@ -503,12 +500,15 @@ where
         let mut result = ready!(this.inner.poll(cx));
         let ending = match &mut result {
             Ok(response) => {
-                if let Some(started) = &this.guard.started {
-                    if let Ok(value) = HeaderValue::from_str(&started.request_id) {
-                        response
-                            .headers_mut()
-                            .insert(this.guard.config.request_id_header.clone(), value);
-                    }
+                if let Some(value) = this
+                    .guard
+                    .started
+                    .as_mut()
+                    .and_then(|started| started.request_id_value.take())
+                {
+                    response
+                        .headers_mut()
+                        .insert(this.guard.config.request_id_header.clone(), value);
                 }
                 Ending {
                     outcome: Outcome::Allow,

@@ -76,7 +76,7 @@ mod sink;
 mod tests;
 
 pub use chain::{verify_files, ChainBreak, ChainProblem, ChainReport, VerifyError, GENESIS};
-pub use event::{AuditEvent, NoteEntry, Outcome, PrincipalEntry};
+pub use event::{AuditEvent, Outcome, PrincipalEntry};
 pub use file::{FileSink, FileSinkBuilder, Overflow, Rotation};
 pub use layer::{Audit, AuditLayer, AuditLevel, ResponseFuture};
 pub use sink::{AuditSink, MemorySink};

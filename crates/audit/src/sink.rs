@@ -67,10 +67,9 @@ impl MemorySink {
 impl AuditSink for MemorySink {
     fn record(&self, event: &AuditEvent) {
         let mut bytes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        // Serialize straight into the buffer: one write, no intermediate copy.
-        if serde_json::to_writer(&mut *bytes, event).is_ok() {
-            bytes.push(b'\n');
-        }
+        // Serialize straight into the buffer: no intermediate copy.
+        event.write_json(&mut bytes);
+        bytes.push(b'\n');
     }
 }
 
