@@ -42,7 +42,36 @@ const SCENARIOS: &[&str] = &[
     "api_key_allow/10000",
     "api_key_reject_malformed/1",
     "api_key_reject_unknown/1",
+    "audit_floor",
+    "audit_disabled",
+    "audit_memory",
 ];
+
+/// Audit scenarios: the request of `benches/audit.rs`, no subscriber installed.
+fn run_audit(kind: &str, iterations: u64) {
+    let memory = portcullis::audit::MemorySink::new();
+    let mut floor = noop_service();
+    let mut disabled = portcullis::audit::AuditLayer::new().layer(noop_service());
+    let mut to_memory = portcullis::audit::AuditLayer::new()
+        .sink(memory.clone())
+        .layer(noop_service());
+    for i in 0..iterations {
+        let mut req = request(ALLOWED_PEER);
+        *req.uri_mut() = "/v1/key/k1/attributes?page=2".parse().unwrap();
+        req.headers_mut()
+            .insert("user-agent", "client-sdk/1.4 (linux)".parse().unwrap());
+        req.headers_mut()
+            .insert("x-request-id", "4bf92f3577b34da6".parse().unwrap());
+        match kind {
+            "audit_floor" => black_box(drive(&mut floor, req)),
+            "audit_disabled" => black_box(drive(&mut disabled, req)),
+            _ => black_box(drive(&mut to_memory, req)),
+        };
+        if i % 1024 == 0 {
+            memory.clear();
+        }
+    }
+}
 
 /// Api-key scenarios: a store of `size` keys, the request carrying the middle one.
 fn run_api_key(kind: &str, size: usize, iterations: u64) {
@@ -105,6 +134,9 @@ fn run(scenario: &str, iterations: u64) {
     };
     if kind.starts_with("role_router") {
         return run_role_router(kind, size, iterations);
+    }
+    if kind.starts_with("audit") {
+        return run_audit(kind, iterations);
     }
     if kind.starts_with("api_key") {
         return run_api_key(kind, size, iterations);

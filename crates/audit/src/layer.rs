@@ -321,7 +321,12 @@ fn truncate(text: &str, max: usize) -> String {
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    text[..end].chars().filter(|c| !c.is_control()).collect()
+    let cut = &text[..end];
+    // Most user agents are plain printable ASCII: copy them in one go.
+    if cut.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return cut.to_owned();
+    }
+    cut.chars().filter(|c| !c.is_control()).collect()
 }
 
 fn redact_query(query: &str, redact: &[String]) -> String {
