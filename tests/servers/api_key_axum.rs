@@ -20,7 +20,7 @@ use portcullis::api_key::{
 use portcullis::core::{AuthMethod, Authentication};
 use portcullis::role_router::{read_policy, RoleRouterLayer};
 
-use crate::client::{get_with, listener, Reply};
+use crate::client::{get_with, serve_axum, Reply};
 
 struct Keys {
     file: PathBuf,
@@ -108,16 +108,7 @@ async fn serve(store: Arc<FileKeyStore>) -> SocketAddr {
         .route("/api/v1/{*rest}", any(whoami))
         .layer(RoleRouterLayer::new(policy))
         .layer(api_key);
-    let (listener, addr) = listener().await;
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap()
-    });
-    addr
+    serve_axum(app).await
 }
 
 async fn send(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> Reply {

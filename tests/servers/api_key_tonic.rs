@@ -6,13 +6,10 @@ use std::sync::Arc;
 
 use portcullis::api_key::{ApiKeyLayer, GeneratedKey, KeyPrefix, KeyRecord, MemoryKeyStore};
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::metadata::MetadataValue;
-use tonic::transport::{Endpoint, Server};
+use tonic::transport::Server;
 use tonic::Code;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
-use crate::client::listener;
+use crate::client::{grpc_health_check, listener};
 
 async fn serve(store: Arc<MemoryKeyStore>) -> SocketAddr {
     let (listener, addr) = listener().await;
@@ -29,20 +26,7 @@ async fn serve(store: Arc<MemoryKeyStore>) -> SocketAddr {
 }
 
 async fn check(addr: SocketAddr, key: Option<&str>) -> Result<(), tonic::Status> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut request = tonic::Request::new(HealthCheckRequest {
-        service: String::new(),
-    });
-    if let Some(key) = key {
-        request
-            .metadata_mut()
-            .insert("x-api-key", MetadataValue::try_from(key).unwrap());
-    }
-    HealthClient::new(channel).check(request).await.map(|_| ())
+    grpc_health_check(addr, key.map(|key| ("x-api-key", key))).await
 }
 
 #[tokio::test]

@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::ServiceBuilder;
 
-use crate::client::{get_with, listener};
+use crate::client::{get_with, serve_axum};
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -76,15 +76,7 @@ async fn serve(dir: &Path) -> Stack {
                 .layer(ApiKeyLayer::new(store).mode(Mode::Optional))
                 .layer(RoleRouterLayer::new(policy)),
         );
-    let (listener, addr) = listener().await;
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap()
-    });
+    let addr = serve_axum(app).await;
     Stack {
         addr,
         sink,

@@ -67,3 +67,41 @@ pub async fn listener() -> (tokio::net::TcpListener, SocketAddr) {
     let addr = listener.local_addr().unwrap();
     (listener, addr)
 }
+
+/// Serves `app` on an ephemeral loopback port with the socket peer in each request's
+/// `ConnectInfo`, as a production axum server would.
+pub async fn serve_axum(app: axum::Router) -> SocketAddr {
+    let (listener, addr) = listener().await;
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    addr
+}
+
+/// A gRPC health check against `addr`, with one metadata entry if given.
+pub async fn grpc_health_check(
+    addr: SocketAddr,
+    metadata: Option<(&'static str, &str)>,
+) -> Result<(), tonic::Status> {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut request = tonic::Request::new(HealthCheckRequest {
+        service: String::new(),
+    });
+    if let Some((name, value)) = metadata {
+        request.metadata_mut().insert(
+            name,
+            tonic::metadata::MetadataValue::try_from(value).unwrap(),
+        );
+    }
+    HealthClient::new(channel).check(request).await.map(|_| ())
+}

@@ -13,7 +13,7 @@ use portcullis::core::{
 };
 use portcullis::ip_allowlist::{IpAllowlistLayer, IpRules};
 
-use crate::client::{get as fetch, listener};
+use crate::client::{get as fetch, listener, serve_axum};
 
 async fn whoami(Extension(client): Extension<ClientIp>) -> String {
     client.to_string()
@@ -39,16 +39,7 @@ fn app(layer: IpAllowlistLayer) -> Router {
 }
 
 async fn serve(app: Router) -> SocketAddr {
-    let (listener, addr) = listener().await;
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-    addr
+    serve_axum(app).await
 }
 
 fn rules(allow: &str, deny: &str) -> IpRules {

@@ -5,14 +5,11 @@ use std::net::SocketAddr;
 
 use portcullis::role_router::{Policy, Requirement, RoleRouterLayer, Rule};
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::metadata::MetadataValue;
-use tonic::transport::{Endpoint, Server};
+use tonic::transport::Server;
 use tonic::Code;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 use tower::ServiceBuilder;
 
-use crate::client::listener;
+use crate::client::{grpc_health_check, listener};
 use crate::stand_in::authenticate;
 
 async fn serve() -> SocketAddr {
@@ -46,20 +43,7 @@ async fn serve() -> SocketAddr {
 }
 
 async fn check(addr: SocketAddr, principals: Option<&'static str>) -> Result<(), tonic::Status> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut request = tonic::Request::new(HealthCheckRequest {
-        service: String::new(),
-    });
-    if let Some(principals) = principals {
-        request
-            .metadata_mut()
-            .insert("x-test-principals", MetadataValue::from_static(principals));
-    }
-    HealthClient::new(channel).check(request).await.map(|_| ())
+    grpc_health_check(addr, principals.map(|p| ("x-test-principals", p))).await
 }
 
 #[tokio::test]
