@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::SystemTime;
 
@@ -126,8 +126,8 @@ impl FileSinkBuilder {
         };
         Ok(FileSink {
             inner: Arc::new(Inner {
-                sender: Mutex::new(Some(sender)),
-                thread: Mutex::new(Some(thread)),
+                sender: Some(sender),
+                thread: Some(thread),
                 dropped,
                 overflow: self.overflow,
                 path: current,
@@ -196,8 +196,9 @@ pub struct FileSink {
 }
 
 struct Inner {
-    sender: Mutex<Option<SyncSender<Message>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    /// `None` only while the sink is being dropped.
+    sender: Option<SyncSender<Message>>,
+    thread: Option<JoinHandle<()>>,
     dropped: Arc<AtomicU64>,
     overflow: Overflow,
     path: PathBuf,
@@ -239,24 +240,18 @@ impl FileSink {
     /// Waits until every event recorded so far is written and flushed.
     pub fn flush(&self) {
         let (done, wait) = mpsc::channel();
-        if let Some(sender) = self.sender() {
+        if let Some(sender) = &self.inner.sender {
             if sender.send(Message::Flush(done)).is_ok() {
                 let _ = wait.recv();
             }
         }
     }
 
-    fn sender(&self) -> Option<SyncSender<Message>> {
-        self.inner
-            .sender
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
     fn send(&self, line: Vec<u8>) {
-        // The sender is cloned per event so that no lock is held while waiting for room.
-        let Some(sender) = self.sender() else { return };
+        // `SyncSender` is shared by reference: no lock between requests.
+        let Some(sender) = &self.inner.sender else {
+            return;
+        };
         match self.inner.overflow {
             Overflow::Block => {
                 let _ = sender.send(Message::Line(line));
@@ -289,16 +284,8 @@ impl fmt::Debug for FileSink {
 impl Drop for Inner {
     fn drop(&mut self) {
         // Closing the channel lets the thread drain the queue and stop.
-        self.sender
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(thread) = self
-            .thread
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
+        self.sender.take();
+        if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
