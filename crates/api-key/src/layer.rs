@@ -325,7 +325,7 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let config = &*self.config;
-        let found = source::find(&config.sources, &request);
+        let found = source::find(&config.sources, &config.prefix, &request);
         let presented = match found {
             Found::None if config.mode == Mode::Optional => {
                 AuditRecord::note(request.extensions(), || {
@@ -456,7 +456,7 @@ where
         );
     }
     if !config.keep_credentials {
-        source::strip(&config.sources, &mut request);
+        source::strip(&config.sources, &config.prefix, &mut request);
     }
     AuditRecord::note(request.extensions(), || {
         AuditNote::allow(LAYER_NAME)

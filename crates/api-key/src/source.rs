@@ -17,6 +17,9 @@ enum Kind {
     Header(HeaderName),
     Split(HeaderName),
     Authorization(Box<str>),
+    /// An `Authorization` scheme shared with other layers: only values that start with
+    /// the deployment's key prefix are ours.
+    SharedAuthorization(Box<str>),
     Query(Box<str>),
 }
 
@@ -46,6 +49,17 @@ impl KeySource {
         }
     }
 
+    /// `Authorization: <scheme> <key>` on a scheme that other credentials use too,
+    /// typically `Bearer` shared with JWTs: only values that start with this
+    /// deployment's key prefix (`pck_`) are taken as API keys; the rest are left for the
+    /// other layers.
+    pub fn shared_authorization(scheme: &str) -> Result<Self, InvalidScheme> {
+        match Self::authorization(scheme)?.0 {
+            Kind::Authorization(scheme) => Ok(Self(Kind::SharedAuthorization(scheme))),
+            _ => Err(InvalidScheme),
+        }
+    }
+
     /// A query parameter, `?api_key=…`.
     ///
     /// **Avoid it.** URLs end up in proxy logs, browser history and `Referer` headers,
@@ -59,7 +73,7 @@ impl KeySource {
     /// The scheme of an `Authorization` source, for the challenge.
     pub(crate) fn scheme(&self) -> Option<&str> {
         match &self.0 {
-            Kind::Authorization(scheme) => Some(scheme),
+            Kind::Authorization(scheme) | Kind::SharedAuthorization(scheme) => Some(scheme),
             _ => None,
         }
     }
@@ -86,6 +100,9 @@ impl fmt::Debug for KeySource {
             Kind::Header(name) => write!(f, "header {name}"),
             Kind::Split(name) => write!(f, "header {name} (<secret>/<id>)"),
             Kind::Authorization(scheme) => write!(f, "Authorization: {scheme}"),
+            Kind::SharedAuthorization(scheme) => {
+                write!(f, "Authorization: {scheme} (prefixed keys only)")
+            }
             Kind::Query(name) => write!(f, "query parameter {name}"),
         }
     }
@@ -128,7 +145,11 @@ impl<'a> Found<'a> {
 }
 
 /// Reads every configured source; allocates nothing.
-pub(crate) fn find<'a, B>(sources: &[KeySource], request: &'a Request<B>) -> Found<'a> {
+pub(crate) fn find<'a, B>(
+    sources: &[KeySource],
+    prefix: &KeyPrefix,
+    request: &'a Request<B>,
+) -> Found<'a> {
     let mut found = Found::None;
     let mut add = |candidate: Found<'a>| {
         found = match (found, candidate) {
@@ -160,6 +181,15 @@ pub(crate) fn find<'a, B>(sources: &[KeySource], request: &'a Request<B>) -> Fou
                     Err(reason) => add(Found::Unreadable(reason)),
                 },
             ),
+            Kind::SharedAuthorization(scheme) => {
+                header_values(request.headers(), &AUTHORIZATION, &mut |value| {
+                    if let Some(credentials) = value.ok().and_then(|v| strip_scheme(v, scheme)) {
+                        if is_prefixed(credentials, prefix) {
+                            add(Found::Compact(credentials));
+                        }
+                    }
+                })
+            }
             Kind::Query(name) => {
                 for value in query_values(request.uri(), name) {
                     add(Found::Compact(value));
@@ -188,6 +218,12 @@ fn header_values<'a>(
     }
 }
 
+fn is_prefixed(credentials: &str, prefix: &KeyPrefix) -> bool {
+    credentials
+        .strip_prefix(prefix.as_str())
+        .is_some_and(|rest| rest.starts_with('_'))
+}
+
 fn strip_scheme<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
     let (given, rest) = value.split_once(' ')?;
     given.eq_ignore_ascii_case(scheme).then(|| rest.trim())
@@ -208,7 +244,7 @@ fn query_values<'a, 'n>(
 
 /// Removes every configured source from the request, so the inner service never sees
 /// the secret.
-pub(crate) fn strip<B>(sources: &[KeySource], request: &mut Request<B>) {
+pub(crate) fn strip<B>(sources: &[KeySource], prefix: &KeyPrefix, request: &mut Request<B>) {
     for source in sources {
         match &source.0 {
             Kind::Header(name) | Kind::Split(name) => {
@@ -220,6 +256,17 @@ pub(crate) fn strip<B>(sources: &[KeySource], request: &mut Request<B>) {
                     .get(AUTHORIZATION)
                     .and_then(|value| value.to_str().ok())
                     .is_some_and(|value| strip_scheme(value, scheme).is_some());
+                if ours {
+                    request.headers_mut().remove(AUTHORIZATION);
+                }
+            }
+            Kind::SharedAuthorization(scheme) => {
+                let ours = request
+                    .headers()
+                    .get(AUTHORIZATION)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| strip_scheme(value, scheme))
+                    .is_some_and(|credentials| is_prefixed(credentials, prefix));
                 if ours {
                     request.headers_mut().remove(AUTHORIZATION);
                 }
@@ -280,39 +327,74 @@ mod tests {
     fn each_source_is_read() {
         let sources = all();
         assert_eq!(
-            find(&sources, &request(&[("x-api-key", " k1 ")], "/")),
+            find(
+                &sources,
+                &KeyPrefix::default(),
+                &request(&[("x-api-key", " k1 ")], "/")
+            ),
             Found::Compact("k1")
         );
         assert_eq!(
-            find(&sources, &request(&[("x-auth-token", "s/1")], "/")),
+            find(
+                &sources,
+                &KeyPrefix::default(),
+                &request(&[("x-auth-token", "s/1")], "/")
+            ),
             Found::Split("s/1")
         );
         assert_eq!(
-            find(&sources, &request(&[("authorization", "apikey k1")], "/")),
+            find(
+                &sources,
+                &KeyPrefix::default(),
+                &request(&[("authorization", "apikey k1")], "/")
+            ),
             Found::Compact("k1")
         );
         assert_eq!(
-            find(&sources, &request(&[], "/a?x=1&api_key=k1")),
+            find(
+                &sources,
+                &KeyPrefix::default(),
+                &request(&[], "/a?x=1&api_key=k1")
+            ),
             Found::Compact("k1")
         );
         assert_eq!(
-            find(&sources, &request(&[("authorization", "Bearer jwt")], "/")),
+            find(
+                &sources,
+                &KeyPrefix::default(),
+                &request(&[("authorization", "Bearer jwt")], "/")
+            ),
             Found::None
         );
-        assert_eq!(find(&sources, &request(&[], "/a?x=1")), Found::None);
+        assert_eq!(
+            find(&sources, &KeyPrefix::default(), &request(&[], "/a?x=1")),
+            Found::None
+        );
     }
 
     #[test]
     fn two_different_keys_conflict_and_the_same_key_twice_does_not() {
         let sources = all();
         let both = request(&[("x-api-key", "k1"), ("authorization", "ApiKey k2")], "/");
-        assert_eq!(find(&sources, &both), Found::Conflict);
+        assert_eq!(
+            find(&sources, &KeyPrefix::default(), &both),
+            Found::Conflict
+        );
         let same = request(&[("x-api-key", "k1"), ("authorization", "ApiKey k1")], "/");
-        assert_eq!(find(&sources, &same), Found::Compact("k1"));
+        assert_eq!(
+            find(&sources, &KeyPrefix::default(), &same),
+            Found::Compact("k1")
+        );
         let repeated = request(&[("x-api-key", "k1"), ("x-api-key", "k2")], "/");
-        assert_eq!(find(&sources, &repeated), Found::Conflict);
+        assert_eq!(
+            find(&sources, &KeyPrefix::default(), &repeated),
+            Found::Conflict
+        );
         let query = request(&[("x-api-key", "k1")], "/?api_key=k2");
-        assert_eq!(find(&sources, &query), Found::Conflict);
+        assert_eq!(
+            find(&sources, &KeyPrefix::default(), &query),
+            Found::Conflict
+        );
     }
 
     #[test]
@@ -322,10 +404,17 @@ mod tests {
             "x-api-key",
             http::HeaderValue::from_bytes(b"k\xff1").unwrap(),
         );
-        assert_eq!(find(&all(), &bad), Found::Unreadable(MalformedKey::NotText));
+        assert_eq!(
+            find(&all(), &KeyPrefix::default(), &bad),
+            Found::Unreadable(MalformedKey::NotText)
+        );
         let long = "k".repeat(1000);
         assert_eq!(
-            find(&all(), &request(&[("x-api-key", &long)], "/")),
+            find(
+                &all(),
+                &KeyPrefix::default(),
+                &request(&[("x-api-key", &long)], "/")
+            ),
             Found::Unreadable(MalformedKey::TooLong)
         );
     }
@@ -342,7 +431,7 @@ mod tests {
             ],
             "http://h/a/b?x=1&api_key=k1&y=2",
         );
-        strip(&sources, &mut req);
+        strip(&sources, &KeyPrefix::default(), &mut req);
         assert!(req.headers().get("x-api-key").is_none());
         assert!(req.headers().get("x-auth-token").is_none());
         assert!(req.headers().get("authorization").is_none());
@@ -350,12 +439,37 @@ mod tests {
         assert_eq!(req.uri().to_string(), "http://h/a/b?x=1&y=2");
 
         let mut bearer = request(&[("authorization", "Bearer jwt")], "/only?api_key=k1");
-        strip(&sources, &mut bearer);
+        strip(&sources, &KeyPrefix::default(), &mut bearer);
         assert!(
             bearer.headers().get("authorization").is_some(),
             "another scheme is not ours"
         );
         assert_eq!(bearer.uri().to_string(), "/only");
+    }
+
+    #[test]
+    fn a_shared_scheme_takes_only_prefixed_keys() {
+        let sources = vec![KeySource::shared_authorization("Bearer").unwrap()];
+        let prefix = KeyPrefix::default();
+        let jwt = request(
+            &[("authorization", "Bearer eyJhbGciOiJFUzI1NiJ9.e30.sig")],
+            "/",
+        );
+        assert_eq!(find(&sources, &prefix, &jwt), Found::None);
+        let key = request(&[("authorization", "Bearer pck_k1_secret")], "/");
+        assert_eq!(
+            find(&sources, &prefix, &key),
+            Found::Compact("pck_k1_secret")
+        );
+        let mut jwt = jwt;
+        strip(&sources, &prefix, &mut jwt);
+        assert!(
+            jwt.headers().get("authorization").is_some(),
+            "the JWT stays for its layer"
+        );
+        let mut key = key;
+        strip(&sources, &prefix, &mut key);
+        assert!(key.headers().get("authorization").is_none());
     }
 
     #[test]

@@ -602,3 +602,37 @@ fn no_secret_in_any_response_log_line_note_or_debug_output() {
         "presented secret leaked"
     );
 }
+
+#[test]
+fn a_bearer_scheme_shared_with_jwts_leaves_tokens_alone() {
+    let f = fixture();
+    let layer = f
+        .layer
+        .clone()
+        .mode(Mode::Optional)
+        .sources([KeySource::shared_authorization("Bearer").unwrap()]);
+    // A JWT is not ours: no refusal, no principal, and the header stays for its layer.
+    let outcome = call(
+        &layer,
+        with_header("authorization", "Bearer eyJhbGciOiJFUzI1NiJ9.e30.c2ln"),
+    );
+    assert_eq!(outcome.status, StatusCode::OK);
+    let seen = outcome.seen.unwrap();
+    assert!(!seen.auth.is_authenticated());
+    assert!(seen.headers.get("authorization").is_some());
+    // A key of ours is checked and removed.
+    let bearer = format!("Bearer {}", f.key.expose_secret());
+    let outcome = call(&layer, with_header("authorization", &bearer));
+    assert_eq!(outcome.status, StatusCode::OK);
+    let seen = outcome.seen.unwrap();
+    assert_eq!(
+        seen.auth.get(AuthMethod::ApiKey).unwrap().id(),
+        "partner-acme"
+    );
+    assert!(seen.headers.get("authorization").is_none());
+    // A prefixed but wrong key is still refused.
+    let mut wrong = bearer.clone();
+    wrong.pop();
+    let outcome = call(&layer, with_header("authorization", &wrong));
+    assert_eq!(outcome.code, Some("malformed_api_key"));
+}
