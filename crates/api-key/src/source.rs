@@ -16,10 +16,12 @@ pub struct KeySource(Kind);
 enum Kind {
     Header(HeaderName),
     Split(HeaderName),
-    Authorization(Box<str>),
-    /// An `Authorization` scheme shared with other layers: only values that start with
-    /// the deployment's key prefix are ours.
-    SharedAuthorization(Box<str>),
+    /// `shared`: the scheme is shared with other layers, and only values that start
+    /// with the deployment's key prefix are ours.
+    Authorization {
+        scheme: Box<str>,
+        shared: bool,
+    },
     Query(Box<str>),
 }
 
@@ -43,7 +45,10 @@ impl KeySource {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
         if valid {
-            Ok(Self(Kind::Authorization(scheme.into())))
+            Ok(Self(Kind::Authorization {
+                scheme: scheme.into(),
+                shared: false,
+            }))
         } else {
             Err(InvalidScheme)
         }
@@ -54,10 +59,11 @@ impl KeySource {
     /// deployment's key prefix (`pck_`) are taken as API keys; the rest are left for the
     /// other layers.
     pub fn shared_authorization(scheme: &str) -> Result<Self, InvalidScheme> {
-        match Self::authorization(scheme)?.0 {
-            Kind::Authorization(scheme) => Ok(Self(Kind::SharedAuthorization(scheme))),
-            _ => Err(InvalidScheme),
+        let mut source = Self::authorization(scheme)?;
+        if let Kind::Authorization { shared, .. } = &mut source.0 {
+            *shared = true;
         }
+        Ok(source)
     }
 
     /// A query parameter, `?api_key=…`.
@@ -73,7 +79,7 @@ impl KeySource {
     /// The scheme of an `Authorization` source, for the challenge.
     pub(crate) fn scheme(&self) -> Option<&str> {
         match &self.0 {
-            Kind::Authorization(scheme) | Kind::SharedAuthorization(scheme) => Some(scheme),
+            Kind::Authorization { scheme, .. } => Some(scheme),
             _ => None,
         }
     }
@@ -99,8 +105,14 @@ impl fmt::Debug for KeySource {
         match &self.0 {
             Kind::Header(name) => write!(f, "header {name}"),
             Kind::Split(name) => write!(f, "header {name} (<secret>/<id>)"),
-            Kind::Authorization(scheme) => write!(f, "Authorization: {scheme}"),
-            Kind::SharedAuthorization(scheme) => {
+            Kind::Authorization {
+                scheme,
+                shared: false,
+            } => write!(f, "Authorization: {scheme}"),
+            Kind::Authorization {
+                scheme,
+                shared: true,
+            } => {
                 write!(f, "Authorization: {scheme} (prefixed keys only)")
             }
             Kind::Query(name) => write!(f, "query parameter {name}"),
@@ -169,26 +181,21 @@ pub(crate) fn find<'a, B>(
             Kind::Split(name) => header_values(request.headers(), name, &mut |value| {
                 add(value.map_or_else(Found::Unreadable, Found::Split))
             }),
-            Kind::Authorization(scheme) => header_values(
-                request.headers(),
-                &AUTHORIZATION,
-                &mut |value| match value {
-                    Ok(value) => {
-                        if let Some(credentials) = strip_scheme(value, scheme) {
-                            add(Found::Compact(credentials));
+            Kind::Authorization { scheme, shared } => {
+                header_values(
+                    request.headers(),
+                    &AUTHORIZATION,
+                    &mut |value| match value {
+                        Ok(value) => {
+                            if let Some(credentials) = claimed(value, scheme, *shared, prefix) {
+                                add(Found::Compact(credentials));
+                            }
                         }
-                    }
-                    Err(reason) => add(Found::Unreadable(reason)),
-                },
-            ),
-            Kind::SharedAuthorization(scheme) => {
-                header_values(request.headers(), &AUTHORIZATION, &mut |value| {
-                    if let Some(credentials) = value.ok().and_then(|v| strip_scheme(v, scheme)) {
-                        if is_prefixed(credentials, prefix) {
-                            add(Found::Compact(credentials));
-                        }
-                    }
-                })
+                        // An unreadable value on a shared scheme may be another layer's.
+                        Err(reason) if !*shared => add(Found::Unreadable(reason)),
+                        Err(_) => {}
+                    },
+                )
             }
             Kind::Query(name) => {
                 for value in query_values(request.uri(), name) {
@@ -218,10 +225,15 @@ fn header_values<'a>(
     }
 }
 
-fn is_prefixed(credentials: &str, prefix: &KeyPrefix) -> bool {
-    credentials
-        .strip_prefix(prefix.as_str())
-        .is_some_and(|rest| rest.starts_with('_'))
+/// The credentials of an `Authorization` value that this source claims: its scheme,
+/// and on a shared scheme only keys with this deployment's prefix.
+fn claimed<'a>(value: &'a str, scheme: &str, shared: bool, prefix: &KeyPrefix) -> Option<&'a str> {
+    let credentials = strip_scheme(value, scheme)?;
+    let ours = !shared
+        || credentials
+            .strip_prefix(prefix.as_str())
+            .is_some_and(|rest| rest.starts_with('_'));
+    ours.then_some(credentials)
 }
 
 fn strip_scheme<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
@@ -250,23 +262,13 @@ pub(crate) fn strip<B>(sources: &[KeySource], prefix: &KeyPrefix, request: &mut 
             Kind::Header(name) | Kind::Split(name) => {
                 request.headers_mut().remove(name);
             }
-            Kind::Authorization(scheme) => {
+            Kind::Authorization { scheme, shared } => {
                 let ours = request
                     .headers()
                     .get(AUTHORIZATION)
                     .and_then(|value| value.to_str().ok())
-                    .is_some_and(|value| strip_scheme(value, scheme).is_some());
-                if ours {
-                    request.headers_mut().remove(AUTHORIZATION);
-                }
-            }
-            Kind::SharedAuthorization(scheme) => {
-                let ours = request
-                    .headers()
-                    .get(AUTHORIZATION)
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|value| strip_scheme(value, scheme))
-                    .is_some_and(|credentials| is_prefixed(credentials, prefix));
+                    .and_then(|value| claimed(value, scheme, *shared, prefix))
+                    .is_some();
                 if ours {
                     request.headers_mut().remove(AUTHORIZATION);
                 }
