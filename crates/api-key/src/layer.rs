@@ -139,6 +139,7 @@ impl fmt::Display for ApiKeyRefusal {
     }
 }
 
+#[derive(Clone)]
 pub(crate) struct Config {
     store: Arc<dyn KeyStore>,
     prefix: KeyPrefix,
@@ -151,23 +152,6 @@ pub(crate) struct Config {
     renderer: Renderer,
     /// `<scheme> realm="<realm>"`, built once.
     challenge: String,
-}
-
-impl Clone for Config {
-    fn clone(&self) -> Self {
-        Self {
-            store: self.store.clone(),
-            prefix: self.prefix.clone(),
-            sources: self.sources.clone(),
-            mode: self.mode,
-            keep_credentials: self.keep_credentials,
-            resolver: self.resolver.clone(),
-            clock: self.clock.clone(),
-            realm: self.realm.clone(),
-            renderer: self.renderer.clone(),
-            challenge: self.challenge.clone(),
-        }
-    }
 }
 
 impl fmt::Debug for Config {

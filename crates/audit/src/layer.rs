@@ -58,6 +58,7 @@ const SENSITIVE_QUERY_KEYS: &[&str] = &[
     "token",
 ];
 
+#[derive(Clone)]
 struct Config {
     sinks: Vec<Arc<dyn AuditSink>>,
     tracing_event: bool,
@@ -76,22 +77,6 @@ struct Config {
 struct Counters {
     request_ids: AtomicU64,
     allowed: AtomicU64,
-}
-
-impl Clone for Config {
-    fn clone(&self) -> Self {
-        Self {
-            sinks: self.sinks.clone(),
-            tracing_event: self.tracing_event,
-            level: self.level,
-            request_id_header: self.request_id_header.clone(),
-            resolver: self.resolver.clone(),
-            log_query: self.log_query,
-            redact: self.redact.clone(),
-            id_prefix: self.id_prefix.clone(),
-            counters: self.counters.clone(),
-        }
-    }
 }
 
 impl fmt::Debug for Config {
@@ -397,7 +382,9 @@ impl Guard {
         if outcome == Outcome::Allow && refused_by.is_some() {
             outcome = Outcome::Deny;
         }
-        if !self.wanted(outcome) || !anyone_listening(&self.config) {
+        // Whether anyone listens was checked when the request came in: `started` is
+        // only set then.
+        if !self.wanted(outcome) {
             return;
         }
         let event = AuditEvent {
