@@ -2,8 +2,8 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Where a layer reads the current time when it checks expiry and validity windows.
 ///
@@ -49,6 +49,28 @@ impl Clock {
                 UNIX_EPOCH + Duration::from_millis(millis.load(Ordering::Acquire))
             }
         }
+    }
+
+    /// Time on a clock that never goes backwards, measured from a fixed point of this
+    /// clock: for the system clock, its first use in this process; for a manual clock,
+    /// the UNIX epoch.
+    ///
+    /// Rate limits and caches measure intervals with it, so that a step of the wall
+    /// clock (NTP, a host's time being set) cannot lengthen or shorten them.
+    pub fn monotonic(&self) -> Duration {
+        match &self.0 {
+            Source::System => {
+                static ORIGIN: OnceLock<Instant> = OnceLock::new();
+                ORIGIN.get_or_init(Instant::now).elapsed()
+            }
+            Source::Manual(millis) => Duration::from_millis(millis.load(Ordering::Acquire)),
+        }
+    }
+
+    /// Whether this is a [`Clock::manual`] clock. Layers that share state between
+    /// instances (a Redis backend) use the server's time, except under a manual clock.
+    pub fn is_manual(&self) -> bool {
+        matches!(self.0, Source::Manual(_))
     }
 }
 

@@ -1,0 +1,367 @@
+//! The compiled quotas and the in-process decision for one request.
+
+use std::hash::RandomState;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use portcullis_core::{ClientIpError, Clock};
+
+use crate::ban::{BanEntry, BanList};
+use crate::headers::Report;
+use crate::key::{self, KeySource, MissingPart};
+use crate::limiter::{Limiter, Measure};
+use crate::quota::{Charge, MissingKey, Quota};
+
+pub(crate) struct CompiledQuota {
+    pub(crate) quota: Quota,
+    /// The base rate first, then one per tier in the quota's order.
+    pub(crate) limiters: Vec<Limiter>,
+    pub(crate) bans: Option<BanList>,
+}
+
+impl CompiledQuota {
+    fn new(quota: Quota, clock: &Clock) -> Self {
+        let limiter = |rate, burst| {
+            Limiter::new(
+                rate,
+                burst,
+                quota.semantics,
+                quota.max_tracked_keys,
+                quota.overflow,
+                clock,
+            )
+        };
+        let mut limiters = vec![limiter(quota.rate, quota.burst)];
+        limiters.extend(
+            quota
+                .tiers
+                .iter()
+                .map(|(_, rate, burst)| limiter(*rate, *burst)),
+        );
+        let bans = quota
+            .ban
+            .map(|rule| BanList::new(rule, quota.max_tracked_keys, clock.clone()));
+        Self {
+            quota,
+            limiters,
+            bans,
+        }
+    }
+
+    /// Which limiter a request with `tier` is held to.
+    pub(crate) fn tier_index(&self, tier: Option<&str>) -> usize {
+        tier.and_then(|tier| self.quota.tiers.iter().position(|(name, ..)| name == tier))
+            .map_or(0, |i| i + 1)
+    }
+
+    fn report(&self, tier: usize, measure: &Measure, quota: usize) -> Report {
+        let limiter = &self.limiters[tier];
+        Report {
+            quota,
+            limit: limiter.rate().count(),
+            window: limiter.rate().period(),
+            remaining: measure.remaining,
+            reset: measure.reset,
+        }
+    }
+}
+
+/// Why the layer refused a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    Limited { quota: usize, retry_after: Duration },
+    AtCapacity { quota: usize, retry_after: Duration },
+    Banned { quota: usize, remaining: Duration },
+    KeyMissing { quota: usize, needs_principal: bool },
+    ClientIp(ClientIpError),
+    Unavailable,
+}
+
+/// A quota charged after the response, if the response is a 401.
+#[derive(Clone, Debug)]
+pub(crate) struct Deferred {
+    pub(crate) quota: usize,
+    pub(crate) tier: usize,
+    pub(crate) key: u64,
+    /// The key's digest in Redis; `None` in process.
+    pub(crate) digest: Option<Box<str>>,
+}
+
+/// The decision for one request.
+#[derive(Debug, Default)]
+pub(crate) struct Verdict {
+    pub(crate) refusal: Option<Refusal>,
+    pub(crate) reports: Vec<Report>,
+    pub(crate) deferred: Vec<Deferred>,
+    /// Redis did not answer: the failure policy decides.
+    pub(crate) redis_failed: bool,
+}
+
+impl Verdict {
+    pub(crate) fn refused(refusal: Refusal) -> Self {
+        Self {
+            refusal: Some(refusal),
+            ..Self::default()
+        }
+    }
+}
+
+/// A quota that applies to the request, with the request's key under it.
+#[derive(Clone, Copy)]
+pub(crate) struct Applied {
+    pub(crate) quota: usize,
+    pub(crate) tier: usize,
+    pub(crate) key: u64,
+}
+
+pub(crate) struct Engine {
+    pub(crate) quotas: Vec<CompiledQuota>,
+    pub(crate) seed: RandomState,
+    pub(crate) clock: Clock,
+    /// Dropping the engine drops the sender, which stops the sweeper at once.
+    _sweeper: Option<mpsc::Sender<()>>,
+}
+
+impl Engine {
+    pub(crate) fn new(
+        quotas: Vec<Quota>,
+        clock: Clock,
+        sweep_every: Option<Duration>,
+    ) -> Arc<Self> {
+        let compiled = quotas
+            .into_iter()
+            .map(|quota| CompiledQuota::new(quota, &clock))
+            .collect();
+        let (sender, receiver) = mpsc::channel::<()>();
+        let engine = Arc::new(Self {
+            quotas: compiled,
+            seed: RandomState::new(),
+            clock,
+            _sweeper: sweep_every.map(|_| sender),
+        });
+        if let Some(every) = sweep_every {
+            spawn_sweeper(Arc::downgrade(&engine), receiver, every);
+        }
+        engine
+    }
+
+    pub(crate) fn name(&self, quota: usize) -> &str {
+        &self.quotas[quota].quota.name
+    }
+
+    /// The quota's key for the request, or `None` when the quota does not apply.
+    pub(crate) fn applied(
+        &self,
+        index: usize,
+        source: &KeySource<'_>,
+    ) -> Result<Option<Applied>, Refusal> {
+        let compiled = &self.quotas[index];
+        let quota = &compiled.quota;
+        if !quota.applies_to(source.head.uri.path()) {
+            return Ok(None);
+        }
+        match key::hash(&quota.key, quota.ipv6_prefix, source, &self.seed) {
+            Ok(key) => Ok(Some(Applied {
+                quota: index,
+                tier: compiled.tier_index(source.tier()),
+                key,
+            })),
+            Err(MissingPart { .. }) if quota.missing == MissingKey::Skip => Ok(None),
+            Err(MissingPart { needs_principal }) => Err(Refusal::KeyMissing {
+                quota: index,
+                needs_principal,
+            }),
+        }
+    }
+
+    /// Decides a request in process: bans first, then every quota checked, then the
+    /// quotas charged only if all of them allow it, so that a request refused by one
+    /// quota costs nothing under the others.
+    pub(crate) fn decide(&self, source: &KeySource<'_>, want_reports: bool) -> Verdict {
+        if let [_] = self.quotas[..] {
+            // The common case, without a list.
+            return match self.applied(0, source) {
+                Ok(Some(applied)) => self.decide_applied(&[applied], source, want_reports),
+                Ok(None) => Verdict::default(),
+                Err(refusal) => Verdict::refused(refusal),
+            };
+        }
+        let mut applied = Vec::with_capacity(self.quotas.len());
+        for index in 0..self.quotas.len() {
+            match self.applied(index, source) {
+                Ok(Some(one)) => applied.push(one),
+                Ok(None) => {}
+                Err(refusal) => return Verdict::refused(refusal),
+            }
+        }
+        self.decide_applied(&applied, source, want_reports)
+    }
+
+    fn decide_applied(
+        &self,
+        applied: &[Applied],
+        source: &KeySource<'_>,
+        want_reports: bool,
+    ) -> Verdict {
+        let mut verdict = Verdict::default();
+        for one in applied {
+            if let Some(remaining) = self.quotas[one.quota]
+                .bans
+                .as_ref()
+                .and_then(|bans| bans.banned(one.key))
+            {
+                verdict.refusal = Some(Refusal::Banned {
+                    quota: one.quota,
+                    remaining,
+                });
+                return verdict;
+            }
+        }
+        // With a single quota, checking and charging are one step.
+        let check_first = applied.len() > 1;
+        for one in applied {
+            let compiled = &self.quotas[one.quota];
+            let charge_now = compiled.quota.charge == Charge::Every && !check_first;
+            let measure = compiled.limiters[one.tier].check(one.key, charge_now);
+            if !measure.allowed {
+                verdict.refusal = Some(self.refuse(one, &measure, source));
+                verdict
+                    .reports
+                    .push(compiled.report(one.tier, &measure, one.quota));
+                return verdict;
+            }
+            if !check_first && want_reports {
+                verdict
+                    .reports
+                    .push(compiled.report(one.tier, &measure, one.quota));
+            }
+        }
+        for one in applied {
+            let compiled = &self.quotas[one.quota];
+            match compiled.quota.charge {
+                Charge::Every if check_first => {
+                    let measure = compiled.limiters[one.tier].check(one.key, true);
+                    if !measure.allowed {
+                        // Another request took the last unit between check and charge.
+                        verdict.refusal = Some(self.refuse(one, &measure, source));
+                        verdict.reports = vec![compiled.report(one.tier, &measure, one.quota)];
+                        return verdict;
+                    }
+                    if want_reports {
+                        verdict
+                            .reports
+                            .push(compiled.report(one.tier, &measure, one.quota));
+                    }
+                }
+                Charge::Unauthenticated => verdict.deferred.push(Deferred {
+                    quota: one.quota,
+                    tier: one.tier,
+                    key: one.key,
+                    digest: None,
+                }),
+                Charge::Every | Charge::Never => {}
+            }
+        }
+        verdict
+    }
+
+    /// The refusal for a quota that said no, counting a strike towards a ban.
+    fn refuse(&self, one: &Applied, measure: &Measure, source: &KeySource<'_>) -> Refusal {
+        let compiled = &self.quotas[one.quota];
+        if measure.at_capacity {
+            return Refusal::AtCapacity {
+                quota: one.quota,
+                retry_after: measure.retry_after,
+            };
+        }
+        if let Some(bans) = &compiled.bans {
+            let label = || {
+                key::label(
+                    &compiled.quota.key,
+                    compiled.quota.ipv6_prefix,
+                    source,
+                    &self.seed,
+                )
+                .unwrap_or_default()
+            };
+            if let Some(duration) = bans.strike(one.key, label) {
+                tracing::warn!(
+                    quota = compiled.quota.name,
+                    key = %label(),
+                    ban = %humantime::format_duration(duration),
+                    "rate-limit: banned a key that kept exceeding its quota"
+                );
+                return Refusal::Banned {
+                    quota: one.quota,
+                    remaining: duration,
+                };
+            }
+        }
+        Refusal::Limited {
+            quota: one.quota,
+            retry_after: measure.retry_after,
+        }
+    }
+
+    /// Charges quotas that count failed authentication, after a 401.
+    pub(crate) fn charge_deferred(&self, deferred: &[Deferred]) {
+        for one in deferred {
+            let _ = self.quotas[one.quota].limiters[one.tier].check(one.key, true);
+        }
+    }
+
+    /// Drops idle keys from every quota and ban list.
+    pub(crate) fn sweep(&self) -> usize {
+        let mut dropped = 0;
+        for compiled in &self.quotas {
+            dropped += compiled.limiters.iter().map(Limiter::sweep).sum::<usize>();
+            dropped += compiled.bans.as_ref().map_or(0, BanList::sweep);
+        }
+        dropped
+    }
+
+    pub(crate) fn tracked(&self, quota: &str) -> Option<usize> {
+        let compiled = self.quotas.iter().find(|c| c.quota.name == quota)?;
+        Some(compiled.limiters.iter().map(Limiter::tracked).sum())
+    }
+
+    pub(crate) fn bans(&self) -> Vec<BanEntry> {
+        let mut out = Vec::new();
+        for compiled in &self.quotas {
+            if let Some(bans) = &compiled.bans {
+                bans.list(&compiled.quota.name, &mut out);
+            }
+        }
+        out
+    }
+
+    pub(crate) fn lift_ban(&self, quota: &str, key: &str) -> bool {
+        self.quotas
+            .iter()
+            .filter(|c| c.quota.name == quota)
+            .filter_map(|c| c.bans.as_ref())
+            .any(|bans| bans.lift(key))
+    }
+}
+
+/// Sweeps on a schedule in a thread of its own, so idle keys go without the host
+/// remembering to, with any runtime or none. The thread ends when the engine is dropped.
+fn spawn_sweeper(engine: Weak<Engine>, stop: mpsc::Receiver<()>, every: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("portcullis-rate-limit-sweep".into())
+        .spawn(move || loop {
+            match stop.recv_timeout(every) {
+                Err(RecvTimeoutError::Timeout) => {}
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+            }
+            let Some(engine) = engine.upgrade() else {
+                return;
+            };
+            let dropped = engine.sweep();
+            tracing::debug!(dropped, "rate-limit: swept idle keys");
+        });
+    if let Err(error) = spawned {
+        tracing::error!(%error, "rate-limit: could not start the sweeper thread; call RateLimitHandle::sweep yourself");
+    }
+}

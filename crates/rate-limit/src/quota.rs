@@ -1,0 +1,572 @@
+//! Quotas: a rate, the key it is charged to, and what happens at its edges.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::{Extensions, HeaderMap, Method, Uri};
+
+use crate::rate::Rate;
+
+/// How a quota counts: GCRA's smooth refill, or a strict sliding window.
+///
+/// For `25 per 5m`:
+///
+/// | | smooth (default) | strict window |
+/// |---|---|---|
+/// | model | GCRA (governor's): a burst, then one request every `period / count` | a sliding log: never more than `count` requests in any `period` |
+/// | after a burst of 25 | the 26th waits 12 s, then one more every 12 s | the 26th waits until the first of the 25 is 5 minutes old |
+/// | most requests in any 5 minutes | up to `burst + count - 1` (49 with burst 25) | exactly 25 |
+/// | memory per tracked key | 8 bytes | 8 bytes per request in the window |
+///
+/// Choose strict when the number is a contract ("25 calls every 5 minutes"); choose
+/// smooth for throughput limits with large counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Semantics {
+    /// GCRA: `burst` requests at once, then one per emission interval.
+    #[default]
+    Smooth,
+    /// Never more than `count` requests within any `period`.
+    StrictWindow,
+}
+
+/// Which requests a quota is charged for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Charge {
+    /// Every request the quota lets through (the default).
+    #[default]
+    Every,
+    /// Only requests that an inner layer or the service answered with 401: failed
+    /// authentication. A key or password guesser is throttled, then banned, while good
+    /// traffic is never charged. The layer must wrap the layers that authenticate.
+    Unauthenticated,
+    /// Never: the quota is checked but not charged, so it refuses only once something
+    /// else (another layer instance sharing its Redis keys) has used it up.
+    Never,
+}
+
+/// What a quota does with a request that lacks a part of its key (no principal for a
+/// per-principal quota, no header for a per-header one). The host must choose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MissingKey {
+    /// The quota does not apply to the request.
+    Skip,
+    /// The request is refused: 401 `rate_limit_key_missing` when the missing part needs
+    /// a principal, 400 otherwise.
+    Refuse,
+}
+
+/// One part of a quota's key. A key may combine several (per principal per route).
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum KeyPart {
+    /// The client address. IPv6 addresses are grouped by [`Quota::ipv6_prefix`] (a /64
+    /// by default), since one client usually holds a whole /64.
+    ClientIp,
+    /// The id of the request's first principal (in the order of `AuthMethod::ALL`).
+    Principal,
+    /// The credential id of the request's first principal that has one (an API key id,
+    /// a certificate thumbprint).
+    Credential,
+    /// A principal attribute (`org`, `tenant`): every principal of an organisation
+    /// shares the quota.
+    Attribute(String),
+    /// A request header's value, such as a tenant id. The value is never shown: ban
+    /// listings name it by a digest.
+    Header(HeaderName),
+    /// The method and path (without the query).
+    Route,
+    /// A part the host computes from the request, such as the key id a client claims
+    /// before any layer has checked it.
+    Custom(CustomKey),
+}
+
+impl KeyPart {
+    /// A part computed by `extract`, named `name` in ban listings. `None` means the
+    /// request lacks the part.
+    pub fn custom<F>(name: &'static str, extract: F) -> Self
+    where
+        F: Fn(&RequestHead<'_>) -> Option<String> + Send + Sync + 'static,
+    {
+        Self::Custom(CustomKey {
+            name,
+            extract: Arc::new(extract),
+        })
+    }
+
+    pub(crate) fn label_name(&self) -> &str {
+        match self {
+            Self::ClientIp => "ip",
+            Self::Principal => "principal",
+            Self::Credential => "credential",
+            Self::Attribute(name) => name,
+            Self::Header(name) => name.as_str(),
+            Self::Route => "route",
+            Self::Custom(custom) => custom.name,
+        }
+    }
+
+    /// Whether a missing value of this part means "not authenticated".
+    pub(crate) fn needs_principal(&self) -> bool {
+        matches!(
+            self,
+            Self::Principal | Self::Credential | Self::Attribute(_)
+        )
+    }
+}
+
+impl fmt::Debug for KeyPart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ClientIp => f.write_str("ClientIp"),
+            Self::Principal => f.write_str("Principal"),
+            Self::Credential => f.write_str("Credential"),
+            Self::Attribute(name) => f.debug_tuple("Attribute").field(name).finish(),
+            Self::Header(name) => f.debug_tuple("Header").field(name).finish(),
+            Self::Route => f.write_str("Route"),
+            Self::Custom(custom) => f.debug_tuple("Custom").field(custom).finish(),
+        }
+    }
+}
+
+/// A host-computed key part; see [`KeyPart::custom`].
+#[derive(Clone)]
+pub struct CustomKey {
+    pub(crate) name: &'static str,
+    pub(crate) extract: Arc<dyn Fn(&RequestHead<'_>) -> Option<String> + Send + Sync>,
+}
+
+impl fmt::Debug for CustomKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CustomKey")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The parts of a request a [`KeyPart::custom`] extractor may read.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct RequestHead<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The target.
+    pub uri: &'a Uri,
+    /// The headers.
+    pub headers: &'a HeaderMap,
+    /// The extensions, with what outer layers put there.
+    pub extensions: &'a Extensions,
+}
+
+/// Refusing a key that keeps hitting its quota: after more than `strikes` refusals
+/// within `window`, the key is banned for `duration`.
+///
+/// ```
+/// use std::time::Duration;
+/// use portcullis_rate_limit::Ban;
+///
+/// // A key refused more than 3 times within 10 minutes is banned for an hour.
+/// let ban = Ban::after(3, Duration::from_secs(600), Duration::from_secs(3600));
+/// assert_eq!(ban.strikes(), 3);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ban {
+    strikes: u32,
+    window: Duration,
+    duration: Duration,
+    response: BanResponse,
+}
+
+impl Ban {
+    /// Banned for `duration` after more than `strikes` refusals within `window`.
+    pub fn after(strikes: u32, window: Duration, duration: Duration) -> Self {
+        Self {
+            strikes,
+            window,
+            duration,
+            response: BanResponse::Forbidden,
+        }
+    }
+
+    /// How a banned key is answered: 403 `banned` (the default) or 429 `banned` with
+    /// the ban's remaining time in `Retry-After`.
+    pub fn respond_with(mut self, response: BanResponse) -> Self {
+        self.response = response;
+        self
+    }
+
+    /// The refusals tolerated within the window.
+    pub fn strikes(&self) -> u32 {
+        self.strikes
+    }
+
+    /// The window strikes are counted in.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// How long a ban lasts.
+    pub fn duration(&self) -> Duration {
+        self.duration
+    }
+
+    /// How a banned key is answered.
+    pub fn response(&self) -> BanResponse {
+        self.response
+    }
+}
+
+/// How a banned key is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BanResponse {
+    /// 403 `banned`: the client is told it is blocked.
+    Forbidden,
+    /// 429 `banned` with `Retry-After`: the client is told when to come back.
+    TooManyRequests,
+}
+
+/// What happens to a new key once a quota tracks [`Quota::max_tracked_keys`] keys.
+///
+/// Idle keys are dropped by the sweep, so the cap is reached only by a flood of distinct
+/// keys (a million source addresses). Past it, memory stays bounded either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Overflow {
+    /// New keys share one overflow state with the quota's rate (the default): the flood
+    /// as a whole gets one key's quota, keys already tracked keep theirs.
+    #[default]
+    SharedBucket,
+    /// New keys are refused with 429 `rate_limit_capacity` until the sweep frees room.
+    Refuse,
+}
+
+/// A named quota: a rate, the key it is charged to, and how it behaves at its edges.
+///
+/// ```
+/// use std::time::Duration;
+/// use portcullis_rate_limit::{Ban, KeyPart, MissingKey, Quota, Semantics};
+///
+/// // 25 calls every 5 minutes per API key, strictly, banned for a day after
+/// // being refused more than 10 times in an hour.
+/// let per_key = Quota::new("per-key", "25 per 5m".parse()?)
+///     .key([KeyPart::Credential])
+///     .semantics(Semantics::StrictWindow)
+///     .when_key_missing(MissingKey::Skip)
+///     .ban(Ban::after(10, Duration::from_secs(3600), Duration::from_secs(86_400)));
+/// # let _ = per_key;
+/// # Ok::<(), portcullis_rate_limit::InvalidRate>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Quota {
+    pub(crate) name: String,
+    pub(crate) rate: Rate,
+    pub(crate) burst: Option<u32>,
+    pub(crate) semantics: Semantics,
+    pub(crate) key: Vec<KeyPart>,
+    pub(crate) ipv6_prefix: u8,
+    pub(crate) charge: Charge,
+    pub(crate) missing: MissingKey,
+    pub(crate) tiers: Vec<(String, Rate, Option<u32>)>,
+    pub(crate) ban: Option<Ban>,
+    pub(crate) max_tracked_keys: usize,
+    pub(crate) overflow: Overflow,
+    pub(crate) paths: Vec<String>,
+}
+
+impl Quota {
+    /// The default cap on tracked keys per quota and tier.
+    pub const DEFAULT_MAX_TRACKED_KEYS: usize = 1_000_000;
+
+    /// A quota named `name` (shown in `RateLimit-Policy`, logs and Redis keys: letters,
+    /// digits, `-`, `_` and `.`), charged per client IP at `rate`, smooth, with a burst
+    /// of the rate's count.
+    pub fn new(name: impl Into<String>, rate: Rate) -> Self {
+        Self {
+            name: name.into(),
+            rate,
+            burst: None,
+            semantics: Semantics::Smooth,
+            key: vec![KeyPart::ClientIp],
+            ipv6_prefix: 64,
+            charge: Charge::Every,
+            missing: MissingKey::Refuse,
+            tiers: Vec::new(),
+            ban: None,
+            max_tracked_keys: Self::DEFAULT_MAX_TRACKED_KEYS,
+            overflow: Overflow::SharedBucket,
+            paths: Vec::new(),
+        }
+    }
+
+    /// The smooth semantics' burst: how many requests may come at once (the rate's
+    /// count by default). Ignored by the strict window, whose burst is its count.
+    pub fn burst(mut self, burst: u32) -> Self {
+        self.burst = Some(burst);
+        self
+    }
+
+    /// [`Semantics::Smooth`] (the default) or [`Semantics::StrictWindow`].
+    pub fn semantics(mut self, semantics: Semantics) -> Self {
+        self.semantics = semantics;
+        self
+    }
+
+    /// What the quota is charged to (the client IP by default). Several parts make one
+    /// combined key.
+    pub fn key(mut self, parts: impl IntoIterator<Item = KeyPart>) -> Self {
+        self.key = parts.into_iter().collect();
+        self
+    }
+
+    /// How many leading bits of an IPv6 client address form its key (64 by default;
+    /// 128 keys each address on its own).
+    pub fn ipv6_prefix(mut self, bits: u8) -> Self {
+        self.ipv6_prefix = bits;
+        self
+    }
+
+    /// Which requests are charged; see [`Charge`].
+    pub fn charge(mut self, charge: Charge) -> Self {
+        self.charge = charge;
+        self
+    }
+
+    /// What happens to a request without the key's parts. [`MissingKey::Refuse`] by
+    /// default; a quota placed before authentication that keys on the principal wants
+    /// [`MissingKey::Skip`].
+    pub fn when_key_missing(mut self, missing: MissingKey) -> Self {
+        self.missing = missing;
+        self
+    }
+
+    /// Another rate for principals whose rate-limit tier is `tier` (the first principal
+    /// with a tier decides). The tier's burst is its rate's count.
+    pub fn tier(mut self, tier: impl Into<String>, rate: Rate) -> Self {
+        self.tiers.push((tier.into(), rate, None));
+        self
+    }
+
+    /// Like [`Quota::tier`], with a burst for the smooth semantics.
+    pub fn tier_with_burst(mut self, tier: impl Into<String>, rate: Rate, burst: u32) -> Self {
+        self.tiers.push((tier.into(), rate, Some(burst)));
+        self
+    }
+
+    /// Bans keys that this quota keeps refusing.
+    pub fn ban(mut self, ban: Ban) -> Self {
+        self.ban = Some(ban);
+        self
+    }
+
+    /// The most keys tracked at once, per tier (1,000,000 by default), and what happens
+    /// to new keys past it.
+    pub fn max_tracked_keys(mut self, max: usize, overflow: Overflow) -> Self {
+        self.max_tracked_keys = max;
+        self.overflow = overflow;
+        self
+    }
+
+    /// Limits the quota to requests whose path is one of `prefixes` or below it
+    /// (`/v1/sign` matches `/v1/sign` and `/v1/sign/x`, not `/v1/signature`). All paths
+    /// by default.
+    pub fn paths<I, P>(mut self, prefixes: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<String>,
+    {
+        self.paths = prefixes
+            .into_iter()
+            .map(|p| p.into().trim_end_matches('/').to_owned())
+            .collect();
+        self
+    }
+
+    /// The quota's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The quota's base rate.
+    pub fn rate(&self) -> Rate {
+        self.rate
+    }
+
+    pub(crate) fn applies_to(&self, path: &str) -> bool {
+        self.paths.is_empty()
+            || self.paths.iter().any(|prefix| {
+                prefix.is_empty()
+                    || path
+                        .strip_prefix(prefix.as_str())
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            })
+    }
+}
+
+/// The largest count a strict window may have: it keeps one timestamp per request.
+pub const MAX_STRICT_COUNT: u32 = 10_000;
+
+/// Why a rate-limit configuration was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// No quotas.
+    NoQuotas,
+    /// A quota name is empty or has characters other than letters, digits, `-`, `_`, `.`.
+    InvalidName(String),
+    /// Two quotas have the same name.
+    DuplicateName(String),
+    /// A quota has an empty key.
+    EmptyKey(String),
+    /// A burst of zero.
+    ZeroBurst(String),
+    /// A strict window with a count above [`MAX_STRICT_COUNT`].
+    StrictCountTooLarge(String),
+    /// An IPv6 prefix longer than 128 bits.
+    InvalidIpv6Prefix(String),
+    /// `max_tracked_keys` of zero.
+    ZeroCapacity(String),
+    /// Two tiers of one quota with the same name.
+    DuplicateTier(String, String),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoQuotas => f.write_str("a rate-limit layer needs at least one quota"),
+            Self::InvalidName(name) => write!(
+                f,
+                "quota name {name:?} must be non-empty and use only letters, digits, '-', '_' and '.'"
+            ),
+            Self::DuplicateName(name) => write!(f, "two quotas are named {name:?}"),
+            Self::EmptyKey(name) => write!(
+                f,
+                "quota {name:?} has an empty key; give it at least one KeyPart"
+            ),
+            Self::ZeroBurst(name) => write!(f, "quota {name:?} has a burst of 0"),
+            Self::StrictCountTooLarge(name) => write!(
+                f,
+                "quota {name:?} is a strict window over {MAX_STRICT_COUNT} requests; use the smooth semantics for large counts"
+            ),
+            Self::InvalidIpv6Prefix(name) => {
+                write!(f, "quota {name:?} has an IPv6 prefix longer than 128 bits")
+            }
+            Self::ZeroCapacity(name) => write!(f, "quota {name:?} may track 0 keys"),
+            Self::DuplicateTier(name, tier) => {
+                write!(f, "quota {name:?} has two tiers named {tier:?}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+pub(crate) fn validate(quotas: &[Quota]) -> Result<(), ConfigError> {
+    if quotas.is_empty() {
+        return Err(ConfigError::NoQuotas);
+    }
+    for (index, quota) in quotas.iter().enumerate() {
+        let name = || quota.name.clone();
+        let valid_name = !quota.name.is_empty()
+            && quota.name.len() <= 64
+            && quota
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !valid_name {
+            return Err(ConfigError::InvalidName(name()));
+        }
+        if quotas[..index].iter().any(|q| q.name == quota.name) {
+            return Err(ConfigError::DuplicateName(name()));
+        }
+        if quota.key.is_empty() {
+            return Err(ConfigError::EmptyKey(name()));
+        }
+        if quota.burst == Some(0) || quota.tiers.iter().any(|t| t.2 == Some(0)) {
+            return Err(ConfigError::ZeroBurst(name()));
+        }
+        let too_large = |rate: &Rate| rate.count() > MAX_STRICT_COUNT;
+        if quota.semantics == Semantics::StrictWindow
+            && (too_large(&quota.rate) || quota.tiers.iter().any(|t| too_large(&t.1)))
+        {
+            return Err(ConfigError::StrictCountTooLarge(name()));
+        }
+        if quota.ipv6_prefix > 128 {
+            return Err(ConfigError::InvalidIpv6Prefix(name()));
+        }
+        if quota.max_tracked_keys == 0 {
+            return Err(ConfigError::ZeroCapacity(name()));
+        }
+        for (i, tier) in quota.tiers.iter().enumerate() {
+            if quota.tiers[..i].iter().any(|t| t.0 == tier.0) {
+                return Err(ConfigError::DuplicateTier(name(), tier.0.clone()));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quota(name: &str) -> Quota {
+        Quota::new(name, "10/s".parse().unwrap())
+    }
+
+    #[test]
+    fn paths_match_on_segment_boundaries() {
+        let q = quota("q").paths(["/v1/sign", "/admin/"]);
+        assert!(q.applies_to("/v1/sign"));
+        assert!(q.applies_to("/v1/sign/batch"));
+        assert!(q.applies_to("/admin"));
+        assert!(q.applies_to("/admin/users"));
+        assert!(!q.applies_to("/v1/signature"));
+        assert!(!q.applies_to("/v1"));
+        assert!(quota("all").applies_to("/anything"));
+    }
+
+    #[test]
+    fn every_configuration_error_is_named() {
+        assert_eq!(validate(&[]), Err(ConfigError::NoQuotas));
+        assert_eq!(
+            validate(&[quota("has space")]),
+            Err(ConfigError::InvalidName("has space".into()))
+        );
+        assert_eq!(
+            validate(&[quota("")]),
+            Err(ConfigError::InvalidName("".into()))
+        );
+        assert_eq!(
+            validate(&[quota("a"), quota("a")]),
+            Err(ConfigError::DuplicateName("a".into()))
+        );
+        assert_eq!(
+            validate(&[quota("a").key([])]),
+            Err(ConfigError::EmptyKey("a".into()))
+        );
+        assert_eq!(
+            validate(&[quota("a").burst(0)]),
+            Err(ConfigError::ZeroBurst("a".into()))
+        );
+        assert_eq!(
+            validate(&[
+                Quota::new("a", "20000/s".parse().unwrap()).semantics(Semantics::StrictWindow)
+            ]),
+            Err(ConfigError::StrictCountTooLarge("a".into()))
+        );
+        assert_eq!(
+            validate(&[quota("a").ipv6_prefix(129)]),
+            Err(ConfigError::InvalidIpv6Prefix("a".into()))
+        );
+        assert_eq!(
+            validate(&[quota("a").max_tracked_keys(0, Overflow::Refuse)]),
+            Err(ConfigError::ZeroCapacity("a".into()))
+        );
+        let rate = "1/s".parse().unwrap();
+        assert_eq!(
+            validate(&[quota("a").tier("gold", rate).tier("gold", rate)]),
+            Err(ConfigError::DuplicateTier("a".into(), "gold".into()))
+        );
+        assert_eq!(validate(&[quota("a"), quota("b.c_d-1")]), Ok(()));
+    }
+}

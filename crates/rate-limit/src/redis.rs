@@ -1,0 +1,478 @@
+//! Quotas and bans shared by many instances through Redis.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+use sha2::{Digest, Sha256};
+
+use crate::ban::BanEntry;
+use crate::engine::{Applied, Deferred, Engine, Refusal, Verdict};
+use crate::future::PendingVerdict;
+use crate::key::{self, KeySource};
+use crate::quota::{Charge, Semantics};
+
+/// What the layer does when Redis cannot answer in time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RedisFailure {
+    /// Decide with the in-process quotas (the default): each instance still throttles
+    /// on its own until Redis is back.
+    #[default]
+    LocalFallback,
+    /// Refuse with 503 `rate_limit_unavailable`.
+    FailClosed,
+}
+
+/// A Redis error, without the connection URL (which may hold a password).
+#[derive(Debug)]
+pub struct RedisError(String);
+
+impl fmt::Display for RedisError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "redis: {}", self.0)
+    }
+}
+
+impl std::error::Error for RedisError {}
+
+impl From<redis::RedisError> for RedisError {
+    fn from(error: redis::RedisError) -> Self {
+        // The kind and the server's message; never the connection info.
+        Self(match error.detail() {
+            Some(detail) => format!("{:?}: {detail}", error.kind()),
+            None => format!("{:?}", error.kind()),
+        })
+    }
+}
+
+/// A Redis server shared by many instances of the layer.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use portcullis_rate_limit::{Quota, RateLimitLayer, RedisBackend, RedisFailure};
+///
+/// let redis = RedisBackend::connect("redis://127.0.0.1:6379/")
+///     .await?
+///     .namespace("my-api")
+///     .timeout(Duration::from_millis(20))
+///     .on_failure(RedisFailure::LocalFallback);
+/// let layer = RateLimitLayer::builder()
+///     .quota(Quota::new("per-ip", "100/s".parse()?))
+///     .redis(redis)
+///     .build()?;
+/// # let _ = layer;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisBackend {
+    manager: ConnectionManager,
+    namespace: String,
+    timeout: Duration,
+    failure: RedisFailure,
+    retry_after: Duration,
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("namespace", &self.namespace)
+            .field("timeout", &self.timeout)
+            .field("failure", &self.failure)
+            .field("retry_after", &self.retry_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBackend {
+    /// A backend for the server at `url` (`redis://host:port/db`, `rediss://` for
+    /// TLS). It connects on first use and reconnects by itself, so an instance starts
+    /// even while Redis is down. Must be called inside a Tokio runtime.
+    pub async fn connect(url: &str) -> Result<Self, RedisError> {
+        let client = redis::Client::open(url)?;
+        let timeout = Duration::from_millis(50);
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(250)))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let manager = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Self {
+            manager,
+            namespace: "portcullis".to_owned(),
+            timeout,
+            failure: RedisFailure::LocalFallback,
+            retry_after: Duration::from_secs(1),
+        })
+    }
+
+    /// The prefix of every key the layer writes (`portcullis` by default). Instances
+    /// that share quotas use the same namespace.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// How long a request waits for Redis (50 ms by default) before the failure policy
+    /// applies.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// What happens when Redis cannot answer; see [`RedisFailure`].
+    pub fn on_failure(mut self, failure: RedisFailure) -> Self {
+        self.failure = failure;
+        self
+    }
+
+    /// After a failure, how long requests skip Redis before trying it again (1 s by
+    /// default), so an outage costs one timeout per pause rather than one per request.
+    pub fn retry_after(mut self, pause: Duration) -> Self {
+        self.retry_after = pause;
+        self
+    }
+
+    pub(crate) fn attach(self, engine: Arc<Engine>) -> Attached {
+        Attached(Arc::new(Inner {
+            send_time: engine.clock.is_manual(),
+            engine,
+            backend: self,
+            script: Script::new(include_str!("redis.lua")),
+            down_until: AtomicU64::new(0),
+        }))
+    }
+}
+
+/// The backend as a layer uses it.
+#[derive(Clone)]
+pub(crate) struct Attached(Arc<Inner>);
+
+struct Inner {
+    engine: Arc<Engine>,
+    backend: RedisBackend,
+    script: Script,
+    /// Monotonic nanoseconds until which Redis is not asked.
+    down_until: AtomicU64,
+    send_time: bool,
+}
+
+/// How a request is decided with Redis configured.
+pub(crate) enum Route {
+    Redis(PendingVerdict),
+    Local,
+    Unavailable,
+}
+
+/// One quota in a script call.
+struct Call {
+    applied: Applied,
+    digest: Box<str>,
+    label: String,
+    op: u8,
+}
+
+impl Attached {
+    fn now_nanos(&self) -> u64 {
+        u64::try_from(self.0.engine.clock.monotonic().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn is_down(&self) -> bool {
+        self.now_nanos() < self.0.down_until.load(Ordering::Relaxed)
+    }
+
+    fn mark_down(&self, error: &dyn fmt::Display) {
+        let until = self.now_nanos().saturating_add(
+            u64::try_from(self.0.backend.retry_after.as_nanos()).unwrap_or(u64::MAX),
+        );
+        let previous = self.0.down_until.swap(until, Ordering::Relaxed);
+        if previous <= self.now_nanos() {
+            tracing::warn!(
+                %error,
+                pause = ?self.0.backend.retry_after,
+                "rate-limit: Redis did not answer; using the failure policy until it is tried again"
+            );
+        }
+    }
+
+    /// What to do when Redis is not asked or did not answer.
+    pub(crate) fn fallback(&self) -> Route {
+        match self.0.backend.failure {
+            RedisFailure::LocalFallback => Route::Local,
+            RedisFailure::FailClosed => Route::Unavailable,
+        }
+    }
+
+    /// Starts deciding `source` through Redis, or says how to decide without it.
+    pub(crate) fn decide(&self, source: &KeySource<'_>, want_reports: bool) -> Route {
+        if self.is_down() {
+            return self.fallback();
+        }
+        let engine = &self.0.engine;
+        let mut calls = Vec::with_capacity(engine.quotas.len());
+        for index in 0..engine.quotas.len() {
+            let applied = match engine.applied(index, source) {
+                Ok(Some(applied)) => applied,
+                Ok(None) => continue,
+                Err(refusal) => return Route::Redis(ready(Verdict::refused(refusal))),
+            };
+            let quota = &engine.quotas[index].quota;
+            let Ok(material) = key::material(&quota.key, quota.ipv6_prefix, source) else {
+                continue;
+            };
+            let label = match quota.ban {
+                Some(_) => key::label(&quota.key, quota.ipv6_prefix, source, &engine.seed)
+                    .unwrap_or_default(),
+                None => String::new(),
+            };
+            let op = match quota.charge {
+                Charge::Every => 1,
+                Charge::Unauthenticated | Charge::Never => 0,
+            };
+            calls.push(Call {
+                applied,
+                digest: hex::encode(&Sha256::digest(&material)[..16]).into_boxed_str(),
+                label,
+                op,
+            });
+        }
+        if calls.is_empty() {
+            return Route::Redis(ready(Verdict::default()));
+        }
+        let this = self.clone();
+        Route::Redis(Box::pin(async move {
+            match this.run(&calls).await {
+                Ok(answers) => this.verdict(&calls, &answers, want_reports),
+                Err(error) => {
+                    this.mark_down(&error);
+                    Verdict {
+                        redis_failed: true,
+                        ..Verdict::default()
+                    }
+                }
+            }
+        }))
+    }
+
+    async fn run(&self, calls: &[Call]) -> Result<Vec<i64>, RedisError> {
+        let engine = &self.0.engine;
+        let ns = &self.0.backend.namespace;
+        let mut invocation = self.0.script.prepare_invoke();
+        if self.0.send_time {
+            let now = engine
+                .clock
+                .now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            invocation.arg(now.as_micros().to_string());
+        } else {
+            invocation.arg("");
+        }
+        for call in calls {
+            let compiled = &engine.quotas[call.applied.quota];
+            let quota = &compiled.quota;
+            let limiter = &compiled.limiters[call.applied.tier];
+            let name = &quota.name;
+            invocation
+                .key(format!(
+                    "{ns}:q:{name}:{}:{}",
+                    call.applied.tier, call.digest
+                ))
+                .key(format!("{ns}:ban:{name}:{}", call.digest))
+                .key(format!("{ns}:strikes:{name}:{}", call.digest));
+            let ban = quota.ban.as_ref();
+            invocation
+                .arg(match quota.semantics {
+                    Semantics::Smooth => 1,
+                    Semantics::StrictWindow => 2,
+                })
+                .arg(limiter.rate().count())
+                .arg(micros(limiter.rate().period()))
+                .arg(limiter.burst())
+                .arg(call.op)
+                .arg(ban.map_or(-1, |b| i64::from(b.strikes())))
+                .arg(ban.map_or(0, |b| micros(b.window())))
+                .arg(ban.map_or(0, |b| micros(b.duration())))
+                .arg(&call.label);
+        }
+        let mut connection = self.0.backend.manager.clone();
+        let answer = tokio::time::timeout(
+            self.0.backend.timeout,
+            invocation.invoke_async::<Vec<i64>>(&mut connection),
+        )
+        .await
+        .map_err(|_| RedisError("timed out".to_owned()))??;
+        if answer.len() != calls.len() * 4 {
+            return Err(RedisError(format!(
+                "the script returned {} values for {} quotas",
+                answer.len(),
+                calls.len()
+            )));
+        }
+        Ok(answer)
+    }
+
+    fn verdict(&self, calls: &[Call], answers: &[i64], want_reports: bool) -> Verdict {
+        let engine = &self.0.engine;
+        let mut verdict = Verdict::default();
+        for (call, answer) in calls.iter().zip(answers.chunks_exact(4)) {
+            let compiled = &engine.quotas[call.applied.quota];
+            let limiter = &compiled.limiters[call.applied.tier];
+            let duration = |us: i64| Duration::from_micros(u64::try_from(us).unwrap_or(0));
+            let report = crate::headers::Report {
+                quota: call.applied.quota,
+                limit: limiter.rate().count(),
+                window: limiter.rate().period(),
+                remaining: u32::try_from(answer[1]).unwrap_or(0),
+                reset: duration(answer[3]),
+            };
+            let quota = call.applied.quota;
+            let refusal = match answer[0] {
+                1 => None,
+                2 => Some(Refusal::Banned {
+                    quota,
+                    remaining: duration(answer[2]),
+                }),
+                3 => {
+                    tracing::warn!(
+                        quota = compiled.quota.name,
+                        key = call.label,
+                        "rate-limit: banned a key that kept exceeding its quota (shared through Redis)"
+                    );
+                    Some(Refusal::Banned {
+                        quota,
+                        remaining: duration(answer[2]),
+                    })
+                }
+                _ => Some(Refusal::Limited {
+                    quota,
+                    retry_after: duration(answer[2]),
+                }),
+            };
+            if let Some(refusal) = refusal {
+                if verdict.refusal.is_none() {
+                    verdict.refusal = Some(refusal);
+                    verdict.reports = vec![report];
+                }
+                continue;
+            }
+            if want_reports && call.op == 1 {
+                verdict.reports.push(report);
+            }
+            if compiled.quota.charge == Charge::Unauthenticated {
+                verdict.deferred.push(Deferred {
+                    quota,
+                    tier: call.applied.tier,
+                    key: call.applied.key,
+                    digest: Some(call.digest.clone()),
+                });
+            }
+        }
+        if verdict.refusal.is_some() {
+            verdict.deferred.clear();
+        }
+        verdict
+    }
+
+    /// Charges quotas that count failed authentication, in the background.
+    pub(crate) fn charge_deferred(&self, deferred: Vec<Deferred>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.0.engine.charge_deferred(&deferred);
+            return;
+        };
+        if self.is_down() {
+            self.0.engine.charge_deferred(&deferred);
+            return;
+        }
+        let this = self.clone();
+        runtime.spawn(async move {
+            let calls: Vec<Call> = deferred
+                .iter()
+                .filter_map(|one| {
+                    Some(Call {
+                        applied: Applied {
+                            quota: one.quota,
+                            tier: one.tier,
+                            key: one.key,
+                        },
+                        digest: one.digest.clone()?,
+                        label: String::new(),
+                        op: 2,
+                    })
+                })
+                .collect();
+            if let Err(error) = this.run(&calls).await {
+                this.mark_down(&error);
+                this.0.engine.charge_deferred(&deferred);
+            }
+        });
+    }
+
+    /// The bans in force in Redis.
+    pub(crate) async fn bans(&self) -> Result<Vec<BanEntry>, RedisError> {
+        let mut connection = self.0.backend.manager.clone();
+        let prefix = format!("{}:ban:", self.0.backend.namespace);
+        let keys: Vec<String> = {
+            let mut iter = connection
+                .scan_match::<_, String>(format!("{prefix}*"))
+                .await?;
+            let mut keys = Vec::new();
+            while let Some(key) = iter.next_item().await {
+                keys.push(key?);
+            }
+            keys
+        };
+        let wall = self.0.engine.clock.now();
+        let mut out = Vec::new();
+        for key in keys {
+            let Some((quota, _digest)) = key[prefix.len()..].split_once(':') else {
+                continue;
+            };
+            let label: Option<String> = connection.get(&key).await?;
+            let ttl: i64 = connection.pttl(&key).await?;
+            if let (Some(label), true) = (label, ttl > 0) {
+                out.push(BanEntry {
+                    quota: quota.to_owned(),
+                    key: label,
+                    until: wall + Duration::from_millis(ttl.unsigned_abs()),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Lifts a ban held in Redis.
+    pub(crate) async fn lift_ban(&self, quota: &str, label: &str) -> Result<bool, RedisError> {
+        let mut connection = self.0.backend.manager.clone();
+        let prefix = format!("{}:ban:{quota}:", self.0.backend.namespace);
+        let mut found = Vec::new();
+        {
+            let mut iter = connection
+                .scan_match::<_, String>(format!("{prefix}*"))
+                .await?;
+            while let Some(key) = iter.next_item().await {
+                found.push(key?);
+            }
+        }
+        for key in found {
+            let value: Option<String> = connection.get(&key).await?;
+            if value.as_deref() == Some(label) {
+                let removed: i64 = connection.del(&key).await?;
+                return Ok(removed > 0);
+            }
+        }
+        Ok(false)
+    }
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn ready(verdict: Verdict) -> PendingVerdict {
+    Box::pin(std::future::ready(verdict))
+}
