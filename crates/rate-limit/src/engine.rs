@@ -70,11 +70,25 @@ impl CompiledQuota {
 /// Why the layer refused a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Refusal {
-    Limited { quota: usize, retry_after: Duration },
-    AtCapacity { quota: usize, retry_after: Duration },
-    Banned { quota: usize, remaining: Duration },
-    KeyMissing { quota: usize, needs_principal: bool },
+    Limited {
+        quota: usize,
+        retry_after: Duration,
+    },
+    AtCapacity {
+        quota: usize,
+        retry_after: Duration,
+    },
+    Banned {
+        quota: usize,
+        remaining: Duration,
+    },
+    KeyMissing {
+        quota: usize,
+        needs_principal: bool,
+    },
     ClientIp(ClientIpError),
+    /// Redis cannot answer and the host fails closed.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     Unavailable,
 }
 
@@ -85,6 +99,7 @@ pub(crate) struct Deferred {
     pub(crate) tier: usize,
     pub(crate) key: u64,
     /// The key's digest in Redis; `None` in process.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) digest: Option<Box<str>>,
 }
 
@@ -118,6 +133,7 @@ pub(crate) struct Applied {
 pub(crate) struct Engine {
     pub(crate) quotas: Vec<CompiledQuota>,
     pub(crate) seed: RandomState,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) clock: Clock,
     /// Dropping the engine drops the sender, which stops the sweeper at once.
     _sweeper: Option<mpsc::Sender<()>>,

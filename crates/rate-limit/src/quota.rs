@@ -134,8 +134,11 @@ impl fmt::Debug for KeyPart {
 #[derive(Clone)]
 pub struct CustomKey {
     pub(crate) name: &'static str,
-    pub(crate) extract: Arc<dyn Fn(&RequestHead<'_>) -> Option<String> + Send + Sync>,
+    pub(crate) extract: Arc<ExtractKey>,
 }
+
+/// What a [`KeyPart::custom`] extractor is.
+type ExtractKey = dyn Fn(&RequestHead<'_>) -> Option<String> + Send + Sync;
 
 impl fmt::Debug for CustomKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
