@@ -47,7 +47,6 @@ impl Measure {
 pub(crate) struct Limiter {
     kind: Kind,
     rate: Rate,
-    burst: u32,
 }
 
 enum Kind {
@@ -71,7 +70,6 @@ impl Limiter {
                 Self {
                     kind: Kind::Smooth(Smooth::new(rate, burst, cap, share, clock)),
                     rate,
-                    burst,
                 }
             }
             Semantics::StrictWindow => Self {
@@ -82,7 +80,6 @@ impl Limiter {
                     clock: clock.clone(),
                 }),
                 rate,
-                burst: rate.count(),
             },
         }
     }
@@ -115,8 +112,12 @@ impl Limiter {
     }
 
     /// The most requests the quota admits at once.
+    #[cfg(any(feature = "redis", test))]
     pub(crate) fn burst(&self) -> u32 {
-        self.burst
+        match &self.kind {
+            Kind::Smooth(smooth) => smooth.burst,
+            Kind::Strict(strict) => strict.count,
+        }
     }
 }
 
