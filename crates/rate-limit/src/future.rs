@@ -27,6 +27,9 @@ pub(crate) struct After {
 /// Redis's answer, on its way.
 pub(crate) type PendingVerdict = Pin<Box<dyn Future<Output = Verdict> + Send>>;
 
+/// A charge for failed authentication on its way to Redis.
+pub(crate) type PendingCharge = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// A request waiting on Redis.
 pub(crate) struct Waiting<S, ReqBody> {
     inner: S,
@@ -46,6 +49,10 @@ pin_project! {
             #[pin]
             future: F,
             after: Option<After>,
+        },
+        Charging {
+            charge: PendingCharge,
+            response: Option<Response<RejectOrBody<ResBody>>>,
         },
         Rejected {
             response: Option<Response<RejectOrBody<ResBody>>>,
@@ -118,17 +125,34 @@ where
                 }
                 StateProj::Calling { future, after } => {
                     let mut response = ready!(future.poll(cx))?;
-                    if let Some(after) = after.take() {
-                        if !after.deferred.is_empty()
-                            && response.status() == StatusCode::UNAUTHORIZED
-                        {
-                            after.shared.charge_deferred(after.deferred);
+                    let Some(after) = after.take() else {
+                        return Poll::Ready(Ok(response.map(RejectOrBody::inner)));
+                    };
+                    after
+                        .shared
+                        .write_reports(response.headers_mut(), &after.reports);
+                    let charge = match response.status() {
+                        StatusCode::UNAUTHORIZED if !after.deferred.is_empty() => {
+                            after.shared.charge_deferred(after.deferred)
                         }
-                        after
-                            .shared
-                            .write_reports(response.headers_mut(), &after.reports);
+                        _ => None,
+                    };
+                    let response = response.map(RejectOrBody::inner);
+                    match charge {
+                        // The 401 goes out once Redis has counted it, so the client's
+                        // next attempt already sees the charge.
+                        Some(charge) => State::Charging {
+                            charge,
+                            response: Some(response),
+                        },
+                        None => return Poll::Ready(Ok(response)),
                     }
-                    return Poll::Ready(Ok(response.map(RejectOrBody::inner)));
+                }
+                StateProj::Charging { charge, response } => {
+                    ready!(charge.as_mut().poll(cx));
+                    return Poll::Ready(Ok(response
+                        .take()
+                        .unwrap_or_else(polled_after_completion)));
                 }
                 StateProj::Deciding { verdict, waiting } => {
                     let verdict = ready!(verdict.as_mut().poll(cx));
@@ -146,11 +170,12 @@ where
                     } else {
                         verdict
                     };
-                    after_verdict(&shared, &mut inner, request, verdict)
+                    // `after_verdict` built the future just now and it was never
+                    // pinned: moving its state out is fine.
+                    after_verdict(&shared, &mut inner, request, verdict).state
                 }
             };
-            // `next` was built just now and never pinned: moving its state is fine.
-            this.state.set(next.state);
+            this.state.set(next);
         }
     }
 }
@@ -177,6 +202,7 @@ impl<F, ResBody, S, ReqBody> fmt::Debug for ResponseFuture<F, ResBody, S, ReqBod
         let state = match &self.state {
             State::Deciding { .. } => "waiting for Redis",
             State::Calling { .. } => "calling the inner service",
+            State::Charging { .. } => "charging a failed authentication",
             State::Rejected { .. } => "rejected",
         };
         f.debug_struct("ResponseFuture")

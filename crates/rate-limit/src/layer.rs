@@ -153,14 +153,18 @@ impl Shared {
         }
     }
 
-    /// Charges the quotas that count failed authentication.
-    pub(crate) fn charge_deferred(&self, deferred: Vec<Deferred>) {
+    /// Charges the quotas that count failed authentication: at once in process, or
+    /// through the returned future with Redis.
+    pub(crate) fn charge_deferred(
+        &self,
+        deferred: Vec<Deferred>,
+    ) -> Option<crate::future::PendingCharge> {
         #[cfg(feature = "redis")]
         if let Some(redis) = &self.redis {
-            redis.charge_deferred(deferred);
-            return;
+            return redis.charge_deferred(deferred);
         }
         self.engine.charge_deferred(&deferred);
+        None
     }
 
     pub(crate) fn write_reports(&self, headers: &mut http::HeaderMap, reports: &[Report]) {

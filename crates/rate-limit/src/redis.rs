@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::ban::BanEntry;
 use crate::engine::{Applied, Deferred, Engine, Refusal, Verdict};
-use crate::future::PendingVerdict;
+use crate::future::{PendingCharge, PendingVerdict};
 use crate::key::{self, KeySource};
 use crate::quota::{Charge, Semantics};
 
@@ -378,38 +378,36 @@ impl Attached {
         verdict
     }
 
-    /// Charges quotas that count failed authentication, in the background.
-    pub(crate) fn charge_deferred(&self, deferred: Vec<Deferred>) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+    /// Charges quotas that count failed authentication. Returns `None` when it was
+    /// done in process (Redis is down).
+    pub(crate) fn charge_deferred(&self, deferred: Vec<Deferred>) -> Option<PendingCharge> {
+        // Without digests the request was decided in process (Redis was down then).
+        if self.is_down() || deferred.iter().any(|one| one.digest.is_none()) {
             self.0.engine.charge_deferred(&deferred);
-            return;
-        };
-        if self.is_down() {
-            self.0.engine.charge_deferred(&deferred);
-            return;
+            return None;
         }
-        let this = self.clone();
-        runtime.spawn(async move {
-            let calls: Vec<Call> = deferred
-                .iter()
-                .filter_map(|one| {
-                    Some(Call {
-                        applied: Applied {
-                            quota: one.quota,
-                            tier: one.tier,
-                            key: one.key,
-                        },
-                        digest: one.digest.clone()?,
-                        label: String::new(),
-                        op: 2,
-                    })
+        let calls: Vec<Call> = deferred
+            .iter()
+            .filter_map(|one| {
+                Some(Call {
+                    applied: Applied {
+                        quota: one.quota,
+                        tier: one.tier,
+                        key: one.key,
+                    },
+                    digest: one.digest.clone()?,
+                    label: String::new(),
+                    op: 2,
                 })
-                .collect();
+            })
+            .collect();
+        let this = self.clone();
+        Some(Box::pin(async move {
             if let Err(error) = this.run(&calls).await {
                 this.mark_down(&error);
                 this.0.engine.charge_deferred(&deferred);
             }
-        });
+        }))
     }
 
     /// The bans in force in Redis.

@@ -1,0 +1,229 @@
+//! The rate-limit layer in axum and tonic servers: 429 with `Retry-After` and the
+//! RateLimit fields over real HTTP, per client address behind a trusted proxy, and
+//! `RESOURCE_EXHAUSTED` for a real tonic client.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use http::StatusCode;
+use portcullis::core::{AuthMethod, Authentication, ClientIpResolver, ForwardedHeader, Principal};
+use portcullis::rate_limit::{Charge, KeyPart, MissingKey, Quota, RateLimitLayer, Semantics};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic::Code;
+
+use crate::client::{get as fetch, grpc_health_check, listener, serve_axum};
+
+/// Stands in for an authentication layer: `x-user: alice` becomes principal `alice`.
+fn authenticate<B>(mut request: http::Request<B>) -> http::Request<B> {
+    if let Some(user) = request.headers().get("x-user").cloned() {
+        let principal = Principal::builder(user.to_str().unwrap(), AuthMethod::ApiKey).build();
+        Authentication::insert_into(request.extensions_mut(), principal).unwrap();
+    }
+    request
+}
+
+fn app(layer: RateLimitLayer) -> Router {
+    Router::new()
+        .route("/", get(|| async { "hello" }))
+        .route(
+            "/login",
+            get(|| async { (StatusCode::UNAUTHORIZED, "wrong key") }),
+        )
+        .layer(layer)
+}
+
+#[tokio::test]
+async fn over_quota_clients_get_429_with_retry_after_and_the_ratelimit_fields() {
+    let layer = RateLimitLayer::builder()
+        .quota(Quota::new("per-ip", "3 per 1h".parse().unwrap()).semantics(Semantics::StrictWindow))
+        .headers_on_allowed(true)
+        .build()
+        .unwrap();
+    let server = serve_axum(app(layer)).await;
+
+    for remaining in [2, 1, 0] {
+        let reply = fetch(server, "127.0.0.20", "/", &[]).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.headers["ratelimit-policy"], "\"per-ip\";q=3;w=3600");
+        let state = reply.headers["ratelimit"].to_str().unwrap();
+        assert!(
+            state.starts_with(&format!("\"per-ip\";r={remaining};t=")),
+            "{state}"
+        );
+    }
+    let refused = fetch(server, "127.0.0.20", "/", &[]).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.code().as_deref(), Some("rate_limited"));
+    assert_eq!(refused.headers["content-type"], "application/problem+json");
+    let retry: u64 = refused.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((3599..=3600).contains(&retry), "{retry}");
+    assert!(refused.headers["ratelimit"]
+        .to_str()
+        .unwrap()
+        .starts_with("\"per-ip\";r=0;t="));
+
+    // Another client address has its own quota.
+    assert_eq!(
+        fetch(server, "127.0.0.21", "/", &[]).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_is_limited_on_its_own() {
+    let resolver = ClientIpResolver::new()
+        .trust_proxies("127.0.0.30/32".parse().unwrap())
+        .forwarded_header(ForwardedHeader::XForwardedFor);
+    let layer = RateLimitLayer::builder()
+        .quota(Quota::new("per-ip", "1 per 1h".parse().unwrap()))
+        .client_ip(resolver)
+        .build()
+        .unwrap();
+    let server = serve_axum(app(layer)).await;
+    let via_proxy = |client: &'static str| async move {
+        fetch(server, "127.0.0.30", "/", &[("x-forwarded-for", client)])
+            .await
+            .status
+    };
+    assert_eq!(via_proxy("203.0.113.1").await, StatusCode::OK);
+    assert_eq!(via_proxy("203.0.113.2").await, StatusCode::OK);
+    assert_eq!(
+        via_proxy("203.0.113.1").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // A client that is not the proxy cannot pick its own key with the header.
+    let spoofer = |header: &'static str| async move {
+        fetch(server, "127.0.0.31", "/", &[("x-forwarded-for", header)])
+            .await
+            .status
+    };
+    assert_eq!(spoofer("198.51.100.1").await, StatusCode::OK);
+    assert_eq!(
+        spoofer("198.51.100.2").await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "keyed by the socket peer, not the header"
+    );
+}
+
+#[tokio::test]
+async fn per_principal_quotas_sit_after_authentication() {
+    let per_principal = RateLimitLayer::builder()
+        .quota(
+            Quota::new("per-principal", "2 per 1h".parse().unwrap())
+                .key([KeyPart::Principal])
+                .when_key_missing(MissingKey::Refuse),
+        )
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/", get(|| async { "hello" }))
+        .layer(per_principal)
+        .layer(tower::util::MapRequestLayer::new(authenticate));
+    let server = serve_axum(app).await;
+    let as_principal = |who: &'static str| async move {
+        fetch(server, "127.0.0.40", "/", &[("x-user", who)])
+            .await
+            .status
+    };
+    assert_eq!(as_principal("alice").await, StatusCode::OK);
+    assert_eq!(as_principal("alice").await, StatusCode::OK);
+    assert_eq!(as_principal("alice").await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        as_principal("bob").await,
+        StatusCode::OK,
+        "from the same address"
+    );
+    let anonymous = fetch(server, "127.0.0.40", "/", &[]).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(anonymous.code().as_deref(), Some("rate_limit_key_missing"));
+}
+
+#[tokio::test]
+async fn key_guessers_are_throttled_then_banned_while_good_clients_pass() {
+    let layer = RateLimitLayer::builder()
+        .quota(
+            Quota::new("auth-failures", "2 per 1h".parse().unwrap())
+                .charge(Charge::Unauthenticated)
+                .ban(portcullis::rate_limit::Ban::after(
+                    1,
+                    Duration::from_secs(600),
+                    Duration::from_secs(3600),
+                )),
+        )
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let server = serve_axum(app(layer)).await;
+    for _ in 0..2 {
+        assert_eq!(
+            fetch(server, "127.0.0.50", "/login", &[]).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    for _ in 0..20 {
+        assert_eq!(
+            fetch(server, "127.0.0.51", "/", &[]).await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        fetch(server, "127.0.0.50", "/", &[])
+            .await
+            .code()
+            .as_deref(),
+        Some("rate_limited")
+    );
+    let banned = fetch(server, "127.0.0.50", "/", &[]).await;
+    assert_eq!(banned.status, StatusCode::FORBIDDEN);
+    assert_eq!(banned.code().as_deref(), Some("banned"));
+    assert_eq!(handle.bans().len(), 1);
+    assert_eq!(handle.bans()[0].key, "ip=127.0.0.50/32");
+    assert!(handle.lift_ban("auth-failures", "ip=127.0.0.50/32"));
+    assert_eq!(
+        fetch(server, "127.0.0.50", "/", &[])
+            .await
+            .code()
+            .as_deref(),
+        Some("rate_limited"),
+        "the quota is still spent once the ban is lifted"
+    );
+}
+
+async fn serve_grpc(layer: RateLimitLayer) -> SocketAddr {
+    let (listener, addr) = listener().await;
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    tokio::spawn(async move {
+        Server::builder()
+            .layer(layer)
+            .add_service(health)
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    addr
+}
+
+#[tokio::test]
+async fn grpc_clients_see_resource_exhausted() {
+    let layer = RateLimitLayer::builder()
+        .quota(Quota::new("per-ip", "2 per 1h".parse().unwrap()))
+        .build()
+        .unwrap();
+    let addr = serve_grpc(layer).await;
+    assert!(grpc_health_check(addr, None).await.is_ok());
+    assert!(grpc_health_check(addr, None).await.is_ok());
+    let status = grpc_health_check(addr, None).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().starts_with("rate_limited"),
+        "{}",
+        status.message()
+    );
+}

@@ -1,0 +1,346 @@
+//! The rate-limit layer sharing quotas and bans through a real `redis-server`: two
+//! instances, one quota; exact boundaries; Redis killed and restarted mid-test.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use axum::routing::get;
+use axum::Router;
+use http::StatusCode;
+use portcullis::core::Clock;
+use portcullis::rate_limit::{
+    Ban, Charge, Quota, RateLimitHandle, RateLimitLayer, RedisBackend, RedisFailure, Semantics,
+};
+use redis::AsyncCommands;
+
+use crate::client::{get as fetch, serve_axum, Reply};
+use crate::redis_server::RedisServer;
+
+async fn backend(redis: &RedisServer, namespace: &str) -> RedisBackend {
+    RedisBackend::connect(&redis.url())
+        .await
+        .unwrap()
+        .namespace(namespace)
+        .timeout(Duration::from_millis(300))
+        .retry_after(Duration::from_millis(100))
+}
+
+/// An instance of the service: an axum server with its own layer.
+async fn instance(
+    quota: Quota,
+    backend: RedisBackend,
+    clock: Option<Clock>,
+) -> (SocketAddr, RateLimitHandle) {
+    let mut builder = RateLimitLayer::builder().quota(quota).redis(backend);
+    if let Some(clock) = clock {
+        builder = builder.clock(clock);
+    }
+    let layer = builder.build().unwrap();
+    let handle = layer.handle();
+    let app = Router::new()
+        .route("/", get(|| async { "hello" }))
+        .route(
+            "/login",
+            get(|| async { (StatusCode::UNAUTHORIZED, "wrong key") }),
+        )
+        .layer(layer);
+    (serve_axum(app).await, handle)
+}
+
+/// A request that must be answered, however Redis is doing: never a hung request.
+async fn answered(server: SocketAddr, from: &str, path: &str) -> Reply {
+    tokio::time::timeout(Duration::from_secs(20), fetch(server, from, path, &[]))
+        .await
+        .expect("the request was answered")
+}
+
+async fn keys(redis: &RedisServer, pattern: &str) -> Vec<String> {
+    redis.client().await.keys(pattern).await.unwrap()
+}
+
+#[tokio::test]
+async fn two_instances_share_one_quota_exactly() {
+    let Some(redis) = RedisServer::start("two_instances_share_one_quota_exactly").await else {
+        return;
+    };
+    for semantics in [Semantics::StrictWindow, Semantics::Smooth] {
+        let namespace = format!("share-{semantics:?}");
+        let quota = || Quota::new("per-ip", "5 per 1h".parse().unwrap()).semantics(semantics);
+        let (a, _) = instance(quota(), backend(&redis, &namespace).await, None).await;
+        let (b, _) = instance(quota(), backend(&redis, &namespace).await, None).await;
+        let mut allowed = 0;
+        for i in 0..12 {
+            let server = if i % 2 == 0 { a } else { b };
+            let reply = answered(server, "127.0.0.60", "/").await;
+            match reply.status {
+                StatusCode::OK => allowed += 1,
+                StatusCode::TOO_MANY_REQUESTS => {
+                    assert_eq!(reply.code().as_deref(), Some("rate_limited"));
+                    let retry: u64 = reply.headers["retry-after"]
+                        .to_str()
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    assert!(retry > 0 && retry <= 3600, "{retry}");
+                }
+                other => panic!("{semantics:?}: unexpected {other}"),
+            }
+        }
+        assert_eq!(
+            allowed, 5,
+            "{semantics:?}: five in all, across both instances"
+        );
+
+        // Keys are namespaced and expire on their own.
+        let written = keys(&redis, &format!("{namespace}:*")).await;
+        assert!(!written.is_empty());
+        let mut client = redis.client().await;
+        for key in written {
+            assert!(
+                key.starts_with(&format!("{namespace}:q:per-ip:0:")),
+                "{key}"
+            );
+            let ttl: i64 = client.pttl(&key).await.unwrap();
+            assert!(ttl > 0 && ttl <= 3_600_001, "{key}: {ttl}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn exact_counts_at_the_boundary_with_a_manual_clock() {
+    let Some(redis) = RedisServer::start("exact_counts_at_the_boundary_with_a_manual_clock").await
+    else {
+        return;
+    };
+    let (clock, control) = Clock::manual(UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+    let strict =
+        Quota::new("per-ip", "25 per 5m".parse().unwrap()).semantics(Semantics::StrictWindow);
+    let (server, _) = instance(strict, backend(&redis, "strict").await, Some(clock.clone())).await;
+    for _ in 0..25 {
+        assert_eq!(
+            answered(server, "127.0.0.61", "/").await.status,
+            StatusCode::OK
+        );
+    }
+    let refused = answered(server, "127.0.0.61", "/").await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers["retry-after"], "300");
+    control.advance(Duration::from_millis(299_999));
+    let last = answered(server, "127.0.0.61", "/").await;
+    assert_eq!(last.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(last.headers["retry-after"], "1", "rounded up");
+    control.advance(Duration::from_millis(1));
+    let mut allowed = 0;
+    for _ in 0..26 {
+        allowed += usize::from(answered(server, "127.0.0.61", "/").await.status == StatusCode::OK);
+    }
+    assert_eq!(allowed, 25);
+
+    let smooth = Quota::new("per-ip", "25 per 5m".parse().unwrap());
+    let (server, _) = instance(smooth, backend(&redis, "smooth").await, Some(clock)).await;
+    for _ in 0..25 {
+        assert_eq!(
+            answered(server, "127.0.0.62", "/").await.status,
+            StatusCode::OK
+        );
+    }
+    let refused = answered(server, "127.0.0.62", "/").await;
+    assert_eq!(refused.headers["retry-after"], "12");
+    control.advance(Duration::from_millis(11_999));
+    assert_eq!(
+        answered(server, "127.0.0.62", "/").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    control.advance(Duration::from_millis(1));
+    assert_eq!(
+        answered(server, "127.0.0.62", "/").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        answered(server, "127.0.0.62", "/").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
+async fn redis_killed_mid_test_falls_back_to_local_quotas_and_recovers() {
+    let Some(mut redis) = RedisServer::start("redis_killed_mid_test").await else {
+        return;
+    };
+    let quota =
+        Quota::new("per-ip", "3 per 1h".parse().unwrap()).semantics(Semantics::StrictWindow);
+    let backend = backend(&redis, "outage")
+        .await
+        .on_failure(RedisFailure::LocalFallback);
+    let (server, _) = instance(quota, backend, None).await;
+    assert_eq!(
+        answered(server, "127.0.0.63", "/").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        answered(server, "127.0.0.63", "/").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(keys(&redis, "outage:q:*").await.len(), 1);
+
+    redis.kill();
+    // Each instance still throttles on its own: the local quota of 3, then 429.
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(answered(server, "127.0.0.63", "/").await.status);
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+
+    // Redis comes back (empty, as after a crash without persistence): the layer goes
+    // back to it by itself.
+    redis.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = answered(server, "127.0.0.64", "/").await;
+        assert!(!reply.status.is_server_error(), "{:?}", reply.status);
+        if !keys(&redis, "outage:q:*").await.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the layer never went back to Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn fail_closed_refuses_with_503_while_redis_is_down() {
+    let Some(mut redis) = RedisServer::start("fail_closed").await else {
+        return;
+    };
+    let quota = Quota::new("per-ip", "100 per 1h".parse().unwrap());
+    let backend = backend(&redis, "closed")
+        .await
+        .on_failure(RedisFailure::FailClosed);
+    let (server, _) = instance(quota, backend, None).await;
+    assert_eq!(
+        answered(server, "127.0.0.65", "/").await.status,
+        StatusCode::OK
+    );
+    redis.kill();
+    for _ in 0..3 {
+        let reply = answered(server, "127.0.0.65", "/").await;
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(reply.code().as_deref(), Some("rate_limit_unavailable"));
+    }
+    redis.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while answered(server, "127.0.0.65", "/").await.status != StatusCode::OK {
+        assert!(
+            Instant::now() < deadline,
+            "the layer never went back to Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn bans_and_failed_authentication_are_shared_between_instances() {
+    let Some(redis) = RedisServer::start("bans_are_shared").await else {
+        return;
+    };
+    let quota = || {
+        Quota::new("auth-failures", "2 per 1h".parse().unwrap())
+            .charge(Charge::Unauthenticated)
+            .ban(Ban::after(
+                0,
+                Duration::from_secs(600),
+                Duration::from_secs(3600),
+            ))
+    };
+    let (a, _) = instance(quota(), backend(&redis, "bans").await, None).await;
+    let (b, handle_b) = instance(quota(), backend(&redis, "bans").await, None).await;
+
+    // Good traffic is never charged.
+    for _ in 0..10 {
+        assert_eq!(answered(a, "127.0.0.66", "/").await.status, StatusCode::OK);
+    }
+    // Two failed logins, one on each instance.
+    assert_eq!(
+        answered(a, "127.0.0.66", "/login").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        answered(b, "127.0.0.66", "/login").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    // The quota is spent everywhere; the first refusal bans (more than 0 strikes).
+    let banned = answered(a, "127.0.0.66", "/").await;
+    assert_eq!(banned.status, StatusCode::FORBIDDEN);
+    assert_eq!(banned.code().as_deref(), Some("banned"));
+    assert_eq!(
+        answered(b, "127.0.0.66", "/").await.code().as_deref(),
+        Some("banned")
+    );
+    // Another client is untouched.
+    assert_eq!(answered(b, "127.0.0.67", "/").await.status, StatusCode::OK);
+
+    let bans = handle_b.shared_bans().await.unwrap();
+    assert_eq!(bans.len(), 1);
+    assert_eq!(bans[0].quota, "auth-failures");
+    assert_eq!(bans[0].key, "ip=127.0.0.66/32");
+    assert!(!handle_b
+        .lift_shared_ban("auth-failures", "ip=127.0.0.1/32")
+        .await
+        .unwrap());
+    assert!(handle_b
+        .lift_shared_ban("auth-failures", "ip=127.0.0.66/32")
+        .await
+        .unwrap());
+    assert!(handle_b.shared_bans().await.unwrap().is_empty());
+    // Lifted: refused by the spent quota again (which bans again at once, by this rule).
+    assert_eq!(
+        answered(a, "127.0.0.66", "/").await.code().as_deref(),
+        Some("banned")
+    );
+}
+
+#[tokio::test]
+async fn a_slow_redis_times_out_to_the_fallback_instead_of_hanging_requests() {
+    let Some(redis) = RedisServer::start("a_slow_redis").await else {
+        return;
+    };
+    let quota = Quota::new("per-ip", "1 per 1h".parse().unwrap());
+    let (server, _) = instance(quota, backend(&redis, "slow").await, None).await;
+    assert_eq!(
+        answered(server, "127.0.0.68", "/").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        answered(server, "127.0.0.68", "/").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Redis stops answering for 3 s: each request waits at most the 300 ms timeout,
+    // then the in-process quota (fresh: it has seen nothing) decides.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(3000)
+        .arg("ALL")
+        .query_async(&mut redis.client().await)
+        .await
+        .unwrap();
+    // Redis would refuse (its quota is spent); an OK is the fallback's answer.
+    assert_eq!(
+        answered(server, "127.0.0.68", "/").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        answered(server, "127.0.0.68", "/").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
