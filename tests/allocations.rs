@@ -17,6 +17,7 @@ use ipnet::{IpNet, Ipv4Net};
 use portcullis::api_key::{ApiKeyLayer, GeneratedKey, KeyPrefix, KeyRecord, MemoryKeyStore};
 use portcullis::core::{AuthMethod, Authentication, ClientIp, NetworkSet, PeerAddr, Principal};
 use portcullis::ip_allowlist::{IpAllowlistLayer, IpRules};
+use portcullis::rate_limit::{KeyPart, MissingKey, Quota, RateLimitLayer};
 use portcullis::role_router::{Policy, Requirement, RoleRouterLayer, Rule};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use tower::{Layer, Service};
@@ -74,6 +75,8 @@ fn allow_path_allocations() {
     ip_allowlist_allocations();
     role_router_allocations();
     api_key_allocations();
+    rate_limit_allocations();
+    rate_limit_memory_returns_after_a_flood();
 }
 
 fn ip_allowlist_allocations() {
@@ -192,4 +195,112 @@ fn api_key_allocations() {
 
     let (_, status) = allocations(&mut service, request_from("192.0.2.1:1"));
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+fn rate_limit_allocations() {
+    let (clock, _control) = portcullis::core::Clock::manual(std::time::UNIX_EPOCH);
+    let quota = |name: &str| Quota::new(name, "1000000 per 1ms".parse().unwrap()).burst(1_000_000);
+    let layer = RateLimitLayer::builder()
+        .quota(quota("per-ip"))
+        .clock(clock.clone())
+        .sweep_every(None)
+        .build()
+        .unwrap();
+    let mut service = layer.layer(tower::service_fn(noop));
+    let resolved = || {
+        let mut request = request_from("192.0.2.1:1");
+        request
+            .extensions_mut()
+            .insert(ClientIp::new("192.0.2.1".parse().unwrap()));
+        request
+    };
+    for _ in 0..3 {
+        allocations(&mut service, resolved());
+    }
+    // A tracked key: the keyed hash, the map lookup and governor's compare-and-swap
+    // allocate nothing.
+    assert_eq!(allocations(&mut service, resolved()), (0, StatusCode::OK));
+    // Resolving the client address itself: the `ClientIp` slot in `http::Extensions`.
+    assert_eq!(
+        allocations(&mut service, request_from("192.0.2.1:1")),
+        (1, StatusCode::OK)
+    );
+
+    // Two quotas: the list of the quotas that apply, so that none is charged unless
+    // all allow.
+    let two = RateLimitLayer::builder()
+        .quota(quota("per-ip"))
+        .quota(
+            quota("per-principal")
+                .key([KeyPart::Principal])
+                .when_key_missing(MissingKey::Skip),
+        )
+        .clock(clock)
+        .sweep_every(None)
+        .build()
+        .unwrap();
+    let mut service = two.layer(tower::service_fn(noop));
+    for _ in 0..3 {
+        allocations(&mut service, resolved());
+    }
+    assert_eq!(allocations(&mut service, resolved()), (1, StatusCode::OK));
+}
+
+/// Live heap bytes, by the counting allocator.
+fn live_bytes() -> isize {
+    let stats = GLOBAL.stats();
+    stats.bytes_allocated as isize - stats.bytes_deallocated as isize
+}
+
+fn rate_limit_memory_returns_after_a_flood() {
+    let (clock, control) = portcullis::core::Clock::manual(std::time::UNIX_EPOCH);
+    let layer = RateLimitLayer::builder()
+        .quota(Quota::new("per-ip", "10 per 1s".parse().unwrap()).ipv6_prefix(128))
+        .clock(clock)
+        .sweep_every(None)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut service = layer.layer(tower::service_fn(noop));
+    let waker = std::task::Waker::noop();
+    let mut cx = Context::from_waker(waker);
+    let mut flood = |from: u32, to: u32| {
+        for i in from..to {
+            let mut request = Request::new(());
+            let ip = std::net::Ipv6Addr::from((0x2001_0db8u128 << 96) | u128::from(i));
+            request
+                .extensions_mut()
+                .insert(PeerAddr(std::net::SocketAddr::from((ip, 1))));
+            assert!(service.poll_ready(&mut cx).is_ready());
+            let mut future = pin!(service.call(request));
+            let Poll::Ready(response) = future.as_mut().poll(&mut cx) else {
+                panic!("the in-process decision is immediate");
+            };
+            assert_eq!(response.unwrap().status(), StatusCode::OK);
+        }
+    };
+    // Warm up, then measure from an empty map.
+    flood(0, 1_000);
+    control.advance(std::time::Duration::from_secs(1));
+    handle.sweep();
+    let baseline = live_bytes();
+
+    flood(0, 100_000);
+    let full = live_bytes();
+    assert_eq!(handle.tracked_keys("per-ip"), Some(100_000));
+    assert!(
+        full - baseline > 100_000 * 8,
+        "the flood is tracked: {} bytes",
+        full - baseline
+    );
+
+    control.advance(std::time::Duration::from_secs(1));
+    assert_eq!(handle.sweep(), 100_000);
+    let after = live_bytes();
+    assert!(
+        after - baseline < 64 * 1024,
+        "after the sweep, {} bytes are still held of the flood's {}",
+        after - baseline,
+        full - baseline
+    );
 }
