@@ -45,7 +45,45 @@ const SCENARIOS: &[&str] = &[
     "audit_floor",
     "audit_disabled",
     "audit_memory",
+    "rate_limit_floor",
+    "rate_limit_allow/1",
+    "rate_limit_allow/10000",
+    "rate_limit_allow_resolved/1",
+    "rate_limit_reject/1",
 ];
+
+/// Rate-limit scenarios: a per-IP quota no request exhausts (or, to reject, one that is
+/// spent), with `size` client addresses tracked.
+fn run_rate_limit(kind: &str, size: usize, iterations: u64) {
+    use portcullis::rate_limit::{Quota, RateLimitLayer};
+    let quota = match kind {
+        "rate_limit_reject" => Quota::new("per-ip", "1 per 1h".parse().unwrap()),
+        _ => Quota::new("per-ip", "1000000 per 1ms".parse().unwrap()).burst(u32::MAX),
+    };
+    let layer = RateLimitLayer::builder()
+        .quota(quota)
+        .sweep_every(None)
+        .build()
+        .unwrap();
+    let mut floor = noop_service();
+    let mut service = layer.layer(noop_service());
+    for i in 0..size.max(1) {
+        let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i as u32);
+        drive(&mut service, request(&format!("{ip}:4000")));
+    }
+    for _ in 0..iterations {
+        let mut req = request("10.0.0.0:4000");
+        if kind == "rate_limit_allow_resolved" {
+            req.extensions_mut()
+                .insert(ClientIp::new("10.0.0.0".parse().unwrap()));
+        }
+        if kind == "rate_limit_floor" {
+            black_box(drive(&mut floor, req));
+        } else {
+            black_box(drive(&mut service, req));
+        }
+    }
+}
 
 /// Audit scenarios: the request of `benches/audit.rs`, no subscriber installed.
 fn run_audit(kind: &str, iterations: u64) {
@@ -140,6 +178,9 @@ fn run(scenario: &str, iterations: u64) {
     }
     if kind.starts_with("api_key") {
         return run_api_key(kind, size, iterations);
+    }
+    if kind.starts_with("rate_limit") {
+        return run_rate_limit(kind, size, iterations);
     }
     let deny = networks(size.max(1));
     let layer = IpAllowlistLayer::new(IpRules::new().deny(deny)).client_ip(

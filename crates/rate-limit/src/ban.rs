@@ -7,6 +7,7 @@ use portcullis_core::Clock;
 
 use crate::quota::Ban;
 use crate::slots::{Slot, Slots};
+use crate::ticker::Ticker;
 
 /// A ban in force, as [`RateLimitHandle::bans`](crate::RateLimitHandle::bans) lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +32,8 @@ struct Strikes {
 pub(crate) struct BanList {
     rule: Ban,
     slots: Slots<Mutex<Strikes>>,
+    ticker: Ticker,
+    /// For the wall-clock end of a ban, in listings.
     clock: Clock,
 }
 
@@ -39,12 +42,13 @@ fn nanos(duration: Duration) -> u64 {
 }
 
 impl BanList {
-    pub(crate) fn new(rule: Ban, cap: usize, clock: Clock) -> Self {
+    pub(crate) fn new(rule: Ban, cap: usize, clock: Clock, ticker: Ticker) -> Self {
         Self {
             rule,
             // Past the cap, new keys collect no strikes: a flood of addresses must not
             // grow the ban list, and each of them is still held to the quota.
             slots: Slots::new(cap, false, Mutex::new(Strikes::default())),
+            ticker,
             clock,
         }
     }
@@ -54,7 +58,7 @@ impl BanList {
     }
 
     fn now(&self) -> u64 {
-        nanos(self.clock.monotonic())
+        self.ticker.nanos()
     }
 
     /// The time left on `key`'s ban, if it is banned.
@@ -155,7 +159,8 @@ mod tests {
         let bans = BanList::new(
             Ban::after(2, Duration::from_secs(60), Duration::from_secs(600)),
             100,
-            clock,
+            clock.clone(),
+            Ticker::new(&clock),
         );
         assert_eq!(bans.strike(1, || "k1".into()), None);
         assert_eq!(bans.strike(1, || "k1".into()), None);
@@ -192,7 +197,8 @@ mod tests {
         let bans = BanList::new(
             Ban::after(1, Duration::from_secs(10), Duration::from_secs(60)),
             100,
-            clock,
+            clock.clone(),
+            Ticker::new(&clock),
         );
         assert_eq!(bans.strike(7, String::new), None);
         control.advance(Duration::from_secs(10));
@@ -206,7 +212,8 @@ mod tests {
         let bans = BanList::new(
             Ban::after(0, Duration::from_secs(10), Duration::from_secs(60)),
             100,
-            clock,
+            clock.clone(),
+            Ticker::new(&clock),
         );
         assert!(bans.strike(7, || "ip=192.0.2.1/32".into()).is_some());
         assert!(!bans.lift("ip=192.0.2.2/32"));

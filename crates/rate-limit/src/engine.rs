@@ -1,6 +1,5 @@
 //! The compiled quotas and the in-process decision for one request.
 
-use std::hash::RandomState;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -12,6 +11,7 @@ use crate::headers::Report;
 use crate::key::{self, KeySource, MissingPart};
 use crate::limiter::{Limiter, Measure};
 use crate::quota::{Charge, MissingKey, Quota};
+use crate::ticker::Ticker;
 
 pub(crate) struct CompiledQuota {
     pub(crate) quota: Quota,
@@ -21,7 +21,7 @@ pub(crate) struct CompiledQuota {
 }
 
 impl CompiledQuota {
-    fn new(quota: Quota, clock: &Clock) -> Self {
+    fn new(quota: Quota, clock: &Clock, ticker: &Ticker) -> Self {
         let limiter = |rate, burst| {
             Limiter::new(
                 rate,
@@ -29,7 +29,7 @@ impl CompiledQuota {
                 quota.semantics,
                 quota.max_tracked_keys,
                 quota.overflow,
-                clock,
+                ticker,
             )
         };
         let mut limiters = vec![limiter(quota.rate, quota.burst)];
@@ -41,7 +41,7 @@ impl CompiledQuota {
         );
         let bans = quota
             .ban
-            .map(|rule| BanList::new(rule, quota.max_tracked_keys, clock.clone()));
+            .map(|rule| BanList::new(rule, quota.max_tracked_keys, clock.clone(), ticker.clone()));
         Self {
             quota,
             limiters,
@@ -49,9 +49,14 @@ impl CompiledQuota {
         }
     }
 
-    /// Which limiter a request with `tier` is held to.
-    pub(crate) fn tier_index(&self, tier: Option<&str>) -> usize {
-        tier.and_then(|tier| self.quota.tiers.iter().position(|(name, ..)| name == tier))
+    /// Which limiter the request is held to: its first principal's tier's, or the base.
+    pub(crate) fn tier_index(&self, source: &KeySource<'_>) -> usize {
+        if self.quota.tiers.is_empty() {
+            return 0;
+        }
+        source
+            .tier()
+            .and_then(|tier| self.quota.tiers.iter().position(|(name, ..)| name == tier))
             .map_or(0, |i| i + 1)
     }
 
@@ -132,9 +137,14 @@ pub(crate) struct Applied {
 
 pub(crate) struct Engine {
     pub(crate) quotas: Vec<CompiledQuota>,
-    pub(crate) seed: RandomState,
+    /// Seeded per process: nobody outside can make two keys collide on purpose.
+    pub(crate) seed: foldhash::quality::RandomState,
+    /// Whether any quota reads the request's principals (a principal part or tiers).
+    pub(crate) reads_principals: bool,
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) clock: Clock,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) ticker: Ticker,
     /// Dropping the engine drops the sender, which stops the sweeper at once.
     _sweeper: Option<mpsc::Sender<()>>,
 }
@@ -145,15 +155,21 @@ impl Engine {
         clock: Clock,
         sweep_every: Option<Duration>,
     ) -> Arc<Self> {
+        let reads_principals = quotas.iter().any(|quota| {
+            !quota.tiers.is_empty() || quota.key.iter().any(|part| part.needs_principal())
+        });
+        let ticker = Ticker::new(&clock);
         let compiled = quotas
             .into_iter()
-            .map(|quota| CompiledQuota::new(quota, &clock))
+            .map(|quota| CompiledQuota::new(quota, &clock, &ticker))
             .collect();
         let (sender, receiver) = mpsc::channel::<()>();
         let engine = Arc::new(Self {
             quotas: compiled,
-            seed: RandomState::new(),
+            seed: foldhash::quality::RandomState::default(),
+            reads_principals,
             clock,
+            ticker,
             _sweeper: sweep_every.map(|_| sender),
         });
         if let Some(every) = sweep_every {
@@ -180,7 +196,7 @@ impl Engine {
         match key::hash(&quota.key, quota.ipv6_prefix, source, &self.seed) {
             Ok(key) => Ok(Some(Applied {
                 quota: index,
-                tier: compiled.tier_index(source.tier()),
+                tier: compiled.tier_index(source),
                 key,
             })),
             Err(MissingPart { .. }) if quota.missing == MissingKey::Skip => Ok(None),

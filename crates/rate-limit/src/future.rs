@@ -43,7 +43,9 @@ pin_project! {
     enum State<F, ResBody, S, ReqBody> {
         Deciding {
             verdict: PendingVerdict,
-            waiting: Option<Waiting<S, ReqBody>>,
+            // Boxed: the request is large, and every request's future would carry its
+            // size otherwise, Redis or not.
+            waiting: Option<Box<Waiting<S, ReqBody>>>,
         },
         Calling {
             #[pin]
@@ -95,12 +97,12 @@ impl<F, ResBody, S, ReqBody> ResponseFuture<F, ResBody, S, ReqBody> {
         Self {
             state: State::Deciding {
                 verdict,
-                waiting: Some(Waiting {
+                waiting: Some(Box::new(Waiting {
                     inner,
                     request,
                     client,
                     shared,
-                }),
+                })),
             },
         }
     }
@@ -156,15 +158,15 @@ where
                 }
                 StateProj::Deciding { verdict, waiting } => {
                     let verdict = ready!(verdict.as_mut().poll(cx));
-                    let Some(Waiting {
+                    let Some(waiting) = waiting.take() else {
+                        return Poll::Ready(Ok(polled_after_completion()));
+                    };
+                    let Waiting {
                         mut inner,
                         request,
                         client,
                         shared,
-                    }) = waiting.take()
-                    else {
-                        return Poll::Ready(Ok(polled_after_completion()));
-                    };
+                    } = *waiting;
                     let verdict = if verdict.redis_failed {
                         without_redis(&shared, &request, client)
                     } else {

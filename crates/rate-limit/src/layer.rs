@@ -137,7 +137,26 @@ impl Shared {
         client: Option<IpAddr>,
     ) -> Verdict {
         self.engine
-            .decide(&source(request, client), self.headers_on_allowed)
+            .decide(&self.source(request, client), self.headers_on_allowed)
+    }
+
+    /// What the quotas' keys are read from. The principals are looked up only if a
+    /// quota reads them.
+    fn source<'a, B>(&self, request: &'a Request<B>, client: Option<IpAddr>) -> KeySource<'a> {
+        let auth = match self.engine.reads_principals {
+            true => request.extensions().get::<Authentication>(),
+            false => None,
+        };
+        KeySource {
+            head: crate::quota::RequestHead {
+                method: request.method(),
+                uri: request.uri(),
+                headers: request.headers(),
+                extensions: request.extensions(),
+            },
+            client,
+            auth: auth.unwrap_or(Authentication::empty()),
+        }
     }
 
     /// The decision after Redis failed to answer, by the failure policy.
@@ -407,7 +426,7 @@ where
         };
         #[cfg(feature = "redis")]
         if let Some(redis) = &shared.redis {
-            match redis.decide(&source(&request, client), shared.headers_on_allowed) {
+            match redis.decide(&shared.source(&request, client), shared.headers_on_allowed) {
                 crate::redis::Route::Redis(pending) => {
                     // The clone goes back in place; the instance that was polled ready
                     // serves this request once Redis has answered.
@@ -433,22 +452,6 @@ where
         }
         let verdict = shared.decide_locally(&request, client);
         after_verdict(&self.shared, &mut self.inner, request, verdict)
-    }
-}
-
-fn source<B>(request: &Request<B>, client: Option<IpAddr>) -> KeySource<'_> {
-    KeySource {
-        head: crate::quota::RequestHead {
-            method: request.method(),
-            uri: request.uri(),
-            headers: request.headers(),
-            extensions: request.extensions(),
-        },
-        client,
-        auth: request
-            .extensions()
-            .get::<Authentication>()
-            .unwrap_or(Authentication::empty()),
     }
 }
 

@@ -92,6 +92,7 @@ mod rate;
 #[cfg(feature = "redis")]
 mod redis;
 mod slots;
+mod ticker;
 
 #[cfg(test)]
 mod tests;

@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::ticker::Ticker;
 use governor::middleware::StateInformationMiddleware;
 use governor::nanos::Nanos;
 use governor::state::StateStore;
 use governor::RateLimiter;
-use portcullis_core::Clock;
 
 use crate::quota::{Overflow, Semantics};
 use crate::rate::Rate;
@@ -61,7 +61,7 @@ impl Limiter {
         semantics: Semantics,
         cap: usize,
         overflow: Overflow,
-        clock: &Clock,
+        clock: &Ticker,
     ) -> Self {
         let share = overflow == Overflow::SharedBucket;
         match semantics {
@@ -129,15 +129,15 @@ fn nanos(duration: Duration) -> u64 {
 /// additions (about 146 years).
 const LATEST: u64 = u64::MAX / 4;
 
-/// Our [`Clock`] as governor's clock: monotonic nanoseconds.
+/// Our [`Ticker`] as governor's clock: monotonic nanoseconds.
 #[derive(Clone)]
-struct MonotonicClock(Clock);
+struct MonotonicClock(Ticker);
 
 impl governor::clock::Clock for MonotonicClock {
     type Instant = Nanos;
 
     fn now(&self) -> Nanos {
-        Nanos::new(nanos(self.0.monotonic()).min(LATEST))
+        Nanos::new(self.0.nanos().min(LATEST))
     }
 }
 
@@ -203,7 +203,7 @@ struct Smooth {
 }
 
 impl Smooth {
-    fn new(rate: Rate, burst: u32, cap: usize, share: bool, clock: &Clock) -> Self {
+    fn new(rate: Rate, burst: u32, cap: usize, share: bool, clock: &Ticker) -> Self {
         let slots = Arc::new(Slots::new(cap, share, AtomicU64::new(ABSENT)));
         let interval = rate.emission_interval();
         let quota = governor::Quota::with_period(interval)
@@ -285,12 +285,12 @@ struct Strict {
     slots: Slots<Window>,
     count: u32,
     period: u64,
-    clock: Clock,
+    clock: Ticker,
 }
 
 impl Strict {
     fn now(&self) -> u64 {
-        nanos(self.clock.monotonic())
+        self.clock.nanos()
     }
 
     fn check(&self, key: u64, charge: bool) -> Measure {
@@ -352,6 +352,7 @@ impl Strict {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portcullis_core::Clock;
     use std::time::UNIX_EPOCH;
 
     fn limiter(
@@ -366,7 +367,7 @@ mod tests {
             semantics,
             1000,
             Overflow::SharedBucket,
-            &clock,
+            &Ticker::new(&clock),
         );
         (limiter, control)
     }
@@ -483,7 +484,7 @@ mod tests {
                 semantics,
                 2,
                 Overflow::Refuse,
-                &clock,
+                &Ticker::new(&clock),
             );
             assert!(limiter.check(1, true).allowed);
             assert!(limiter.check(2, true).allowed);

@@ -178,7 +178,7 @@ struct Call {
 
 impl Attached {
     fn now_nanos(&self) -> u64 {
-        u64::try_from(self.0.engine.clock.monotonic().as_nanos()).unwrap_or(u64::MAX)
+        self.0.engine.ticker.nanos()
     }
 
     fn is_down(&self) -> bool {
