@@ -50,7 +50,58 @@ const SCENARIOS: &[&str] = &[
     "rate_limit_allow/10000",
     "rate_limit_allow_resolved/1",
     "rate_limit_reject/1",
+    "rate_limit_peer_floor/1",
+    "rate_limit_peer_portcullis/1",
+    "rate_limit_peer_tower_governor/1",
 ];
+
+type AxumNoop = fn(
+    http::Request<()>,
+) -> std::future::Ready<
+    Result<http::Response<axum::body::Body>, std::convert::Infallible>,
+>;
+
+/// The peer comparison: ours and `tower_governor` with the same quota, over the inner
+/// service `tower_governor` needs (its refusals are axum bodies).
+fn run_rate_limit_peer(kind: &str, iterations: u64) {
+    use portcullis::rate_limit::{Quota, RateLimitLayer};
+    fn noop(
+        _: http::Request<()>,
+    ) -> std::future::Ready<Result<http::Response<axum::body::Body>, std::convert::Infallible>>
+    {
+        std::future::ready(Ok(http::Response::new(axum::body::Body::empty())))
+    }
+    let inner = || tower::service_fn(noop as AxumNoop);
+    let mut floor = inner();
+    let mut ours = RateLimitLayer::builder()
+        .quota(Quota::new("per-ip", "1000000 per 1ms".parse().unwrap()).burst(u32::MAX))
+        .sweep_every(None)
+        .build()
+        .unwrap()
+        .layer(inner());
+    let config = tower_governor::governor::GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(u32::MAX)
+        .finish()
+        .unwrap();
+    let mut theirs = tower_governor::GovernorLayer::new(config).layer(inner());
+    let make = || {
+        let mut req = request("10.0.0.0:4000");
+        let addr: std::net::SocketAddr = "10.0.0.0:4000".parse().unwrap();
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(addr));
+        req
+    };
+    for _ in 0..iterations {
+        match kind {
+            "rate_limit_peer_floor" => black_box(drive(&mut floor, make())),
+            "rate_limit_peer_portcullis" => {
+                black_box(drive(&mut ours, make()).map(|_| ())).map(|_| axum::body::Body::empty())
+            }
+            _ => black_box(drive(&mut theirs, make())),
+        };
+    }
+}
 
 /// Rate-limit scenarios: a per-IP quota no request exhausts (or, to reject, one that is
 /// spent), with `size` client addresses tracked.
@@ -178,6 +229,9 @@ fn run(scenario: &str, iterations: u64) {
     }
     if kind.starts_with("api_key") {
         return run_api_key(kind, size, iterations);
+    }
+    if kind.starts_with("rate_limit_peer") {
+        return run_rate_limit_peer(kind, iterations);
     }
     if kind.starts_with("rate_limit") {
         return run_rate_limit(kind, size, iterations);

@@ -66,8 +66,8 @@ impl CompiledQuota {
             quota,
             limit: limiter.rate().count(),
             window: limiter.rate().period(),
-            remaining: measure.remaining,
-            reset: measure.reset,
+            remaining: measure.remaining(),
+            reset: measure.reset(),
         }
     }
 }
@@ -210,6 +210,7 @@ impl Engine {
     /// Decides a request in process: bans first, then every quota checked, then the
     /// quotas charged only if all of them allow it, so that a request refused by one
     /// quota costs nothing under the others.
+    #[inline]
     pub(crate) fn decide(&self, source: &KeySource<'_>, want_reports: bool) -> Verdict {
         if let [_] = self.quotas[..] {
             // The common case, without a list.

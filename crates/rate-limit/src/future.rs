@@ -47,17 +47,19 @@ pin_project! {
             // size otherwise, Redis or not.
             waiting: Option<Box<Waiting<S, ReqBody>>>,
         },
+        // Everything but the inner future is boxed: the allow path without headers
+        // carries none of it, and a small future is cheap to move.
         Calling {
             #[pin]
             future: F,
-            after: Option<After>,
+            after: Option<Box<After>>,
         },
         Charging {
             charge: PendingCharge,
-            response: Option<Response<RejectOrBody<ResBody>>>,
+            response: Option<Box<Response<RejectOrBody<ResBody>>>>,
         },
         Rejected {
-            response: Option<Response<RejectOrBody<ResBody>>>,
+            response: Option<Box<Response<RejectOrBody<ResBody>>>>,
         },
     }
 }
@@ -75,12 +77,12 @@ impl<F, ResBody, S, ReqBody> ResponseFuture<F, ResBody, S, ReqBody> {
     pub(crate) fn rejected(response: Response<RejectOrBody<ResBody>>) -> Self {
         Self {
             state: State::Rejected {
-                response: Some(response),
+                response: Some(Box::new(response)),
             },
         }
     }
 
-    pub(crate) fn calling(future: F, after: Option<After>) -> Self {
+    pub(crate) fn calling(future: F, after: Option<Box<After>>) -> Self {
         Self {
             state: State::Calling { future, after },
         }
@@ -121,7 +123,7 @@ where
             let next = match this.state.as_mut().project() {
                 StateProj::Rejected { response } => {
                     return match response.take() {
-                        Some(response) => Poll::Ready(Ok(response)),
+                        Some(response) => Poll::Ready(Ok(*response)),
                         None => Poll::Ready(Ok(polled_after_completion())),
                     }
                 }
@@ -145,7 +147,7 @@ where
                         // next attempt already sees the charge.
                         Some(charge) => State::Charging {
                             charge,
-                            response: Some(response),
+                            response: Some(Box::new(response)),
                         },
                         None => return Poll::Ready(Ok(response)),
                     }
@@ -154,7 +156,7 @@ where
                     ready!(charge.as_mut().poll(cx));
                     return Poll::Ready(Ok(response
                         .take()
-                        .unwrap_or_else(polled_after_completion)));
+                        .map_or_else(polled_after_completion, |response| *response)));
                 }
                 StateProj::Deciding { verdict, waiting } => {
                     let verdict = ready!(verdict.as_mut().poll(cx));

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use portcullis_core::{
-    AuditNote, AuditRecord, Authentication, ClientIpResolver, Clock, Decision, Rejection,
-    RenderRejection, Renderer,
+    AuditNote, AuditRecord, Authentication, ClientIp, ClientIpError, ClientIpResolver, Clock,
+    Decision, Rejection, RenderRejection, Renderer,
 };
 use tower_layer::Layer;
 use tower_service::Service;
@@ -138,6 +138,22 @@ impl Shared {
     ) -> Verdict {
         self.engine
             .decide(&self.source(request, client), self.headers_on_allowed)
+    }
+
+    /// The client address: the one an outer layer resolved, or resolved here. Behind
+    /// trusted proxies the result is stored for the layers that follow (parsing the
+    /// forwarding header again would cost more); without them it is only the socket
+    /// peer, cheaper to read again than to store.
+    fn client_ip<B>(&self, request: &mut Request<B>) -> Result<ClientIp, ClientIpError> {
+        if let Some(client) = request.extensions().get::<ClientIp>() {
+            return Ok(*client);
+        }
+        if self.resolver.trusted_proxies().is_empty() {
+            return self
+                .resolver
+                .resolve(request.extensions(), request.headers());
+        }
+        self.resolver.resolve_request(request)
     }
 
     /// What the quotas' keys are read from. The principals are looked up only if a
@@ -411,7 +427,7 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let shared = &*self.shared;
         let client = if shared.needs_client_ip {
-            match shared.resolver.resolve_request(&mut request) {
+            match shared.client_ip(&mut request) {
                 Ok(client) => Some(client.ip()),
                 Err(error) => {
                     return ResponseFuture::rejected(shared.refuse(
@@ -456,6 +472,7 @@ where
 }
 
 /// Refuses, or calls the inner service and arranges what happens to its response.
+#[inline]
 pub(crate) fn after_verdict<S, ReqBody, ResBody>(
     shared: &Arc<Shared>,
     inner: &mut S,
@@ -471,10 +488,12 @@ where
     AuditRecord::note(request.extensions(), || {
         AuditNote::new(LAYER_NAME, Decision::Allow)
     });
-    let after = (!verdict.reports.is_empty() || !verdict.deferred.is_empty()).then(|| After {
-        shared: shared.clone(),
-        reports: verdict.reports,
-        deferred: verdict.deferred,
+    let after = (!verdict.reports.is_empty() || !verdict.deferred.is_empty()).then(|| {
+        Box::new(After {
+            shared: shared.clone(),
+            reports: verdict.reports,
+            deferred: verdict.deferred,
+        })
     });
     ResponseFuture::calling(inner.call(request), after)
 }

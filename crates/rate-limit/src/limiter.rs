@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::ticker::Ticker;
-use governor::middleware::StateInformationMiddleware;
+use governor::middleware::{StateInformationMiddleware, StateSnapshot};
 use governor::nanos::Nanos;
 use governor::state::StateStore;
 use governor::RateLimiter;
@@ -18,27 +18,72 @@ use crate::rate::Rate;
 use crate::slots::{Slot, Slots};
 
 /// A quota's answer for one key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Measure {
     pub(crate) allowed: bool,
-    /// Requests left right now.
-    pub(crate) remaining: u32,
-    /// Until the whole quota is available again.
-    pub(crate) reset: Duration,
     /// For a refusal: until the next request would be allowed.
     pub(crate) retry_after: Duration,
     /// Refused because the key map is full ([`Overflow::Refuse`]).
     pub(crate) at_capacity: bool,
+    /// What remains, worked out only if the headers need it: governor's answer costs a
+    /// division that an allowed request without headers need not pay.
+    state: State,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum State {
+    Known {
+        remaining: u32,
+        reset: Duration,
+    },
+    Smooth {
+        snapshot: StateSnapshot,
+        charged: bool,
+        interval: u64,
+        burst: u32,
+    },
 }
 
 impl Measure {
     fn at_capacity(retry_after: Duration) -> Self {
         Self {
             allowed: false,
-            remaining: 0,
-            reset: retry_after,
             retry_after,
             at_capacity: true,
+            state: State::Known {
+                remaining: 0,
+                reset: retry_after,
+            },
+        }
+    }
+
+    /// Requests left right now.
+    pub(crate) fn remaining(&self) -> u32 {
+        match &self.state {
+            State::Known { remaining, .. } => *remaining,
+            // governor counts this request as taken; a check without charge has not
+            // taken it.
+            State::Smooth {
+                snapshot,
+                charged: true,
+                ..
+            } => snapshot.remaining_burst_capacity(),
+            State::Smooth {
+                snapshot, burst, ..
+            } => (snapshot.remaining_burst_capacity() + 1).min(*burst),
+        }
+    }
+
+    /// Until the whole quota is available again.
+    pub(crate) fn reset(&self) -> Duration {
+        match &self.state {
+            State::Known { reset, .. } => *reset,
+            // An upper bound, within one interval: never too early.
+            State::Smooth {
+                interval, burst, ..
+            } => Duration::from_nanos(
+                interval.saturating_mul(u64::from(burst.saturating_sub(self.remaining()))),
+            ),
         }
     }
 }
@@ -230,25 +275,17 @@ impl Smooth {
             }
         }
         match self.limiter.check_key(&SlotKey { hash: key, charge }) {
-            Ok(snapshot) => {
-                // governor counts this request as taken; a check without charge has
-                // not taken it.
-                let remaining = match charge {
-                    true => snapshot.remaining_burst_capacity(),
-                    false => (snapshot.remaining_burst_capacity() + 1).min(self.burst),
-                };
-                Measure {
-                    allowed: true,
-                    remaining,
-                    // An upper bound, within one interval: never too early.
-                    reset: Duration::from_nanos(
-                        self.interval
-                            .saturating_mul(u64::from(self.burst.saturating_sub(remaining))),
-                    ),
-                    retry_after: Duration::ZERO,
-                    at_capacity: false,
-                }
-            }
+            Ok(snapshot) => Measure {
+                allowed: true,
+                retry_after: Duration::ZERO,
+                at_capacity: false,
+                state: State::Smooth {
+                    snapshot,
+                    charged: charge,
+                    interval: self.interval,
+                    burst: self.burst,
+                },
+            },
             Err(not_until) => {
                 let now = governor::clock::Clock::now(&self.clock);
                 let retry_after = not_until.wait_time_from(now);
@@ -257,10 +294,12 @@ impl Smooth {
                     .saturating_mul(u64::from(self.burst.saturating_sub(1)));
                 Measure {
                     allowed: false,
-                    remaining: 0,
-                    reset: retry_after + Duration::from_nanos(tolerance),
                     retry_after,
                     at_capacity: false,
+                    state: State::Known {
+                        remaining: 0,
+                        reset: retry_after + Duration::from_nanos(tolerance),
+                    },
                 }
             }
         }
@@ -327,14 +366,16 @@ impl Strict {
         let used = u32::try_from(stamps.len()).unwrap_or(u32::MAX);
         Measure {
             allowed,
-            remaining: self.count.saturating_sub(used),
-            reset: until(stamps.back()),
             retry_after: if allowed {
                 Duration::ZERO
             } else {
                 until(stamps.front())
             },
             at_capacity: false,
+            state: State::Known {
+                remaining: self.count.saturating_sub(used),
+                reset: until(stamps.back()),
+            },
         }
     }
 
@@ -389,7 +430,7 @@ mod tests {
         assert!(limiter.check(1, true).allowed);
         assert!(!limiter.check(1, true).allowed);
         // Another key is untouched.
-        assert_eq!(limiter.check(2, true).remaining, 24);
+        assert_eq!(limiter.check(2, true).remaining(), 24);
     }
 
     #[test]
@@ -412,7 +453,7 @@ mod tests {
         let refused = limiter.check(1, true);
         assert!(!refused.allowed);
         assert_eq!(refused.retry_after, Duration::from_secs(300));
-        assert_eq!(refused.remaining, 0);
+        assert_eq!(refused.remaining(), 0);
         clock.advance(Duration::from_millis(299_999));
         assert!(!limiter.check(1, true).allowed);
         clock.advance(Duration::from_millis(1));
@@ -442,7 +483,7 @@ mod tests {
             for _ in 0..10 {
                 let peek = limiter.check(1, false);
                 assert!(peek.allowed);
-                assert_eq!(peek.remaining, 2, "{semantics:?}");
+                assert_eq!(peek.remaining(), 2, "{semantics:?}");
             }
             assert_eq!(limiter.tracked(), 0);
             assert_eq!(admitted(&limiter, 1, 3), 2);
@@ -499,8 +540,8 @@ mod tests {
     fn headers_numbers_for_smooth_allowed_requests() {
         let (limiter, _clock) = limiter("10/s", Semantics::Smooth, Some(5));
         let first = limiter.check(1, true);
-        assert_eq!(first.remaining, 4);
-        assert_eq!(first.reset, Duration::from_millis(100));
+        assert_eq!(first.remaining(), 4);
+        assert_eq!(first.reset(), Duration::from_millis(100));
         assert_eq!(limiter.burst(), 5);
     }
 }
