@@ -7,7 +7,7 @@ use portcullis_core::Clock;
 
 use crate::quota::Ban;
 use crate::slots::{Slot, Slots};
-use crate::ticker::Ticker;
+use crate::ticker::{nanos, Ticker};
 
 /// A ban in force, as [`RateLimitHandle::bans`](crate::RateLimitHandle::bans) lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,10 +35,6 @@ pub(crate) struct BanList {
     ticker: Ticker,
     /// For the wall-clock end of a ban, in listings.
     clock: Clock,
-}
-
-fn nanos(duration: Duration) -> u64 {
-    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl BanList {

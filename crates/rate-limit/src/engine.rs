@@ -61,13 +61,24 @@ impl CompiledQuota {
     }
 
     fn report(&self, tier: usize, measure: &Measure, quota: usize) -> Report {
-        let limiter = &self.limiters[tier];
+        self.report_of(tier, quota, measure.remaining(), measure.reset())
+    }
+
+    /// The headers' line for quota number `quota` under `tier`'s rate.
+    pub(crate) fn report_of(
+        &self,
+        tier: usize,
+        quota: usize,
+        remaining: u32,
+        reset: Duration,
+    ) -> Report {
+        let rate = self.limiters[tier].rate();
         Report {
             quota,
-            limit: limiter.rate().count(),
-            window: limiter.rate().period(),
-            remaining: measure.remaining(),
-            reset: measure.reset(),
+            limit: rate.count(),
+            window: rate.period(),
+            remaining,
+            reset,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::ticker::Ticker;
+use crate::ticker::{nanos, Ticker};
 use governor::middleware::{StateInformationMiddleware, StateSnapshot};
 use governor::nanos::Nanos;
 use governor::state::StateStore;
@@ -164,10 +164,6 @@ impl Limiter {
             Kind::Strict(strict) => strict.count,
         }
     }
-}
-
-fn nanos(duration: Duration) -> u64 {
-    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// A monotonic time far beyond any real uptime but far from overflowing governor's

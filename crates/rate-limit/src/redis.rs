@@ -186,9 +186,9 @@ impl Attached {
     }
 
     fn mark_down(&self, error: &dyn fmt::Display) {
-        let until = self.now_nanos().saturating_add(
-            u64::try_from(self.0.backend.retry_after.as_nanos()).unwrap_or(u64::MAX),
-        );
+        let until = self
+            .now_nanos()
+            .saturating_add(crate::ticker::nanos(self.0.backend.retry_after));
         let previous = self.0.down_until.swap(until, Ordering::Relaxed);
         if previous <= self.now_nanos() {
             tracing::warn!(
@@ -321,15 +321,13 @@ impl Attached {
         let mut verdict = Verdict::default();
         for (call, answer) in calls.iter().zip(answers.chunks_exact(4)) {
             let compiled = &engine.quotas[call.applied.quota];
-            let limiter = &compiled.limiters[call.applied.tier];
             let duration = |us: i64| Duration::from_micros(u64::try_from(us).unwrap_or(0));
-            let report = crate::headers::Report {
-                quota: call.applied.quota,
-                limit: limiter.rate().count(),
-                window: limiter.rate().period(),
-                remaining: u32::try_from(answer[1]).unwrap_or(0),
-                reset: duration(answer[3]),
-            };
+            let report = compiled.report_of(
+                call.applied.tier,
+                call.applied.quota,
+                u32::try_from(answer[1]).unwrap_or(0),
+                duration(answer[3]),
+            );
             let quota = call.applied.quota;
             let refusal = match answer[0] {
                 1 => None,

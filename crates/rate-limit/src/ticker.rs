@@ -1,6 +1,7 @@
 //! Monotonic nanoseconds for quotas, bans and sweeps.
 
 use std::fmt;
+use std::time::Duration;
 
 use portcullis_core::Clock;
 
@@ -29,9 +30,14 @@ impl Ticker {
     pub(crate) fn nanos(&self) -> u64 {
         match self {
             Self::System { clock, origin } => clock.delta_as_nanos(*origin, clock.raw()),
-            Self::Manual(clock) => u64::try_from(clock.monotonic().as_nanos()).unwrap_or(u64::MAX),
+            Self::Manual(clock) => nanos(clock.monotonic()),
         }
     }
+}
+
+/// A duration in whole nanoseconds, saturating (beyond 584 years).
+pub(crate) fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl fmt::Debug for Ticker {
