@@ -14,6 +14,8 @@
 //!   that may refuse before calling the inner service.
 //! - [`NetworkSet`]: IP networks compiled for `O(log n)` lookups.
 //! - [`Clock`]: the time layers check expiry against, controllable in tests.
+//! - [`ClientCertThumbprint`]: the verified client certificate's SHA-256, for
+//!   certificate-bound tokens.
 //!
 //! # Features
 //!
@@ -25,6 +27,7 @@
 
 mod audit;
 mod body;
+mod certificate;
 mod client_ip;
 mod clock;
 mod forwarded;
@@ -35,6 +38,7 @@ mod rejection;
 
 pub use audit::{AuditNote, AuditRecord, Decision};
 pub use body::RejectOrBody;
+pub use certificate::ClientCertThumbprint;
 pub use client_ip::{
     socket_peer, ClientIp, ClientIpError, ClientIpResolver, ForwardedHeader, PeerAddr,
 };

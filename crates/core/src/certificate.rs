@@ -1,0 +1,90 @@
+//! The client certificate a connection was authenticated with, as later layers see it.
+
+use std::fmt;
+
+/// The SHA-256 thumbprint of the client certificate the connection presented: the
+/// `x5t#S256` of RFC 8705, computed over the certificate's DER bytes.
+///
+/// The mTLS identity layer (or a host's own TLS acceptor) puts it in the request's
+/// extensions once the certificate is verified; the JWT layer compares it with a
+/// certificate-bound token's `cnf` claim. It lives in core so that neither layer depends
+/// on the other.
+///
+/// ```
+/// use portcullis_core::ClientCertThumbprint;
+///
+/// let mut request = http::Request::new(());
+/// request.extensions_mut().insert(ClientCertThumbprint::from_bytes([0xab; 32]));
+/// let thumbprint = request.extensions().get::<ClientCertThumbprint>().unwrap();
+/// assert!(thumbprint.to_string().starts_with("sha256:abab"));
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientCertThumbprint([u8; 32]);
+
+impl ClientCertThumbprint {
+    /// A thumbprint from the 32 bytes of a SHA-256 digest of the certificate's DER.
+    pub const fn from_bytes(digest: [u8; 32]) -> Self {
+        Self(digest)
+    }
+
+    /// The digest's bytes.
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Whether `digest` is this thumbprint, compared without an early exit so the time
+    /// taken says nothing about where two thumbprints differ.
+    pub fn matches(&self, digest: &[u8]) -> bool {
+        if digest.len() != self.0.len() {
+            return false;
+        }
+        let difference = self
+            .0
+            .iter()
+            .zip(digest)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        difference == 0
+    }
+}
+
+/// `sha256:` and the digest in lower-case hex, the form audit records and principals use.
+impl fmt::Display for ClientCertThumbprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("sha256:")?;
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ClientCertThumbprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClientCertThumbprint({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_only_the_same_digest() {
+        let thumbprint = ClientCertThumbprint::from_bytes([7; 32]);
+        assert!(thumbprint.matches(&[7; 32]));
+        let mut other = [7; 32];
+        other[31] = 8;
+        assert!(!thumbprint.matches(&other));
+        assert!(!thumbprint.matches(&[7; 31]));
+        assert!(!thumbprint.matches(&[]));
+    }
+
+    #[test]
+    fn displays_as_hex() {
+        let mut digest = [0; 32];
+        digest[0] = 0x0f;
+        let text = ClientCertThumbprint::from_bytes(digest).to_string();
+        assert_eq!(text.len(), "sha256:".len() + 64);
+        assert!(text.starts_with("sha256:0f00"));
+    }
+}

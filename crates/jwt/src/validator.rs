@@ -1,0 +1,397 @@
+//! From a token string to a verified principal: size cap, parse, issuer, key, signature,
+//! claims; and the cache of tokens already verified.
+
+use std::any::Any;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use dashmap::DashMap;
+use jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER as AWS_LC;
+use portcullis_core::{AuthMethod, Principal};
+use sha2::{Digest, Sha256};
+
+use crate::claims::{ClaimsInner, JwtClaims, TypedClaims};
+use crate::issuer::{normalize_typ, CompiledIssuer};
+use crate::keyset::Selection;
+use crate::refusal::JwtRefusal;
+use crate::token::{self, Malformed};
+
+/// A token that passed every check that depends only on the token and the keys.
+pub(crate) struct Verified {
+    pub(crate) issuer: usize,
+    pub(crate) principal: Principal,
+    pub(crate) claims: JwtClaims,
+    /// `(exp + leeway)` in milliseconds: the token is refused from this instant on.
+    pub(crate) valid_until_ms: u64,
+    pub(crate) binding: Option<[u8; 32]>,
+    pub(crate) typed: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+pub(crate) enum Outcome {
+    Valid(Arc<Verified>),
+    Refused(JwtRefusal),
+    /// The issuer's keys are being (or may be) refreshed: wait, then validate again.
+    #[cfg_attr(not(feature = "remote"), allow(dead_code))]
+    NeedKeys {
+        wait: tokio::sync::watch::Receiver<u64>,
+        timeout: Duration,
+    },
+}
+
+impl From<JwtRefusal> for Outcome {
+    fn from(refusal: JwtRefusal) -> Self {
+        Outcome::Refused(refusal)
+    }
+}
+
+impl From<Malformed> for Outcome {
+    fn from(malformed: Malformed) -> Self {
+        Outcome::Refused(JwtRefusal::Malformed(malformed))
+    }
+}
+
+pub(crate) struct Validator {
+    pub(crate) issuers: Vec<CompiledIssuer>,
+    pub(crate) max_token_size: usize,
+    pub(crate) cache: Option<TokenCache>,
+    pub(crate) typed: Option<TypedClaims>,
+    pub(crate) generation: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Validator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Validator")
+            .field("issuers", &self.issuers)
+            .field("max_token_size", &self.max_token_size)
+            .field("cache", &self.cache.as_ref().map(|c| c.capacity))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Validator {
+    /// Validates `token` at `now_ms` (milliseconds since the epoch). `may_refresh`: an
+    /// unknown `kid` may ask for a key refresh (false on the second pass after one).
+    pub(crate) fn validate(&self, token: &str, now_ms: u64, may_refresh: bool) -> Outcome {
+        // Checked before anything else touches the token.
+        if token.len() > self.max_token_size {
+            return Malformed::TooLarge.into();
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let digest = self.cache.as_ref().map(|_| digest(token));
+        if let (Some(cache), Some(digest)) = (&self.cache, &digest) {
+            if let Some(verified) = cache.get(digest, generation, now_ms) {
+                return Outcome::Valid(verified);
+            }
+        }
+        let outcome = self.verify(token, now_ms, may_refresh);
+        if let (Outcome::Valid(verified), Some(cache), Some(digest)) =
+            (&outcome, &self.cache, digest)
+        {
+            cache.insert(digest, generation, verified.clone(), now_ms);
+        }
+        outcome
+    }
+
+    fn verify(&self, token: &str, now_ms: u64, may_refresh: bool) -> Outcome {
+        let parts = match token::split(token) {
+            Ok(parts) => parts,
+            Err(malformed) => return malformed.into(),
+        };
+        let header_bytes = match token::decode_part(parts.header) {
+            Ok(bytes) => bytes,
+            Err(malformed) => return malformed.into(),
+        };
+        let header = match token::parse_header(&header_bytes) {
+            Ok(header) => header,
+            Err(malformed) => return malformed.into(),
+        };
+        if header.crit.is_some() {
+            return JwtRefusal::CriticalHeader.into();
+        }
+        let payload = match token::decode_part(parts.payload) {
+            Ok(bytes) => bytes,
+            Err(malformed) => return malformed.into(),
+        };
+        let claims = match token::parse_claims(&payload) {
+            Ok(claims) => claims,
+            Err(malformed) => return malformed.into(),
+        };
+        // The issuer is read before the signature is checked, only to choose whose keys
+        // check it; nothing else from the claims is trusted until then.
+        let Some((index, issuer)) = claims.iss.as_deref().and_then(|iss| {
+            self.issuers
+                .iter()
+                .enumerate()
+                .find(|(_, issuer)| &*issuer.name == iss)
+        }) else {
+            return JwtRefusal::InvalidIssuer.into();
+        };
+        if !issuer.token_types.is_empty() {
+            let typ = header.typ.as_deref().map(normalize_typ).unwrap_or("");
+            if !issuer
+                .token_types
+                .iter()
+                .any(|accepted| accepted.eq_ignore_ascii_case(typ))
+            {
+                return JwtRefusal::WrongType.into();
+            }
+        }
+        let signature = match token::decode_part(parts.signature) {
+            Ok(bytes) => bytes,
+            Err(malformed) => return malformed.into(),
+        };
+        let keys = issuer.ring.keys();
+        match keys.select(header.kid.as_deref(), &header.alg) {
+            Selection::Keys(candidates) => {
+                let verified = candidates.iter().any(|key| {
+                    match (AWS_LC.verifier_factory)(&key.algorithm(), key.decoding_key()) {
+                        Ok(verifier) => verifier
+                            .verify(parts.signing_input.as_bytes(), &signature)
+                            .is_ok(),
+                        Err(error) => {
+                            tracing::warn!(%error, kid = ?key.kid(), "jwt: a configured key cannot verify");
+                            false
+                        }
+                    }
+                });
+                if !verified {
+                    return JwtRefusal::InvalidSignature.into();
+                }
+            }
+            Selection::UnknownKid => return self.missing_key(issuer, may_refresh, true),
+            Selection::AlgorithmNotAccepted => {
+                // With no keys at all (a key server not answered yet) a refresh may help;
+                // otherwise the algorithm is simply not one the issuer uses.
+                if keys.is_empty() {
+                    return self.missing_key(issuer, may_refresh, false);
+                }
+                return JwtRefusal::AlgorithmNotAccepted.into();
+            }
+        }
+        drop(keys);
+        self.check_claims(index, issuer, claims, &payload, now_ms)
+    }
+
+    /// No key fits: ask for a refresh when the issuer's keys are fetched, else refuse.
+    /// `unknown_kid`: whether the answer without a refresh is "unknown key" (true) or
+    /// "algorithm not accepted" (false).
+    fn missing_key(
+        &self,
+        issuer: &CompiledIssuer,
+        may_refresh: bool,
+        unknown_kid: bool,
+    ) -> Outcome {
+        #[cfg(feature = "remote")]
+        if let Some(remote) = &issuer.ring.remote {
+            if may_refresh {
+                if let Some(wait) = remote.request_refresh() {
+                    return Outcome::NeedKeys {
+                        wait,
+                        timeout: remote.wait,
+                    };
+                }
+            }
+            if !remote.is_loaded() && issuer.ring.keys().is_empty() {
+                return JwtRefusal::KeysUnavailable.into();
+            }
+        }
+        let _ = (issuer, may_refresh);
+        if unknown_kid {
+            JwtRefusal::UnknownKey.into()
+        } else {
+            JwtRefusal::AlgorithmNotAccepted.into()
+        }
+    }
+
+    fn check_claims(
+        &self,
+        index: usize,
+        issuer: &CompiledIssuer,
+        claims: token::RawClaims,
+        payload: &[u8],
+        now_ms: u64,
+    ) -> Outcome {
+        let leeway = issuer.leeway_secs;
+        let Some(exp) = claims.exp else {
+            return JwtRefusal::MissingExpiry.into();
+        };
+        let valid_until_ms = seconds_to_ms(exp.saturating_add(leeway));
+        if now_ms >= valid_until_ms {
+            return JwtRefusal::Expired.into();
+        }
+        for not_before in [claims.nbf, claims.iat].into_iter().flatten() {
+            if now_ms < seconds_to_ms(not_before.saturating_sub(leeway)) {
+                return JwtRefusal::NotYetValid.into();
+            }
+        }
+        if !issuer.any_audience {
+            match &claims.aud {
+                Some(aud) if aud.contains_any(&issuer.audiences) => {}
+                _ => return JwtRefusal::InvalidAudience.into(),
+            }
+        }
+        let binding = match &claims.cnf {
+            None => None,
+            Some(cnf) => {
+                // A confirmation method this layer cannot check must not be ignored.
+                if !cnf.other.is_empty() {
+                    return JwtRefusal::InvalidClaims.into();
+                }
+                let Some(thumbprint) = &cnf.x5t_s256 else {
+                    return JwtRefusal::InvalidClaims.into();
+                };
+                match URL_SAFE_NO_PAD.decode(thumbprint) {
+                    Ok(bytes) => match <[u8; 32]>::try_from(bytes.as_slice()) {
+                        Ok(digest) => Some(digest),
+                        Err(_) => return JwtRefusal::InvalidClaims.into(),
+                    },
+                    Err(_) => return JwtRefusal::InvalidClaims.into(),
+                }
+            }
+        };
+        let Some(subject) = issuer
+            .subject
+            .iter()
+            .find_map(|path| match path.registered() {
+                // Registered claims are parsed out of `other`; two may name a subject.
+                Some("iss") => claims.iss.as_deref(),
+                Some("jti") => claims.jti.as_deref(),
+                _ => path.lookup(&claims.other).and_then(|v| v.as_str()),
+            })
+            .filter(|s| !s.is_empty())
+        else {
+            return JwtRefusal::InvalidClaims.into();
+        };
+        let typed = match &self.typed {
+            Some(typed) => match (typed.parse)(payload) {
+                Ok(parsed) => Some(parsed),
+                Err(error) => {
+                    tracing::debug!(%error, "jwt: the claims do not fit the host's claims type");
+                    return JwtRefusal::InvalidClaims.into();
+                }
+            },
+            None => None,
+        };
+        let mut principal = Principal::builder(subject, AuthMethod::Jwt);
+        if let Some(jti) = &claims.jti {
+            principal = principal.credential_id(jti.as_str());
+        }
+        for path in &issuer.roles {
+            principal = principal.roles(path.strings(&claims.other));
+        }
+        for path in &issuer.scopes {
+            principal = principal.scopes(path.strings(&claims.other));
+        }
+        for (path, attribute) in &issuer.attributes {
+            if let Some(value) = path.lookup(&claims.other).and_then(|v| v.as_str()) {
+                principal = principal.attribute(attribute.as_str(), value);
+            }
+        }
+        if let Some(tier) = issuer
+            .tier
+            .as_ref()
+            .and_then(|path| path.lookup(&claims.other))
+            .and_then(|v| v.as_str())
+        {
+            principal = principal.rate_limit_tier(tier);
+        }
+        let subject: Arc<str> = subject.into();
+        let claims = JwtClaims(Arc::new(ClaimsInner {
+            issuer: issuer.name.clone(),
+            subject,
+            expires_at: exp,
+            issued_at: claims.iat,
+            token_id: claims.jti.as_deref().map(Arc::from),
+            binding,
+            other: claims.other,
+        }));
+        Outcome::Valid(Arc::new(Verified {
+            issuer: index,
+            principal: principal.build(),
+            claims,
+            valid_until_ms,
+            binding,
+            typed,
+        }))
+    }
+}
+
+fn seconds_to_ms(seconds: i64) -> u64 {
+    u64::try_from(seconds).unwrap_or(0).saturating_mul(1000)
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Tokens already verified, keyed by the SHA-256 of the token: a token seen again skips
+/// parsing and the signature check. An entry is used only while the token is still
+/// within `exp` and the keys have not changed since it was verified. A cryptographic
+/// digest, not a fast hash, because a collision would let one token pass as another.
+pub(crate) struct TokenCache {
+    entries: DashMap<[u8; 32], CacheEntry, foldhash::fast::RandomState>,
+    capacity: usize,
+    last_purge_ms: AtomicU64,
+}
+
+struct CacheEntry {
+    generation: u64,
+    verified: Arc<Verified>,
+}
+
+impl TokenCache {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            entries: DashMap::with_hasher(foldhash::fast::RandomState::default()),
+            capacity,
+            last_purge_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn get(&self, digest: &[u8; 32], generation: u64, now_ms: u64) -> Option<Arc<Verified>> {
+        let entry = self.entries.get(digest)?;
+        if entry.generation != generation || now_ms >= entry.verified.valid_until_ms {
+            return None;
+        }
+        Some(entry.verified.clone())
+    }
+
+    fn insert(&self, digest: [u8; 32], generation: u64, verified: Arc<Verified>, now_ms: u64) {
+        if self.entries.len() >= self.capacity {
+            // Only valid tokens get here, so filling the cache takes tokens the issuer
+            // signed; purge expired ones at most once a second, and stop caching if the
+            // cache is still full.
+            let last = self.last_purge_ms.load(Ordering::Acquire);
+            if now_ms.saturating_sub(last) >= 1_000
+                && self
+                    .last_purge_ms
+                    .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                self.entries
+                    .retain(|_, entry| entry.verified.valid_until_ms > now_ms);
+            }
+            if self.entries.len() >= self.capacity {
+                return;
+            }
+        }
+        self.entries.insert(
+            digest,
+            CacheEntry {
+                generation,
+                verified,
+            },
+        );
+    }
+
+    pub(crate) fn clear(&self) {
+        self.entries.clear();
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
