@@ -9,6 +9,7 @@
 //! | `api-key` | [`portcullis-api-key`](api_key) | [`ApiKeyLayer`](api_key::ApiKeyLayer): checksummed API keys checked against hashed records, with expiry, rotation, revocation and per-key networks |
 //! | `audit` | [`portcullis-audit`](audit) | [`AuditLayer`](audit::AuditLayer): one audit event per request (who, what, from where, decision and why) to `tracing` and JSON-lines files with rotation and a hash chain |
 //! | `ip-allowlist` | [`portcullis-ip-allowlist`](ip_allowlist) | [`IpAllowlistLayer`](ip_allowlist::IpAllowlistLayer): allow and deny networks, client IP behind trusted proxies |
+//! | `jwt` | [`portcullis-jwt`](jwt) | [`JwtLayer`](jwt::JwtLayer): bearer JWTs checked against trusted issuers' keys (static, JWKS, OIDC discovery), certificate-bound tokens, an account check per request; [`TokenIssuer`](jwt::TokenIssuer) issues and extends tokens |
 //! | `rate-limit` | [`portcullis-rate-limit`](rate_limit) | [`RateLimitLayer`](rate_limit::RateLimitLayer): quotas per client IP, principal, credential, header or route (smooth or strict windows), bans, IETF RateLimit headers; `redis` shares them between instances |
 //! | `role-router` | [`portcullis-role-router`](role_router) | [`RoleRouterLayer`](role_router::RoleRouterLayer): method + path-pattern rules saying which credentials, roles and scopes a route needs |
 //!
@@ -52,6 +53,9 @@ pub use portcullis_audit as audit;
 
 #[cfg(feature = "ip-allowlist")]
 pub use portcullis_ip_allowlist as ip_allowlist;
+
+#[cfg(feature = "jwt")]
+pub use portcullis_jwt as jwt;
 
 #[cfg(feature = "rate-limit")]
 pub use portcullis_rate_limit as rate_limit;

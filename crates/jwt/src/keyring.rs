@@ -204,6 +204,9 @@ mod remote {
             let now = self.now_ms();
             let min = u64::try_from(self.min_interval.as_millis()).unwrap_or(u64::MAX);
             if last != 0 && now.saturating_sub(last - 1) < min {
+                // Too soon to fetch for this request, but the task fetches as soon as
+                // the interval ends, so a real rotation is learnt then.
+                self.wake.notify_one();
                 return None;
             }
             self.wake.notify_one();
