@@ -7,10 +7,13 @@
 //! portcullis key list --file KEYS
 //! portcullis key revoke --file KEYS ID
 //! portcullis audit verify FILE...
+//! portcullis token secret --out FILE
+//! portcullis token mint --issuer I --audience A --subject S (--secret-file F | --key-file PEM --alg ALG) [--role R]... [--scope S]... [--ttl 10h] [--kid K]
 //! ```
 
 mod audit;
 mod key;
+mod token;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,7 +27,7 @@ use portcullis_role_router::{normalize, read_policy, Policy};
 #[command(
     name = "portcullis",
     version,
-    about = "Portcullis: check and explain API security policies, make and revoke API keys, verify audit logs"
+    about = "Portcullis: check and explain API security policies, make and revoke API keys, mint development tokens, verify audit logs"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -42,6 +45,9 @@ enum Command {
     /// Audit logs.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Development JWTs and HMAC secrets.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 #[derive(Subcommand)]
@@ -93,6 +99,7 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Explain(args)) => explain(&args),
         Command::Key(command) => key::run(command),
         Command::Audit(command) => audit::run(command),
+        Command::Token(command) => token::run(command),
     };
     match result {
         Ok(code) => code,

@@ -306,8 +306,8 @@ impl SigningKey {
     }
 
     /// A new random key: 64 random bytes for `HS*`, a fresh key pair for `ES256`,
-    /// `ES384` and `EdDSA`. RSA keys are not generated here; load one with
-    /// [`SigningKey::rsa_pem`].
+    /// `ES384` and `EdDSA`, a 2048-bit RSA key for `RS*` and `PS*` (slow: most of a
+    /// second).
     pub fn generate(algorithm: Algorithm) -> Result<Self, KeyError> {
         use aws_lc_rs::signature::{
             EcdsaKeyPair, Ed25519KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING,
@@ -335,9 +335,21 @@ impl SigningKey {
                 let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(failed)?;
                 Self::ed(EncodingKey::from_ed_der(pkcs8.as_ref()))
             }
+            Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512 => {
+                use aws_lc_rs::encoding::AsDer;
+                let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+                    .map_err(failed)?;
+                let pkcs8 = pair.as_der().map_err(failed)?;
+                Self::rsa_pem(algorithm, pem("PRIVATE KEY", pkcs8.as_ref()).as_bytes())
+            }
             other => Err(KeyError::WrongAlgorithm {
                 algorithm: format!("{other:?}"),
-                key: "a generated key (load RSA keys from PEM)",
+                key: "a generated key",
             }),
         }
     }
@@ -436,6 +448,19 @@ impl fmt::Debug for SigningKey {
             .field("algorithm", &self.algorithm)
             .finish_non_exhaustive()
     }
+}
+
+/// DER in a PEM envelope, as `jsonwebtoken` reads keys.
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::engine::general_purpose::STANDARD;
+    let body = STANDARD.encode(der);
+    let mut text = format!("-----BEGIN {label}-----\n");
+    for line in body.as_bytes().chunks(64) {
+        text.push_str(std::str::from_utf8(line).unwrap_or_default());
+        text.push('\n');
+    }
+    text.push_str(&format!("-----END {label}-----\n"));
+    text
 }
 
 /// The name of an algorithm as tokens write it in `alg`.
@@ -552,7 +577,12 @@ mod tests {
             )
             .unwrap());
         }
-        assert!(SigningKey::generate(Algorithm::RS256).is_err());
+        let rsa = SigningKey::generate(Algorithm::PS256).unwrap();
+        let jwk = rsa.public_jwk();
+        assert_eq!(
+            VerifyingKey::from_jwk(&jwk).unwrap().algorithm(),
+            Algorithm::PS256
+        );
     }
 
     #[test]
@@ -564,6 +594,17 @@ mod tests {
             assert_eq!(back.kid(), Some("k1"));
             assert_eq!(back.algorithm(), algorithm);
         }
+    }
+
+    #[test]
+    fn weak_rsa_keys_are_refused() {
+        let n = URL_SAFE_NO_PAD.encode([0xff; 128]);
+        let jwk: Jwk =
+            serde_json::from_value(serde_json::json!({"kty": "RSA", "n": n, "e": "AQAB"})).unwrap();
+        assert_eq!(
+            VerifyingKey::from_jwk(&jwk).unwrap_err(),
+            KeyError::WeakRsaKey { bits: 1024 }
+        );
     }
 
     #[test]
