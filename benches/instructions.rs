@@ -53,6 +53,10 @@ const SCENARIOS: &[&str] = &[
     "rate_limit_peer_floor/1",
     "rate_limit_peer_portcullis/1",
     "rate_limit_peer_tower_governor/1",
+    "jwt_floor",
+    "jwt_allow_cached",
+    "jwt_allow_uncached",
+    "jwt_reject_malformed",
 ];
 
 type AxumNoop = fn(
@@ -199,6 +203,47 @@ fn run_api_key(kind: &str, size: usize, iterations: u64) {
     }
 }
 
+/// JWT scenarios: an HS256 token of `benches/jwt.rs`, cached or not.
+fn run_jwt(kind: &str, iterations: u64) {
+    use portcullis::core::{AuthMethod, Principal};
+    use portcullis::jwt::jsonwebtoken::Algorithm;
+    use portcullis::jwt::{JwtLayer, SigningKey, TokenIssuer};
+    let key = SigningKey::generate(Algorithm::HS256).unwrap().with_kid("k1");
+    let issuer = TokenIssuer::new(key, "https://auth.example", "key-service").unwrap();
+    let principal = Principal::builder("connector-7", AuthMethod::Certificate)
+        .roles(["operator", "auditor"])
+        .scopes(["keys:read", "keys:sign"])
+        .build();
+    let token = issuer.issue(&principal, None).unwrap().expose().to_owned();
+    let token = match kind {
+        "jwt_reject_malformed" => "not-a-token".to_owned(),
+        _ => token,
+    };
+    let layer = JwtLayer::builder()
+        .issuer(issuer.validating_issuer())
+        .token_cache(if kind == "jwt_allow_uncached" { 0 } else { 10_000 })
+        .build()
+        .unwrap();
+    let mut floor = noop_service();
+    let mut service = layer.layer(noop_service());
+    let make = || {
+        let mut req = request(ALLOWED_PEER);
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        req
+    };
+    // The first request fills the cache, outside the counted loop's steady state.
+    black_box(drive(&mut service, make()));
+    for _ in 0..iterations {
+        let req = make();
+        if kind == "jwt_floor" {
+            black_box(drive(&mut floor, req));
+        } else {
+            black_box(drive(&mut service, req));
+        }
+    }
+}
+
 /// Role-router scenarios: the policies of `benches/role_router.rs`.
 fn run_role_router(kind: &str, size: usize, iterations: u64) {
     let mut floor = noop_service();
@@ -228,6 +273,9 @@ fn run(scenario: &str, iterations: u64) {
     };
     if kind.starts_with("role_router") {
         return run_role_router(kind, size, iterations);
+    }
+    if kind.starts_with("jwt") {
+        return run_jwt(kind, iterations);
     }
     if kind.starts_with("audit") {
         return run_audit(kind, iterations);

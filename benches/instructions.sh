@@ -13,7 +13,8 @@ for scenario in floor allow/10 allow/100000 allow_resolved/100000 reject/100000 
     role_router_floor role_router_allow/10 role_router_allow/1000 role_router_deny/1000 \
     api_key_floor api_key_allow/1 api_key_allow/10000 api_key_reject_malformed/1 api_key_reject_unknown/1 \
     audit_floor audit_disabled audit_memory \
-    rate_limit_floor rate_limit_allow/1 rate_limit_allow/10000 rate_limit_allow_resolved/1 rate_limit_reject/1; do
+    rate_limit_floor rate_limit_allow/1 rate_limit_allow/10000 rate_limit_allow_resolved/1 rate_limit_reject/1 \
+    jwt_floor jwt_allow_cached jwt_allow_uncached jwt_reject_malformed; do
     file="$out/$(echo "$scenario" | tr / _).cg"
     valgrind --tool=callgrind --toggle-collect='*common::drive*' --callgrind-out-file="$file" \
         "$bin" "$scenario" "$iterations" >/dev/null 2>&1
