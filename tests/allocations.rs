@@ -77,6 +77,43 @@ fn allow_path_allocations() {
     api_key_allocations();
     rate_limit_allocations();
     rate_limit_memory_returns_after_a_flood();
+    jwt_allocations();
+}
+
+fn jwt_allocations() {
+    use portcullis::jwt::jsonwebtoken::Algorithm;
+    use portcullis::jwt::{JwtLayer, SigningKey, TokenIssuer};
+    let key = SigningKey::generate(Algorithm::HS256).unwrap();
+    let issuer = TokenIssuer::new(key, "https://auth.example", "api").unwrap();
+    let app = Principal::builder("app", AuthMethod::Certificate).role("operator").build();
+    let token = issuer.issue(&app, None).unwrap();
+    let layer = JwtLayer::builder()
+        .issuer(issuer.validating_issuer())
+        .build()
+        .unwrap();
+    let mut service = layer.layer(tower::service_fn(noop));
+    let request = |with_auth: bool| {
+        let mut request = request_from("192.0.2.1:1");
+        let value = format!("Bearer {}", token.expose());
+        request.headers_mut().insert("authorization", value.parse().unwrap());
+        if with_auth {
+            let other = Principal::builder("cn", AuthMethod::Certificate).build();
+            Authentication::insert_into(request.extensions_mut(), other).unwrap();
+        }
+        request
+    };
+    // The first request verifies the token and caches it.
+    for _ in 0..3 {
+        allocations(&mut service, request(false));
+    }
+    // A cached token: the lookup, the checks and the principal (an `Arc` clone) allocate
+    // nothing; `http::Extensions` boxes the `JwtClaims` handlers read.
+    assert_eq!(allocations(&mut service, request(true)), (1, StatusCode::OK));
+    // ... and the request's first `Authentication`.
+    assert_eq!(allocations(&mut service, request(false)), (2, StatusCode::OK));
+
+    let (_, status) = allocations(&mut service, request_from("192.0.2.1:1"));
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
 fn ip_allowlist_allocations() {
