@@ -208,7 +208,9 @@ fn run_jwt(kind: &str, iterations: u64) {
     use portcullis::core::{AuthMethod, Principal};
     use portcullis::jwt::jsonwebtoken::Algorithm;
     use portcullis::jwt::{JwtLayer, SigningKey, TokenIssuer};
-    let key = SigningKey::generate(Algorithm::HS256).unwrap().with_kid("k1");
+    let key = SigningKey::generate(Algorithm::HS256)
+        .unwrap()
+        .with_kid("k1");
     let issuer = TokenIssuer::new(key, "https://auth.example", "key-service").unwrap();
     let principal = Principal::builder("connector-7", AuthMethod::Certificate)
         .roles(["operator", "auditor"])
@@ -221,7 +223,11 @@ fn run_jwt(kind: &str, iterations: u64) {
     };
     let layer = JwtLayer::builder()
         .issuer(issuer.validating_issuer())
-        .token_cache(if kind == "jwt_allow_uncached" { 0 } else { 10_000 })
+        .token_cache(if kind == "jwt_allow_uncached" {
+            0
+        } else {
+            10_000
+        })
         .build()
         .unwrap();
     let mut floor = noop_service();

@@ -45,7 +45,12 @@ fn bench(c: &mut Criterion) {
         )
     });
 
-    for algorithm in [Algorithm::HS256, Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA] {
+    for algorithm in [
+        Algorithm::HS256,
+        Algorithm::RS256,
+        Algorithm::ES256,
+        Algorithm::EdDSA,
+    ] {
         let name = format!("{algorithm:?}");
         let key = SigningKey::generate(algorithm).unwrap().with_kid("k1");
         let issuer = TokenIssuer::new(key.clone(), ISSUER, AUDIENCE).unwrap();

@@ -85,7 +85,9 @@ fn jwt_allocations() {
     use portcullis::jwt::{JwtLayer, SigningKey, TokenIssuer};
     let key = SigningKey::generate(Algorithm::HS256).unwrap();
     let issuer = TokenIssuer::new(key, "https://auth.example", "api").unwrap();
-    let app = Principal::builder("app", AuthMethod::Certificate).role("operator").build();
+    let app = Principal::builder("app", AuthMethod::Certificate)
+        .role("operator")
+        .build();
     let token = issuer.issue(&app, None).unwrap();
     let layer = JwtLayer::builder()
         .issuer(issuer.validating_issuer())
@@ -95,7 +97,9 @@ fn jwt_allocations() {
     let request = |with_auth: bool| {
         let mut request = request_from("192.0.2.1:1");
         let value = format!("Bearer {}", token.expose());
-        request.headers_mut().insert("authorization", value.parse().unwrap());
+        request
+            .headers_mut()
+            .insert("authorization", value.parse().unwrap());
         if with_auth {
             let other = Principal::builder("cn", AuthMethod::Certificate).build();
             Authentication::insert_into(request.extensions_mut(), other).unwrap();
@@ -108,9 +112,15 @@ fn jwt_allocations() {
     }
     // A cached token: the lookup, the checks and the principal (an `Arc` clone) allocate
     // nothing; `http::Extensions` boxes the `JwtClaims` handlers read.
-    assert_eq!(allocations(&mut service, request(true)), (1, StatusCode::OK));
+    assert_eq!(
+        allocations(&mut service, request(true)),
+        (1, StatusCode::OK)
+    );
     // ... and the request's first `Authentication`.
-    assert_eq!(allocations(&mut service, request(false)), (2, StatusCode::OK));
+    assert_eq!(
+        allocations(&mut service, request(false)),
+        (2, StatusCode::OK)
+    );
 
     let (_, status) = allocations(&mut service, request_from("192.0.2.1:1"));
     assert_eq!(status, StatusCode::UNAUTHORIZED);
