@@ -445,6 +445,39 @@ fn token_for(key: &SigningKey) -> String {
 }
 
 #[tokio::test]
+async fn several_issuers_each_with_their_own_keys_and_audiences() {
+    let (clock, _) = clock();
+    let partner_key = SigningKey::generate(Algorithm::ES256)
+        .unwrap()
+        .with_kid("p1");
+    let partner = Issuer::new("https://partner.example")
+        .audience("partner-api")
+        .key(partner_key.verifying_key());
+    let service = service(builder(&clock).issuer(partner).build().unwrap());
+    let mut partner_claims = claims();
+    partner_claims["iss"] = json!("https://partner.example");
+    partner_claims["aud"] = json!("partner-api");
+    let ok = mint(&partner_key, header(&partner_key), partner_claims.clone());
+    assert_eq!(send(&service, bearer(&ok)).await.status(), StatusCode::OK);
+    assert_eq!(
+        send(&service, bearer(&token())).await.status(),
+        StatusCode::OK
+    );
+
+    // The partner's token signed with our key, and ours with the partner's: each
+    // issuer's tokens verify only with that issuer's keys.
+    let crossed = mint(&hs_key(), header(&hs_key()), partner_claims.clone());
+    assert_eq!(refused_with(&service, &crossed).await, "unknown_key");
+    let crossed = mint(&partner_key, header(&partner_key), claims());
+    assert_eq!(refused_with(&service, &crossed).await, "unknown_key");
+    // The partner's audience is not ours.
+    let mut wrong_audience = partner_claims;
+    wrong_audience["aud"] = json!(AUD);
+    let token = mint(&partner_key, header(&partner_key), wrong_audience);
+    assert_eq!(refused_with(&service, &token).await, "invalid_audience");
+}
+
+#[tokio::test]
 async fn token_types_are_enforced_when_configured() {
     let (clock, _) = clock();
     let layer = JwtLayer::builder()
@@ -1091,4 +1124,70 @@ async fn a_session_cannot_be_extended_past_its_maximum() {
         JwtRefusal::Expired,
         "auth_time + 50 min has passed"
     );
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn validator() -> JwtLayer {
+        let (clock, _) = clock();
+        builder(&clock).build().unwrap()
+    }
+
+    fn outcome(layer: &JwtLayer, token: &str) -> StatusCode {
+        let handler = service_fn(|_: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(String::new()))
+        });
+        let service = tower::ServiceBuilder::new()
+            .layer(layer.clone())
+            .service(handler);
+        let Ok(value) = http::HeaderValue::from_str(&format!("Bearer {token}")) else {
+            return StatusCode::BAD_REQUEST;
+        };
+        let request = Request::builder()
+            .header("authorization", value)
+            .body(())
+            .unwrap();
+        futures::executor::block_on(service.oneshot(request))
+            .unwrap()
+            .status()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any string is refused, and none makes the layer panic.
+        #[test]
+        fn arbitrary_input_is_refused(token in "\\PC{0,600}") {
+            prop_assert_ne!(outcome(&validator(), &token), StatusCode::OK);
+        }
+
+        /// Three base64url parts of anything are refused.
+        #[test]
+        fn arbitrary_jws_shapes_are_refused(
+            header in proptest::collection::vec(any::<u8>(), 0..80),
+            payload in proptest::collection::vec(any::<u8>(), 0..200),
+            signature in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let token = format!(
+                "{}.{}.{}",
+                URL_SAFE_NO_PAD.encode(header),
+                URL_SAFE_NO_PAD.encode(payload),
+                URL_SAFE_NO_PAD.encode(signature)
+            );
+            prop_assert_ne!(outcome(&validator(), &token), StatusCode::OK);
+        }
+
+        /// One character of a valid token changed: never accepted.
+        #[test]
+        fn a_changed_character_is_refused(position in 0usize..10_000, replacement in "[A-Za-z0-9_.-]") {
+            let token = token();
+            let position = position % token.len();
+            let mut changed = token.clone();
+            changed.replace_range(position..position + 1, &replacement);
+            prop_assume!(changed != token);
+            prop_assert_ne!(outcome(&validator(), &changed), StatusCode::OK);
+        }
+    }
 }
