@@ -1,6 +1,32 @@
 //! The client certificate a connection was authenticated with, as later layers see it.
 
 use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// The TLS connection a request came on: the socket peer and the client certificate
+/// chain the TLS stack verified (DER, leaf first), when the client sent one.
+///
+/// A TLS listener sets it once per connection: as the connect info of `axum::serve`
+/// (`ConnectInfo<TlsPeer>`), or in each request's extensions. [`socket_peer`](crate::socket_peer)
+/// reads the address from it, and the mTLS identity layer the chain. Never built from
+/// anything the client sends in the request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsPeer {
+    /// The socket peer.
+    pub addr: SocketAddr,
+    /// The verified client chain, leaf first; `None` when the client sent no certificate.
+    pub chain: Option<Arc<[Bytes]>>,
+}
+
+impl TlsPeer {
+    /// The client's own certificate, DER.
+    pub fn leaf(&self) -> Option<&Bytes> {
+        self.chain.as_deref().and_then(<[Bytes]>::first)
+    }
+}
 
 /// The SHA-256 thumbprint of the client certificate the connection presented: the
 /// `x5t#S256` of RFC 8705, computed over the certificate's DER bytes.

@@ -45,6 +45,7 @@ impl fmt::Display for ClientIp {
 /// # Ok::<(), std::net::AddrParseError>(())
 /// ```
 ///
+/// [`TlsPeer`](crate::TlsPeer) (in the extensions, or as axum's `ConnectInfo<TlsPeer>`),
 /// axum's `ConnectInfo<SocketAddr>` (feature `axum`), tonic's `TcpConnectInfo` (feature
 /// `tonic`) and `TlsConnectInfo<TcpConnectInfo>` (feature `tonic-tls`) are read as they
 /// are.
@@ -305,11 +306,20 @@ pub fn socket_peer(extensions: &http::Extensions) -> Option<IpAddr> {
     if let Some(PeerAddr(addr)) = extensions.get::<PeerAddr>() {
         return Some(addr.ip());
     }
+    if let Some(peer) = extensions.get::<crate::TlsPeer>() {
+        return Some(peer.addr.ip());
+    }
     #[cfg(feature = "axum")]
     if let Some(axum::extract::ConnectInfo(addr)) =
         extensions.get::<axum::extract::ConnectInfo<SocketAddr>>()
     {
         return Some(addr.ip());
+    }
+    #[cfg(feature = "axum")]
+    if let Some(axum::extract::ConnectInfo(peer)) =
+        extensions.get::<axum::extract::ConnectInfo<crate::TlsPeer>>()
+    {
+        return Some(peer.addr.ip());
     }
     #[cfg(feature = "tonic")]
     if let Some(info) = extensions.get::<tonic::transport::server::TcpConnectInfo>() {

@@ -1,0 +1,163 @@
+//! The client certificate forwarded by a TLS-terminating proxy in a header: Envoy's
+//! `X-Forwarded-Client-Cert`, or a URL-escaped PEM as nginx's `$ssl_client_escaped_cert`.
+
+use http::header::HeaderName;
+use http::Request;
+use percent_encoding::percent_decode_str;
+use portcullis_core::{socket_peer, NetworkSet};
+use x509_parser::pem::parse_x509_pem;
+
+/// How the proxy writes the certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertificateHeaderFormat {
+    /// Envoy's `X-Forwarded-Client-Cert`: `By=…;Hash=…;Cert="<URL-escaped PEM>";…`,
+    /// elements separated by commas. The last element is the one the proxy next to
+    /// this server added.
+    EnvoyXfcc,
+    /// A URL-escaped PEM certificate, as nginx's `$ssl_client_escaped_cert`.
+    EscapedPem,
+}
+
+/// Where a trusted proxy puts the client certificate. The header is believed only when
+/// the socket peer is one of `proxies`; from anyone else it is removed and ignored, so a
+/// client cannot claim a certificate it does not hold.
+///
+/// ```
+/// use portcullis_mtls_identity::ForwardedCertificate;
+///
+/// let envoy = ForwardedCertificate::envoy("10.0.0.0/8".parse()?);
+/// let nginx = ForwardedCertificate::escaped_pem(
+///     http::HeaderName::from_static("x-ssl-client-cert"),
+///     "10.0.0.5/32".parse()?,
+/// );
+/// # let _ = (envoy, nginx);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct ForwardedCertificate {
+    header: HeaderName,
+    format: CertificateHeaderFormat,
+    proxies: NetworkSet,
+}
+
+/// What the header said.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum FromHeader {
+    Absent,
+    /// Present, from a peer that is not a trusted proxy: removed, not believed.
+    Untrusted,
+    /// Present and from a trusted proxy, but not a certificate.
+    Malformed,
+    Certificate(Vec<u8>),
+}
+
+impl ForwardedCertificate {
+    /// Envoy's `X-Forwarded-Client-Cert`, from proxies in `proxies`.
+    pub fn envoy(proxies: NetworkSet) -> Self {
+        Self {
+            header: HeaderName::from_static("x-forwarded-client-cert"),
+            format: CertificateHeaderFormat::EnvoyXfcc,
+            proxies,
+        }
+    }
+
+    /// A URL-escaped PEM in `header`, from proxies in `proxies`.
+    pub fn escaped_pem(header: HeaderName, proxies: NetworkSet) -> Self {
+        Self {
+            header,
+            format: CertificateHeaderFormat::EscapedPem,
+            proxies,
+        }
+    }
+
+    /// Another header name for the same format.
+    pub fn header(mut self, header: HeaderName) -> Self {
+        self.header = header;
+        self
+    }
+
+    /// Reads the header, and removes it from the request either way, so handlers never
+    /// see a client-supplied certificate header.
+    pub(crate) fn take<B>(&self, request: &mut Request<B>) -> FromHeader {
+        let mut values = request.headers().get_all(&self.header).iter();
+        let Some(first) = values.next() else {
+            return FromHeader::Absent;
+        };
+        let several = values.next().is_some();
+        let value = first.to_str().ok().map(str::to_owned);
+        request.headers_mut().remove(&self.header);
+        let trusted =
+            socket_peer(request.extensions()).is_some_and(|peer| self.proxies.contains(peer));
+        if !trusted {
+            return FromHeader::Untrusted;
+        }
+        let (Some(value), false) = (value, several) else {
+            return FromHeader::Malformed;
+        };
+        let escaped = match self.format {
+            CertificateHeaderFormat::EscapedPem => Some(value.as_str()),
+            CertificateHeaderFormat::EnvoyXfcc => xfcc_cert(&value),
+        };
+        match escaped.and_then(pem_to_der) {
+            Some(der) => FromHeader::Certificate(der),
+            None => FromHeader::Malformed,
+        }
+    }
+}
+
+fn pem_to_der(escaped: &str) -> Option<Vec<u8>> {
+    let pem = percent_decode_str(escaped).decode_utf8().ok()?;
+    let (_, pem) = parse_x509_pem(pem.as_bytes()).ok()?;
+    (pem.label == "CERTIFICATE").then_some(pem.contents)
+}
+
+/// The `Cert` value of the last XFCC element.
+fn xfcc_cert(value: &str) -> Option<&str> {
+    let element = split_outside_quotes(value, ',').pop()?;
+    split_outside_quotes(element, ';')
+        .into_iter()
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| key.trim().eq_ignore_ascii_case("cert"))
+        .map(|(_, value)| value.trim().trim_matches('"'))
+}
+
+fn split_outside_quotes(text: &str, separator: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (at, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            c if c == separator && !quoted => {
+                parts.push(&text[start..at]);
+                start = at + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cert_of_the_last_xfcc_element() {
+        let value = r#"By=spiffe://a;Cert="first";URI=x,By=spiffe://b;Hash=ab;Cert="second%2C;x";Subject="CN=a,O=b""#;
+        assert_eq!(xfcc_cert(value), Some("second%2C;x"));
+        assert_eq!(xfcc_cert("By=x;Hash=y"), None);
+        assert_eq!(xfcc_cert(r#"Subject="a,b";cert=c"#), Some("c"));
+    }
+
+    #[test]
+    fn escaped_pem_decodes_only_certificates() {
+        assert!(pem_to_der("not pem").is_none());
+        assert!(pem_to_der(
+            "-----BEGIN%20PRIVATE%20KEY-----%0AAAAA%0A-----END%20PRIVATE%20KEY-----%0A"
+        )
+        .is_none());
+    }
+}

@@ -1,0 +1,513 @@
+//! The layer, its refusals and its service.
+
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::UNIX_EPOCH;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use http::{Request, Response};
+use portcullis_core::{
+    AuditNote, AuditRecord, AuthMethod, Authentication, ClientCertThumbprint, Clock, Decision,
+    DecisionFuture, Principal, RejectOrBody, Rejection, RenderRejection, Renderer, TlsPeer,
+};
+use rustls::server::danger::ClientCertVerifier;
+use rustls_pki_types::{CertificateDer, UnixTime};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::certificate::{ClientCertificate, KeyUsage};
+use crate::forwarded::{ForwardedCertificate, FromHeader};
+use crate::registry::ConnectorRegistry;
+use crate::revocation::Crls;
+use crate::LAYER_NAME;
+
+/// How a certificate names its principal.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Identify {
+    /// By its SHA-256 thumbprint, registered to exactly one connector (the default).
+    #[default]
+    Thumbprint,
+    /// By the subject's common name.
+    CommonName,
+    /// By the first DNS name among the subject alternative names.
+    DnsName,
+    /// By the first URI among the subject alternative names (a SPIFFE id).
+    Uri,
+    /// By the first e-mail address among the subject alternative names.
+    Email,
+}
+
+/// What the layer does with a request without a client certificate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Refuse it with 401 `missing_client_cert` (the default).
+    #[default]
+    Required,
+    /// Pass it on unauthenticated. A certificate that is present but refused is still
+    /// refused.
+    Optional,
+}
+
+/// Why the layer refused a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MtlsRefusal {
+    /// No client certificate, in required mode.
+    Missing,
+    /// The certificate could not be read, a forwarded one did not verify, or a trusted
+    /// proxy's header was malformed.
+    Untrusted,
+    /// Past `notAfter`.
+    Expired,
+    /// Before `notBefore`.
+    NotYetValid,
+    /// Its extended key usage does not include `clientAuth`.
+    WrongUsage,
+    /// On a CRL.
+    Revoked,
+    /// No registered connector for it.
+    UnknownConnector,
+    /// It names a connector whose registered certificates are others.
+    NotBound,
+    /// Its connector is blocked.
+    Blocked,
+    /// Another layer already put a certificate principal on the request.
+    DuplicatePrincipal,
+}
+
+impl MtlsRefusal {
+    /// The stable code in the response.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Missing => "missing_client_cert",
+            Self::Untrusted => "untrusted_client_cert",
+            Self::Expired => "expired_client_cert",
+            Self::NotYetValid => "client_cert_not_yet_valid",
+            Self::WrongUsage => "wrong_cert_usage",
+            Self::Revoked => "revoked_cert",
+            Self::UnknownConnector => "unknown_connector",
+            Self::NotBound => "certificate_not_bound",
+            Self::Blocked => "connector_blocked",
+            Self::DuplicatePrincipal => "duplicate_authentication",
+        }
+    }
+
+    fn detail(self) -> &'static str {
+        match self {
+            Self::Missing => "this request needs a client certificate",
+            Self::Untrusted => "the client certificate is not trusted",
+            Self::Expired => "the client certificate has expired",
+            Self::NotYetValid => "the client certificate is not valid yet",
+            Self::WrongUsage => "the certificate is not a client certificate (extended key usage)",
+            Self::Revoked => "the client certificate has been revoked",
+            Self::UnknownConnector => "the client certificate is not registered",
+            Self::NotBound => "the client certificate is registered to another connector",
+            Self::Blocked => "the connector is blocked",
+            Self::DuplicatePrincipal => "the server is misconfigured: two certificate layers ran",
+        }
+    }
+
+    fn rejection(self) -> Rejection {
+        match self {
+            Self::DuplicatePrincipal => Rejection::internal(self.code(), self.detail()),
+            _ => Rejection::unauthorized(self.code(), self.detail()),
+        }
+    }
+}
+
+impl fmt::Display for MtlsRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.code(), self.detail())
+    }
+}
+
+struct Config {
+    identify: Identify,
+    registry: Option<ConnectorRegistry>,
+    mode: Mode,
+    crls: Crls,
+    forwarded: Option<ForwardedCertificate>,
+    forwarded_verifier: Option<Arc<dyn ClientCertVerifier>>,
+    allow_unrestricted_usage: bool,
+    clock: Clock,
+    renderer: Renderer,
+    cache: ParseCache,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("identify", &self.identify)
+            .field("registry", &self.registry)
+            .field("mode", &self.mode)
+            .field("crls", &self.crls)
+            .field("forwarded", &self.forwarded)
+            .field("allow_unrestricted_usage", &self.allow_unrestricted_usage)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parsed certificates by their DER, so a connection's many requests parse its
+/// certificate once. Found by a seeded hash and confirmed by comparing the bytes.
+struct ParseCache {
+    entries: DashMap<u64, (Bytes, Arc<ClientCertificate>)>,
+    hasher: foldhash::quality::RandomState,
+    capacity: usize,
+    size: AtomicUsize,
+}
+
+impl ParseCache {
+    fn new(capacity: usize) -> Self {
+        Self {
+            entries: DashMap::new(),
+            hasher: foldhash::quality::RandomState::default(),
+            capacity,
+            size: AtomicUsize::new(0),
+        }
+    }
+
+    fn parse(&self, der: &Bytes) -> Result<Arc<ClientCertificate>, MtlsRefusal> {
+        if self.capacity == 0 {
+            return ClientCertificate::from_der(der)
+                .map(Arc::new)
+                .map_err(|_| MtlsRefusal::Untrusted);
+        }
+        let key = std::hash::BuildHasher::hash_one(&self.hasher, der.as_ref());
+        if let Some(entry) = self.entries.get(&key) {
+            if entry.0 == der {
+                return Ok(entry.1.clone());
+            }
+        }
+        let parsed =
+            Arc::new(ClientCertificate::from_der(der).map_err(|_| MtlsRefusal::Untrusted)?);
+        if self.size.load(Ordering::Relaxed) < self.capacity
+            && self
+                .entries
+                .insert(key, (der.clone(), parsed.clone()))
+                .is_none()
+        {
+            self.size.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(parsed)
+    }
+}
+
+/// Turns the verified client certificate into a principal. See the [crate docs](crate).
+#[derive(Clone, Debug)]
+pub struct MtlsIdentityLayer {
+    config: Arc<Config>,
+}
+
+impl MtlsIdentityLayer {
+    /// A layer identifying certificates by thumbprint against `registry`.
+    pub fn new(registry: ConnectorRegistry) -> Self {
+        Self::with(Identify::Thumbprint, Some(registry))
+    }
+
+    /// A layer naming principals from a certificate field, without a registry (every
+    /// certificate the TLS stack accepted is someone).
+    pub fn by_name(identify: Identify) -> Self {
+        Self::with(identify, None)
+    }
+
+    fn with(identify: Identify, registry: Option<ConnectorRegistry>) -> Self {
+        Self {
+            config: Arc::new(Config {
+                identify,
+                registry,
+                mode: Mode::Required,
+                crls: Crls::new(),
+                forwarded: None,
+                forwarded_verifier: None,
+                allow_unrestricted_usage: false,
+                clock: Clock::system(),
+                renderer: Renderer::default(),
+                cache: ParseCache::new(10_000),
+            }),
+        }
+    }
+
+    fn change(mut self, edit: impl FnOnce(&mut Config)) -> Self {
+        if let Some(config) = Arc::get_mut(&mut self.config) {
+            edit(config);
+        }
+        self
+    }
+
+    /// How certificates name their connector in the registry: by thumbprint (the
+    /// default), or by a field, in which case a connector with bound certificates
+    /// accepts only those.
+    pub fn identify(self, identify: Identify) -> Self {
+        self.change(|c| c.identify = identify)
+    }
+
+    /// [`Mode::Required`] (the default) or [`Mode::Optional`].
+    pub fn mode(self, mode: Mode) -> Self {
+        self.change(|c| c.mode = mode)
+    }
+
+    /// Refuses certificates on these CRLs.
+    pub fn crls(self, crls: Crls) -> Self {
+        self.change(|c| c.crls = crls)
+    }
+
+    /// Also accepts the certificate a trusted proxy forwards in a header. The header is
+    /// removed from every request, believed only from the proxies, and a certificate on
+    /// the connection itself takes precedence.
+    pub fn forwarded(self, forwarded: ForwardedCertificate) -> Self {
+        self.change(|c| c.forwarded = Some(forwarded))
+    }
+
+    /// Verifies forwarded certificates against these CAs (PEM) as well, for proxies that
+    /// pass on certificates they did not verify (nginx's `optional_no_ca`).
+    pub fn verify_forwarded(self, client_cas_pem: &[u8]) -> Result<Self, crate::TlsConfigError> {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(client_cas_pem) {
+            let ca = ca.map_err(|e| crate::TlsConfigError(format!("the client CAs: {e}")))?;
+            roots
+                .add(ca)
+                .map_err(|e| crate::TlsConfigError(format!("a client CA: {e}")))?;
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| crate::TlsConfigError(format!("the client verifier: {e}")))?;
+        Ok(self.change(|c| c.forwarded_verifier = Some(verifier)))
+    }
+
+    /// Accepts certificates without an extended key usage extension (RFC 5280 allows
+    /// them any use). By default they are refused like server or sensor certificates.
+    pub fn allow_unrestricted_usage(self, allow: bool) -> Self {
+        self.change(|c| c.allow_unrestricted_usage = allow)
+    }
+
+    /// The clock validity is checked against.
+    pub fn clock(self, clock: Clock) -> Self {
+        self.change(|c| c.clock = clock)
+    }
+
+    /// Replaces the rejection renderer.
+    pub fn renderer(self, renderer: impl RenderRejection) -> Self {
+        let renderer = Renderer::new(renderer);
+        self.change(|c| c.renderer = renderer)
+    }
+
+    /// How many parsed certificates are remembered (10,000; 0 parses every request).
+    pub fn parse_cache(self, capacity: usize) -> Self {
+        self.change(|c| c.cache = ParseCache::new(capacity))
+    }
+}
+
+impl<S> Layer<S> for MtlsIdentityLayer {
+    type Service = MtlsIdentity<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        MtlsIdentity {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// The service built by [`MtlsIdentityLayer`].
+#[derive(Clone, Debug)]
+pub struct MtlsIdentity<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for MtlsIdentity<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<RejectOrBody<ResBody>>;
+    type Error = S::Error;
+    type Future = DecisionFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let config = &*self.config;
+        let forwarded = match &config.forwarded {
+            Some(forwarded) => forwarded.take(&mut request),
+            None => FromHeader::Absent,
+        };
+        let der = match (connection_leaf(request.extensions()), forwarded) {
+            (Some(der), _) => Some(der),
+            (None, FromHeader::Certificate(der)) => {
+                let der = Bytes::from(der);
+                if let Some(verifier) = &config.forwarded_verifier {
+                    let leaf = CertificateDer::from(der.as_ref());
+                    if let Err(error) = verifier.verify_client_cert(&leaf, &[], UnixTime::now()) {
+                        tracing::debug!(%error, "mtls: a forwarded certificate did not verify");
+                        return refuse(config, &request, MtlsRefusal::Untrusted, None);
+                    }
+                }
+                Some(der)
+            }
+            (None, FromHeader::Malformed) => {
+                return refuse(config, &request, MtlsRefusal::Untrusted, None)
+            }
+            (None, FromHeader::Untrusted) => {
+                tracing::warn!("mtls: a client-certificate header from a peer that is not a trusted proxy was removed");
+                None
+            }
+            (None, FromHeader::Absent) => None,
+        };
+        let Some(der) = der else {
+            if config.mode == Mode::Optional {
+                AuditRecord::note(request.extensions(), || {
+                    AuditNote::new(LAYER_NAME, Decision::Skip).detail("no client certificate")
+                });
+                return DecisionFuture::inner(self.inner.call(request));
+            }
+            return refuse(config, &request, MtlsRefusal::Missing, None);
+        };
+        let certificate = match config.cache.parse(&der) {
+            Ok(certificate) => certificate,
+            Err(refusal) => return refuse(config, &request, refusal, None),
+        };
+        let thumbprint = certificate.thumbprint();
+        let principal = match identify(config, &certificate) {
+            Ok(principal) => principal,
+            Err(refusal) => return refuse(config, &request, refusal, Some(thumbprint)),
+        };
+        let noted = principal.clone();
+        if Authentication::insert_into(request.extensions_mut(), principal).is_err() {
+            tracing::error!("mtls: the request already had a certificate principal; is the layer applied twice?");
+            return refuse(
+                config,
+                &request,
+                MtlsRefusal::DuplicatePrincipal,
+                Some(thumbprint),
+            );
+        }
+        request.extensions_mut().insert(thumbprint);
+        AuditRecord::note(request.extensions(), || {
+            AuditNote::allow(LAYER_NAME)
+                .principal_id(noted.id())
+                .credential_id(thumbprint.to_string())
+        });
+        DecisionFuture::inner(self.inner.call(request))
+    }
+}
+
+/// The leaf certificate of the connection, from whichever TLS connect info is there.
+fn connection_leaf(extensions: &http::Extensions) -> Option<Bytes> {
+    if let Some(peer) = extensions.get::<TlsPeer>() {
+        return peer.leaf().cloned();
+    }
+    #[cfg(feature = "axum")]
+    if let Some(axum::extract::ConnectInfo(peer)) =
+        extensions.get::<axum::extract::ConnectInfo<TlsPeer>>()
+    {
+        return peer.leaf().cloned();
+    }
+    #[cfg(feature = "tonic")]
+    if let Some(info) = extensions
+        .get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>()
+    {
+        return info
+            .peer_certs()
+            .and_then(|certs| certs.first().map(|c| Bytes::copy_from_slice(c.as_ref())));
+    }
+    None
+}
+
+fn identify(config: &Config, certificate: &ClientCertificate) -> Result<Principal, MtlsRefusal> {
+    let now = config
+        .clock
+        .now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    if now < certificate.not_before() {
+        return Err(MtlsRefusal::NotYetValid);
+    }
+    if now > certificate.not_after() {
+        return Err(MtlsRefusal::Expired);
+    }
+    match certificate.key_usage() {
+        KeyUsage::ClientAuth => {}
+        KeyUsage::Unrestricted if config.allow_unrestricted_usage => {}
+        KeyUsage::Unrestricted | KeyUsage::Other => return Err(MtlsRefusal::WrongUsage),
+    }
+    if config.crls.is_revoked(certificate) {
+        return Err(MtlsRefusal::Revoked);
+    }
+    let thumbprint = certificate.thumbprint();
+    let name = match config.identify {
+        Identify::Thumbprint => None,
+        Identify::CommonName => Some(certificate.common_name()),
+        Identify::DnsName => Some(certificate.dns_names().first().map(String::as_str)),
+        Identify::Uri => Some(certificate.uris().first().map(String::as_str)),
+        Identify::Email => Some(certificate.emails().first().map(String::as_str)),
+    };
+    let Some(registry) = &config.registry else {
+        // Names without a registry: the TLS stack's CA is the only authority.
+        let Some(Some(name)) = name else {
+            return Err(MtlsRefusal::UnknownConnector);
+        };
+        return Ok(Principal::builder(name, AuthMethod::Certificate)
+            .credential_id(thumbprint.to_string())
+            .build());
+    };
+    let registered = match name {
+        None => registry
+            .by_thumbprint(&thumbprint)
+            .ok_or(MtlsRefusal::UnknownConnector)?,
+        Some(None) => return Err(MtlsRefusal::UnknownConnector),
+        Some(Some(name)) => {
+            let registered = registry.by_id(name).ok_or(MtlsRefusal::UnknownConnector)?;
+            let bound = &registered.connector.thumbprints();
+            let elsewhere = registry
+                .by_thumbprint(&thumbprint)
+                .is_some_and(|owner| owner.connector.id() != name);
+            if elsewhere || (!bound.is_empty() && !bound.contains(&thumbprint)) {
+                return Err(MtlsRefusal::NotBound);
+            }
+            registered
+        }
+    };
+    if registered.connector.is_blocked() {
+        return Err(MtlsRefusal::Blocked);
+    }
+    Ok(registered
+        .principals
+        .get(&thumbprint)
+        .unwrap_or(&registered.unbound)
+        .clone())
+}
+
+fn refuse<ReqBody, ResBody, F>(
+    config: &Config,
+    request: &Request<ReqBody>,
+    refusal: MtlsRefusal,
+    thumbprint: Option<ClientCertThumbprint>,
+) -> DecisionFuture<F, ResBody> {
+    tracing::debug!(
+        code = refusal.code(),
+        thumbprint = %thumbprint.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+        "mtls refused a request"
+    );
+    AuditRecord::note(request.extensions(), || {
+        let note = AuditNote::deny(LAYER_NAME, refusal.code()).detail(refusal.detail());
+        match thumbprint {
+            Some(thumbprint) => note.credential_id(thumbprint.to_string()),
+            None => note,
+        }
+    });
+    DecisionFuture::rejected(
+        config
+            .renderer
+            .respond(LAYER_NAME, &refusal.rejection(), request),
+    )
+}

@@ -1,0 +1,94 @@
+//! Client certificates as identities: the verified leaf certificate becomes a
+//! [`Principal`](portcullis_core::Principal), bound to a registered connector.
+//!
+//! The certificate reaches the layer from the connection — [`TlsListener`] for
+//! `axum::serve`, tonic's own TLS connect info (feature `tonic`), or a host's acceptor
+//! inserting [`TlsPeer`](portcullis_core::TlsPeer) — or from a trusted proxy's header
+//! ([`ForwardedCertificate`]: Envoy's `X-Forwarded-Client-Cert`, nginx's escaped PEM).
+//! [`MtlsIdentityLayer`] then refuses certificates that are expired or not yet valid even
+//! if the TLS stack let them through, whose extended key usage lacks `clientAuth` (a
+//! server's or a sensor's certificate), that are on a CRL ([`Crls`]), that no connector
+//! registered, that claim a connector whose certificates are others, or whose connector
+//! is blocked. It puts the connector's principal in the request's
+//! [`Authentication`](portcullis_core::Authentication) and the certificate's
+//! [`ClientCertThumbprint`](portcullis_core::ClientCertThumbprint) in its extensions, for
+//! certificate-bound tokens.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::sync::Arc;
+//! use bytes::Bytes;
+//! use http::{Request, Response, StatusCode};
+//! use portcullis_core::{AuthMethod, Authentication, TlsPeer};
+//! use portcullis_mtls_identity::{ClientCertificate, Connector, ConnectorRegistry, MtlsIdentityLayer};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // A client certificate, as the TLS stack would have verified it.
+//! let mut params = rcgen::CertificateParams::new(vec!["connector-7.plant.example".into()])?;
+//! params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+//! let der = params.self_signed(&rcgen::KeyPair::generate()?)?.der().to_vec();
+//! let thumbprint = ClientCertificate::from_der(&der)?.thumbprint();
+//!
+//! let registry = ConnectorRegistry::new();
+//! registry.insert(Connector::new("connector-7").role("connector").thumbprint(thumbprint))?;
+//! let service = ServiceBuilder::new()
+//!     .layer(MtlsIdentityLayer::new(registry.clone()))
+//!     .service(service_fn(|request: Request<()>| async move {
+//!         let auth = Authentication::from_extensions(request.extensions());
+//!         let id = auth.get(AuthMethod::Certificate).map(|p| p.id().to_owned());
+//!         Ok::<_, Infallible>(Response::new(id.unwrap_or_default()))
+//!     }));
+//!
+//! let on_connection = |der: &[u8]| {
+//!     let mut request = Request::new(());
+//!     let chain: Arc<[Bytes]> = Arc::from(vec![Bytes::copy_from_slice(der)]);
+//!     request.extensions_mut().insert(TlsPeer { addr: "192.0.2.7:50000".parse().unwrap(), chain: Some(chain) });
+//!     request
+//! };
+//! # futures::executor::block_on(async {
+//! let allowed = service.clone().oneshot(on_connection(&der)).await?;
+//! assert_eq!(allowed.status(), StatusCode::OK);
+//!
+//! registry.block("connector-7")?;
+//! let blocked = service.clone().oneshot(on_connection(&der)).await?;
+//! assert_eq!(blocked.status(), StatusCode::UNAUTHORIZED);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Refusals
+//!
+//! | situation | status | code |
+//! |---|---|---|
+//! | no certificate, in `required` mode | 401 | `missing_client_cert` |
+//! | unreadable; a forwarded one that does not verify; a trusted proxy's malformed header | 401 | `untrusted_client_cert` |
+//! | past `notAfter` / before `notBefore` | 401 | `expired_client_cert` / `client_cert_not_yet_valid` |
+//! | extended key usage without `clientAuth` (or none, unless allowed) | 401 | `wrong_cert_usage` |
+//! | on a CRL | 401 | `revoked_cert` |
+//! | no connector registered for it | 401 | `unknown_connector` |
+//! | names a connector whose bound certificates are others | 401 | `certificate_not_bound` |
+//! | its connector is blocked | 401 | `connector_blocked` |
+//!
+//! A certificate of another CA never gets this far: the TLS handshake refuses it.
+
+mod certificate;
+mod forwarded;
+mod layer;
+mod registry;
+mod revocation;
+mod tls;
+
+pub use certificate::{CertificateError, ClientCertificate, KeyUsage};
+pub use forwarded::{CertificateHeaderFormat, ForwardedCertificate};
+pub use layer::{Identify, Mode, MtlsIdentity, MtlsIdentityLayer, MtlsRefusal};
+pub use registry::{parse_thumbprint, Connector, ConnectorRegistry, RegistryError};
+pub use revocation::{CrlError, Crls};
+#[cfg(feature = "axum")]
+pub use tls::TlsListener;
+pub use tls::{ClientAuth, ServerTls, TlsConfigError};
+
+/// The layer's name in [`Denial`](portcullis_core::Denial)s and audit notes.
+pub const LAYER_NAME: &str = "mtls-identity";

@@ -1,0 +1,271 @@
+//! Serving TLS in-process: a rustls server config that asks for client certificates,
+//! and a listener for `axum::serve` that hands each request its verified chain.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+
+/// Whether the handshake requires a client certificate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// A client without a certificate chained to the client CAs cannot connect.
+    #[default]
+    Required,
+    /// The client may connect without one; the identity layer decides per request. A
+    /// certificate that is sent must still verify.
+    Optional,
+}
+
+/// Why a TLS configuration could not be built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsConfigError(pub String);
+
+impl fmt::Display for TlsConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TLS configuration: {}", self.0)
+    }
+}
+
+impl std::error::Error for TlsConfigError {}
+
+/// Builds the rustls [`ServerConfig`] of an mTLS server: the server's chain and key,
+/// the CAs client certificates must chain to, CRLs checked in the handshake, and
+/// whether a client certificate is required. aws-lc-rs is the crypto provider; ALPN
+/// offers HTTP/2 and HTTP/1.1.
+///
+/// ```
+/// use portcullis_mtls_identity::{ClientAuth, ServerTls};
+///
+/// fn config(chain: &[u8], key: &[u8], client_ca: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+///     let config = ServerTls::new(chain, key)
+///         .client_cas(client_ca)
+///         .client_auth(ClientAuth::Required)
+///         .build()?;
+///     # let _ = config;
+///     Ok(())
+/// }
+/// ```
+#[derive(Clone)]
+pub struct ServerTls {
+    chain: Vec<u8>,
+    key: Vec<u8>,
+    client_cas: Vec<u8>,
+    crls: Vec<u8>,
+    client_auth: ClientAuth,
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("client_auth", &self.client_auth)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// The server's certificate chain and private key, PEM.
+    pub fn new(chain_pem: &[u8], key_pem: &[u8]) -> Self {
+        Self {
+            chain: chain_pem.to_vec(),
+            key: key_pem.to_vec(),
+            client_cas: Vec::new(),
+            crls: Vec::new(),
+            client_auth: ClientAuth::Required,
+        }
+    }
+
+    /// The CAs client certificates must chain to, PEM (several certificates allowed).
+    pub fn client_cas(mut self, pem: &[u8]) -> Self {
+        self.client_cas = pem.to_vec();
+        self
+    }
+
+    /// CRLs of those CAs, PEM: a revoked certificate fails the handshake.
+    pub fn crls(mut self, pem: &[u8]) -> Self {
+        self.crls = pem.to_vec();
+        self
+    }
+
+    /// [`ClientAuth::Required`] (the default) or [`ClientAuth::Optional`].
+    pub fn client_auth(mut self, client_auth: ClientAuth) -> Self {
+        self.client_auth = client_auth;
+        self
+    }
+
+    /// Checks everything and builds the config.
+    pub fn build(self) -> Result<Arc<ServerConfig>, TlsConfigError> {
+        let error = |what: &str, e: &dyn fmt::Display| TlsConfigError(format!("{what}: {e}"));
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&self.chain)
+            .collect::<Result<_, _>>()
+            .map_err(|e| error("the server chain", &e))?;
+        if chain.is_empty() {
+            return Err(TlsConfigError(
+                "the server chain holds no certificate".into(),
+            ));
+        }
+        let key =
+            PrivateKeyDer::from_pem_slice(&self.key).map_err(|e| error("the server key", &e))?;
+        let mut roots = RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(&self.client_cas) {
+            let ca = ca.map_err(|e| error("the client CAs", &e))?;
+            roots.add(ca).map_err(|e| error("a client CA", &e))?;
+        }
+        if roots.is_empty() {
+            return Err(TlsConfigError(
+                "no client CA: give .client_cas(pem) the CAs that issue client certificates".into(),
+            ));
+        }
+        let crls: Vec<CertificateRevocationListDer<'static>> =
+            CertificateRevocationListDer::pem_slice_iter(&self.crls)
+                .collect::<Result<_, _>>()
+                .map_err(|e| error("the CRLs", &e))?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .with_crls(crls);
+        if self.client_auth == ClientAuth::Optional {
+            verifier = verifier.allow_unauthenticated();
+        }
+        let verifier = verifier
+            .build()
+            .map_err(|e| error("the client verifier", &e))?;
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| error("the protocol versions", &e))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| error("the server certificate", &e))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+#[cfg(feature = "axum")]
+pub use listener::TlsListener;
+
+#[cfg(feature = "axum")]
+mod listener {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use portcullis_core::TlsPeer;
+    use rustls::ServerConfig;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::mpsc;
+    use tokio_rustls::server::TlsStream;
+    use tokio_rustls::TlsAcceptor;
+
+    /// How long a client may take to finish the handshake.
+    const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// A TLS listener for `axum::serve`. Each connection's address is a [`TlsPeer`]: the
+    /// socket peer and the verified client chain. Serve with
+    /// `app.into_make_service_with_connect_info::<TlsPeer>()` and every request carries
+    /// `ConnectInfo<TlsPeer>`, which the identity layer and client-IP resolution read.
+    ///
+    /// Handshakes run in their own tasks, so a slow client does not hold up others.
+    ///
+    /// ```no_run
+    /// use portcullis_core::TlsPeer;
+    /// use portcullis_mtls_identity::{ServerTls, TlsListener};
+    ///
+    /// # async fn run(chain: &[u8], key: &[u8], ca: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = ServerTls::new(chain, key).client_cas(ca).build()?;
+    /// let tcp = tokio::net::TcpListener::bind("127.0.0.1:8443").await?;
+    /// let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
+    /// axum::serve(
+    ///     TlsListener::new(tcp, config),
+    ///     app.into_make_service_with_connect_info::<TlsPeer>(),
+    /// )
+    /// .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[derive(Debug)]
+    pub struct TlsListener {
+        incoming: mpsc::Receiver<(TlsStream<TcpStream>, TlsPeer)>,
+        local: SocketAddr,
+    }
+
+    impl TlsListener {
+        /// Starts accepting on `tcp` (on the current tokio runtime).
+        pub fn new(tcp: TcpListener, config: Arc<ServerConfig>) -> Self {
+            let local = tcp
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+            let (sender, incoming) = mpsc::channel(64);
+            tokio::spawn(accept_loop(tcp, TlsAcceptor::from(config), sender));
+            Self { incoming, local }
+        }
+    }
+
+    async fn accept_loop(
+        tcp: TcpListener,
+        acceptor: TlsAcceptor,
+        sender: mpsc::Sender<(TlsStream<TcpStream>, TlsPeer)>,
+    ) {
+        loop {
+            let (stream, addr) = match tcp.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!(%error, "mtls: accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if sender.is_closed() {
+                return;
+            }
+            let acceptor = acceptor.clone();
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                let stream = match handshake.await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        tracing::debug!(peer = %addr, %error, "mtls: TLS handshake refused");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(peer = %addr, "mtls: TLS handshake timed out");
+                        return;
+                    }
+                };
+                let chain = stream.get_ref().1.peer_certificates().map(|certs| {
+                    certs
+                        .iter()
+                        .map(|c| Bytes::copy_from_slice(c.as_ref()))
+                        .collect::<Arc<[Bytes]>>()
+                });
+                let _ = sender.send((stream, TlsPeer { addr, chain })).await;
+            });
+        }
+    }
+
+    impl axum::serve::Listener for TlsListener {
+        type Io = TlsStream<TcpStream>;
+        type Addr = TlsPeer;
+
+        async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+            match self.incoming.recv().await {
+                Some(connection) => connection,
+                // The accept loop ended (the runtime is shutting down): accept nothing.
+                None => std::future::pending().await,
+            }
+        }
+
+        fn local_addr(&self) -> std::io::Result<Self::Addr> {
+            Ok(TlsPeer {
+                addr: self.local,
+                chain: None,
+            })
+        }
+    }
+}
