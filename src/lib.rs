@@ -10,6 +10,7 @@
 //! | `audit` | [`portcullis-audit`](audit) | [`AuditLayer`](audit::AuditLayer): one audit event per request (who, what, from where, decision and why) to `tracing` and JSON-lines files with rotation and a hash chain |
 //! | `ip-allowlist` | [`portcullis-ip-allowlist`](ip_allowlist) | [`IpAllowlistLayer`](ip_allowlist::IpAllowlistLayer): allow and deny networks, client IP behind trusted proxies |
 //! | `jwt` | [`portcullis-jwt`](jwt) | [`JwtLayer`](jwt::JwtLayer): bearer JWTs checked against trusted issuers' keys (static, JWKS, OIDC discovery), certificate-bound tokens, an account check per request; [`TokenIssuer`](jwt::TokenIssuer) issues and extends tokens |
+//! | `mtls-identity` | [`portcullis-mtls-identity`](mtls_identity) | [`MtlsIdentityLayer`](mtls_identity::MtlsIdentityLayer): verified client certificates (in-process rustls, tonic, or a trusted proxy's header) bound to registered connectors, with EKU, validity and CRL checks; [`TlsListener`](mtls_identity::TlsListener) serves axum over mTLS |
 //! | `rate-limit` | [`portcullis-rate-limit`](rate_limit) | [`RateLimitLayer`](rate_limit::RateLimitLayer): quotas per client IP, principal, credential, header or route (smooth or strict windows), bans, IETF RateLimit headers; `redis` shares them between instances |
 //! | `role-router` | [`portcullis-role-router`](role_router) | [`RoleRouterLayer`](role_router::RoleRouterLayer): method + path-pattern rules saying which credentials, roles and scopes a route needs |
 //!
@@ -56,6 +57,9 @@ pub use portcullis_ip_allowlist as ip_allowlist;
 
 #[cfg(feature = "jwt")]
 pub use portcullis_jwt as jwt;
+
+#[cfg(feature = "mtls-identity")]
+pub use portcullis_mtls_identity as mtls_identity;
 
 #[cfg(feature = "rate-limit")]
 pub use portcullis_rate_limit as rate_limit;

@@ -14,6 +14,7 @@ mod ip_allowlist_axum;
 mod ip_allowlist_hyper;
 mod ip_allowlist_tonic;
 mod jwt_axum;
+mod mtls_axum;
 mod rate_limit_axum;
 mod rate_limit_redis;
 mod redis_server;

@@ -87,7 +87,7 @@ pub use layer::{Identify, Mode, MtlsIdentity, MtlsIdentityLayer, MtlsRefusal};
 pub use registry::{parse_thumbprint, Connector, ConnectorRegistry, RegistryError};
 pub use revocation::{CrlError, Crls};
 #[cfg(feature = "axum")]
-pub use tls::TlsListener;
+pub use tls::{AxumTlsListener, TlsListener};
 pub use tls::{ClientAuth, ServerTls, TlsConfigError};
 
 /// The layer's name in [`Denial`](portcullis_core::Denial)s and audit notes.

@@ -145,7 +145,7 @@ impl ServerTls {
 }
 
 #[cfg(feature = "axum")]
-pub use listener::TlsListener;
+pub use listener::{AxumTlsListener, TlsListener};
 
 #[cfg(feature = "axum")]
 mod listener {
@@ -161,11 +161,16 @@ mod listener {
     use tokio_rustls::server::TlsStream;
     use tokio_rustls::TlsAcceptor;
 
+    /// [`TlsListener`] as `axum::serve` takes it with `ConnectInfo<TlsPeer>`: axum
+    /// derives that connect info for listeners wrapped in its `TapIo`, here one that does
+    /// nothing.
+    pub type AxumTlsListener = axum::serve::TapIo<TlsListener, fn(&mut TlsStream<TcpStream>)>;
+
     /// How long a client may take to finish the handshake.
     const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
     /// A TLS listener for `axum::serve`. Each connection's address is a [`TlsPeer`]: the
-    /// socket peer and the verified client chain. Serve with
+    /// socket peer and the verified client chain. Serve [`TlsListener::for_axum`] with
     /// `app.into_make_service_with_connect_info::<TlsPeer>()` and every request carries
     /// `ConnectInfo<TlsPeer>`, which the identity layer and client-IP resolution read.
     ///
@@ -180,7 +185,7 @@ mod listener {
     /// let tcp = tokio::net::TcpListener::bind("127.0.0.1:8443").await?;
     /// let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
     /// axum::serve(
-    ///     TlsListener::new(tcp, config),
+    ///     TlsListener::new(tcp, config).for_axum(),
     ///     app.into_make_service_with_connect_info::<TlsPeer>(),
     /// )
     /// .await?;
@@ -202,6 +207,12 @@ mod listener {
             let (sender, incoming) = mpsc::channel(64);
             tokio::spawn(accept_loop(tcp, TlsAcceptor::from(config), sender));
             Self { incoming, local }
+        }
+
+        /// This listener for `axum::serve(listener, app.into_make_service_with_connect_info::<TlsPeer>())`.
+        pub fn for_axum(self) -> AxumTlsListener {
+            fn untouched(_: &mut TlsStream<TcpStream>) {}
+            axum::serve::ListenerExt::tap_io(self, untouched as fn(&mut TlsStream<TcpStream>))
         }
     }
 
