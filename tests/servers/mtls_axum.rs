@@ -539,3 +539,89 @@ async fn tonic_with_mtls() {
         status.message()
     );
 }
+
+/// RFC 8705 end to end: an app authenticated by its client certificate is issued a token
+/// bound to that certificate; the token works on the app's own TLS connection and is
+/// refused on a connection made with another connector's certificate.
+#[tokio::test]
+async fn a_certificate_bound_token_works_only_with_its_certificate() {
+    use portcullis::jwt::jsonwebtoken::Algorithm;
+    use portcullis::jwt::{Binding, JwtLayer, Mode as JwtMode, SigningKey, TokenIssuer};
+
+    let pki = pki();
+    let usage = Some(ExtendedKeyUsagePurpose::ClientAuth);
+    let seven = pki.ca.issue("connector-7", usage.clone(), 7);
+    let eight = pki.ca.issue("connector-8", usage, 8);
+    let registry = ConnectorRegistry::from_connectors([
+        Connector::new("connector-7")
+            .role("connector")
+            .thumbprint(seven.thumbprint),
+        Connector::new("connector-8")
+            .role("connector")
+            .thumbprint(eight.thumbprint),
+    ])
+    .unwrap();
+    let tokens = TokenIssuer::new(
+        SigningKey::generate(Algorithm::ES256).unwrap(),
+        "https://security-server.example",
+        "connector-api",
+    )
+    .unwrap()
+    .binding(Binding::Required);
+    let jwt = JwtLayer::builder()
+        .issuer(tokens.validating_issuer())
+        .mode(JwtMode::Optional)
+        .build()
+        .unwrap();
+    async fn token_principal(request: Request) -> String {
+        let auth = Authentication::from_extensions(request.extensions());
+        let jwt = auth.get(AuthMethod::Jwt).map(|p| p.id().to_owned());
+        jwt.unwrap_or_else(|| "no token".into())
+    }
+    let app = Router::new()
+        .route_service("/token", tokens.issue_service())
+        .route("/v1/versionInfo", get(token_principal))
+        .layer(jwt)
+        .layer(MtlsIdentityLayer::new(registry));
+    let config = server_tls(&pki).build().unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            TlsListener::new(tcp, config).for_axum(),
+            app.into_make_service_with_connect_info::<TlsPeer>(),
+        )
+        .await
+        .unwrap();
+    });
+
+    let mut own = connect(addr, &pki.ca.pem, Some(&seven)).await.unwrap();
+    own.ready().await.unwrap();
+    let issued = own
+        .send_request(
+            http::Request::post("/token")
+                .header("host", "localhost")
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(issued.status(), StatusCode::OK);
+    let body = issued.into_body().collect().await.unwrap().to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let bearer = format!("Bearer {}", body["access_token"].as_str().unwrap());
+
+    let (status, who) = get_on(&mut own, &[("authorization", &bearer)])
+        .await
+        .unwrap();
+    assert_eq!((status, who.as_str()), (StatusCode::OK, "connector-7"));
+
+    let mut other = connect(addr, &pki.ca.pem, Some(&eight)).await.unwrap();
+    let (status, code) = get_on(&mut other, &[("authorization", &bearer)])
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNAUTHORIZED, "certificate_mismatch")
+    );
+}
