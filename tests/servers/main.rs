@@ -15,6 +15,8 @@ mod ip_allowlist_hyper;
 mod ip_allowlist_tonic;
 mod jwt_axum;
 mod mtls_axum;
+mod mtls_ocsp;
+mod ocsp_responder;
 mod rate_limit_axum;
 mod rate_limit_redis;
 mod redis_server;

@@ -27,13 +27,13 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 /// A CA that signs certificates in the test.
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
+pub(crate) struct Ca {
+    pub(crate) issuer: Issuer<'static, KeyPair>,
+    pub(crate) pem: String,
 }
 
 impl Ca {
-    fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
@@ -51,11 +51,28 @@ impl Ca {
     }
 
     /// A certificate: its PEM, its key's PEM and its thumbprint.
-    fn issue(&self, name: &str, usage: Option<ExtendedKeyUsagePurpose>, serial: u64) -> Leaf {
+    pub(crate) fn issue(
+        &self,
+        name: &str,
+        usage: Option<ExtendedKeyUsagePurpose>,
+        serial: u64,
+    ) -> Leaf {
+        self.issue_with(name, usage, serial, |_| {})
+    }
+
+    /// [`Ca::issue`], with the parameters edited first (extensions, validity).
+    pub(crate) fn issue_with(
+        &self,
+        name: &str,
+        usage: Option<ExtendedKeyUsagePurpose>,
+        serial: u64,
+        edit: impl FnOnce(&mut CertificateParams),
+    ) -> Leaf {
         let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
         params.distinguished_name.push(DnType::CommonName, name);
         params.serial_number = Some(SerialNumber::from(serial));
         params.extended_key_usages = usage.into_iter().collect();
+        edit(&mut params);
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         Leaf {
@@ -67,7 +84,7 @@ impl Ca {
         }
     }
 
-    fn crl(&self, serials: &[u64]) -> String {
+    pub(crate) fn crl(&self, serials: &[u64]) -> String {
         let params = CertificateRevocationListParams {
             this_update: rcgen::date_time_ymd(2026, 1, 1),
             next_update: rcgen::date_time_ymd(2036, 1, 1),
@@ -89,24 +106,24 @@ impl Ca {
 }
 
 #[derive(Clone)]
-struct Leaf {
-    pem: String,
-    key: String,
-    thumbprint: ClientCertThumbprint,
+pub(crate) struct Leaf {
+    pub(crate) pem: String,
+    pub(crate) key: String,
+    pub(crate) thumbprint: ClientCertThumbprint,
 }
 
-struct Pki {
-    ca: Ca,
-    server: Leaf,
+pub(crate) struct Pki {
+    pub(crate) ca: Ca,
+    pub(crate) server: Leaf,
 }
 
-fn pki() -> Pki {
+pub(crate) fn pki() -> Pki {
     let ca = Ca::new("Plant CA");
     let server = ca.issue("localhost", Some(ExtendedKeyUsagePurpose::ServerAuth), 1);
     Pki { ca, server }
 }
 
-async fn who(request: Request) -> String {
+pub(crate) async fn who(request: Request) -> String {
     let auth = Authentication::from_extensions(request.extensions());
     let principal = auth.get(AuthMethod::Certificate).expect("the layer ran");
     let port = request
@@ -122,7 +139,7 @@ async fn who(request: Request) -> String {
     )
 }
 
-async fn serve(pki: &Pki, tls: ServerTls, layer: MtlsIdentityLayer) -> SocketAddr {
+pub(crate) async fn serve(pki: &Pki, tls: ServerTls, layer: MtlsIdentityLayer) -> SocketAddr {
     let config = tls.build().unwrap();
     let _ = pki;
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -141,16 +158,20 @@ async fn serve(pki: &Pki, tls: ServerTls, layer: MtlsIdentityLayer) -> SocketAdd
     addr
 }
 
-fn server_tls(pki: &Pki) -> ServerTls {
+pub(crate) fn server_tls(pki: &Pki) -> ServerTls {
     ServerTls::new(pki.server.pem.as_bytes(), pki.server.key.as_bytes())
         .client_cas(pki.ca.pem.as_bytes())
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+pub(crate) type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
 /// One TLS connection, with `client` as the client certificate, kept open for several
 /// requests. Errors are the handshake's.
-async fn connect(addr: SocketAddr, ca_pem: &str, client: Option<&Leaf>) -> Result<Sender, String> {
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    ca_pem: &str,
+    client: Option<&Leaf>,
+) -> Result<Sender, String> {
     let mut roots = rustls::RootCertStore::empty();
     for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(ca.unwrap()).unwrap();
@@ -184,7 +205,7 @@ async fn connect(addr: SocketAddr, ca_pem: &str, client: Option<&Leaf>) -> Resul
 }
 
 /// Sends a GET on the connection; a TLS 1.3 handshake refusal surfaces here.
-async fn get_on(
+pub(crate) async fn get_on(
     sender: &mut Sender,
     headers: &[(&str, &str)],
 ) -> Result<(StatusCode, String), String> {
@@ -206,7 +227,7 @@ async fn get_on(
     Ok((status, code.unwrap_or(body)))
 }
 
-async fn once(
+pub(crate) async fn once(
     addr: SocketAddr,
     pki: &Pki,
     client: Option<&Leaf>,

@@ -20,6 +20,8 @@ use tower_service::Service;
 
 use crate::certificate::{ClientCertificate, KeyUsage};
 use crate::forwarded::{ForwardedCertificate, FromHeader};
+use crate::future::ResponseFuture;
+use crate::ocsp_policy::{Ocsp, OcspState, Outcome, Verdict};
 use crate::registry::ConnectorRegistry;
 use crate::revocation::Crls;
 use crate::LAYER_NAME;
@@ -75,6 +77,11 @@ pub enum MtlsRefusal {
     NotBound,
     /// Its connector is blocked.
     Blocked,
+    /// The OCSP responder does not know the certificate, and the policy fails closed.
+    RevocationUnknown,
+    /// The OCSP check failed (responder down, answer not verifiable), and the policy
+    /// fails closed.
+    RevocationUnavailable,
     /// Another layer already put a certificate principal on the request.
     DuplicatePrincipal,
 }
@@ -92,6 +99,8 @@ impl MtlsRefusal {
             Self::UnknownConnector => "unknown_connector",
             Self::NotBound => "certificate_not_bound",
             Self::Blocked => "connector_blocked",
+            Self::RevocationUnknown => "revocation_unknown",
+            Self::RevocationUnavailable => "revocation_check_unavailable",
             Self::DuplicatePrincipal => "duplicate_authentication",
         }
     }
@@ -107,6 +116,12 @@ impl MtlsRefusal {
             Self::UnknownConnector => "the client certificate is not registered",
             Self::NotBound => "the client certificate is registered to another connector",
             Self::Blocked => "the connector is blocked",
+            Self::RevocationUnknown => {
+                "the revocation service does not know the client certificate"
+            }
+            Self::RevocationUnavailable => {
+                "the client certificate's revocation status cannot be checked; try again later"
+            }
             Self::DuplicatePrincipal => "the server is misconfigured: two certificate layers ran",
         }
     }
@@ -114,6 +129,7 @@ impl MtlsRefusal {
     fn rejection(self) -> Rejection {
         match self {
             Self::DuplicatePrincipal => Rejection::internal(self.code(), self.detail()),
+            Self::RevocationUnavailable => Rejection::unavailable(self.code(), self.detail()),
             _ => Rejection::unauthorized(self.code(), self.detail()),
         }
     }
@@ -125,11 +141,12 @@ impl fmt::Display for MtlsRefusal {
     }
 }
 
-struct Config {
+pub(crate) struct Config {
     identify: Identify,
     registry: Option<ConnectorRegistry>,
     mode: Mode,
     crls: Crls,
+    ocsp: Option<Arc<OcspState>>,
     forwarded: Option<ForwardedCertificate>,
     forwarded_verifier: Option<Arc<dyn ClientCertVerifier>>,
     allow_unrestricted_usage: bool,
@@ -145,6 +162,7 @@ impl fmt::Debug for Config {
             .field("registry", &self.registry)
             .field("mode", &self.mode)
             .field("crls", &self.crls)
+            .field("ocsp", &self.ocsp)
             .field("forwarded", &self.forwarded)
             .field("allow_unrestricted_usage", &self.allow_unrestricted_usage)
             .finish_non_exhaustive()
@@ -221,6 +239,7 @@ impl MtlsIdentityLayer {
                 registry,
                 mode: Mode::Required,
                 crls: Crls::new(),
+                ocsp: None,
                 forwarded: None,
                 forwarded_verifier: None,
                 allow_unrestricted_usage: false,
@@ -253,6 +272,14 @@ impl MtlsIdentityLayer {
     /// Refuses certificates on these CRLs.
     pub fn crls(self, crls: Crls) -> Self {
         self.change(|c| c.crls = crls)
+    }
+
+    /// Also asks an OCSP responder (or the host's own [`OcspCheck`](crate::OcspCheck))
+    /// whether certificates are revoked, after every other check passed. Answers are
+    /// cached; see [`Ocsp`] for the cache and the failure policy.
+    pub fn ocsp(self, ocsp: Ocsp) -> Self {
+        let state = OcspState::new(ocsp);
+        self.change(|c| c.ocsp = Some(state))
     }
 
     /// Also accepts the certificate a trusted proxy forwards in a header. The header is
@@ -324,11 +351,11 @@ pub struct MtlsIdentity<S> {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for MtlsIdentity<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
 {
     type Response = Response<RejectOrBody<ResBody>>;
     type Error = S::Error;
-    type Future = DecisionFuture<S::Future, ResBody>;
+    type Future = ResponseFuture<S::Future, ResBody, S, ReqBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -348,13 +375,13 @@ where
                     let leaf = CertificateDer::from(der.as_ref());
                     if let Err(error) = verifier.verify_client_cert(&leaf, &[], UnixTime::now()) {
                         tracing::debug!(%error, "mtls: a forwarded certificate did not verify");
-                        return refuse(config, &request, MtlsRefusal::Untrusted, None);
+                        return config.refuse(&request, MtlsRefusal::Untrusted, None).into();
                     }
                 }
                 Some(der)
             }
             (None, FromHeader::Malformed) => {
-                return refuse(config, &request, MtlsRefusal::Untrusted, None)
+                return config.refuse(&request, MtlsRefusal::Untrusted, None).into()
             }
             (None, FromHeader::Untrusted) => {
                 tracing::warn!("mtls: a client-certificate header from a peer that is not a trusted proxy was removed");
@@ -367,36 +394,124 @@ where
                 AuditRecord::note(request.extensions(), || {
                     AuditNote::new(LAYER_NAME, Decision::Skip).detail("no client certificate")
                 });
-                return DecisionFuture::inner(self.inner.call(request));
+                return DecisionFuture::inner(self.inner.call(request)).into();
             }
-            return refuse(config, &request, MtlsRefusal::Missing, None);
+            return config.refuse(&request, MtlsRefusal::Missing, None).into();
         };
         let certificate = match config.cache.parse(&der) {
             Ok(certificate) => certificate,
-            Err(refusal) => return refuse(config, &request, refusal, None),
+            Err(refusal) => return config.refuse(&request, refusal, None).into(),
         };
         let thumbprint = certificate.thumbprint();
         let principal = match identify(config, &certificate) {
             Ok(principal) => principal,
-            Err(refusal) => return refuse(config, &request, refusal, Some(thumbprint)),
+            Err(refusal) => return config.refuse(&request, refusal, Some(thumbprint)).into(),
         };
+        let Some(ocsp) = &config.ocsp else {
+            return config
+                .admit(&mut self.inner, request, principal, thumbprint, None)
+                .into();
+        };
+        match ocsp.cached(&thumbprint, config.clock.now()) {
+            Some(verdict) => config
+                .after_ocsp(&mut self.inner, request, principal, thumbprint, &verdict)
+                .into(),
+            None => {
+                let query = ocsp.query(thumbprint, der, config.clock.clone());
+                // The ready service goes with the request; this one gets a fresh clone.
+                let fresh = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, fresh);
+                ResponseFuture::waiting(
+                    query,
+                    inner,
+                    request,
+                    self.config.clone(),
+                    principal,
+                    thumbprint,
+                )
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Decides on a certificate that passed every other check, by its OCSP verdict.
+    pub(crate) fn after_ocsp<S, ReqBody, ResBody>(
+        &self,
+        inner: &mut S,
+        request: Request<ReqBody>,
+        principal: Principal,
+        thumbprint: ClientCertThumbprint,
+        verdict: &Verdict,
+    ) -> DecisionFuture<S::Future, ResBody>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    {
+        let Some(ocsp) = &self.ocsp else {
+            return self.admit(inner, request, principal, thumbprint, None);
+        };
+        match ocsp.outcome(verdict) {
+            Outcome::Allow => self.admit(inner, request, principal, thumbprint, None),
+            Outcome::AllowDespite(why) => {
+                tracing::warn!(%thumbprint, principal = principal.id(), why, "mtls: admitted without a revocation answer");
+                self.admit(inner, request, principal, thumbprint, Some(why))
+            }
+            Outcome::Refuse(refusal) => self.refuse(&request, refusal, Some(thumbprint)),
+        }
+    }
+
+    /// Puts the principal and the thumbprint on the request and calls the inner service.
+    fn admit<S, ReqBody, ResBody>(
+        &self,
+        inner: &mut S,
+        mut request: Request<ReqBody>,
+        principal: Principal,
+        thumbprint: ClientCertThumbprint,
+        caveat: Option<&'static str>,
+    ) -> DecisionFuture<S::Future, ResBody>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    {
         let noted = principal.clone();
         if Authentication::insert_into(request.extensions_mut(), principal).is_err() {
             tracing::error!("mtls: the request already had a certificate principal; is the layer applied twice?");
-            return refuse(
-                config,
-                &request,
-                MtlsRefusal::DuplicatePrincipal,
-                Some(thumbprint),
-            );
+            return self.refuse(&request, MtlsRefusal::DuplicatePrincipal, Some(thumbprint));
         }
         request.extensions_mut().insert(thumbprint);
         AuditRecord::note(request.extensions(), || {
-            AuditNote::allow(LAYER_NAME)
+            let note = AuditNote::allow(LAYER_NAME)
                 .principal_id(noted.id())
-                .credential_id(thumbprint.to_string())
+                .credential_id(thumbprint.to_string());
+            match caveat {
+                Some(caveat) => note.detail(caveat),
+                None => note,
+            }
         });
-        DecisionFuture::inner(self.inner.call(request))
+        DecisionFuture::inner(inner.call(request))
+    }
+
+    pub(crate) fn refuse<ReqBody, ResBody, F>(
+        &self,
+        request: &Request<ReqBody>,
+        refusal: MtlsRefusal,
+        thumbprint: Option<ClientCertThumbprint>,
+    ) -> DecisionFuture<F, ResBody> {
+        tracing::debug!(
+            code = refusal.code(),
+            thumbprint = %thumbprint.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+            "mtls refused a request"
+        );
+        AuditRecord::note(request.extensions(), || {
+            let note = AuditNote::deny(LAYER_NAME, refusal.code()).detail(refusal.detail());
+            match thumbprint {
+                Some(thumbprint) => note.credential_id(thumbprint.to_string()),
+                None => note,
+            }
+        });
+        DecisionFuture::rejected(
+            self.renderer
+                .respond(LAYER_NAME, &refusal.rejection(), request),
+        )
     }
 }
 
@@ -485,29 +600,4 @@ fn identify(config: &Config, certificate: &ClientCertificate) -> Result<Principa
         .get(&thumbprint)
         .unwrap_or(&registered.unbound)
         .clone())
-}
-
-fn refuse<ReqBody, ResBody, F>(
-    config: &Config,
-    request: &Request<ReqBody>,
-    refusal: MtlsRefusal,
-    thumbprint: Option<ClientCertThumbprint>,
-) -> DecisionFuture<F, ResBody> {
-    tracing::debug!(
-        code = refusal.code(),
-        thumbprint = %thumbprint.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
-        "mtls refused a request"
-    );
-    AuditRecord::note(request.extensions(), || {
-        let note = AuditNote::deny(LAYER_NAME, refusal.code()).detail(refusal.detail());
-        match thumbprint {
-            Some(thumbprint) => note.credential_id(thumbprint.to_string()),
-            None => note,
-        }
-    });
-    DecisionFuture::rejected(
-        config
-            .renderer
-            .respond(LAYER_NAME, &refusal.rejection(), request),
-    )
 }

@@ -7,7 +7,8 @@
 //! ([`ForwardedCertificate`]: Envoy's `X-Forwarded-Client-Cert`, nginx's escaped PEM).
 //! [`MtlsIdentityLayer`] then refuses certificates that are expired or not yet valid even
 //! if the TLS stack let them through, whose extended key usage lacks `clientAuth` (a
-//! server's or a sensor's certificate), that are on a CRL ([`Crls`]), that no connector
+//! server's or a sensor's certificate), that are on a CRL ([`Crls`]) or revoked by an
+//! OCSP responder ([`Ocsp`], [`OcspClient`]), that no connector
 //! registered, that claim a connector whose certificates are others, or whose connector
 //! is blocked. It puts the connector's principal in the request's
 //! [`Authentication`](portcullis_core::Authentication) and the certificate's
@@ -59,6 +60,59 @@
 //! # }
 //! ```
 //!
+//! # Serving TLS
+//!
+//! - axum: [`TlsListener::for_axum`] with `into_make_service_with_connect_info::<TlsPeer>()`.
+//! - plain hyper: [`serve_hyper`] (feature `hyper`).
+//! - tonic (feature `tonic`): tonic terminates TLS itself and keeps the peer chain in
+//!   its `TlsConnectInfo`, which the layer reads:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use portcullis_mtls_identity::{Connector, ConnectorRegistry, DevPki, MtlsIdentityLayer};
+//! use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
+//! use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+//!
+//! let pki = DevPki::generate(&["localhost"])?;
+//! let (connector, stranger) = (pki.client("connector-7")?, pki.client("connector-9")?);
+//! let registry = ConnectorRegistry::new();
+//! registry.insert(Connector::new("connector-7").thumbprint(connector.thumbprint()))?;
+//!
+//! let tls = ServerTlsConfig::new()
+//!     .identity(Identity::from_pem(pki.server_cert_pem(), pki.server_key_pem()))
+//!     .client_ca_root(Certificate::from_pem(pki.ca_pem()));
+//! let (_, health) = tonic_health::server::health_reporter();
+//! let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let addr = tcp.local_addr()?;
+//! let server = Server::builder()
+//!     .tls_config(tls)?
+//!     .layer(MtlsIdentityLayer::new(registry))
+//!     .add_service(health)
+//!     .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(tcp));
+//! tokio::spawn(server);
+//!
+//! # let ca = pki.ca_pem().to_owned();
+//! let call = |client: portcullis_mtls_identity::DevClient| {
+//!     # let ca = ca.clone();
+//!     async move {
+//!         let tls = ClientTlsConfig::new()
+//!             .ca_certificate(Certificate::from_pem(ca))
+//!             .identity(Identity::from_pem(client.cert_pem(), client.key_pem()))
+//!             .domain_name("localhost");
+//!         let channel = Endpoint::from_shared(format!("https://{addr}"))?.tls_config(tls)?.connect().await?;
+//!         let answer = HealthClient::new(channel).check(HealthCheckRequest::default()).await;
+//!         Ok::<_, Box<dyn std::error::Error>>(answer)
+//!     }
+//! };
+//! assert!(call(connector).await?.is_ok());
+//! let refused = call(stranger).await?.unwrap_err();
+//! assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+//! assert!(refused.message().starts_with("unknown_connector"));
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Refusals
 //!
 //! | situation | status | code |
@@ -71,23 +125,45 @@
 //! | no connector registered for it | 401 | `unknown_connector` |
 //! | names a connector whose bound certificates are others | 401 | `certificate_not_bound` |
 //! | its connector is blocked | 401 | `connector_blocked` |
+//! | OCSP: revoked | 401 | `revoked_cert` |
+//! | OCSP: the responder does not know it (failing closed) | 401 | `revocation_unknown` |
+//! | OCSP: no usable answer — responder down, bad signature, stale (failing closed) | 503 | `revocation_check_unavailable` |
+//! | another certificate layer already authenticated the request | 500 | `duplicate_authentication` |
 //!
 //! A certificate of another CA never gets this far: the TLS handshake refuses it.
 
 mod certificate;
+#[cfg(feature = "dev-pki")]
+mod dev;
 mod forwarded;
+mod future;
+#[cfg(feature = "hyper")]
+mod hyper_serve;
 mod layer;
+#[cfg(test)]
+mod layer_tests;
+mod listener;
+mod ocsp;
+mod ocsp_policy;
 mod registry;
 mod revocation;
 mod tls;
 
 pub use certificate::{CertificateError, ClientCertificate, KeyUsage};
+#[cfg(feature = "dev-pki")]
+pub use dev::{DevClient, DevPki};
 pub use forwarded::{CertificateHeaderFormat, ForwardedCertificate};
+pub use future::ResponseFuture;
+#[cfg(feature = "hyper")]
+pub use hyper_serve::serve_hyper;
 pub use layer::{Identify, Mode, MtlsIdentity, MtlsIdentityLayer, MtlsRefusal};
+#[cfg(feature = "axum")]
+pub use listener::AxumTlsListener;
+pub use listener::TlsListener;
+pub use ocsp::{OcspAnswer, OcspCheck, OcspClient, OcspError, OcspFuture, OcspStatus};
+pub use ocsp_policy::{Ocsp, OcspFailure};
 pub use registry::{parse_thumbprint, Connector, ConnectorRegistry, RegistryError};
 pub use revocation::{CrlError, Crls};
-#[cfg(feature = "axum")]
-pub use tls::{AxumTlsListener, TlsListener};
 pub use tls::{ClientAuth, ServerTls, TlsConfigError};
 
 /// The layer's name in [`Denial`](portcullis_core::Denial)s and audit notes.

@@ -1,0 +1,332 @@
+//! The layer on its own, with the connection's chain put in the request as a TLS
+//! acceptor would: modes, naming by certificate fields, usage, validity, the parse
+//! cache, a host's own OCSP check with the cache and both failure policies.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use portcullis_core::{
+    AuditRecord, AuthMethod, Authentication, ClientCertThumbprint, Clock, TlsPeer,
+};
+use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair, SanType};
+use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+
+use crate::{
+    ClientCertificate, Connector, ConnectorRegistry, Identify, Mode, MtlsIdentityLayer, Ocsp,
+    OcspAnswer, OcspCheck, OcspError, OcspFuture, OcspStatus,
+};
+
+fn certificate(edit: impl FnOnce(&mut CertificateParams)) -> Vec<u8> {
+    let mut params = CertificateParams::new(vec!["connector-7.plant.example".into()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "connector-7");
+    params.subject_alt_names.push(SanType::URI(
+        "spiffe://plant.example/connector-7".try_into().unwrap(),
+    ));
+    params
+        .subject_alt_names
+        .push(SanType::Rfc822Name("ops@plant.example".try_into().unwrap()));
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    edit(&mut params);
+    params
+        .self_signed(&KeyPair::generate().unwrap())
+        .unwrap()
+        .der()
+        .to_vec()
+}
+
+fn thumbprint(der: &[u8]) -> ClientCertThumbprint {
+    ClientCertificate::from_der(der).unwrap().thumbprint()
+}
+
+fn request(der: Option<&[u8]>) -> Request<()> {
+    let mut request = Request::new(());
+    let chain = der.map(|der| Arc::from(vec![Bytes::copy_from_slice(der)]));
+    request.extensions_mut().insert(TlsPeer {
+        addr: "192.0.2.7:50000".parse().unwrap(),
+        chain,
+    });
+    request.extensions_mut().insert(AuditRecord::new());
+    request
+}
+
+/// Status, the certificate principal's id or the refusal code, and the audit note's
+/// detail.
+async fn run(layer: MtlsIdentityLayer, request: Request<()>) -> (StatusCode, String, String) {
+    let record = request.extensions().get::<AuditRecord>().cloned().unwrap();
+    let service =
+        ServiceBuilder::new()
+            .layer(layer)
+            .service(service_fn(|request: Request<()>| async move {
+                let auth = Authentication::from_extensions(request.extensions());
+                let id = auth
+                    .get(AuthMethod::Certificate)
+                    .map_or("(nobody)".to_owned(), |p| p.id().to_owned());
+                Ok::<_, Infallible>(Response::new(id))
+            }));
+    let response = service.oneshot(request).await.unwrap();
+    let status = response.status();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let body = String::from_utf8(body.to_vec()).unwrap();
+    let said = serde_json_code(&body).unwrap_or(body);
+    let detail = record
+        .notes()
+        .last()
+        .and_then(|n| n.detail_text().map(str::to_owned))
+        .unwrap_or_default();
+    (status, said, detail)
+}
+
+fn serde_json_code(body: &str) -> Option<String> {
+    let start = body.find("\"code\":\"")? + 8;
+    let end = body[start..].find('"')?;
+    Some(body[start..start + end].to_owned())
+}
+
+fn registered(der: &[u8]) -> ConnectorRegistry {
+    let registry = ConnectorRegistry::new();
+    registry
+        .insert(Connector::new("connector-7").thumbprint(thumbprint(der)))
+        .unwrap();
+    registry
+}
+
+#[tokio::test]
+async fn optional_mode_passes_requests_without_a_certificate_but_not_bad_ones() {
+    let der = certificate(|_| {});
+    let layer = MtlsIdentityLayer::new(registered(&der)).mode(Mode::Optional);
+    let (status, id, _) = run(layer.clone(), request(None)).await;
+    assert_eq!((status, id.as_str()), (StatusCode::OK, "(nobody)"));
+    let (status, id, _) = run(layer.clone(), request(Some(&der))).await;
+    assert_eq!((status, id.as_str()), (StatusCode::OK, "connector-7"));
+    let stranger = certificate(|_| {});
+    let (status, code, _) = run(layer.clone(), request(Some(&stranger))).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNAUTHORIZED, "unknown_connector")
+    );
+    let (status, code, _) = run(layer, request(Some(b"not a certificate"))).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNAUTHORIZED, "untrusted_client_cert")
+    );
+
+    let required = MtlsIdentityLayer::new(registered(&der));
+    let (status, code, _) = run(required, request(None)).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNAUTHORIZED, "missing_client_cert")
+    );
+}
+
+#[tokio::test]
+async fn principals_named_by_certificate_fields() {
+    let der = certificate(|_| {});
+    for (identify, expected) in [
+        (Identify::CommonName, "connector-7"),
+        (Identify::DnsName, "connector-7.plant.example"),
+        (Identify::Uri, "spiffe://plant.example/connector-7"),
+        (Identify::Email, "ops@plant.example"),
+    ] {
+        let (status, id, _) = run(MtlsIdentityLayer::by_name(identify), request(Some(&der))).await;
+        assert_eq!(
+            (status, id.as_str()),
+            (StatusCode::OK, expected),
+            "{identify:?}"
+        );
+    }
+    // A field the certificate lacks names nobody.
+    let bare = certificate(|params| params.subject_alt_names.clear());
+    let (status, code, _) = run(
+        MtlsIdentityLayer::by_name(Identify::Uri),
+        request(Some(&bare)),
+    )
+    .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNAUTHORIZED, "unknown_connector")
+    );
+}
+
+#[tokio::test]
+async fn a_name_lookup_still_honours_bound_certificates() {
+    let bound = certificate(|_| {});
+    let other = certificate(|_| {});
+    let layer = MtlsIdentityLayer::new(registered(&bound)).identify(Identify::CommonName);
+    assert_eq!(
+        run(layer.clone(), request(Some(&bound))).await.1,
+        "connector-7"
+    );
+    // Same CN, another key: the connector's bound certificate is the other one.
+    assert_eq!(
+        run(layer, request(Some(&other))).await.1,
+        "certificate_not_bound"
+    );
+}
+
+#[tokio::test]
+async fn usage_and_validity_are_checked_by_the_layer() {
+    let server = certificate(|p| p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth]);
+    let unrestricted = certificate(|p| p.extended_key_usages.clear());
+    let expired = certificate(|p| {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    });
+    let future = certificate(|p| {
+        p.not_before = rcgen::date_time_ymd(2090, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2091, 1, 1);
+    });
+    for (der, code) in [
+        (&server, "wrong_cert_usage"),
+        (&unrestricted, "wrong_cert_usage"),
+        (&expired, "expired_client_cert"),
+        (&future, "client_cert_not_yet_valid"),
+    ] {
+        let (status, said, _) =
+            run(MtlsIdentityLayer::new(registered(der)), request(Some(der))).await;
+        assert_eq!((status, said.as_str()), (StatusCode::UNAUTHORIZED, code));
+    }
+    let allowing = MtlsIdentityLayer::new(registered(&unrestricted)).allow_unrestricted_usage(true);
+    assert_eq!(
+        run(allowing, request(Some(&unrestricted))).await.1,
+        "connector-7"
+    );
+}
+
+#[tokio::test]
+async fn the_parse_cache_changes_nothing_but_speed() {
+    let der = certificate(|_| {});
+    let stranger = certificate(|_| {});
+    for capacity in [0, 1, 10_000] {
+        let layer = MtlsIdentityLayer::new(registered(&der)).parse_cache(capacity);
+        for _ in 0..3 {
+            assert_eq!(
+                run(layer.clone(), request(Some(&der))).await.1,
+                "connector-7"
+            );
+            assert_eq!(
+                run(layer.clone(), request(Some(&stranger))).await.1,
+                "unknown_connector"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_certificate_layers_are_a_server_error() {
+    let der = certificate(|_| {});
+    let inner = MtlsIdentityLayer::new(registered(&der));
+    let outer = MtlsIdentityLayer::new(registered(&der));
+    let service = ServiceBuilder::new()
+        .layer(outer)
+        .layer(inner)
+        .service(service_fn(|_: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(String::new()))
+        }));
+    let response = service.oneshot(request(Some(&der))).await.unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+}
+
+/// A host's own revocation source: a table, and a switch to make it fail.
+#[derive(Clone, Default)]
+struct Table {
+    revoked: Arc<Mutex<Vec<ClientCertThumbprint>>>,
+    failing: Arc<Mutex<bool>>,
+    asked: Arc<AtomicUsize>,
+}
+
+impl OcspCheck for Table {
+    fn check<'a>(&'a self, leaf: &'a [u8]) -> OcspFuture<'a> {
+        Box::pin(async move {
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            if *self.failing.lock().unwrap() {
+                return Err(OcspError::Unreachable("the table is offline".into()));
+            }
+            let revoked = self.revoked.lock().unwrap().contains(&thumbprint(leaf));
+            Ok(OcspAnswer {
+                status: if revoked {
+                    OcspStatus::Revoked
+                } else {
+                    OcspStatus::Good
+                },
+                next_update: Some(SystemTime::now() + Duration::from_secs(60)),
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_hosts_own_check_is_cached_and_its_failures_follow_the_policy() {
+    let der = certificate(|_| {});
+    let table = Table::default();
+    let (clock, hands) = Clock::manual(SystemTime::now());
+    let layer = MtlsIdentityLayer::new(registered(&der))
+        .clock(clock)
+        .ocsp(Ocsp::new(table.clone()).recheck_after(Duration::from_secs(5)));
+    assert_eq!(
+        run(layer.clone(), request(Some(&der))).await.1,
+        "connector-7"
+    );
+    assert_eq!(
+        run(layer.clone(), request(Some(&der))).await.1,
+        "connector-7"
+    );
+    assert_eq!(table.asked.load(Ordering::SeqCst), 1);
+
+    table.revoked.lock().unwrap().push(thumbprint(&der));
+    hands.advance(Duration::from_secs(61));
+    let (status, code, detail) = run(layer.clone(), request(Some(&der))).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNAUTHORIZED, "revoked_cert")
+    );
+    assert_eq!(detail, "the client certificate has been revoked");
+
+    *table.failing.lock().unwrap() = true;
+    hands.advance(Duration::from_secs(61));
+    let (status, code, _) = run(layer.clone(), request(Some(&der))).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "revocation_check_unavailable"
+        )
+    );
+
+    // Failing open: allowed, and the audit event says why.
+    let open = MtlsIdentityLayer::new(registered(&der)).ocsp(Ocsp::new(table.clone()).fail_open());
+    let (status, id, detail) = run(open, request(Some(&der))).await;
+    assert_eq!((status, id.as_str()), (StatusCode::OK, "connector-7"));
+    assert!(detail.contains("fail-open"), "{detail}");
+}
+
+#[tokio::test]
+async fn the_service_is_ready_again_after_a_waiting_call() {
+    // The call that waits for the check takes the ready inner service with it; the
+    // layer's own service must still work for the next call.
+    let der = certificate(|_| {});
+    let table = Table::default();
+    let mut service = ServiceBuilder::new()
+        .layer(MtlsIdentityLayer::new(registered(&der)).ocsp(Ocsp::new(table)))
+        .service(service_fn(|_: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(String::new()))
+        }));
+    for _ in 0..3 {
+        let response = service
+            .ready()
+            .await
+            .unwrap()
+            .call(request(Some(&der)))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+}
