@@ -57,6 +57,10 @@ const SCENARIOS: &[&str] = &[
     "jwt_allow_cached",
     "jwt_allow_uncached",
     "jwt_reject_malformed",
+    "mtls_floor",
+    "mtls_allow_cached",
+    "mtls_allow_uncached",
+    "mtls_reject_unknown",
 ];
 
 type AxumNoop = fn(
@@ -250,6 +254,60 @@ fn run_jwt(kind: &str, iterations: u64) {
     }
 }
 
+/// Client-certificate scenarios: a `DevPki` client certificate on the request's
+/// `TlsPeer`, registered (or not) among 1,000 connectors.
+fn run_mtls(kind: &str, iterations: u64) {
+    use portcullis::core::TlsPeer;
+    use portcullis::mtls_identity::{Connector, ConnectorRegistry, DevPki, MtlsIdentityLayer};
+    use rustls_pki_types::pem::PemObject;
+    let pki = DevPki::generate(&["localhost"]).unwrap();
+    let registry = ConnectorRegistry::new();
+    let mut clients = Vec::new();
+    for n in 0..1_000 {
+        let client = pki.client(&format!("connector-{n}")).unwrap();
+        registry
+            .insert(
+                Connector::new(format!("connector-{n}"))
+                    .role("connector")
+                    .thumbprint(client.thumbprint()),
+            )
+            .unwrap();
+        clients.push(client);
+    }
+    let client = match kind {
+        "mtls_reject_unknown" => pki.client("stranger").unwrap(),
+        _ => clients[7].clone(),
+    };
+    let der =
+        rustls_pki_types::CertificateDer::from_pem_slice(client.cert_pem().as_bytes()).unwrap();
+    let chain: std::sync::Arc<[bytes::Bytes]> =
+        std::sync::Arc::from(vec![bytes::Bytes::copy_from_slice(&der)]);
+    let layer = MtlsIdentityLayer::new(registry).parse_cache(if kind == "mtls_allow_uncached" {
+        0
+    } else {
+        10_000
+    });
+    let mut floor = noop_service();
+    let mut service = layer.layer(noop_service());
+    let make = || {
+        let mut req = request(ALLOWED_PEER);
+        req.extensions_mut().insert(TlsPeer {
+            addr: ALLOWED_PEER.parse().unwrap(),
+            chain: Some(chain.clone()),
+        });
+        req
+    };
+    black_box(drive(&mut service, make()));
+    for _ in 0..iterations {
+        let req = make();
+        if kind == "mtls_floor" {
+            black_box(drive(&mut floor, req));
+        } else {
+            black_box(drive(&mut service, req));
+        }
+    }
+}
+
 /// Role-router scenarios: the policies of `benches/role_router.rs`.
 fn run_role_router(kind: &str, size: usize, iterations: u64) {
     let mut floor = noop_service();
@@ -282,6 +340,9 @@ fn run(scenario: &str, iterations: u64) {
     }
     if kind.starts_with("jwt") {
         return run_jwt(kind, iterations);
+    }
+    if kind.starts_with("mtls") {
+        return run_mtls(kind, iterations);
     }
     if kind.starts_with("audit") {
         return run_audit(kind, iterations);

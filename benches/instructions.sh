@@ -14,7 +14,8 @@ for scenario in floor allow/10 allow/100000 allow_resolved/100000 reject/100000 
     api_key_floor api_key_allow/1 api_key_allow/10000 api_key_reject_malformed/1 api_key_reject_unknown/1 \
     audit_floor audit_disabled audit_memory \
     rate_limit_floor rate_limit_allow/1 rate_limit_allow/10000 rate_limit_allow_resolved/1 rate_limit_reject/1 \
-    jwt_floor jwt_allow_cached jwt_allow_uncached jwt_reject_malformed; do
+    jwt_floor jwt_allow_cached jwt_allow_uncached jwt_reject_malformed \
+    mtls_floor mtls_allow_cached mtls_allow_uncached mtls_reject_unknown; do
     file="$out/$(echo "$scenario" | tr / _).cg"
     valgrind --tool=callgrind --toggle-collect='*common::drive*' --callgrind-out-file="$file" \
         "$bin" "$scenario" "$iterations" >/dev/null 2>&1

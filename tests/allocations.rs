@@ -78,6 +78,67 @@ fn allow_path_allocations() {
     rate_limit_allocations();
     rate_limit_memory_returns_after_a_flood();
     jwt_allocations();
+    mtls_identity_allocations();
+}
+
+fn mtls_identity_allocations() {
+    use portcullis::core::TlsPeer;
+    use portcullis::mtls_identity::{Connector, ConnectorRegistry, DevPki, MtlsIdentityLayer};
+    use rustls_pki_types::pem::PemObject;
+    use std::sync::Arc;
+    let pki = DevPki::generate(&["localhost"]).unwrap();
+    let client = pki.client("connector-7").unwrap();
+    let registry = ConnectorRegistry::new();
+    registry
+        .insert(
+            Connector::new("connector-7")
+                .role("connector")
+                .thumbprint(client.thumbprint()),
+        )
+        .unwrap();
+    let der =
+        rustls_pki_types::CertificateDer::from_pem_slice(client.cert_pem().as_bytes()).unwrap();
+    let chain: Arc<[Bytes]> = Arc::from(vec![Bytes::copy_from_slice(&der)]);
+    let request = |with_auth: bool| {
+        let mut request = request_from("192.0.2.1:1");
+        request.extensions_mut().insert(TlsPeer {
+            addr: "192.0.2.1:1".parse().unwrap(),
+            chain: Some(chain.clone()),
+        });
+        if with_auth {
+            let other = Principal::builder("app", AuthMethod::ApiKey).build();
+            Authentication::insert_into(request.extensions_mut(), other).unwrap();
+        }
+        request
+    };
+    let mut service = MtlsIdentityLayer::new(registry).layer(tower::service_fn(noop));
+    // The first request parses the certificate and caches it.
+    allocations(&mut service, request(false));
+    // The request as an acceptor hands it over: only its `TlsPeer` (and, second case, a
+    // principal from another layer). A cached certificate: the lookup, the checks and
+    // the connector's principal (an `Arc` clone) allocate nothing; `http::Extensions`
+    // boxes the thumbprint, and the request's first `Authentication`.
+    let only_peer = |with_auth: bool| {
+        let mut request = request(with_auth);
+        request.extensions_mut().remove::<PeerAddr>();
+        request
+    };
+    assert_eq!(
+        allocations(&mut service, only_peer(true)),
+        (1, StatusCode::OK)
+    );
+    assert_eq!(
+        allocations(&mut service, only_peer(false)),
+        (2, StatusCode::OK)
+    );
+    // One more extension already there, and inserting the fourth grows the extensions
+    // map: one allocation more, which is `http`'s, not the layer's.
+    assert_eq!(
+        allocations(&mut service, request(false)),
+        (3, StatusCode::OK)
+    );
+    let (_, status) = allocations(&mut service, request_from("192.0.2.1:1"));
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
 fn jwt_allocations() {
