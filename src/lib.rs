@@ -61,6 +61,9 @@ pub use portcullis_jwt as jwt;
 #[cfg(feature = "mtls-identity")]
 pub use portcullis_mtls_identity as mtls_identity;
 
+#[cfg(feature = "config")]
+pub mod config;
+
 #[cfg(feature = "rate-limit")]
 pub use portcullis_rate_limit as rate_limit;
 

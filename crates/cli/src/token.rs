@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use clap::{Args, Subcommand};
 use portcullis_core::{AuthMethod, Principal};
@@ -88,13 +88,7 @@ fn secret(out: &Path) -> Result<ExitCode, String> {
 
 /// Reads a secret written by `token secret` (base64url), or standard base64.
 pub(crate) fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let text = text.trim();
-    URL_SAFE_NO_PAD
-        .decode(text)
-        .or_else(|_| STANDARD.decode(text))
-        .map_err(|_| format!("{} does not hold a base64 secret", path.display()))
+    portcullis_jwt::read_secret_file(path)
 }
 
 fn algorithm(name: &str) -> Result<Algorithm, String> {

@@ -536,6 +536,19 @@ fn unreadable(error: jsonwebtoken::errors::Error) -> KeyError {
     KeyError::Unreadable(error.to_string())
 }
 
+/// Reads an HMAC secret file as `portcullis token secret` writes it: base64url (or
+/// standard base64) text. The error names the file, never its contents.
+pub fn read_secret_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use base64::engine::general_purpose::STANDARD;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = text.trim();
+    URL_SAFE_NO_PAD
+        .decode(text)
+        .or_else(|_| STANDARD.decode(text))
+        .map_err(|_| format!("{} does not hold a base64 secret", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

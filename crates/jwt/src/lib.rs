@@ -115,7 +115,9 @@ pub use claims::{ClaimPath, Claims, InvalidClaimPath, JwtClaims};
 pub use future::ResponseFuture;
 pub use issue::{Binding, ExtendService, IssueError, IssueService, IssuedToken, TokenIssuer};
 pub use issuer::Issuer;
-pub use key::{KeyError, SigningKey, VerifyingKey, MIN_HMAC_SECRET_LEN, MIN_RSA_BITS};
+pub use key::{
+    read_secret_file, KeyError, SigningKey, VerifyingKey, MIN_HMAC_SECRET_LEN, MIN_RSA_BITS,
+};
 pub use keyset::JwksError;
 pub use layer::{ConfigError, Jwt, JwtHandle, JwtLayer, JwtLayerBuilder, Mode};
 pub use refusal::JwtRefusal;

@@ -1,0 +1,160 @@
+//! The gateway: a small HSM-style key service behind every Portcullis layer, composed
+//! from one configuration file.
+//!
+//! ```sh
+//! cargo run --example gateway                      # development setup, printed commands
+//! cargo run --example gateway -- --config FILE     # exactly what FILE says
+//! ```
+//!
+//! Without arguments it writes a development CA, server and client certificates, an API
+//! key, a token secret, `examples/gateway.toml` and its role table into
+//! `target/gateway-dev/`, prints `curl` commands that succeed (a client certificate, an
+//! API key, a JWT) and one that is refused, and serves, with audit events on stdout.
+
+mod hsm;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use portcullis::api_key::{render_key_record, GeneratedKey, KeyPrefix, KeyRecord};
+use portcullis::config::GatewayConfig;
+use portcullis::core::{AuthMethod, Principal, TlsPeer};
+use portcullis::mtls_identity::{DevPki, TlsListener};
+
+const CONFIG: &str = include_str!("../gateway.toml");
+const POLICY: &str = include_str!("../gateway-policy.toml");
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("gateway: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (config_path, dev) = match args.as_slice() {
+        [] => {
+            let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/gateway-dev");
+            let dev = write_dev_setup(&dir)?;
+            (dir.join("gateway.toml"), Some(dev))
+        }
+        [flag, path] if flag == "--config" => (PathBuf::from(path), None),
+        _ => return Err("usage: gateway [--config FILE]".into()),
+    };
+    let config = GatewayConfig::from_file(&config_path)?;
+    let gateway = config.build().await?;
+    let app = gateway.apply(hsm::router());
+    let tcp = tokio::net::TcpListener::bind(gateway.listen).await?;
+    let addr = tcp.local_addr()?;
+    eprintln!(
+        "gateway: {} with layers {:?}",
+        config_path.display(),
+        gateway.layer_kinds()
+    );
+    match &gateway.tls {
+        Some(tls) => {
+            eprintln!("gateway: listening on https://{addr}");
+            if let Some(dev) = &dev {
+                dev.print_commands(addr.port());
+            }
+            axum::serve(
+                TlsListener::new(tcp, tls.clone()).for_axum(),
+                app.into_make_service_with_connect_info::<TlsPeer>(),
+            )
+            .await?;
+        }
+        None => {
+            eprintln!("gateway: listening on http://{addr}");
+            axum::serve(
+                tcp,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// What the development setup made, for the printed commands.
+struct DevSetup {
+    dir: PathBuf,
+    api_key: String,
+    token: String,
+}
+
+impl DevSetup {
+    fn print_commands(&self, port: u16) {
+        let dir = self.dir.display();
+        let base = format!("https://localhost:{port}");
+        let ca = format!("--cacert {dir}/ca.pem");
+        println!("\nTry (each succeeds):");
+        println!("  curl {ca} --cert {dir}/connector-7.pem {base}/v1/key");
+        println!("  curl {ca} -H 'x-api-key: {}' -X POST -H 'content-type: application/json' -d '{{\"name\":\"k2\"}}' {base}/v1/key", self.api_key);
+        println!("  curl {ca} -H 'authorization: Bearer {}' -X POST -H 'content-type: application/json' -d '{{\"key\":\"default\",\"data\":\"aGVsbG8=\"}}' {base}/v1/sign", self.token);
+        println!("  curl {ca} --cert {dir}/connector-7.pem -X POST {base}/v1/token");
+        println!("Refused (401, no credentials):");
+        println!("  curl {ca} {base}/v1/key\n");
+    }
+}
+
+fn write_dev_setup(dir: &Path) -> Result<DevSetup, Box<dyn std::error::Error>> {
+    std::fs::create_dir_all(dir)?;
+    let pki = DevPki::generate(&["localhost", "127.0.0.1"])?;
+    pki.write_to(dir)?;
+    let connector = pki.client("connector-7")?;
+    connector.write_to(dir, "connector-7")?;
+    std::fs::write(
+        dir.join("connectors.toml"),
+        format!(
+            "# Registered connectors and their certificates' thumbprints.\n[[connector]]\nid = \"connector-7\"\nroles = [\"signer\", \"key-reader\"]\nthumbprints = [\"{}\"]\n",
+            connector.thumbprint()
+        ),
+    )?;
+
+    let key = GeneratedKey::generate(&KeyPrefix::default())?;
+    let record = KeyRecord::new(key.id(), "partner-acme", key.digest())?.roles(["key-admin"]);
+    std::fs::write(dir.join("api-keys.toml"), render_key_record(&record))?;
+
+    let mut secret = [0u8; 64];
+    getrandom::fill(&mut secret)?;
+    let secret_text = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+    };
+    write_private(&dir.join("token.secret"), &secret_text)?;
+    std::fs::write(dir.join("policy.toml"), POLICY)?;
+    std::fs::write(dir.join("gateway.toml"), CONFIG)?;
+
+    // A token as the issue route would give connector-7, to paste.
+    let signing = portcullis::jwt::SigningKey::hmac(
+        portcullis::jwt::jsonwebtoken::Algorithm::HS256,
+        &secret,
+    )?;
+    let issuer = portcullis::jwt::TokenIssuer::new(signing, "https://gateway.local", "hsm")?;
+    let principal = Principal::builder("connector-7", AuthMethod::Certificate)
+        .roles(["signer", "key-reader"])
+        .build();
+    let token = issuer.issue(&principal, None)?.expose().to_owned();
+    Ok(DevSetup {
+        dir: dir.to_owned(),
+        api_key: key.expose_secret().to_owned(),
+        token,
+    })
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(contents.as_bytes())
+}

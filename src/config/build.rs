@@ -1,0 +1,455 @@
+//! From a checked file to built layers: files are read here, and their errors name the
+//! `[[layer]]` (or section) that points at them.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use http::HeaderName;
+use portcullis_api_key::{ApiKeyLayer, FileKeyStore, KeySource};
+use portcullis_audit::{AuditLayer, FileSink};
+use portcullis_core::{ClientIpResolver, ForwardedHeader};
+use portcullis_ip_allowlist::{IpAllowlistLayer, IpRules};
+use portcullis_jwt::jsonwebtoken::Algorithm;
+use portcullis_jwt::{Issuer, JwtLayer, Revocations, SigningKey, TokenIssuer, VerifyingKey};
+use portcullis_mtls_identity::{ClientAuth, ConnectorRegistry, Crls, MtlsIdentityLayer, ServerTls};
+use portcullis_rate_limit::{
+    Ban, Charge, KeyPart, MissingKey, Quota, RateLimitLayer, RedisBackend,
+};
+use portcullis_role_router::RoleRouterLayer;
+
+use super::schema::{self, ClientCerts, ForwardedHeaderName, KeyPartName};
+use super::{ConfigError, Entry, GatewayConfig, LayerConfig};
+
+/// A built layer.
+#[derive(Clone)]
+enum Built {
+    IpAllowlist(IpAllowlistLayer),
+    MtlsIdentity(MtlsIdentityLayer),
+    ApiKey(ApiKeyLayer),
+    Jwt(JwtLayer),
+    RoleRouter(RoleRouterLayer),
+    RateLimit(RateLimitLayer),
+    Audit(AuditLayer),
+}
+
+/// The token issue and extend routes of `[token_issuer]`.
+#[derive(Clone)]
+#[allow(missing_debug_implementations)] // the issuer holds a signing key
+pub struct TokenRoutes {
+    /// Signs and extends tokens.
+    pub issuer: TokenIssuer,
+    /// Where tokens are issued (`POST`, default `/v1/token`).
+    pub issue_path: String,
+    /// Where tokens are extended (`POST`, default `/v1/token/extend`).
+    pub extend_path: String,
+}
+
+/// The stack a [`GatewayConfig`] describes, built: the layers in the file's order, the
+/// TLS server config, and the token routes. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    /// `[server] listen`.
+    pub listen: SocketAddr,
+    /// `[tls]`, built, if the file has it.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `[token_issuer]`, if the file has it.
+    pub token_routes: Option<TokenRoutes>,
+    /// The connector registry of the `mtls-identity` layer, to block or reload at run
+    /// time.
+    pub connectors: Option<ConnectorRegistry>,
+    layers: Vec<(&'static str, Built)>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("listen", &self.listen)
+            .field("tls", &self.tls.is_some())
+            .field("layers", &self.layer_kinds())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// The layers' kinds, outermost first.
+    pub fn layer_kinds(&self) -> Vec<&'static str> {
+        self.layers.iter().map(|(kind, _)| *kind).collect()
+    }
+
+    /// Puts the token routes (if any) into `router` and wraps it in the layers, the
+    /// file's first `[[layer]]` outermost. Routes added to the returned router later
+    /// are not behind the stack.
+    #[cfg(feature = "axum")]
+    pub fn apply(&self, mut router: axum::Router) -> axum::Router {
+        if let Some(routes) = &self.token_routes {
+            router = router
+                .route_service(&routes.issue_path, routes.issuer.issue_service())
+                .route_service(&routes.extend_path, routes.issuer.extend_service());
+        }
+        // axum's last `.layer` is the outermost: apply the file's list backwards.
+        for (_, layer) in self.layers.iter().rev() {
+            router = match layer.clone() {
+                Built::IpAllowlist(layer) => router.layer(layer),
+                Built::MtlsIdentity(layer) => router.layer(layer),
+                Built::ApiKey(layer) => router.layer(layer),
+                Built::Jwt(layer) => router.layer(layer),
+                Built::RoleRouter(layer) => router.layer(layer),
+                Built::RateLimit(layer) => router.layer(layer),
+                Built::Audit(layer) => router.layer(layer),
+            };
+        }
+        router
+    }
+}
+
+impl GatewayConfig {
+    /// Reads the files the configuration names and builds every layer. Runs inside the
+    /// tokio runtime: JWT key refresh and the Redis connection start here.
+    pub async fn build(&self) -> Result<Gateway, ConfigError> {
+        let resolver = self.client_ip();
+        let tls = match &self.file.tls {
+            Some(tls) => Some(self.tls(tls)?),
+            None => None,
+        };
+        let revocations = Revocations::new();
+        let token_routes = match &self.file.token_issuer {
+            Some(section) => Some(self.token_issuer(section, &revocations)?),
+            None => None,
+        };
+        let mut layers = Vec::new();
+        let mut connectors = None;
+        for entry in &self.entries {
+            let at = |message: String| self.error(Some(entry.line), &entry.key, message);
+            let built = match &entry.layer {
+                LayerConfig::IpAllowlist(c) => {
+                    let mut rules = IpRules::new();
+                    let mut allow = c.allow.clone();
+                    let mut deny = c.deny.clone();
+                    if let Some(path) = &c.allow_file {
+                        let set = portcullis_core::NetworkSet::from_file(self.path(path))
+                            .map_err(|e| at(format!("allow_file: {e}")))?;
+                        allow = allow.networks().chain(set.networks()).collect();
+                    }
+                    if let Some(path) = &c.deny_file {
+                        let set = portcullis_core::NetworkSet::from_file(self.path(path))
+                            .map_err(|e| at(format!("deny_file: {e}")))?;
+                        deny = deny.networks().chain(set.networks()).collect();
+                    }
+                    if !allow.is_empty() {
+                        rules = rules.allow(allow);
+                    }
+                    rules = rules.deny(deny);
+                    Built::IpAllowlist(IpAllowlistLayer::new(rules).client_ip(resolver.clone()))
+                }
+                LayerConfig::MtlsIdentity(c) => {
+                    let registry = ConnectorRegistry::open(self.path(&c.connectors))
+                        .map_err(|e| at(format!("connectors: {e}")))?;
+                    let mut layer = MtlsIdentityLayer::new(registry.clone()).mode(match c.mode {
+                        schema::Mode::Required => portcullis_mtls_identity::Mode::Required,
+                        schema::Mode::Optional => portcullis_mtls_identity::Mode::Optional,
+                    });
+                    if let Some(tls) = &self.file.tls {
+                        if !tls.crls.is_empty() {
+                            let crls = Crls::from_files(tls.crls.iter().map(|p| self.path(p)))
+                                .map_err(|e| self.error(None, "tls.crls", e))?;
+                            layer = layer.crls(crls);
+                        }
+                    }
+                    connectors = Some(registry);
+                    Built::MtlsIdentity(layer)
+                }
+                LayerConfig::ApiKey(c) => Built::ApiKey(self.api_key(c, &resolver).map_err(at)?),
+                LayerConfig::Jwt(c) => {
+                    Built::Jwt(self.jwt(c, token_routes.as_ref(), &revocations, entry)?)
+                }
+                LayerConfig::RoleRouter(c) => {
+                    let policy = portcullis_role_router::read_policy(self.path(&c.policy))
+                        .map_err(|e| ConfigError {
+                            source: self.path(&c.policy).display().to_string(),
+                            line: e.line(),
+                            key: format!("{} (policy)", entry.key),
+                            message: e.to_string(),
+                        })?;
+                    Built::RoleRouter(RoleRouterLayer::new(policy))
+                }
+                LayerConfig::RateLimit(c) => {
+                    Built::RateLimit(self.rate_limit(c, &resolver).await.map_err(at)?)
+                }
+                LayerConfig::Audit(c) => {
+                    let mut layer = AuditLayer::new()
+                        .tracing_event(c.tracing)
+                        .client_ip(resolver.clone());
+                    if c.stdout {
+                        let sink = FileSink::to_writer(std::io::stdout())
+                            .build()
+                            .map_err(|e| at(format!("stdout: {e}")))?;
+                        layer = layer.sink(sink);
+                    }
+                    if let Some(dir) = &c.directory {
+                        let sink = FileSink::builder(self.path(dir))
+                            .hash_chain(true)
+                            .build()
+                            .map_err(|e| at(format!("directory: {e}")))?;
+                        layer = layer.sink(sink);
+                    }
+                    Built::Audit(layer)
+                }
+            };
+            layers.push((entry.kind, built));
+        }
+        Ok(Gateway {
+            listen: self.file.server.listen,
+            tls,
+            token_routes,
+            connectors,
+            layers,
+        })
+    }
+
+    fn client_ip(&self) -> ClientIpResolver {
+        let section = &self.file.client_ip;
+        ClientIpResolver::new()
+            .trust_proxies(section.trusted_proxies.clone())
+            .forwarded_header(match section.header {
+                ForwardedHeaderName::XForwardedFor => ForwardedHeader::XForwardedFor,
+                ForwardedHeaderName::Forwarded => ForwardedHeader::Forwarded,
+            })
+    }
+
+    fn read(&self, key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+        let full = self.path(path);
+        std::fs::read(&full)
+            .map_err(|e| self.error(None, key, format!("cannot read {}: {e}", full.display())))
+    }
+
+    fn tls(&self, tls: &schema::Tls) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+        let mut crls = Vec::new();
+        for path in &tls.crls {
+            crls.extend(self.read("tls.crls", path)?);
+            crls.push(b'\n');
+        }
+        ServerTls::new(
+            &self.read("tls.cert", &tls.cert)?,
+            &self.read("tls.key", &tls.key)?,
+        )
+        .client_cas(&self.read("tls.client_ca", &tls.client_ca)?)
+        .crls(&crls)
+        .client_auth(match tls.client_certs {
+            ClientCerts::Required => ClientAuth::Required,
+            ClientCerts::Optional => ClientAuth::Optional,
+        })
+        .build()
+        .map_err(|e| self.error(None, "tls", e))
+    }
+
+    fn token_issuer(
+        &self,
+        section: &schema::TokenIssuer,
+        revocations: &Revocations,
+    ) -> Result<TokenRoutes, ConfigError> {
+        let key = "token_issuer.secret_file";
+        let secret = portcullis_jwt::read_secret_file(&self.path(&section.secret_file))
+            .map_err(|e| self.error(None, key, e))?;
+        let signing =
+            SigningKey::hmac(Algorithm::HS256, &secret).map_err(|e| self.error(None, key, e))?;
+        let mut issuer = TokenIssuer::new(signing, &section.issuer, &section.audience)
+            .map_err(|e| self.error(None, "token_issuer", e))?
+            .revocations(revocations.clone());
+        if let Some(lifetime) = section.lifetime {
+            issuer = issuer.lifetime(lifetime);
+        }
+        if let Some(max) = section.max_session {
+            issuer = issuer.max_session(max);
+        }
+        Ok(TokenRoutes {
+            issuer,
+            issue_path: section.issue_path.clone(),
+            extend_path: section.extend_path.clone(),
+        })
+    }
+
+    fn api_key(
+        &self,
+        c: &schema::ApiKey,
+        resolver: &ClientIpResolver,
+    ) -> Result<ApiKeyLayer, String> {
+        let store =
+            FileKeyStore::open(self.path(&c.key_file)).map_err(|e| format!("key_file: {e}"))?;
+        let header = |name: &String| {
+            HeaderName::try_from(name.as_str())
+                .map_err(|_| format!("{name:?} is not a header name"))
+        };
+        let mut sources = Vec::new();
+        for name in &c.headers {
+            sources.push(KeySource::header(header(name)?));
+        }
+        for name in &c.split_headers {
+            sources.push(KeySource::split_header(header(name)?));
+        }
+        if let Some(scheme) = &c.authorization_scheme {
+            sources.push(
+                KeySource::authorization(scheme)
+                    .map_err(|e| format!("authorization_scheme: {e}"))?,
+            );
+        }
+        let mut layer = ApiKeyLayer::new(store)
+            .client_ip(resolver.clone())
+            .mode(match c.mode {
+                schema::Mode::Required => portcullis_api_key::Mode::Required,
+                schema::Mode::Optional => portcullis_api_key::Mode::Optional,
+            });
+        if !sources.is_empty() {
+            layer = layer.sources(sources);
+        }
+        Ok(layer)
+    }
+
+    fn jwt(
+        &self,
+        c: &schema::Jwt,
+        token_routes: Option<&TokenRoutes>,
+        revocations: &Revocations,
+        entry: &Entry,
+    ) -> Result<JwtLayer, ConfigError> {
+        let at = |key: String, message: String| self.error(Some(entry.line), &key, message);
+        let mut builder = JwtLayer::builder()
+            .mode(match c.mode {
+                schema::Mode::Required => portcullis_jwt::Mode::Required,
+                schema::Mode::Optional => portcullis_jwt::Mode::Optional,
+            })
+            .revocations(revocations.clone());
+        if c.trust_token_issuer {
+            let Some(routes) = token_routes else {
+                return Err(at(
+                    format!("{}.trust_token_issuer", entry.key),
+                    "there is no [token_issuer] section to trust".into(),
+                ));
+            };
+            builder = builder.issuer(routes.issuer.validating_issuer());
+        }
+        for (index, section) in c.issuers.iter().enumerate() {
+            let key = format!("{}.issuer[{index}]", entry.key);
+            let issuer = self.jwt_issuer(section).map_err(|e| at(key, e))?;
+            builder = builder.issuer(issuer);
+        }
+        for scope in &c.require_scopes {
+            builder = builder.require_scope(scope.clone());
+        }
+        builder
+            .build()
+            .map_err(|e| at(entry.key.clone(), e.to_string()))
+    }
+
+    fn jwt_issuer(&self, c: &schema::JwtIssuer) -> Result<Issuer, String> {
+        let mut issuer = Issuer::new(&c.issuer);
+        if c.audiences.is_empty() {
+            return Err("audiences: name at least one audience the tokens must carry".into());
+        }
+        for audience in &c.audiences {
+            issuer = issuer.audience(audience.clone());
+        }
+        let algorithm = match &c.algorithm {
+            Some(name) => Some(
+                name.parse::<Algorithm>()
+                    .map_err(|_| format!("algorithm: {name:?} is not one; use HS256, RS256, PS256, ES256, ES384 or EdDSA"))?,
+            ),
+            None => None,
+        };
+        if let Some(path) = &c.secret_file {
+            let secret = portcullis_jwt::read_secret_file(&self.path(path))
+                .map_err(|e| format!("secret_file: {e}"))?;
+            let key = VerifyingKey::hmac(algorithm.unwrap_or(Algorithm::HS256), &secret)
+                .map_err(|e| format!("secret_file: {e}"))?;
+            issuer = issuer.key(key);
+        }
+        if let Some(path) = &c.public_key_file {
+            let pem =
+                std::fs::read(self.path(path)).map_err(|e| format!("public_key_file: {e}"))?;
+            let key = match algorithm {
+                Some(a @ (Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512)) => VerifyingKey::rsa_pem(a, &pem),
+                Some(a @ (Algorithm::ES256 | Algorithm::ES384)) => VerifyingKey::ec_pem(a, &pem),
+                Some(Algorithm::EdDSA) => VerifyingKey::ed_pem(&pem),
+                _ => return Err("algorithm: public_key_file needs the algorithm (RS256, PS256, ES256, ES384, EdDSA, …)".into()),
+            }
+            .map_err(|e| format!("public_key_file: {e}"))?;
+            issuer = issuer.key(key);
+        }
+        if let Some(path) = &c.jwks_file {
+            issuer = issuer.jwks_file(self.path(path));
+        }
+        if let Some(url) = &c.jwks_url {
+            issuer = issuer.jwks_url(url.clone());
+        }
+        if c.discover {
+            issuer = issuer.discover();
+        }
+        if let Some(leeway) = c.leeway {
+            issuer = issuer.leeway(leeway);
+        }
+        if let Some(typ) = &c.token_type {
+            issuer = issuer.token_type(typ.clone());
+        }
+        if let Some(path) = &c.subject_claim {
+            issuer = issuer
+                .subject_claim(path)
+                .map_err(|e| format!("subject_claim: {e}"))?;
+        }
+        if let Some(path) = &c.roles_claim {
+            issuer = issuer
+                .roles_claim(path)
+                .map_err(|e| format!("roles_claim: {e}"))?;
+        }
+        if let Some(path) = &c.scopes_claim {
+            issuer = issuer
+                .scopes_claim(path)
+                .map_err(|e| format!("scopes_claim: {e}"))?;
+        }
+        Ok(issuer)
+    }
+
+    async fn rate_limit(
+        &self,
+        c: &schema::RateLimit,
+        resolver: &ClientIpResolver,
+    ) -> Result<RateLimitLayer, String> {
+        let mut builder = RateLimitLayer::builder()
+            .client_ip(resolver.clone())
+            .headers_on_allowed(c.headers_on_allowed);
+        for (index, q) in c.quotas.iter().enumerate() {
+            let mut quota = Quota::new(q.name.clone(), q.rate)
+                .key(q.key.iter().map(|part| match part {
+                    KeyPartName::ClientIp => KeyPart::ClientIp,
+                    KeyPartName::Principal => KeyPart::Principal,
+                    KeyPartName::Credential => KeyPart::Credential,
+                    KeyPartName::Route => KeyPart::Route,
+                }))
+                .charge(match q.charge {
+                    schema::ChargeName::Every => Charge::Every,
+                    schema::ChargeName::Unauthenticated => Charge::Unauthenticated,
+                })
+                .when_key_missing(match q.when_key_missing {
+                    schema::MissingKeyName::Skip => MissingKey::Skip,
+                    schema::MissingKeyName::Refuse => MissingKey::Refuse,
+                });
+            if let Some(burst) = q.burst {
+                quota = quota.burst(burst);
+            }
+            if !q.paths.is_empty() {
+                quota = quota.paths(q.paths.clone());
+            }
+            if let Some(ban) = &q.ban {
+                quota = quota.ban(Ban::after(ban.strikes, ban.window, ban.duration));
+            }
+            let _ = index;
+            builder = builder.quota(quota);
+        }
+        if let Some(url) = &c.redis {
+            let backend = RedisBackend::connect(url)
+                .await
+                .map_err(|e| format!("redis: {e}"))?;
+            builder = builder.redis(backend);
+        }
+        builder.build().map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,290 @@
+//! The file's shape. Every table refuses keys it does not know; values that have a
+//! syntax of their own (networks, rates, durations, header names) are checked while the
+//! file is read, so their errors carry the line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use portcullis_core::NetworkSet;
+use serde::{Deserialize, Deserializer};
+
+pub(crate) fn from_str<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(serde::de::Error::custom)
+}
+
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a duration ({e}); write e.g. \"90s\", \"10m\", \"10h\""
+        ))
+    })
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    duration(deserializer).map(Some)
+}
+
+fn networks<'de, D: Deserializer<'de>>(deserializer: D) -> Result<NetworkSet, D::Error> {
+    let items = Vec::<String>::deserialize(deserializer)?;
+    NetworkSet::parse_list("the list", &items.join("\n")).map_err(serde::de::Error::custom)
+}
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct File {
+    pub(crate) server: Server,
+    pub(crate) tls: Option<Tls>,
+    #[serde(default)]
+    pub(crate) client_ip: ClientIp,
+    pub(crate) token_issuer: Option<TokenIssuer>,
+    #[serde(default, rename = "layer")]
+    pub(crate) layers: Vec<toml::Spanned<toml::Table>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Server {
+    pub(crate) listen: SocketAddr,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum ClientCerts {
+    Required,
+    Optional,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Tls {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+    pub(crate) client_ca: PathBuf,
+    #[serde(default)]
+    pub(crate) crls: Vec<PathBuf>,
+    #[serde(default = "optional_certs")]
+    pub(crate) client_certs: ClientCerts,
+}
+
+fn optional_certs() -> ClientCerts {
+    ClientCerts::Optional
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum ForwardedHeaderName {
+    #[default]
+    XForwardedFor,
+    Forwarded,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ClientIp {
+    #[serde(default, deserialize_with = "networks")]
+    pub(crate) trusted_proxies: NetworkSet,
+    #[serde(default)]
+    pub(crate) header: ForwardedHeaderName,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TokenIssuer {
+    pub(crate) issuer: String,
+    pub(crate) audience: String,
+    pub(crate) secret_file: PathBuf,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub(crate) lifetime: Option<Duration>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub(crate) max_session: Option<Duration>,
+    #[serde(default = "issue_path")]
+    pub(crate) issue_path: String,
+    #[serde(default = "extend_path")]
+    pub(crate) extend_path: String,
+}
+
+fn issue_path() -> String {
+    "/v1/token".into()
+}
+
+fn extend_path() -> String {
+    "/v1/token/extend".into()
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Mode {
+    #[default]
+    Required,
+    Optional,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IpAllowlist {
+    #[serde(default, deserialize_with = "networks")]
+    pub(crate) allow: NetworkSet,
+    #[serde(default, deserialize_with = "networks")]
+    pub(crate) deny: NetworkSet,
+    pub(crate) allow_file: Option<PathBuf>,
+    pub(crate) deny_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MtlsIdentity {
+    /// A `[[connector]]` file.
+    pub(crate) connectors: PathBuf,
+    #[serde(default)]
+    pub(crate) mode: Mode,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ApiKey {
+    pub(crate) key_file: PathBuf,
+    #[serde(default)]
+    pub(crate) mode: Mode,
+    /// Headers holding the key itself (`X-API-KEY` when nothing is given).
+    #[serde(default)]
+    pub(crate) headers: Vec<String>,
+    /// Headers holding `<secret>/<id>` (`X-Auth-Token`).
+    #[serde(default)]
+    pub(crate) split_headers: Vec<String>,
+    /// `Authorization: <scheme> <key>`.
+    pub(crate) authorization_scheme: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Jwt {
+    #[serde(default)]
+    pub(crate) mode: Mode,
+    /// Trust the tokens `[token_issuer]` issues.
+    #[serde(default)]
+    pub(crate) trust_token_issuer: bool,
+    #[serde(default, rename = "issuer")]
+    pub(crate) issuers: Vec<JwtIssuer>,
+    #[serde(default)]
+    pub(crate) require_scopes: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JwtIssuer {
+    pub(crate) issuer: String,
+    #[serde(default)]
+    pub(crate) audiences: Vec<String>,
+    pub(crate) secret_file: Option<PathBuf>,
+    pub(crate) public_key_file: Option<PathBuf>,
+    pub(crate) algorithm: Option<String>,
+    pub(crate) jwks_file: Option<PathBuf>,
+    pub(crate) jwks_url: Option<String>,
+    #[serde(default)]
+    pub(crate) discover: bool,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub(crate) leeway: Option<Duration>,
+    pub(crate) token_type: Option<String>,
+    pub(crate) subject_claim: Option<String>,
+    pub(crate) roles_claim: Option<String>,
+    pub(crate) scopes_claim: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RoleRouter {
+    /// A policy file (`[[rule]]`s), as `portcullis policy check` reads it.
+    pub(crate) policy: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RateLimit {
+    pub(crate) redis: Option<String>,
+    #[serde(default)]
+    pub(crate) headers_on_allowed: bool,
+    #[serde(rename = "quota")]
+    pub(crate) quotas: Vec<Quota>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum KeyPartName {
+    ClientIp,
+    Principal,
+    Credential,
+    Route,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum ChargeName {
+    #[default]
+    Every,
+    Unauthenticated,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum MissingKeyName {
+    #[default]
+    Skip,
+    Refuse,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Quota {
+    pub(crate) name: String,
+    #[serde(deserialize_with = "from_str")]
+    pub(crate) rate: portcullis_rate_limit::Rate,
+    pub(crate) burst: Option<u32>,
+    #[serde(default = "by_ip")]
+    pub(crate) key: Vec<KeyPartName>,
+    #[serde(default)]
+    pub(crate) charge: ChargeName,
+    #[serde(default)]
+    pub(crate) when_key_missing: MissingKeyName,
+    #[serde(default)]
+    pub(crate) paths: Vec<String>,
+    pub(crate) ban: Option<Ban>,
+}
+
+fn by_ip() -> Vec<KeyPartName> {
+    vec![KeyPartName::ClientIp]
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Ban {
+    pub(crate) strikes: u32,
+    #[serde(deserialize_with = "duration")]
+    pub(crate) window: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub(crate) duration: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Audit {
+    /// One JSON line per request on standard output.
+    #[serde(default)]
+    pub(crate) stdout: bool,
+    /// Daily files in this folder, hash-chained.
+    pub(crate) directory: Option<PathBuf>,
+    /// The `tracing` event as well.
+    #[serde(default)]
+    pub(crate) tracing: bool,
+}

@@ -1,0 +1,133 @@
+//! The file's checks: unknown keys, bad values and unknown kinds are errors that name
+//! the line and the key; the example file is valid and keeps its order.
+
+use std::path::Path;
+
+use super::{ConfigError, GatewayConfig};
+
+fn parse(text: &str) -> Result<GatewayConfig, ConfigError> {
+    GatewayConfig::parse("gateway.toml", text, Path::new("."))
+}
+
+fn error(text: &str) -> ConfigError {
+    parse(text).expect_err("the file should be refused")
+}
+
+const SERVER: &str = "[server]\nlisten = \"127.0.0.1:8443\"\n";
+
+#[test]
+fn the_example_file_is_valid_and_ordered() {
+    let config = parse(include_str!("../../examples/gateway.toml")).unwrap();
+    assert_eq!(
+        config.layer_kinds(),
+        [
+            "audit",
+            "ip-allowlist",
+            "rate-limit",
+            "mtls-identity",
+            "api-key",
+            "jwt",
+            "rate-limit",
+            "role-router"
+        ]
+    );
+}
+
+#[test]
+fn an_unknown_key_names_its_line_and_path() {
+    let e = error(&format!(
+        "{SERVER}\n[client_ip]\ntrusted_proxy = [\"10.0.0.0/8\"]\n"
+    ));
+    assert_eq!(e.line, Some(5), "{e}");
+    assert!(e.message.contains("unknown field `trusted_proxy`"), "{e}");
+    assert!(
+        e.message.contains("trusted_proxies"),
+        "{e}: should offer the right key"
+    );
+
+    let e = error("[server]\nlisten = \"127.0.0.1:8443\"\nport = 1\n");
+    assert_eq!(e.line, Some(3), "{e}");
+}
+
+#[test]
+fn a_bad_value_names_its_line_and_key() {
+    let e = error(&format!("{SERVER}[server2]\n"));
+    assert!(e.message.contains("server2"), "{e}");
+
+    let e = error("[server]\nlisten = \"localhost\"\n");
+    assert_eq!((e.line, e.key.as_str()), (Some(2), "server.listen"), "{e}");
+
+    let e = error(&format!(
+        "{SERVER}[client_ip]\ntrusted_proxies = [\"10.0.0.1/8\"]\n"
+    ));
+    assert_eq!(
+        (e.line, e.key.as_str()),
+        (Some(4), "client_ip.trusted_proxies"),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .starts_with("gateway.toml:4: client_ip.trusted_proxies: "),
+        "{e}"
+    );
+}
+
+#[test]
+fn layer_errors_name_the_layer_entry_and_the_key_inside_it() {
+    let text = format!(
+        "{SERVER}\n[[layer]]\nkind = \"audit\"\n\n[[layer]]\nkind = \"rate-limit\"\n[[layer.quota]]\nname = \"per-ip\"\nrate = \"10 per fortnight\"\n"
+    );
+    let e = error(&text);
+    assert_eq!(e.key, "layer[1].quota[0].rate", "{e}");
+    assert_eq!(e.line, Some(7), "{e}: the [[layer]] line");
+
+    let e = error(&format!(
+        "{SERVER}[[layer]]\nkind = \"api-key\"\nkey_file = \"k\"\nheader = [\"x\"]\n"
+    ));
+    assert_eq!(e.key, "layer[0].header", "{e}");
+    assert!(
+        e.message
+            .contains("unknown field `header`, expected one of"),
+        "{e}"
+    );
+
+    let e = error(&format!("{SERVER}[[layer]]\nkind = \"firewall\"\n"));
+    assert_eq!(e.key, "layer[0].kind", "{e}");
+    assert!(e.message.contains("ip-allowlist"), "{e}: lists the kinds");
+
+    let e = error(&format!("{SERVER}[[layer]]\ndeny = []\n"));
+    assert_eq!(e.key, "layer[0].kind", "{e}");
+
+    let e = error(&format!(
+        "{SERVER}[[layer]]\nkind = \"jwt\"\nmode = \"sometimes\"\n"
+    ));
+    assert_eq!(e.key, "layer[0].mode", "{e}");
+}
+
+#[test]
+fn broken_toml_names_the_line() {
+    let e = error("[server]\nlisten = \"127.0.0.1:8443\n");
+    assert_eq!(e.line, Some(2), "{e}");
+}
+
+#[tokio::test]
+async fn files_the_layers_name_must_exist() {
+    let config = parse(&format!(
+        "{SERVER}[[layer]]\nkind = \"role-router\"\npolicy = \"/nonexistent/policy.toml\"\n"
+    ))
+    .unwrap();
+    let e = config.build().await.unwrap_err();
+    assert!(e.key.starts_with("layer[0]"), "{e}");
+    assert!(e.to_string().contains("/nonexistent/policy.toml"), "{e}");
+
+    let config = parse(&format!(
+        "{SERVER}[[layer]]\nkind = \"jwt\"\ntrust_token_issuer = true\n"
+    ))
+    .unwrap();
+    let e = config.build().await.unwrap_err();
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("layer[0].trust_token_issuer", Some(3)),
+        "{e}"
+    );
+}
