@@ -168,7 +168,8 @@ pub struct OcspClient {
     responder: Option<String>,
     timeout: Duration,
     clock: Clock,
-    http: Option<reqwest::Client>,
+    /// One client, so queries share its connections and its TLS set-up.
+    http: reqwest::Client,
 }
 
 impl fmt::Debug for OcspClient {
@@ -199,12 +200,16 @@ impl OcspClient {
                 "OCSP needs the CAs that issue client certificates, PEM".into(),
             ));
         }
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| CertificateError(format!("OCSP: cannot start the HTTP client: {e}")))?;
         Ok(Self {
             authorities: Arc::new(authorities),
             responder: None,
             timeout: Duration::from_secs(5),
             clock: Clock::system(),
-            http: None,
+            http,
         })
     }
 
@@ -217,7 +222,6 @@ impl OcspClient {
     /// How long one query may take (5 s by default).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
-        self.http = None;
         self
     }
 
@@ -225,17 +229,6 @@ impl OcspClient {
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
-    }
-
-    fn http(&self) -> Result<reqwest::Client, OcspError> {
-        if let Some(http) = &self.http {
-            return Ok(http.clone());
-        }
-        reqwest::Client::builder()
-            .timeout(self.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| OcspError::Unreachable(e.to_string()))
     }
 
     async fn query(&self, leaf: &[u8]) -> Result<OcspAnswer, OcspError> {
@@ -277,8 +270,9 @@ impl OcspClient {
         .map_err(|e| OcspError::Certificate(e.to_string()))?;
 
         let mut response = self
-            .http()?
+            .http
             .post(&url)
+            .timeout(self.timeout)
             .header(http::header::CONTENT_TYPE, "application/ocsp-request")
             .header(http::header::ACCEPT, "application/ocsp-response")
             .body(request)
