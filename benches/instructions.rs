@@ -258,30 +258,15 @@ fn run_jwt(kind: &str, iterations: u64) {
 /// `TlsPeer`, registered (or not) among 1,000 connectors.
 fn run_mtls(kind: &str, iterations: u64) {
     use portcullis::core::TlsPeer;
-    use portcullis::mtls_identity::{Connector, ConnectorRegistry, DevPki, MtlsIdentityLayer};
-    use rustls_pki_types::pem::PemObject;
+    use portcullis::mtls_identity::{DevPki, MtlsIdentityLayer};
     let pki = DevPki::generate(&["localhost"]).unwrap();
-    let registry = ConnectorRegistry::new();
-    let mut clients = Vec::new();
-    for n in 0..1_000 {
-        let client = pki.client(&format!("connector-{n}")).unwrap();
-        registry
-            .insert(
-                Connector::new(format!("connector-{n}"))
-                    .role("connector")
-                    .thumbprint(client.thumbprint()),
-            )
-            .unwrap();
-        clients.push(client);
-    }
+    let (registry, clients) = common::connectors(&pki, 1_000);
     let client = match kind {
         "mtls_reject_unknown" => pki.client("stranger").unwrap(),
         _ => clients[7].clone(),
     };
-    let der =
-        rustls_pki_types::CertificateDer::from_pem_slice(client.cert_pem().as_bytes()).unwrap();
     let chain: std::sync::Arc<[bytes::Bytes]> =
-        std::sync::Arc::from(vec![bytes::Bytes::copy_from_slice(&der)]);
+        std::sync::Arc::from(vec![common::der(client.cert_pem())]);
     let layer = MtlsIdentityLayer::new(registry).parse_cache(if kind == "mtls_allow_uncached" {
         0
     } else {

@@ -15,21 +15,11 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use http::Request;
 use portcullis::core::TlsPeer;
 use portcullis::mtls_identity::{
-    Connector, ConnectorRegistry, DevPki, MtlsIdentityLayer, Ocsp, OcspAnswer, OcspCheck,
-    OcspFuture, OcspStatus,
+    DevPki, MtlsIdentityLayer, Ocsp, OcspAnswer, OcspCheck, OcspFuture, OcspStatus,
 };
-use rustls_pki_types::pem::PemObject;
 use tower::Layer;
 
-use common::{drive, noop_service, ALLOWED_PEER};
-
-fn der(pem: &str) -> Bytes {
-    Bytes::from(
-        rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
-            .unwrap()
-            .to_vec(),
-    )
-}
+use common::{connectors, der, drive, noop_service, ALLOWED_PEER};
 
 fn request(chain: Option<&Arc<[Bytes]>>) -> Request<()> {
     let mut request = common::request(ALLOWED_PEER);
@@ -59,25 +49,8 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("mtls_identity");
     group.throughput(Throughput::Elements(1));
     let pki = DevPki::generate(&["localhost"]).unwrap();
-    let registry = ConnectorRegistry::new();
-    for n in 0..1_000 {
-        let client = pki.client(&format!("connector-{n}")).unwrap();
-        registry
-            .insert(
-                Connector::new(format!("connector-{n}"))
-                    .role("connector")
-                    .thumbprint(client.thumbprint()),
-            )
-            .unwrap();
-    }
-    let connector = pki.client("connector-7-extra").unwrap();
-    registry
-        .insert(
-            Connector::new("connector-7-extra")
-                .role("connector")
-                .thumbprint(connector.thumbprint()),
-        )
-        .unwrap();
+    let (registry, clients) = connectors(&pki, 1_000);
+    let connector = &clients[7];
     let chain: Arc<[Bytes]> = Arc::from(vec![der(connector.cert_pem()), der(pki.ca_pem())]);
     let stranger = pki.client("stranger").unwrap();
     let stranger: Arc<[Bytes]> = Arc::from(vec![der(stranger.cert_pem())]);

@@ -143,3 +143,39 @@ pub fn role_request(path: &str, role: &str) -> Request<()> {
     Authentication::insert_into(request.extensions_mut(), principal).unwrap();
     request
 }
+
+/// `count` connectors (`connector-0` …), each registered with its own `DevPki` client
+/// certificate, and those certificates.
+pub fn connectors(
+    pki: &portcullis::mtls_identity::DevPki,
+    count: usize,
+) -> (
+    portcullis::mtls_identity::ConnectorRegistry,
+    Vec<portcullis::mtls_identity::DevClient>,
+) {
+    use portcullis::mtls_identity::{Connector, ConnectorRegistry};
+    let registry = ConnectorRegistry::new();
+    let mut clients = Vec::with_capacity(count);
+    for n in 0..count {
+        let client = pki.client(&format!("connector-{n}")).unwrap();
+        registry
+            .insert(
+                Connector::new(format!("connector-{n}"))
+                    .role("connector")
+                    .thumbprint(client.thumbprint()),
+            )
+            .unwrap();
+        clients.push(client);
+    }
+    (registry, clients)
+}
+
+/// A PEM certificate's DER.
+pub fn der(pem: &str) -> Bytes {
+    use rustls_pki_types::pem::PemObject;
+    Bytes::from(
+        rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec(),
+    )
+}

@@ -416,7 +416,7 @@ impl GatewayConfig {
         let mut builder = RateLimitLayer::builder()
             .client_ip(resolver.clone())
             .headers_on_allowed(c.headers_on_allowed);
-        for (index, q) in c.quotas.iter().enumerate() {
+        for q in &c.quotas {
             let mut quota = Quota::new(q.name.clone(), q.rate)
                 .key(q.key.iter().map(|part| match part {
                     KeyPartName::ClientIp => KeyPart::ClientIp,
@@ -441,7 +441,6 @@ impl GatewayConfig {
             if let Some(ban) = &q.ban {
                 quota = quota.ban(Ban::after(ban.strikes, ban.window, ban.duration));
             }
-            let _ = index;
             builder = builder.quota(quota);
         }
         if let Some(url) = &c.redis {

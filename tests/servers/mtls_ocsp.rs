@@ -11,7 +11,7 @@ use http::StatusCode;
 use portcullis::core::Clock;
 use portcullis::mtls_identity::{
     Connector, ConnectorRegistry, MtlsIdentityLayer, Ocsp, OcspAnswer, OcspCheck, OcspClient,
-    OcspError, OcspStatus, ServerTls,
+    OcspError, OcspStatus,
 };
 use rcgen::{CustomExtension, ExtendedKeyUsagePurpose, KeyPair};
 use x509_cert::der::asn1::Ia5String;
@@ -68,10 +68,6 @@ fn registry_of(leaves: &[(&str, &Leaf)]) -> ConnectorRegistry {
     registry
 }
 
-fn tls(pki: &Pki) -> ServerTls {
-    server_tls(pki)
-}
-
 fn client_for(pki: &Pki, responder: &Responder, clock: &Clock) -> OcspClient {
     OcspClient::new(pki.ca.pem.as_bytes())
         .unwrap()
@@ -101,7 +97,7 @@ async fn good_revoked_and_unknown_answers_decide_and_are_cached() {
     let layer = MtlsIdentityLayer::new(registry)
         .clock(clock.clone())
         .ocsp(Ocsp::new(client_for(&pki, &responder, &clock)));
-    let addr = serve(&pki, tls(&pki), layer).await;
+    let addr = serve(&pki, server_tls(&pki), layer).await;
 
     let (status, body) = code(addr, &pki, &good).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -153,7 +149,7 @@ async fn answers_without_next_update_and_the_max_age_bound_the_cache() {
                 .recheck_after(Duration::from_secs(30))
                 .max_age(Duration::from_secs(120)),
         );
-    let addr = serve(&pki, tls(&pki), layer).await;
+    let addr = serve(&pki, server_tls(&pki), layer).await;
     let mut open = connect(addr, &pki.ca.pem, Some(&leaf)).await.unwrap();
 
     assert_eq!(get_on(&mut open, &[]).await.unwrap().0, StatusCode::OK);
@@ -194,7 +190,7 @@ async fn the_responder_the_certificate_names_is_asked() {
     // No `.responder(url)`: the URL comes from each certificate.
     let client = OcspClient::new(pki.ca.pem.as_bytes()).unwrap();
     let layer = MtlsIdentityLayer::new(registry).ocsp(Ocsp::new(client));
-    let addr = serve(&pki, tls(&pki), layer).await;
+    let addr = serve(&pki, server_tls(&pki), layer).await;
 
     assert_eq!(code(addr, &pki, &named).await.0, StatusCode::OK);
     assert_eq!(responder.queries(), 1);
@@ -241,8 +237,8 @@ async fn every_bad_answer_fails_closed_or_open_as_the_host_chose() {
             .ocsp(Ocsp::new(client_for(&pki, &responder, &clock)));
         let open = MtlsIdentityLayer::new(registry_of(&[("open", &open_leaf)]))
             .ocsp(Ocsp::new(client_for(&pki, &responder, &clock)).fail_open());
-        let closed = serve(&pki, tls(&pki), closed).await;
-        let open = serve(&pki, tls(&pki), open).await;
+        let closed = serve(&pki, server_tls(&pki), closed).await;
+        let open = serve(&pki, server_tls(&pki), open).await;
 
         let before = responder.queries();
         assert_eq!(
@@ -273,7 +269,7 @@ async fn every_bad_answer_fails_closed_or_open_as_the_host_chose() {
     responder.set(&leaf.pem, Status::Good);
     let layer = MtlsIdentityLayer::new(registry_of(&[("fine", &leaf)]))
         .ocsp(Ocsp::new(client_for(&pki, &responder, &clock)));
-    let addr = serve(&pki, tls(&pki), layer).await;
+    let addr = serve(&pki, server_tls(&pki), layer).await;
     assert_eq!(code(addr, &pki, &leaf).await.0, StatusCode::OK);
 }
 
@@ -291,7 +287,7 @@ async fn a_responder_that_is_down_or_slow() {
         .responder(format!("http://{closed_port}/"));
     let closed = MtlsIdentityLayer::new(registry_of(&[("connector-1", &leaf)]))
         .ocsp(Ocsp::new(down.clone()));
-    let addr = serve(&pki, tls(&pki), closed).await;
+    let addr = serve(&pki, server_tls(&pki), closed).await;
     assert_eq!(
         code(addr, &pki, &leaf).await,
         (
@@ -301,7 +297,7 @@ async fn a_responder_that_is_down_or_slow() {
     );
     let open = MtlsIdentityLayer::new(registry_of(&[("connector-1", &leaf)]))
         .ocsp(Ocsp::new(down).fail_open());
-    let addr = serve(&pki, tls(&pki), open).await;
+    let addr = serve(&pki, server_tls(&pki), open).await;
     assert_eq!(code(addr, &pki, &leaf).await.0, StatusCode::OK);
 
     // A responder slower than the layer's timeout counts as down.
@@ -311,7 +307,7 @@ async fn a_responder_that_is_down_or_slow() {
     slow.misbehave(Misbehave::Slow(Duration::from_secs(5)));
     let layer = MtlsIdentityLayer::new(registry_of(&[("connector-1", &leaf)]))
         .ocsp(Ocsp::new(client_for(&pki, &slow, &clock)).timeout(Duration::from_millis(300)));
-    let addr = serve(&pki, tls(&pki), layer).await;
+    let addr = serve(&pki, server_tls(&pki), layer).await;
     assert_eq!(
         code(addr, &pki, &leaf).await.1,
         "revocation_check_unavailable"
@@ -350,7 +346,7 @@ async fn a_delegated_responder_must_be_the_issuers_and_for_ocsp() {
         responder.set(&leaf.pem, Status::Good);
         let layer = MtlsIdentityLayer::new(registry_of(&[("connector-1", &leaf)]))
             .ocsp(Ocsp::new(client_for(&pki, &responder, &clock)));
-        let addr = serve(&pki, tls(&pki), layer).await;
+        let addr = serve(&pki, server_tls(&pki), layer).await;
         let expected = if acceptable {
             StatusCode::OK
         } else {
@@ -384,7 +380,7 @@ async fn many_requests_for_one_certificate_make_one_query() {
     responder.misbehave(Misbehave::Slow(Duration::from_millis(300)));
     let layer = MtlsIdentityLayer::new(registry_of(&[("connector-1", &leaf)]))
         .ocsp(Ocsp::new(client_for(&pki, &responder, &clock)));
-    let addr = serve(&pki, tls(&pki), layer).await;
+    let addr = serve(&pki, server_tls(&pki), layer).await;
 
     let mut connections = Vec::new();
     for _ in 0..12 {

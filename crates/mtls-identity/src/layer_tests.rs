@@ -76,19 +76,16 @@ async fn run(layer: MtlsIdentityLayer, request: Request<()>) -> (StatusCode, Str
         .unwrap()
         .to_bytes();
     let body = String::from_utf8(body.to_vec()).unwrap();
-    let said = serde_json_code(&body).unwrap_or(body);
+    let said = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|problem| problem["code"].as_str().map(str::to_owned))
+        .unwrap_or(body);
     let detail = record
         .notes()
         .last()
         .and_then(|n| n.detail_text().map(str::to_owned))
         .unwrap_or_default();
     (status, said, detail)
-}
-
-fn serde_json_code(body: &str) -> Option<String> {
-    let start = body.find("\"code\":\"")? + 8;
-    let end = body[start..].find('"')?;
-    Some(body[start..start + end].to_owned())
 }
 
 fn registered(der: &[u8]) -> ConnectorRegistry {
