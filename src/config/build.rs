@@ -11,19 +11,21 @@ use portcullis_audit::{AuditLayer, FileSink};
 use portcullis_core::{ClientIpResolver, ForwardedHeader};
 use portcullis_ip_allowlist::{IpAllowlistLayer, IpRules};
 use portcullis_jwt::jsonwebtoken::Algorithm;
-use portcullis_jwt::{Issuer, JwtLayer, Revocations, SigningKey, TokenIssuer, VerifyingKey};
+use portcullis_jwt::{
+    Binding, Issuer, JwtLayer, Revocations, SigningKey, TokenIssuer, VerifyingKey,
+};
 use portcullis_mtls_identity::{ClientAuth, ConnectorRegistry, Crls, MtlsIdentityLayer, ServerTls};
 use portcullis_rate_limit::{
     Ban, Charge, KeyPart, MissingKey, Quota, RateLimitLayer, RedisBackend,
 };
 use portcullis_role_router::RoleRouterLayer;
 
-use super::schema::{self, ClientCerts, ForwardedHeaderName, KeyPartName};
+use super::schema::{self, BindingName, ClientCerts, ForwardedHeaderName, KeyPartName};
 use super::{ConfigError, Entry, GatewayConfig, LayerConfig};
 
 /// A built layer.
 #[derive(Clone)]
-enum Built {
+pub(crate) enum Built {
     IpAllowlist(IpAllowlistLayer),
     MtlsIdentity(MtlsIdentityLayer),
     ApiKey(ApiKeyLayer),
@@ -58,7 +60,7 @@ pub struct Gateway {
     /// The connector registry of the `mtls-identity` layer, to block or reload at run
     /// time.
     pub connectors: Option<ConnectorRegistry>,
-    layers: Vec<(&'static str, Built)>,
+    pub(crate) layers: Vec<(&'static str, Built)>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -143,6 +145,13 @@ impl GatewayConfig {
                     Built::IpAllowlist(IpAllowlistLayer::new(rules).client_ip(resolver.clone()))
                 }
                 LayerConfig::MtlsIdentity(c) => {
+                    if let Some(tls) = &self.file.tls {
+                        if tls.client_certs == ClientCerts::Off {
+                            return Err(at(
+                                "mtls-identity reads client certificates, and [tls] client_certs is \"off\": ask for them (\"optional\" or \"required\") or remove this layer".into(),
+                            ));
+                        }
+                    }
                     let registry = ConnectorRegistry::open(self.path(&c.connectors))
                         .map_err(|e| at(format!("connectors: {e}")))?;
                     let mut layer = MtlsIdentityLayer::new(registry.clone()).mode(match c.mode {
@@ -224,23 +233,51 @@ impl GatewayConfig {
     }
 
     fn tls(&self, tls: &schema::Tls) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
-        let mut crls = Vec::new();
-        for path in &tls.crls {
-            crls.extend(self.read("tls.crls", path)?);
-            crls.push(b'\n');
-        }
-        ServerTls::new(
+        let client_auth = match tls.client_certs {
+            ClientCerts::Required => ClientAuth::Required,
+            ClientCerts::Optional => ClientAuth::Optional,
+            ClientCerts::Off => ClientAuth::Off,
+        };
+        let mut server = ServerTls::new(
             &self.read("tls.cert", &tls.cert)?,
             &self.read("tls.key", &tls.key)?,
         )
-        .client_cas(&self.read("tls.client_ca", &tls.client_ca)?)
-        .crls(&crls)
-        .client_auth(match tls.client_certs {
-            ClientCerts::Required => ClientAuth::Required,
-            ClientCerts::Optional => ClientAuth::Optional,
-        })
-        .build()
-        .map_err(|e| self.error(None, "tls", e))
+        .client_auth(client_auth);
+        match (&tls.client_ca, client_auth) {
+            (Some(_), ClientAuth::Off) | (None, ClientAuth::Off) if !tls.crls.is_empty() => {
+                return Err(self.error(
+                    None,
+                    "tls.crls",
+                    "CRLs check client certificates, and client_certs is \"off\": remove crls",
+                ))
+            }
+            (Some(_), ClientAuth::Off) => {
+                return Err(self.error(
+                    None,
+                    "tls.client_ca",
+                    "client_certs is \"off\", so no client CA is used: remove client_ca, or set client_certs = \"optional\"",
+                ))
+            }
+            (None, ClientAuth::Off) => {}
+            (None, _) => {
+                return Err(self.error(
+                    None,
+                    "tls.client_ca",
+                    "missing: the CA file client certificates must chain to (or client_certs = \"off\")",
+                ))
+            }
+            (Some(ca), _) => {
+                let mut crls = Vec::new();
+                for path in &tls.crls {
+                    crls.extend(self.read("tls.crls", path)?);
+                    crls.push(b'\n');
+                }
+                server = server
+                    .client_cas(&self.read("tls.client_ca", ca)?)
+                    .crls(&crls);
+            }
+        }
+        server.build().map_err(|e| self.error(None, "tls", e))
     }
 
     fn token_issuer(
@@ -262,6 +299,11 @@ impl GatewayConfig {
         if let Some(max) = section.max_session {
             issuer = issuer.max_session(max);
         }
+        issuer = issuer.binding(match section.binding {
+            BindingName::Never => Binding::Never,
+            BindingName::WhenPresent => Binding::WhenPresent,
+            BindingName::Required => Binding::Required,
+        });
         Ok(TokenRoutes {
             issuer,
             issue_path: section.issue_path.clone(),

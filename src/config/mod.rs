@@ -25,11 +25,13 @@
 
 mod build;
 mod schema;
+mod stack;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use build::{Gateway, TokenRoutes};
+pub use stack::{BoxError, GatewayBody, GatewayLayer, GatewayService};
 
 /// A configuration problem: where, which key, and what to do.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -64,6 +64,7 @@ pub(crate) struct Server {
 pub(crate) enum ClientCerts {
     Required,
     Optional,
+    Off,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,7 +72,8 @@ pub(crate) enum ClientCerts {
 pub(crate) struct Tls {
     pub(crate) cert: PathBuf,
     pub(crate) key: PathBuf,
-    pub(crate) client_ca: PathBuf,
+    #[serde(default)]
+    pub(crate) client_ca: Option<PathBuf>,
     #[serde(default)]
     pub(crate) crls: Vec<PathBuf>,
     #[serde(default = "optional_certs")]
@@ -113,6 +115,17 @@ pub(crate) struct TokenIssuer {
     pub(crate) issue_path: String,
     #[serde(default = "extend_path")]
     pub(crate) extend_path: String,
+    #[serde(default)]
+    pub(crate) binding: BindingName,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum BindingName {
+    #[default]
+    Never,
+    WhenPresent,
+    Required,
 }
 
 fn issue_path() -> String {

@@ -1,24 +1,32 @@
 //! The gateway of `examples/gateway.toml`, built by `portcullis::config` and served over
 //! real TLS on 127.0.0.1, driven by a real HTTPS client: the routes with the right and
-//! the wrong roles for a client certificate, an API key and a JWT; token issue, use and
-//! extend; the per-caller quota; the deny list; bad input across the stack.
+//! the wrong roles for a client certificate, an API key and a JWT; a certificate-bound
+//! token; token issue, use and extend; the per-caller quota; the deny list; bad input
+//! across the stack; the same decisions in three layer orders, on axum and on plain
+//! hyper; the audit events; and the built example binary.
 
+use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
+use bytes::Bytes;
+use http_body_util::Full;
 use portcullis::api_key::{render_key_record, GeneratedKey, KeyPrefix, KeyRecord};
 use portcullis::config::GatewayConfig;
 use portcullis::core::TlsPeer;
-use portcullis::mtls_identity::{DevClient, DevPki, TlsListener};
+use portcullis::mtls_identity::{serve_hyper, DevClient, DevPki, TlsListener};
 use reqwest::StatusCode;
 use serde_json::Value;
+use tower::Layer;
 
 /// A gateway with its clients' credentials.
 struct Running {
     addr: SocketAddr,
+    dir: PathBuf,
     ca: String,
     connector: DevClient,
     stranger: DevClient,
@@ -37,7 +45,7 @@ fn fresh_dir() -> PathBuf {
     dir
 }
 
-/// A small key service in place of the example's: every route answers who called.
+/// A small key service in place of the example's: every route answers "ok".
 fn service() -> Router {
     async fn ok() -> &'static str {
         "ok"
@@ -52,9 +60,58 @@ fn service() -> Router {
         .route("/v1/approval", get(ok))
 }
 
-/// Writes the example's configuration with its files into a fresh folder (denying
-/// 127.0.0.66 as well) and serves it.
-async fn start() -> Running {
+/// How the built stack is served.
+#[derive(Clone, Copy, Debug)]
+enum Server {
+    /// `Gateway::apply` on an axum `Router`.
+    AxumApply,
+    /// `Gateway::layer` around an axum `Router`.
+    AxumLayer,
+    /// `Gateway::layer` around a bare tower service on plain hyper: no axum at all.
+    Hyper,
+}
+
+/// The example's `[[layer]]` entries, by their index in `examples/gateway.toml`.
+const AUDIT: usize = 0;
+const IP_ALLOWLIST: usize = 1;
+const LIMIT_BEFORE_AUTH: usize = 2;
+const MTLS: usize = 3;
+const API_KEY: usize = 4;
+const JWT: usize = 5;
+const LIMIT_PER_CALLER: usize = 6;
+const ROLE_ROUTER: usize = 7;
+const FILE_ORDER: [usize; 8] = [
+    AUDIT,
+    IP_ALLOWLIST,
+    LIMIT_BEFORE_AUTH,
+    MTLS,
+    API_KEY,
+    JWT,
+    LIMIT_PER_CALLER,
+    ROLE_ROUTER,
+];
+
+/// The example configuration with its `[[layer]]` entries in `order`.
+fn reorder(config: &str, order: &[usize]) -> String {
+    let mut parts = config.split("\n[[layer]]\n");
+    let mut text = parts.next().unwrap().to_owned();
+    let blocks: Vec<&str> = parts.collect();
+    assert_eq!(
+        blocks.len(),
+        FILE_ORDER.len(),
+        "the example's layers changed"
+    );
+    for &index in order {
+        text.push_str("\n[[layer]]\n");
+        text.push_str(blocks[index].trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+/// Writes the example's configuration, with its layers in `order`, and its files into
+/// a fresh folder, denying 127.0.0.66 as well and writing audit events to `audit/`.
+fn write_setup(order: &[usize]) -> (PathBuf, DevPki, DevClient, DevClient, String) {
     let dir = fresh_dir();
     let pki = DevPki::generate(&["localhost"]).unwrap();
     pki.write_to(&dir).unwrap();
@@ -89,51 +146,83 @@ async fn start() -> Running {
             "deny = [\"198.51.100.0/24\"]",
             "deny = [\"198.51.100.0/24\", \"127.0.0.66\"]",
         )
-        .replace("stdout = true", "stdout = false");
-    std::fs::write(dir.join("gateway.toml"), config).unwrap();
+        .replace("stdout = true", "stdout = false")
+        .replace("# directory = \"audit\"", "directory = \"audit\"");
+    std::fs::write(dir.join("gateway.toml"), reorder(&config, order)).unwrap();
+    let api_key = key.expose_secret().to_owned();
+    (dir, pki, connector, stranger, api_key)
+}
 
-    let gateway = GatewayConfig::from_file(dir.join("gateway.toml"))
-        .unwrap()
-        .build()
-        .await
-        .unwrap();
-    let app = gateway.apply(service());
+/// The example's stack in the file's order, served by axum.
+async fn start() -> Running {
+    start_with(Server::AxumApply, &FILE_ORDER).await
+}
+
+async fn start_with(server: Server, order: &[usize]) -> Running {
+    let (dir, pki, connector, stranger, api_key) = write_setup(order);
+    let config = GatewayConfig::from_file(dir.join("gateway.toml")).unwrap();
+    let gateway = config.build().await.unwrap();
     let tcp = tokio::net::TcpListener::bind(gateway.listen).await.unwrap();
     let addr = tcp.local_addr().unwrap();
     let listener = TlsListener::new(tcp, gateway.tls.clone().unwrap());
-    tokio::spawn(async move {
-        axum::serve(
-            listener.for_axum(),
-            app.into_make_service_with_connect_info::<TlsPeer>(),
-        )
-        .await
-        .unwrap();
-    });
+    match server {
+        Server::AxumApply | Server::AxumLayer => {
+            let app = match server {
+                Server::AxumApply => gateway.apply(service()),
+                _ => service().layer(gateway.layer()),
+            };
+            tokio::spawn(async move {
+                axum::serve(
+                    listener.for_axum(),
+                    app.into_make_service_with_connect_info::<TlsPeer>(),
+                )
+                .await
+                .unwrap();
+            });
+        }
+        Server::Hyper => {
+            let ok = tower::service_fn(|_request: http::Request<hyper::body::Incoming>| async {
+                Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
+            });
+            let stack = gateway.layer().layer(ok);
+            tokio::spawn(serve_hyper(listener, stack));
+        }
+    }
     Running {
         addr,
+        dir,
         ca: pki.ca_pem().to_owned(),
         connector,
         stranger,
-        api_key: key.expose_secret().to_owned(),
+        api_key,
     }
 }
 
 impl Running {
     fn client(&self, certificate: Option<&DevClient>, from: &str) -> reqwest::Client {
-        let mut builder = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(self.ca.as_bytes()).unwrap())
-            .resolve("localhost", self.addr)
-            .local_address(from.parse::<IpAddr>().unwrap());
-        if let Some(client) = certificate {
-            builder = builder
-                .identity(reqwest::Identity::from_pem(client.identity_pem().as_bytes()).unwrap());
-        }
-        builder.build().unwrap()
+        client(&self.ca, self.addr, certificate, from)
     }
 
     fn url(&self, path: &str) -> String {
         format!("https://localhost:{}{path}", self.addr.port())
     }
+}
+
+fn client(
+    ca: &str,
+    addr: SocketAddr,
+    certificate: Option<&DevClient>,
+    from: &str,
+) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+        .resolve("localhost", addr)
+        .local_address(from.parse::<IpAddr>().unwrap());
+    if let Some(client) = certificate {
+        builder = builder
+            .identity(reqwest::Identity::from_pem(client.identity_pem().as_bytes()).unwrap());
+    }
+    builder.build().unwrap()
 }
 
 /// Status and the refusal code (or the body).
@@ -233,33 +322,38 @@ async fn tokens_are_issued_to_certificates_and_keys_then_used_and_extended() {
         .as_str()
         .unwrap()
         .to_owned();
-    // The token carries connector-7's roles: signing works from any connection...
+    // The token carries connector-7's roles and is bound to its certificate
+    // (`binding = "when-present"`): signing works on a connection with that
+    // certificate...
     let bearer = format!("Bearer {token}");
+    let sign = |client: &reqwest::Client, bearer: &str| {
+        client
+            .post(gw.url("/v1/sign"))
+            .header("authorization", bearer.to_owned())
+    };
+    assert_eq!(send(sign(&cert, &bearer)).await.0, StatusCode::OK);
+    // ...not without it, nor with another registered-CA certificate...
     assert_eq!(
-        send(
-            anyone
-                .post(gw.url("/v1/sign"))
-                .header("authorization", &bearer)
-        )
-        .await
-        .0,
-        StatusCode::OK
+        send(sign(&anyone, &bearer)).await,
+        (StatusCode::UNAUTHORIZED, "certificate_mismatch".into())
     );
-    // ...and key management does not.
+    let stranger = gw.client(Some(&gw.stranger), "127.0.0.1");
+    let (status, code) = send(sign(&stranger, &bearer)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{code}");
+    // ...and key management does not work at all.
     assert_eq!(
         send(
-            anyone
-                .post(gw.url("/v1/key"))
+            cert.post(gw.url("/v1/key"))
                 .header("authorization", &bearer)
         )
         .await
         .0,
         StatusCode::FORBIDDEN
     );
-    // Extending gives a new token and revokes the old one.
+    // Extending gives a new token, bound to the same certificate, and revokes the old
+    // one.
     let (status, body) = send(
-        anyone
-            .post(gw.url("/v1/token/extend"))
+        cert.post(gw.url("/v1/token/extend"))
             .header("authorization", &bearer),
     )
     .await;
@@ -269,23 +363,14 @@ async fn tokens_are_issued_to_certificates_and_keys_then_used_and_extended() {
         .unwrap()
         .to_owned();
     assert_ne!(extended, token);
+    let extended = format!("Bearer {extended}");
+    assert_eq!(send(sign(&cert, &extended)).await.0, StatusCode::OK);
     assert_eq!(
-        send(
-            anyone
-                .post(gw.url("/v1/sign"))
-                .header("authorization", format!("Bearer {extended}"))
-        )
-        .await
-        .0,
-        StatusCode::OK
+        send(sign(&anyone, &extended)).await,
+        (StatusCode::UNAUTHORIZED, "certificate_mismatch".into())
     );
     assert_eq!(
-        send(
-            anyone
-                .post(gw.url("/v1/sign"))
-                .header("authorization", &bearer)
-        )
-        .await,
+        send(sign(&cert, &bearer)).await,
         (StatusCode::UNAUTHORIZED, "revoked_token".into())
     );
     // No token for the unauthenticated.
@@ -293,14 +378,30 @@ async fn tokens_are_issued_to_certificates_and_keys_then_used_and_extended() {
         send(anyone.post(gw.url("/v1/token"))).await.0,
         StatusCode::UNAUTHORIZED
     );
-    // An API key gets one too.
-    let (status, _) = send(
+    // An API key gets one too, unbound (there is no certificate): it works from any
+    // connection, with the key's roles.
+    let (status, body) = send(
         anyone
             .post(gw.url("/v1/token"))
             .header("x-api-key", &gw.api_key),
     )
     .await;
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let key_token = serde_json::from_str::<Value>(&body).unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let other = gw.client(None, "127.0.0.9");
+    assert_eq!(
+        send(
+            other
+                .post(gw.url("/v1/key"))
+                .header("authorization", format!("Bearer {key_token}"))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -334,30 +435,544 @@ async fn the_quota_the_deny_list_and_bad_input() {
         (StatusCode::FORBIDDEN, "ip_denied".into())
     );
 
-    // Bad input: always a 4xx problem, never a 5xx.
+    // Bad input: always a 4xx with a problem+json body naming the refusal, never a
+    // 5xx, never a pass.
     let cert = gw.client(Some(&gw.connector), "127.0.0.2");
     for path in [
         "/v1/key/../approval",
-        "/v1//key",
-        "/v1/key/%2e%2e/approval",
-        "/v1/key/%2F",
+        "/v1//approval",
+        "/v1/key/%2e%2e/%2e%2e/approval",
+        "/v1/approval%2F",
+        "/v1/key/%00/attributes",
+        "/v1/key/%ff%fe",
     ] {
-        let (status, said) = send(cert.get(gw.url(path))).await;
-        assert!(status.is_client_error(), "{path}: {status} {said}");
+        let code = problem(cert.put(gw.url(path))).await;
+        assert!(!code.is_empty(), "{path}");
     }
     let other = gw.client(None, "127.0.0.3");
-    for value in ["not-a-key", "pck_", &"x".repeat(4000)] {
-        let (status, said) = send(other.get(gw.url("/v1/key")).header("x-api-key", value)).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{said}");
+    let huge = "x".repeat(16 * 1024);
+    for value in ["not-a-key", "pck_", huge.as_str()] {
+        let code = problem(other.get(gw.url("/v1/key")).header("x-api-key", value)).await;
+        assert_eq!(code, "malformed_api_key", "{value:.20}");
     }
-    let (status, said) = send(
-        other
-            .get(gw.url("/v1/key"))
-            .header("authorization", "Bearer e30.e30.e30"),
+    for value in [
+        "Bearer e30.e30.e30",
+        "Bearer",
+        "Bearer a b",
+        &format!("Bearer {huge}"),
+    ] {
+        let code = problem(other.get(gw.url("/v1/key")).header("authorization", value)).await;
+        assert!(code.ends_with("_token"), "{value:.20}: {code}");
+    }
+    let other = gw.client(None, "127.0.0.7");
+    for name in ["x-api-key", "authorization", "x-auth-token"] {
+        let bytes = reqwest::header::HeaderValue::from_bytes(b"\xff\xfe\x80").unwrap();
+        let code = problem(other.get(gw.url("/v1/key")).header(name, bytes)).await;
+        assert!(!code.is_empty(), "{name}");
+    }
+    let code = problem(other.get(gw.url("/v1/key")).header("x-auth-token", "a/b/c")).await;
+    assert!(!code.is_empty());
+}
+
+/// Sends a request that must be refused with a 4xx problem+json body, and returns its
+/// `code`.
+async fn problem(request: reqwest::RequestBuilder) -> String {
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = response.text().await.unwrap();
+    assert!(status.is_client_error(), "{status}: {body}");
+    assert_eq!(content_type, "application/problem+json", "{status}: {body}");
+    let value: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(value["status"], status.as_u16(), "{body}");
+    value["code"].as_str().unwrap().to_owned()
+}
+
+/// One request of the decision table: who sends it, and what.
+#[derive(Clone, Copy, Debug)]
+enum Caller {
+    Anyone,
+    Certificate,
+    Stranger,
+    ApiKey,
+    /// The API key with its last character changed: its checksum fails.
+    WrongApiKey,
+    /// A well-formed key that is not in the key file.
+    UnknownApiKey,
+    /// A token issued to connector-7's certificate, bound to it, sent with it.
+    BoundTokenWithCertificate,
+    /// The same token sent without the certificate.
+    BoundTokenWithoutCertificate,
+    GarbageToken,
+    DeniedAddress,
+}
+
+/// The decisions every order must give: caller, method, path, status, refusal code.
+const DECISIONS: &[(Caller, &str, &str, u16, &str)] = &[
+    (Caller::Anyone, "GET", "/health", 200, ""),
+    (Caller::Anyone, "GET", "/v1/key", 401, "unauthenticated"),
+    (Caller::Certificate, "GET", "/v1/key", 200, ""),
+    (
+        Caller::Certificate,
+        "GET",
+        "/v1/key/default/attributes",
+        200,
+        "",
+    ),
+    (Caller::Certificate, "POST", "/v1/key", 403, "forbidden"),
+    (Caller::Stranger, "GET", "/v1/key", 401, "unknown_connector"),
+    (Caller::ApiKey, "POST", "/v1/key", 200, ""),
+    (Caller::ApiKey, "POST", "/v1/sign", 403, "forbidden"),
+    (
+        Caller::WrongApiKey,
+        "GET",
+        "/v1/key",
+        401,
+        "malformed_api_key",
+    ),
+    (
+        Caller::UnknownApiKey,
+        "GET",
+        "/v1/key",
+        401,
+        "invalid_api_key",
+    ),
+    (
+        Caller::BoundTokenWithCertificate,
+        "POST",
+        "/v1/sign",
+        200,
+        "",
+    ),
+    (
+        Caller::BoundTokenWithCertificate,
+        "DELETE",
+        "/v1/key/default",
+        403,
+        "forbidden",
+    ),
+    (
+        Caller::BoundTokenWithoutCertificate,
+        "POST",
+        "/v1/sign",
+        401,
+        "certificate_mismatch",
+    ),
+    (
+        Caller::GarbageToken,
+        "GET",
+        "/v1/key",
+        401,
+        "malformed_token",
+    ),
+    (Caller::DeniedAddress, "GET", "/health", 403, "ip_denied"),
+];
+
+/// Sends every request of [`DECISIONS`] and returns what came back, in order.
+async fn decisions(gw: &Running) -> Vec<(u16, String)> {
+    let anyone = gw.client(None, "127.0.0.1");
+    let cert = gw.client(Some(&gw.connector), "127.0.0.1");
+    let stranger = gw.client(Some(&gw.stranger), "127.0.0.4");
+    let wrong_key_client = gw.client(None, "127.0.0.5");
+    let denied = gw.client(None, "127.0.0.66");
+    let (status, body) = send(cert.post(gw.url("/v1/token"))).await;
+    assert_eq!(status, StatusCode::OK, "token for the certificate: {body}");
+    let token: Value = serde_json::from_str(&body).unwrap();
+    let bearer = format!("Bearer {}", token["access_token"].as_str().unwrap());
+    let mut wrong_key = gw.api_key.clone();
+    wrong_key.pop();
+    wrong_key.push(if gw.api_key.ends_with('x') { 'y' } else { 'x' });
+    let unknown_key = GeneratedKey::generate(&KeyPrefix::default()).unwrap();
+
+    let mut seen = Vec::new();
+    for (caller, method, path, _, _) in DECISIONS {
+        let method: reqwest::Method = method.parse().unwrap();
+        let url = gw.url(path);
+        let request = match caller {
+            Caller::Anyone => anyone.request(method, url),
+            Caller::Certificate => cert.request(method, url),
+            Caller::Stranger => stranger.request(method, url),
+            Caller::ApiKey => anyone.request(method, url).header("x-api-key", &gw.api_key),
+            Caller::WrongApiKey => wrong_key_client
+                .request(method, url)
+                .header("x-api-key", &wrong_key),
+            Caller::UnknownApiKey => wrong_key_client
+                .request(method, url)
+                .header("x-api-key", unknown_key.expose_secret()),
+            Caller::BoundTokenWithCertificate => {
+                cert.request(method, url).header("authorization", &bearer)
+            }
+            Caller::BoundTokenWithoutCertificate => {
+                anyone.request(method, url).header("authorization", &bearer)
+            }
+            Caller::GarbageToken => anyone
+                .request(method, url)
+                .header("authorization", "Bearer e30.e30.e30"),
+            Caller::DeniedAddress => denied.request(method, url),
+        };
+        let (status, code) = send(request).await;
+        let code = if status.is_success() {
+            String::new()
+        } else {
+            code
+        };
+        seen.push((status.as_u16(), code));
+    }
+    seen
+}
+
+fn expected_decisions() -> Vec<(u16, String)> {
+    DECISIONS
+        .iter()
+        .map(|(_, _, _, status, code)| (*status, (*code).to_owned()))
+        .collect()
+}
+
+/// Prints the table side by side when a decision differs.
+fn assert_decisions(label: &str, seen: &[(u16, String)]) {
+    let expected = expected_decisions();
+    if seen != expected {
+        let mut report = format!("{label}: decisions differ\n");
+        for ((request, got), want) in DECISIONS.iter().zip(seen).zip(&expected) {
+            let mark = if got == want { " " } else { "✗" };
+            report.push_str(&format!(
+                "{mark} {:?} {} {}: got {got:?}, want {want:?}\n",
+                request.0, request.1, request.2
+            ));
+        }
+        panic!("{report}");
+    }
+}
+
+#[tokio::test]
+async fn three_layer_orders_on_axum_and_hyper_give_the_same_decisions() {
+    // The file's order, served by axum with `Gateway::apply`.
+    let gw = start_with(Server::AxumApply, &FILE_ORDER).await;
+    assert_decisions("file order, axum", &decisions(&gw).await);
+
+    // Audit and the address check swapped, the credentials read in the opposite order,
+    // and the per-address limit after them; on plain hyper with `Gateway::layer`.
+    let order = [
+        IP_ALLOWLIST,
+        AUDIT,
+        JWT,
+        API_KEY,
+        MTLS,
+        LIMIT_BEFORE_AUTH,
+        LIMIT_PER_CALLER,
+        ROLE_ROUTER,
+    ];
+    let gw = start_with(Server::Hyper, &order).await;
+    assert_decisions("second order, hyper", &decisions(&gw).await);
+
+    // Credentials first, the address check between them, audit innermost but one, the
+    // two limits swapped; axum with `Gateway::layer`.
+    let order = [
+        API_KEY,
+        MTLS,
+        IP_ALLOWLIST,
+        JWT,
+        LIMIT_PER_CALLER,
+        AUDIT,
+        LIMIT_BEFORE_AUTH,
+        ROLE_ROUTER,
+    ];
+    let gw = start_with(Server::AxumLayer, &order).await;
+    assert_decisions("third order, axum + layer", &decisions(&gw).await);
+}
+
+/// The JSON events in the audit folder, once at least `count` are written (the file
+/// sink writes from its own thread).
+async fn audit_events(dir: &Path, count: usize) -> Vec<Value> {
+    let folder = dir.join("audit");
+    let mut events = Vec::new();
+    for _ in 0..200 {
+        events.clear();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&folder)
+            .map(|entries| entries.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                events.push(serde_json::from_str::<Value>(line).unwrap());
+            }
+        }
+        if events.len() >= count {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{} audit events, expected {count}", events.len());
+}
+
+#[tokio::test]
+async fn every_request_leaves_one_audit_event_saying_who_what_and_why() {
+    let gw = start().await;
+    let seen = decisions(&gw).await;
+    assert_decisions("file order", &seen);
+    // The token issue first, then the table, in order.
+    let events = audit_events(&gw.dir, 1 + DECISIONS.len()).await;
+    assert_eq!(events.len(), 1 + DECISIONS.len());
+    let issue = &events[0];
+    assert_eq!(issue["path"], "/v1/token");
+    assert_eq!(issue["decision"], "allow");
+    for (event, (caller, method, path, status, code)) in events[1..].iter().zip(DECISIONS) {
+        let what = format!("{caller:?} {method} {path}: {event}");
+        assert_eq!(event["method"], *method, "{what}");
+        assert_eq!(event["path"], *path, "{what}");
+        assert_eq!(event["status"], *status, "{what}");
+        if *status < 400 {
+            assert_eq!(event["decision"], "allow", "{what}");
+        } else {
+            assert_eq!(event["decision"], "deny", "{what}");
+            assert_eq!(event["reason"], *code, "{what}");
+            assert!(event["refused_by"].is_string(), "{what}");
+        }
+        let principals: Vec<(String, String)> = event["principals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["layer"].as_str().unwrap().to_owned(),
+                    p["id"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let expected_ip = match caller {
+            Caller::Stranger => "127.0.0.4",
+            Caller::WrongApiKey | Caller::UnknownApiKey => "127.0.0.5",
+            Caller::DeniedAddress => "127.0.0.66",
+            _ => "127.0.0.1",
+        };
+        assert_eq!(event["client_ip"], expected_ip, "{what}");
+        let has = |layer: &str, id: &str| principals.contains(&(layer.into(), id.into()));
+        match caller {
+            Caller::Certificate => assert!(has("mtls-identity", "connector-7"), "{what}"),
+            Caller::ApiKey => assert!(has("api-key", "partner-acme"), "{what}"),
+            Caller::BoundTokenWithCertificate => {
+                assert!(has("jwt", "connector-7"), "{what}");
+                assert!(has("mtls-identity", "connector-7"), "{what}");
+            }
+            Caller::Anyone | Caller::DeniedAddress | Caller::GarbageToken => {
+                assert!(principals.is_empty(), "{what}")
+            }
+            _ => {}
+        }
+    }
+    // Who refused what, by name.
+    let refused_by = |index: usize| events[1 + index]["refused_by"].as_str().unwrap().to_owned();
+    let index = |wanted: fn(&Caller) -> bool, path: &str| {
+        DECISIONS
+            .iter()
+            .position(|(c, _, p, _, _)| wanted(c) && *p == path)
+            .unwrap()
+    };
+    assert_eq!(
+        refused_by(index(|c| matches!(c, Caller::DeniedAddress), "/health")),
+        "ip-allowlist"
+    );
+    assert_eq!(
+        refused_by(index(|c| matches!(c, Caller::Stranger), "/v1/key")),
+        "mtls-identity"
+    );
+    assert_eq!(
+        refused_by(index(|c| matches!(c, Caller::UnknownApiKey), "/v1/key")),
+        "api-key"
+    );
+    assert_eq!(
+        refused_by(index(|c| matches!(c, Caller::GarbageToken), "/v1/key")),
+        "jwt"
+    );
+    assert_eq!(
+        refused_by(index(|c| matches!(c, Caller::ApiKey), "/v1/sign")),
+        "role-router"
+    );
+    // No secret reaches the log: not the key, not a token.
+    let log = events.iter().map(Value::to_string).collect::<String>();
+    assert!(
+        !log.contains(&gw.api_key),
+        "the API key is in the audit log"
+    );
+    assert!(!log.contains("e30.e30.e30"), "a token is in the audit log");
+}
+
+#[tokio::test]
+async fn an_order_that_checks_roles_before_credentials_refuses_by_design() {
+    // The role router outermost sees a request before any credential is read, so it
+    // finds nobody authenticated: a protected route is 401 even with a good
+    // certificate. That is the safe outcome the design asks of a layer whose input is
+    // missing, never a pass. Public routes still answer.
+    let order = [
+        ROLE_ROUTER,
+        AUDIT,
+        IP_ALLOWLIST,
+        LIMIT_BEFORE_AUTH,
+        MTLS,
+        API_KEY,
+        JWT,
+        LIMIT_PER_CALLER,
+    ];
+    let gw = start_with(Server::AxumApply, &order).await;
+    let cert = gw.client(Some(&gw.connector), "127.0.0.1");
+    assert_eq!(
+        send(cert.get(gw.url("/v1/key"))).await,
+        (StatusCode::UNAUTHORIZED, "unauthenticated".into())
+    );
+    assert_eq!(send(cert.get(gw.url("/health"))).await.0, StatusCode::OK);
+    // And the audit layer, inside the router here, never sees what the router refused:
+    // only the /health call is recorded.
+    let events = audit_events(&gw.dir, 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let events_later = audit_events(&gw.dir, 1).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events_later.len(), 1);
+    assert_eq!(events[0]["path"], "/health");
+}
+
+/// The example binary `cargo test` built beside this test binary.
+fn example_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let target = exe.parent().unwrap().parent().unwrap();
+    let binary = target
+        .join("examples")
+        .join(format!("gateway{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "{} is missing: `cargo test --workspace` builds the examples",
+        binary.display()
+    );
+    binary
+}
+
+#[tokio::test]
+async fn the_built_example_binary_serves_the_file_it_is_given() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let (dir, pki, connector, _stranger, api_key) = write_setup(&FILE_ORDER);
+    // Audit events on stdout, as the example ships.
+    let config = std::fs::read_to_string(dir.join("gateway.toml"))
+        .unwrap()
+        .replace("stdout = false", "stdout = true")
+        .replace("directory = \"audit\"", "# directory = \"audit\"");
+    std::fs::write(dir.join("gateway.toml"), config).unwrap();
+    let mut child = tokio::process::Command::new(example_binary())
+        .arg("--config")
+        .arg(dir.join("gateway.toml"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut said = String::new();
+    let addr: SocketAddr = loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), stderr.next_line())
+            .await
+            .expect("the gateway said nothing for a minute")
+            .unwrap();
+        let Some(line) = line else {
+            panic!("the gateway exited before listening: {said}");
+        };
+        said.push_str(&line);
+        said.push('\n');
+        if let Some(addr) = line.strip_prefix("gateway: listening on https://") {
+            break addr.parse().unwrap();
+        }
+    };
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stdout.next_line().await {
+            let _ = events_tx.send(line);
+        }
+    });
+
+    let ca = pki.ca_pem().to_owned();
+    let url = |path: &str| format!("https://localhost:{}{path}", addr.port());
+    let cert = client(&ca, addr, Some(&connector), "127.0.0.1");
+    let anyone = client(&ca, addr, None, "127.0.0.1");
+
+    // The real key service: list, create, sign.
+    let (status, body) = send(cert.get(url("/v1/key"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["keys"][0],
+        "default"
+    );
+    let (status, body) = send(
+        anyone
+            .post(url("/v1/key"))
+            .header("x-api-key", &api_key)
+            .json(&serde_json::json!({ "name": "k2" })),
     )
     .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED, "{said}");
-    let bytes = reqwest::header::HeaderValue::from_bytes(b"\xff\xfe").unwrap();
-    let (status, _) = send(other.get(gw.url("/v1/key")).header("x-api-key", bytes)).await;
-    assert!(status.is_client_error(), "{status}");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = send(cert.post(url("/v1/token"))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let token = serde_json::from_str::<Value>(&body).unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, body) = send(
+        cert.post(url("/v1/sign"))
+            .header("authorization", format!("Bearer {token}"))
+            .json(&serde_json::json!({ "key": "default", "data": "aGVsbG8=" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let signature = serde_json::from_str::<Value>(&body).unwrap()["signature"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(signature.len() > 80, "{body}");
+    assert_eq!(
+        send(anyone.get(url("/v1/key"))).await,
+        (StatusCode::UNAUTHORIZED, "unauthenticated".into())
+    );
+
+    // One audit line on stdout per request, in order.
+    let mut events = Vec::new();
+    while events.len() < 5 {
+        let line = tokio::time::timeout(Duration::from_secs(30), events_rx.recv())
+            .await
+            .expect("no audit event on stdout")
+            .expect("stdout closed");
+        if let Ok(event) = serde_json::from_str::<Value>(&line) {
+            events.push(event);
+        }
+    }
+    let summary: Vec<(String, String, u64)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["path"].as_str().unwrap().to_owned(),
+                e["decision"].as_str().unwrap().to_owned(),
+                e["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("/v1/key", "allow", 200),
+        ("/v1/key", "allow", 201),
+        ("/v1/token", "allow", 200),
+        ("/v1/sign", "allow", 200),
+        ("/v1/key", "deny", 401),
+    ];
+    assert_eq!(
+        summary,
+        expected
+            .iter()
+            .map(|(p, d, s)| (p.to_string(), d.to_string(), *s))
+            .collect::<Vec<_>>()
+    );
+    let log = events.iter().map(Value::to_string).collect::<String>();
+    assert!(!log.contains(&api_key));
+    assert!(!log.contains(&token));
+    child.kill().await.unwrap();
 }

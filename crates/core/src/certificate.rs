@@ -28,6 +28,34 @@ impl TlsPeer {
     }
 }
 
+/// The leaf certificate (DER) the connection's TLS stack verified, from whichever
+/// connect info the server put in the request: a [`TlsPeer`] in the extensions, axum's
+/// `ConnectInfo<TlsPeer>` (feature `axum`), or tonic's `TlsConnectInfo<TcpConnectInfo>`
+/// (feature `tonic-tls`). `None` without TLS or without a client certificate.
+///
+/// Never read from anything the client sends in the request: a certificate forwarded
+/// by a proxy in a header is the mTLS identity layer's to verify.
+pub fn connection_leaf(extensions: &http::Extensions) -> Option<Bytes> {
+    if let Some(peer) = extensions.get::<TlsPeer>() {
+        return peer.leaf().cloned();
+    }
+    #[cfg(feature = "axum")]
+    if let Some(axum::extract::ConnectInfo(peer)) =
+        extensions.get::<axum::extract::ConnectInfo<TlsPeer>>()
+    {
+        return peer.leaf().cloned();
+    }
+    #[cfg(feature = "tonic-tls")]
+    if let Some(info) = extensions
+        .get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>()
+    {
+        return info
+            .peer_certs()
+            .and_then(|certs| certs.first().map(|c| Bytes::copy_from_slice(c.as_ref())));
+    }
+    None
+}
+
 /// The SHA-256 thumbprint of the client certificate the connection presented: the
 /// `x5t#S256` of RFC 8705, computed over the certificate's DER bytes.
 ///

@@ -38,7 +38,7 @@ mod rejection;
 
 pub use audit::{AuditNote, AuditRecord, Decision};
 pub use body::RejectOrBody;
-pub use certificate::{ClientCertThumbprint, TlsPeer};
+pub use certificate::{connection_leaf, ClientCertThumbprint, TlsPeer};
 pub use client_ip::{
     socket_peer, ClientIp, ClientIpError, ClientIpResolver, ForwardedHeader, PeerAddr,
 };

@@ -543,7 +543,7 @@ impl<B> Service<Request<B>> for IssueService {
                 issuer.refuse(&request, &IssueError::NotAuthenticated.rejection())
             ));
         };
-        let certificate = request.extensions().get::<ClientCertThumbprint>().copied();
+        let certificate = crate::layer::request_thumbprint(request.extensions());
         let response = match issuer.issue(principal, certificate) {
             Ok(issued) => {
                 AuditRecord::note(request.extensions(), || {
@@ -584,7 +584,7 @@ impl<B: Send + 'static> Service<Request<B>> for ExtendService {
             if request.method() != Method::POST {
                 return Ok(issuer.refuse(&request, &method_not_allowed()));
             }
-            let certificate = request.extensions().get::<ClientCertThumbprint>().copied();
+            let certificate = crate::layer::request_thumbprint(request.extensions());
             let realm = "api";
             let result = match bearer(&request) {
                 Some(token) => issuer.extend(token, certificate).await,

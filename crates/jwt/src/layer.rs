@@ -589,22 +589,26 @@ where
                 ))
             }
         };
-        let thumbprint = request.extensions().get::<ClientCertThumbprint>().copied();
         let verified = match config.validator.validate(token, config.now_ms(), true) {
             Outcome::Valid(verified) => verified,
             Outcome::Refused(refusal) => {
                 return ResponseFuture::decided(config.refuse(&request, refusal, None))
             }
             Outcome::NeedKeys { wait, timeout } => {
+                // Cold path: whether the token is bound is not known yet.
                 let work = Pending::after_refresh(
                     self.config.clone(),
                     token.to_owned(),
-                    thumbprint,
+                    request_thumbprint(request.extensions()),
                     wait,
                     timeout,
                 );
                 return pending(&mut self.inner, &self.config, request, work);
             }
+        };
+        let thumbprint = match verified.binding {
+            Some(_) => request_thumbprint(request.extensions()),
+            None => None,
         };
         if let Err(refusal) = config.per_request(&verified, thumbprint) {
             let id = verified.principal.id();
@@ -643,6 +647,21 @@ where
         };
         ResponseFuture::decided(config.admit(&mut self.inner, request, &verified, principal))
     }
+}
+
+/// The client certificate the request came with: the thumbprint an mTLS identity layer
+/// put in the extensions, or else the SHA-256 of the leaf certificate the connection's
+/// TLS stack verified ([`portcullis_core::connection_leaf`]). So a certificate-bound
+/// token works whether the mTLS layer runs before this one, after it, or not at all.
+/// Only called for bound tokens (and on cold paths): unbound ones never pay the digest.
+pub(crate) fn request_thumbprint(extensions: &http::Extensions) -> Option<ClientCertThumbprint> {
+    if let Some(thumbprint) = extensions.get::<ClientCertThumbprint>() {
+        return Some(*thumbprint);
+    }
+    let leaf = portcullis_core::connection_leaf(extensions)?;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &leaf);
+    let bytes: [u8; 32] = digest.as_ref().try_into().ok()?;
+    Some(ClientCertThumbprint::from_bytes(bytes))
 }
 
 fn pending<S: Clone, ReqBody, F, ResBody>(

@@ -680,6 +680,40 @@ async fn certificate_bound_tokens_need_their_certificate() {
         .extensions_mut()
         .insert(ClientCertThumbprint::from_bytes(thumbprint));
     assert_eq!(send(&service, right).await.status(), StatusCode::OK);
+
+    // With no mTLS layer in front, the connection's own verified certificate is hashed:
+    // the token works when the leaf's SHA-256 is the bound thumbprint, and only then.
+    let leaf = bytes::Bytes::from_static(b"a DER certificate, as the TLS stack verified it");
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &leaf);
+    let mut bound = claims();
+    bound["cnf"] = json!({"x5t#S256": URL_SAFE_NO_PAD.encode(digest.as_ref())});
+    let token = mint(&hs_key(), header(&hs_key()), bound);
+    let peer = |leaf: bytes::Bytes| portcullis_core::TlsPeer {
+        addr: "127.0.0.1:5000".parse().unwrap(),
+        chain: Some(vec![leaf].into()),
+    };
+    let mut on_connection = bearer(&token);
+    on_connection.extensions_mut().insert(peer(leaf.clone()));
+    assert_eq!(send(&service, on_connection).await.status(), StatusCode::OK);
+    let mut other_connection = bearer(&token);
+    other_connection
+        .extensions_mut()
+        .insert(peer(bytes::Bytes::from_static(b"another certificate")));
+    assert_eq!(
+        code(&send(&service, other_connection).await),
+        "certificate_mismatch"
+    );
+    let mut no_certificate = bearer(&token);
+    no_certificate
+        .extensions_mut()
+        .insert(portcullis_core::TlsPeer {
+            addr: "127.0.0.1:5000".parse().unwrap(),
+            chain: None,
+        });
+    assert_eq!(
+        code(&send(&service, no_certificate).await),
+        "certificate_mismatch"
+    );
 }
 
 #[tokio::test]

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use http::{Request, Response};
 use portcullis_core::{
-    AuditNote, AuditRecord, AuthMethod, Authentication, ClientCertThumbprint, Clock, Decision,
-    DecisionFuture, Principal, RejectOrBody, Rejection, RenderRejection, Renderer, TlsPeer,
+    connection_leaf, AuditNote, AuditRecord, AuthMethod, Authentication, ClientCertThumbprint,
+    Clock, Decision, DecisionFuture, Principal, RejectOrBody, Rejection, RenderRejection, Renderer,
 };
 use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::{CertificateDer, UnixTime};
@@ -513,28 +513,6 @@ impl Config {
                 .respond(LAYER_NAME, &refusal.rejection(), request),
         )
     }
-}
-
-/// The leaf certificate of the connection, from whichever TLS connect info is there.
-fn connection_leaf(extensions: &http::Extensions) -> Option<Bytes> {
-    if let Some(peer) = extensions.get::<TlsPeer>() {
-        return peer.leaf().cloned();
-    }
-    #[cfg(feature = "axum")]
-    if let Some(axum::extract::ConnectInfo(peer)) =
-        extensions.get::<axum::extract::ConnectInfo<TlsPeer>>()
-    {
-        return peer.leaf().cloned();
-    }
-    #[cfg(feature = "tonic")]
-    if let Some(info) = extensions
-        .get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>()
-    {
-        return info
-            .peer_certs()
-            .and_then(|certs| certs.first().map(|c| Bytes::copy_from_slice(c.as_ref())));
-    }
-    None
 }
 
 fn identify(config: &Config, certificate: &ClientCertificate) -> Result<Principal, MtlsRefusal> {

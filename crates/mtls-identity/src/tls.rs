@@ -17,6 +17,9 @@ pub enum ClientAuth {
     /// The client may connect without one; the identity layer decides per request. A
     /// certificate that is sent must still verify.
     Optional,
+    /// The server does not ask for client certificates: plain server-side TLS, for
+    /// stacks that authenticate with API keys or tokens only. No client CA is needed.
+    Off,
 }
 
 /// Why a TLS configuration could not be built.
@@ -89,7 +92,8 @@ impl ServerTls {
         self
     }
 
-    /// [`ClientAuth::Required`] (the default) or [`ClientAuth::Optional`].
+    /// [`ClientAuth::Required`] (the default), [`ClientAuth::Optional`] or
+    /// [`ClientAuth::Off`].
     pub fn client_auth(mut self, client_auth: ClientAuth) -> Self {
         self.client_auth = client_auth;
         self
@@ -108,6 +112,24 @@ impl ServerTls {
         }
         let key =
             PrivateKeyDer::from_pem_slice(&self.key).map_err(|e| error("the server key", &e))?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| error("the protocol versions", &e))?;
+        if self.client_auth == ClientAuth::Off {
+            // Client CAs or CRLs given here would be silently unused: say so instead.
+            if !self.client_cas.is_empty() || !self.crls.is_empty() {
+                return Err(TlsConfigError(
+                    "client CAs or CRLs were given, but client certificates are off: remove them, or ask for certificates with ClientAuth::Optional".into(),
+                ));
+            }
+            let mut config = builder
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .map_err(|e| error("the server certificate", &e))?;
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            return Ok(Arc::new(config));
+        }
         let mut roots = RootCertStore::empty();
         for ca in CertificateDer::pem_slice_iter(&self.client_cas) {
             let ca = ca.map_err(|e| error("the client CAs", &e))?;
@@ -122,7 +144,6 @@ impl ServerTls {
             CertificateRevocationListDer::pem_slice_iter(&self.crls)
                 .collect::<Result<_, _>>()
                 .map_err(|e| error("the CRLs", &e))?;
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .with_crls(crls);
@@ -132,9 +153,7 @@ impl ServerTls {
         let verifier = verifier
             .build()
             .map_err(|e| error("the client verifier", &e))?;
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| error("the protocol versions", &e))?
+        let mut config = builder
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)
             .map_err(|e| error("the server certificate", &e))?;

@@ -1,0 +1,188 @@
+//! The built stack as one tower `Layer`, for servers other than axum (tonic, hyper, or
+//! any `tower::Service<http::Request<B>>`).
+//!
+//! The file chooses the layers and their order at run time, so the stack's type cannot
+//! be spelled at compile time: each layer's service is boxed, and each response body
+//! is boxed, once per layer. That costs a few small allocations per request; axum's
+//! `Router::layer` boxes the same way, which is why [`Gateway::apply`] uses it there.
+//! A host that wants no boxing composes the layers in code.
+
+use std::convert::Infallible;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, Either};
+use futures::FutureExt as _;
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::BodyExt as _;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service, ServiceExt as _};
+
+use super::build::{Built, TokenRoutes};
+use super::Gateway;
+
+/// An error a response body may fail with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The response body of [`GatewayLayer`]'s service: the inner service's body or a
+/// rejection, boxed.
+pub type GatewayBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The service [`GatewayLayer`] makes: the whole stack around the host's service.
+pub type GatewayService<ReqBody, E> =
+    BoxCloneSyncService<Request<ReqBody>, Response<GatewayBody>, E>;
+
+/// Every layer of a [`Gateway`], in the file's order, as one tower `Layer`: the file's
+/// first `[[layer]]` is the outermost. The token routes of `[token_issuer]`, if any,
+/// answer their paths inside the stack, as they do under [`Gateway::apply`].
+///
+/// Made by [`Gateway::layer`]. Works with tonic's `Server::builder().layer(..)`, with
+/// `tower::ServiceBuilder`, and with hyper through `hyper_util::service::TowerToHyperService`.
+///
+/// `ReqBody` is the server's request body (`tonic::body::Body`,
+/// `hyper::body::Incoming`, …); it is usually inferred.
+pub struct GatewayLayer<ReqBody> {
+    layers: Arc<[(&'static str, Built)]>,
+    token_routes: Option<TokenRoutes>,
+    // The layer makes services of `Request<ReqBody>`; it holds no body.
+    _body: PhantomData<fn(ReqBody)>,
+}
+
+impl<ReqBody> Clone for GatewayLayer<ReqBody> {
+    fn clone(&self) -> Self {
+        Self {
+            layers: self.layers.clone(),
+            token_routes: self.token_routes.clone(),
+            _body: PhantomData,
+        }
+    }
+}
+
+impl<ReqBody> std::fmt::Debug for GatewayLayer<ReqBody> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kinds: Vec<&str> = self.layers.iter().map(|(kind, _)| *kind).collect();
+        f.debug_struct("GatewayLayer")
+            .field("layers", &kinds)
+            .field("token_routes", &self.token_routes.is_some())
+            .finish()
+    }
+}
+
+impl Gateway {
+    /// The whole stack as one tower `Layer`, for tonic, hyper or any tower server.
+    /// See [`GatewayLayer`].
+    pub fn layer<ReqBody>(&self) -> GatewayLayer<ReqBody> {
+        GatewayLayer {
+            layers: self.layers.clone().into(),
+            token_routes: self.token_routes.clone(),
+            _body: PhantomData,
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody> Layer<S> for GatewayLayer<ReqBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Body + Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Service = GatewayService<ReqBody, S::Error>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let mut service = boxed(inner);
+        if let Some(routes) = &self.token_routes {
+            service = boxed(WithTokenRoutes {
+                routes: routes.clone(),
+                inner: service,
+            });
+        }
+        for (_, layer) in self.layers.iter().rev() {
+            service = match layer {
+                Built::IpAllowlist(layer) => boxed(layer.layer(service)),
+                Built::MtlsIdentity(layer) => boxed(layer.layer(service)),
+                Built::ApiKey(layer) => boxed(layer.layer(service)),
+                Built::Jwt(layer) => boxed(layer.layer(service)),
+                Built::RoleRouter(layer) => boxed(layer.layer(service)),
+                Built::RateLimit(layer) => boxed(layer.layer(service)),
+                Built::Audit(layer) => boxed(layer.layer(service)),
+            };
+        }
+        service
+    }
+}
+
+fn boxed<S, ReqBody, ResBody>(service: S) -> GatewayService<ReqBody, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    ReqBody: 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    BoxCloneSyncService::new(service.map_response(|response: Response<ResBody>| {
+        response.map(|body| body.map_err(Into::into).boxed_unsync())
+    }))
+}
+
+/// Sends the token issue and extend paths to the issuer, everything else inward.
+struct WithTokenRoutes<ReqBody, E> {
+    routes: TokenRoutes,
+    inner: GatewayService<ReqBody, E>,
+}
+
+impl<ReqBody, E> Clone for WithTokenRoutes<ReqBody, E> {
+    fn clone(&self) -> Self {
+        Self {
+            routes: self.routes.clone(),
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<ReqBody, E> Service<Request<ReqBody>> for WithTokenRoutes<ReqBody, E>
+where
+    ReqBody: Body + Send + 'static,
+    E: 'static,
+{
+    type Response = Response<GatewayBody>;
+    type Error = E;
+    type Future = Either<
+        <GatewayService<ReqBody, E> as Service<Request<ReqBody>>>::Future,
+        BoxFuture<'static, Result<Response<GatewayBody>, E>>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), E>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let path = request.uri().path();
+        if path == self.routes.issue_path {
+            let call = self.routes.issuer.issue_service().oneshot(request);
+            Either::Right(call.map(token_response).boxed())
+        } else if path == self.routes.extend_path {
+            let call = self.routes.issuer.extend_service().oneshot(request);
+            Either::Right(call.map(token_response).boxed())
+        } else {
+            Either::Left(self.inner.call(request))
+        }
+    }
+}
+
+fn token_response<B, E>(result: Result<Response<B>, Infallible>) -> Result<Response<GatewayBody>, E>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    match result {
+        Ok(response) => Ok(response.map(|body| body.map_err(Into::into).boxed_unsync())),
+        Err(never) => match never {},
+    }
+}
