@@ -131,3 +131,60 @@ async fn files_the_layers_name_must_exist() {
         "{e}"
     );
 }
+
+#[cfg(feature = "dev-pki")]
+#[tokio::test]
+async fn tls_without_client_certificates_refuses_what_it_would_not_use() {
+    let dir = std::env::temp_dir().join(format!("portcullis-config-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pki = portcullis_mtls_identity::DevPki::generate(&["localhost"]).unwrap();
+    pki.write_to(&dir).unwrap();
+    let build = |text: String| {
+        let dir = dir.clone();
+        async move {
+            GatewayConfig::parse("test.toml", &text, &dir)
+                .unwrap()
+                .build()
+                .await
+        }
+    };
+    let tls = "[tls]\ncert = \"server.pem\"\nkey = \"server.key\"\n";
+
+    // Off: plain server-side TLS, no client CA needed.
+    let gateway = build(format!("{SERVER}{tls}client_certs = \"off\"\n"))
+        .await
+        .unwrap();
+    assert!(gateway.tls.is_some());
+
+    // Off with a client CA, or CRLs, would silently not check them.
+    let e = build(format!(
+        "{SERVER}{tls}client_certs = \"off\"\nclient_ca = \"ca.pem\"\n"
+    ))
+    .await
+    .unwrap_err();
+    assert_eq!(e.key, "tls.client_ca", "{e}");
+    let e = build(format!(
+        "{SERVER}{tls}client_certs = \"off\"\ncrls = [\"ca.crl\"]\n"
+    ))
+    .await
+    .unwrap_err();
+    assert_eq!(e.key, "tls.crls", "{e}");
+
+    // Asking for certificates needs the CA they chain to.
+    let e = build(format!("{SERVER}{tls}client_certs = \"required\"\n"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.key, "tls.client_ca", "{e}");
+    assert!(e.message.contains("off"), "{e}: says how to go without");
+
+    // An mtls-identity layer behind TLS that never asks for a certificate.
+    std::fs::write(dir.join("connectors.toml"), "").unwrap();
+    let e = build(format!(
+        "{SERVER}{tls}client_certs = \"off\"\n[[layer]]\nkind = \"mtls-identity\"\nconnectors = \"connectors.toml\"\n"
+    ))
+    .await
+    .unwrap_err();
+    assert_eq!(e.key, "layer[0]", "{e}");
+    assert!(e.message.contains("client_certs"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -835,21 +835,6 @@ async fn an_order_that_checks_roles_before_credentials_refuses_by_design() {
     assert_eq!(events[0]["path"], "/health");
 }
 
-/// The example binary `cargo test` built beside this test binary.
-fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let target = exe.parent().unwrap().parent().unwrap();
-    let binary = target
-        .join("examples")
-        .join(format!("gateway{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        binary.exists(),
-        "{} is missing: `cargo test --workspace` builds the examples",
-        binary.display()
-    );
-    binary
-}
-
 #[tokio::test]
 async fn the_built_example_binary_serves_the_file_it_is_given() {
     use tokio::io::{AsyncBufReadExt, BufReader};
@@ -861,7 +846,7 @@ async fn the_built_example_binary_serves_the_file_it_is_given() {
         .replace("stdout = false", "stdout = true")
         .replace("directory = \"audit\"", "# directory = \"audit\"");
     std::fs::write(dir.join("gateway.toml"), config).unwrap();
-    let mut child = tokio::process::Command::new(example_binary())
+    let mut child = tokio::process::Command::new(crate::examples::binary("gateway"))
         .arg("--config")
         .arg(dir.join("gateway.toml"))
         .stdout(std::process::Stdio::piped())

@@ -10,6 +10,7 @@ mod api_key_axum;
 mod api_key_tonic;
 mod audit_axum;
 mod client;
+mod examples;
 mod gateway;
 mod ip_allowlist_axum;
 mod ip_allowlist_hyper;
