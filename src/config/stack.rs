@@ -43,6 +43,53 @@ pub type GatewayService<ReqBody, E> =
 /// Made by [`Gateway::layer`]. Works with tonic's `Server::builder().layer(..)`, with
 /// `tower::ServiceBuilder`, and with hyper through `hyper_util::service::TowerToHyperService`.
 ///
+/// ```
+/// use std::convert::Infallible;
+/// use std::path::Path;
+/// use http::{Request, Response, StatusCode};
+/// use portcullis::config::GatewayConfig;
+/// use portcullis::core::PeerAddr;
+/// use tower::{service_fn, Layer, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let file = r#"
+///     [server]
+///     listen = "127.0.0.1:8080"
+///
+///     [[layer]]
+///     kind = "ip-allowlist"
+///     deny = ["203.0.113.0/24"]
+///
+///     [[layer]]
+///     kind = "rate-limit"
+///     [[layer.quota]]
+///     name = "per-ip"
+///     rate = "2 per 1m"
+///     key = ["client-ip"]
+/// "#;
+/// let gateway = GatewayConfig::parse("inline.toml", file, Path::new("."))?.build().await?;
+/// let hello = service_fn(|_: Request<String>| async {
+///     Ok::<_, Infallible>(Response::new(String::from("hello")))
+/// });
+/// let service = gateway.layer().layer(hello);
+/// let from = |peer: &str| {
+///     let mut request = Request::new(String::new());
+///     request.extensions_mut().insert(PeerAddr(peer.parse().unwrap()));
+///     request
+/// };
+/// let denied = service.clone().oneshot(from("203.0.113.9:4000")).await?;
+/// assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+/// for _ in 0..2 {
+///     let allowed = service.clone().oneshot(from("192.0.2.1:4000")).await?;
+///     assert_eq!(allowed.status(), StatusCode::OK);
+/// }
+/// let limited = service.clone().oneshot(from("192.0.2.1:4000")).await?;
+/// assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+/// # Ok(())
+/// # }
+/// ```
+///
 /// `ReqBody` is the server's request body (`tonic::body::Body`,
 /// `hyper::body::Incoming`, …); it is usually inferred.
 pub struct GatewayLayer<ReqBody> {
