@@ -172,14 +172,22 @@ impl GatewayConfig {
                 LayerConfig::Jwt(c) => {
                     Built::Jwt(self.jwt(c, token_routes.as_ref(), &revocations, entry)?)
                 }
-                LayerConfig::RoleRouter(c) => {
-                    let policy = portcullis_role_router::read_policy(self.path(&c.policy))
-                        .map_err(|e| ConfigError {
-                            source: self.path(&c.policy).display().to_string(),
-                            line: e.line(),
-                            key: format!("{} (policy)", entry.key),
-                            message: e.to_string(),
+                LayerConfig::RoleRouter(schema::RoleRouter::File(path)) => {
+                    let policy =
+                        portcullis_role_router::read_policy(self.path(path)).map_err(|e| {
+                            ConfigError {
+                                source: self.path(path).display().to_string(),
+                                line: e.line(),
+                                key: format!("{} (policy)", entry.key),
+                                message: e.message().to_owned(),
+                            }
                         })?;
+                    Built::RoleRouter(RoleRouterLayer::new(policy))
+                }
+                LayerConfig::RoleRouter(schema::RoleRouter::Inline(text)) => {
+                    // Checked when the file was read.
+                    let policy = portcullis_role_router::parse_policy(&entry.key, text)
+                        .map_err(|e| at(e.message().to_owned()))?;
                     Built::RoleRouter(RoleRouterLayer::new(policy))
                 }
                 LayerConfig::RateLimit(c) => {

@@ -231,7 +231,10 @@ fn entry(
         ),
         "api-key" => ("api-key", LayerConfig::ApiKey(read(table, key)?)),
         "jwt" => ("jwt", LayerConfig::Jwt(read(table, key)?)),
-        "role-router" => ("role-router", LayerConfig::RoleRouter(read(table, key)?)),
+        "role-router" => (
+            "role-router",
+            LayerConfig::RoleRouter(role_router(table, key)?),
+        ),
         "rate-limit" => ("rate-limit", LayerConfig::RateLimit(read(table, key)?)),
         "audit" => ("audit", LayerConfig::Audit(read(table, key)?)),
         other => {
@@ -242,6 +245,45 @@ fn entry(
         }
     };
     Ok(layer)
+}
+
+/// A role-router entry: `policy = FILE`, or the policy's own keys inline.
+fn role_router(mut table: toml::Table, key: &str) -> Result<schema::RoleRouter, (String, String)> {
+    match table.remove("policy") {
+        Some(toml::Value::String(path)) => match table.keys().next() {
+            Some(extra) => Err((
+                format!("{key}.{extra}"),
+                "the rules are in the policy file; give them there or inline here, not both".into(),
+            )),
+            None => Ok(schema::RoleRouter::File(PathBuf::from(path))),
+        },
+        Some(_) => Err((format!("{key}.policy"), "must be a file path".into())),
+        None if !table.contains_key("rule") => Err((
+            format!("{key}.policy"),
+            "missing: a policy file, or the rules inline as [[layer.rule]] entries".into(),
+        )),
+        None => {
+            let text = toml::to_string(&table).map_err(|e| (key.to_owned(), e.to_string()))?;
+            match portcullis_role_router::parse_policy(key, &text) {
+                Ok(_) => Ok(schema::RoleRouter::Inline(text)),
+                Err(e) => {
+                    // Name the rule: count the `[[rule]]` headers before the error's line
+                    // in the text the table was written back to.
+                    let rule = e.line().map(|line| {
+                        text.lines()
+                            .take(line)
+                            .filter(|l| l.trim() == "[[rule]]")
+                            .count()
+                    });
+                    let path = match rule {
+                        Some(n) if n > 0 => format!("{key}.rule[{}]", n - 1),
+                        _ => key.to_owned(),
+                    };
+                    Err((path, e.message().to_owned()))
+                }
+            }
+        }
+    }
 }
 
 /// `serde_path_to_error` writes `layer[2].quota[0]`; its root is `.`.

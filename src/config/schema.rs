@@ -215,11 +215,13 @@ pub(crate) struct JwtIssuer {
     pub(crate) scopes_claim: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RoleRouter {
-    /// A policy file (`[[rule]]`s), as `portcullis policy check` reads it.
-    pub(crate) policy: PathBuf,
+/// Where the role table is: a policy file (`[[rule]]`s, as `portcullis policy check`
+/// reads it), or the same keys inline in the `[[layer]]` (`default`, `[[layer.rule]]`),
+/// checked when the configuration is read.
+#[derive(Debug)]
+pub(crate) enum RoleRouter {
+    File(PathBuf),
+    Inline(String),
 }
 
 #[derive(Debug, Deserialize)]

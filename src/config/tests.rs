@@ -188,3 +188,34 @@ async fn tls_without_client_certificates_refuses_what_it_would_not_use() {
     assert!(e.message.contains("client_certs"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn the_role_table_may_be_inline() {
+    let inline = format!(
+        "{SERVER}[[layer]]\nkind = \"role-router\"\ndefault = \"deny\"\n\
+         [[layer.rule]]\npath = \"/health\"\npublic = true\n\
+         [[layer.rule]]\npath = \"/v1/key/**\"\nroles_any = [\"key-admin\"]\n"
+    );
+    let gateway = parse(&inline).unwrap().build().await.unwrap();
+    assert_eq!(gateway.layer_kinds(), ["role-router"]);
+
+    // A bad rule is named by its index, at the [[layer]]'s line, when the file is read.
+    let e = error(&format!(
+        "{SERVER}[[layer]]\nkind = \"role-router\"\n\
+         [[layer.rule]]\npath = \"/health\"\npublic = true\n\
+         [[layer.rule]]\npath = \"/v1/key/**\"\nroles_anyy = [\"key-admin\"]\n"
+    ));
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("layer[0].rule[1]", Some(3)),
+        "{e}"
+    );
+    assert!(e.message.contains("roles_anyy"), "{e}");
+
+    let e = error(&format!(
+        "{SERVER}[[layer]]\nkind = \"role-router\"\npolicy = \"p.toml\"\n[[layer.rule]]\npath = \"/\"\npublic = true\n"
+    ));
+    assert_eq!(e.key, "layer[0].rule", "{e}");
+    let e = error(&format!("{SERVER}[[layer]]\nkind = \"role-router\"\n"));
+    assert_eq!(e.key, "layer[0].policy", "{e}");
+}

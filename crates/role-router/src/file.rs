@@ -105,6 +105,11 @@ impl PolicyFileError {
     pub fn line(&self) -> Option<usize> {
         self.line
     }
+
+    /// What is wrong, without the source and line.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 impl fmt::Display for PolicyFileError {
