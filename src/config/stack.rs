@@ -136,7 +136,7 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ReqBody: Body + Send + 'static,
+    ReqBody: Send + 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
@@ -195,7 +195,7 @@ impl<ReqBody, E> Clone for WithTokenRoutes<ReqBody, E> {
 
 impl<ReqBody, E> Service<Request<ReqBody>> for WithTokenRoutes<ReqBody, E>
 where
-    ReqBody: Body + Send + 'static,
+    ReqBody: Send + 'static,
     E: 'static,
 {
     type Response = Response<GatewayBody>;
