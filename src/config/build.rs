@@ -251,30 +251,30 @@ impl GatewayConfig {
             &self.read("tls.key", &tls.key)?,
         )
         .client_auth(client_auth);
-        match (&tls.client_ca, client_auth) {
-            (Some(_), ClientAuth::Off) | (None, ClientAuth::Off) if !tls.crls.is_empty() => {
+        match (client_auth, &tls.client_ca) {
+            (ClientAuth::Off, _) if !tls.crls.is_empty() => {
                 return Err(self.error(
                     None,
                     "tls.crls",
                     "CRLs check client certificates, and client_certs is \"off\": remove crls",
                 ))
             }
-            (Some(_), ClientAuth::Off) => {
+            (ClientAuth::Off, Some(_)) => {
                 return Err(self.error(
                     None,
                     "tls.client_ca",
                     "client_certs is \"off\", so no client CA is used: remove client_ca, or set client_certs = \"optional\"",
                 ))
             }
-            (None, ClientAuth::Off) => {}
-            (None, _) => {
+            (ClientAuth::Off, None) => {}
+            (_, None) => {
                 return Err(self.error(
                     None,
                     "tls.client_ca",
                     "missing: the CA file client certificates must chain to (or client_certs = \"off\")",
                 ))
             }
-            (Some(ca), _) => {
+            (_, Some(ca)) => {
                 let mut crls = Vec::new();
                 for path in &tls.crls {
                     crls.extend(self.read("tls.crls", path)?);

@@ -173,9 +173,15 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    BoxCloneSyncService::new(service.map_response(|response: Response<ResBody>| {
-        response.map(|body| body.map_err(Into::into).boxed_unsync())
-    }))
+    BoxCloneSyncService::new(service.map_response(box_body))
+}
+
+fn box_body<B>(response: Response<B>) -> Response<GatewayBody>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    response.map(|body| body.map_err(Into::into).boxed_unsync())
 }
 
 /// Sends the token issue and extend paths to the issuer, everything else inward.
@@ -229,7 +235,7 @@ where
     B::Error: Into<BoxError>,
 {
     match result {
-        Ok(response) => Ok(response.map(|body| body.map_err(Into::into).boxed_unsync())),
+        Ok(response) => Ok(box_body(response)),
         Err(never) => match never {},
     }
 }

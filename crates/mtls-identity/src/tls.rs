@@ -99,6 +99,37 @@ impl ServerTls {
         self
     }
 
+    /// The verifier of client certificates: chained to the client CAs, checked against
+    /// the CRLs, optional when [`ClientAuth::Optional`].
+    fn client_verifier(
+        &self,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsConfigError> {
+        let error = |what: &str, e: &dyn fmt::Display| TlsConfigError(format!("{what}: {e}"));
+        let mut roots = RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(&self.client_cas) {
+            let ca = ca.map_err(|e| error("the client CAs", &e))?;
+            roots.add(ca).map_err(|e| error("a client CA", &e))?;
+        }
+        if roots.is_empty() {
+            return Err(TlsConfigError(
+                "no client CA: give .client_cas(pem) the CAs that issue client certificates".into(),
+            ));
+        }
+        let crls: Vec<CertificateRevocationListDer<'static>> =
+            CertificateRevocationListDer::pem_slice_iter(&self.crls)
+                .collect::<Result<_, _>>()
+                .map_err(|e| error("the CRLs", &e))?;
+        let mut verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).with_crls(crls);
+        if self.client_auth == ClientAuth::Optional {
+            verifier = verifier.allow_unauthenticated();
+        }
+        verifier
+            .build()
+            .map_err(|e| error("the client verifier", &e))
+    }
+
     /// Checks everything and builds the config.
     pub fn build(self) -> Result<Arc<ServerConfig>, TlsConfigError> {
         let error = |what: &str, e: &dyn fmt::Display| TlsConfigError(format!("{what}: {e}"));
@@ -116,45 +147,18 @@ impl ServerTls {
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| error("the protocol versions", &e))?;
-        if self.client_auth == ClientAuth::Off {
+        let builder = if self.client_auth == ClientAuth::Off {
             // Client CAs or CRLs given here would be silently unused: say so instead.
             if !self.client_cas.is_empty() || !self.crls.is_empty() {
                 return Err(TlsConfigError(
                     "client CAs or CRLs were given, but client certificates are off: remove them, or ask for certificates with ClientAuth::Optional".into(),
                 ));
             }
-            let mut config = builder
-                .with_no_client_auth()
-                .with_single_cert(chain, key)
-                .map_err(|e| error("the server certificate", &e))?;
-            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-            return Ok(Arc::new(config));
-        }
-        let mut roots = RootCertStore::empty();
-        for ca in CertificateDer::pem_slice_iter(&self.client_cas) {
-            let ca = ca.map_err(|e| error("the client CAs", &e))?;
-            roots.add(ca).map_err(|e| error("a client CA", &e))?;
-        }
-        if roots.is_empty() {
-            return Err(TlsConfigError(
-                "no client CA: give .client_cas(pem) the CAs that issue client certificates".into(),
-            ));
-        }
-        let crls: Vec<CertificateRevocationListDer<'static>> =
-            CertificateRevocationListDer::pem_slice_iter(&self.crls)
-                .collect::<Result<_, _>>()
-                .map_err(|e| error("the CRLs", &e))?;
-        let mut verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .with_crls(crls);
-        if self.client_auth == ClientAuth::Optional {
-            verifier = verifier.allow_unauthenticated();
-        }
-        let verifier = verifier
-            .build()
-            .map_err(|e| error("the client verifier", &e))?;
+            builder.with_no_client_auth()
+        } else {
+            builder.with_client_cert_verifier(self.client_verifier(provider)?)
+        };
         let mut config = builder
-            .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)
             .map_err(|e| error("the server certificate", &e))?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
