@@ -1,0 +1,277 @@
+//! The files a run serves from: the gateway's configuration (the example's layers over
+//! plain HTTP), its role table, a key file, a token secret, a deny list, and the
+//! credentials the load uses, valid and not.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use portcullis::api_key::{render_key_record, GeneratedKey, KeyPrefix, KeyRecord};
+use portcullis::core::{AuthMethod, Clock, Principal};
+use portcullis::jwt::jsonwebtoken::Algorithm;
+use portcullis::jwt::{SigningKey, TokenIssuer};
+
+/// The example's role table, so the routes open to the same roles as in the example.
+const POLICY: &str = include_str!("../../../examples/gateway-policy.toml");
+
+/// Where denied clients come from: a network of the loopback range, so that a client
+/// can take an address in it.
+pub(crate) const DENIED_NETWORK: &str = "127.255.0.0/16";
+
+const ISSUER: &str = "https://gateway.local";
+const AUDIENCE: &str = "hsm";
+
+/// How hard the quotas bite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Quotas {
+    /// The example's per-address and per-caller quotas, raised so that one client
+    /// address and one credential are never refused: every quota is still looked up
+    /// and charged on every request, which is the cost being measured.
+    Unreachable,
+    /// Per address 50/s (burst 100), 10 failed logins per 15 minutes with a ban after
+    /// three refusals, per caller 50/s (burst 100): what many clients meet.
+    Realistic,
+}
+
+/// One gateway's files, written into `dir`.
+#[derive(Debug)]
+pub(crate) struct GatewayFiles {
+    pub(crate) config: PathBuf,
+}
+
+/// Credentials for the load, valid and not. Never printed.
+pub(crate) struct Credentials {
+    /// Valid API keys, each its own owner, role `key-reader`.
+    pub(crate) api_keys: Vec<String>,
+    /// Valid tokens of the gateway's issuer, each its own subject, roles `key-reader`
+    /// and `signer`.
+    pub(crate) tokens: Vec<String>,
+    /// Well-formed keys with good checksums that no record holds.
+    pub(crate) unknown_keys: Vec<String>,
+    /// Tokens signed with another secret.
+    pub(crate) forged_tokens: Vec<String>,
+    /// Tokens of the right issuer whose `exp` has passed.
+    pub(crate) expired_tokens: Vec<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("api_keys", &self.api_keys.len())
+            .field("tokens", &self.tokens.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Writes the shared secret, key file, deny list and role table into `dir`, and makes
+/// `count` credentials of each kind.
+pub(crate) fn write_common(dir: &Path, count: usize) -> Result<Credentials, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let write = |name: &str, text: &str| {
+        std::fs::write(dir.join(name), text).map_err(|e| format!("writing {name}: {e}"))
+    };
+
+    let mut secret = [0u8; 64];
+    getrandom::fill(&mut secret).map_err(|e| format!("OS randomness: {e}"))?;
+    write("token.secret", &URL_SAFE_NO_PAD.encode(secret))?;
+    write("policy.toml", POLICY)?;
+    write("deny.txt", &deny_list(10_000))?;
+
+    let mut key_file = String::new();
+    let mut api_keys = Vec::with_capacity(count);
+    let mut unknown_keys = Vec::with_capacity(count);
+    for i in 0..count {
+        let key = generate_key()?;
+        let record = KeyRecord::new(key.id(), format!("client-{i}"), key.digest())
+            .map_err(|e| format!("key record: {e}"))?
+            .roles(["key-reader"]);
+        key_file.push_str(&render_key_record(&record));
+        key_file.push('\n');
+        api_keys.push(key.expose_secret().to_owned());
+        unknown_keys.push(generate_key()?.expose_secret().to_owned());
+    }
+    write("api-keys.toml", &key_file)?;
+
+    let issuer = token_issuer(&secret, Clock::system())?;
+    let mut other_secret = [0u8; 64];
+    getrandom::fill(&mut other_secret).map_err(|e| format!("OS randomness: {e}"))?;
+    let forger = token_issuer(&other_secret, Clock::system())?;
+    let (past, _) = Clock::manual(SystemTime::now() - Duration::from_secs(2 * 86_400));
+    let expired = token_issuer(&secret, past)?.lifetime(Duration::from_secs(3600));
+
+    let issue = |issuer: &TokenIssuer, i: usize| -> Result<String, String> {
+        let principal = Principal::builder(format!("service-{i}"), AuthMethod::ApiKey)
+            .roles(["key-reader", "signer"])
+            .build();
+        issuer
+            .issue(&principal, None)
+            .map(|token| token.expose().to_owned())
+            .map_err(|e| format!("issuing a token: {e}"))
+    };
+    let mut tokens = Vec::with_capacity(count);
+    let mut forged_tokens = Vec::with_capacity(count);
+    let mut expired_tokens = Vec::with_capacity(count);
+    for i in 0..count {
+        tokens.push(issue(&issuer, i)?);
+        forged_tokens.push(issue(&forger, i)?);
+        expired_tokens.push(issue(&expired, i)?);
+    }
+    Ok(Credentials {
+        api_keys,
+        tokens,
+        unknown_keys,
+        forged_tokens,
+        expired_tokens,
+    })
+}
+
+fn generate_key() -> Result<GeneratedKey, String> {
+    GeneratedKey::generate(&KeyPrefix::default()).map_err(|e| format!("generating a key: {e}"))
+}
+
+fn token_issuer(secret: &[u8], clock: Clock) -> Result<TokenIssuer, String> {
+    let key = SigningKey::hmac(Algorithm::HS256, secret).map_err(|e| format!("{e}"))?;
+    Ok(TokenIssuer::new(key, ISSUER, AUDIENCE)
+        .map_err(|e| format!("{e}"))?
+        .clock(clock))
+}
+
+/// `count` networks no client of the run comes from (IPv4 /24s and IPv6 /48s, as in
+/// the criterion benches), and the one network the denied clients do come from.
+fn deny_list(count: usize) -> String {
+    let mut out = format!("# {count} networks, and the run's denied clients\n{DENIED_NETWORK}\n");
+    for i in 0..count {
+        if i % 4 == 3 {
+            out.push_str(&format!("2001:db8:{:x}::/48\n", i));
+        } else {
+            out.push_str(&format!("10.{}.{}.0/24\n", i / 256 % 256, i % 256));
+        }
+    }
+    out
+}
+
+/// The gateway's configuration: the layers of `examples/gateway.toml` in its order
+/// except mtls-identity (there is no TLS, as the bare server has none), audit to
+/// hash-chained files in `dir/audit`, the deny list, the key file and the role table.
+/// With `layers` false, the same file with no layers: the example's own routes bare.
+pub(crate) fn write_gateway(
+    dir: &Path,
+    name: &str,
+    layers: bool,
+    quotas: Quotas,
+) -> Result<GatewayFiles, String> {
+    let (per_ip, per_caller) = match quotas {
+        Quotas::Unreachable => (
+            "rate = \"1000000/s\"\nburst = 1000000",
+            "rate = \"1000000/s\"\nburst = 1000000",
+        ),
+        Quotas::Realistic => (
+            "rate = \"50/s\"\nburst = 100",
+            "rate = \"50/s\"\nburst = 100",
+        ),
+    };
+    let mut text = format!(
+        "# Written by portcullis-load for one run; see benches/README.md.\n\
+         [server]\nlisten = \"127.0.0.1:0\"\n\n\
+         [token_issuer]\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\n\
+         secret_file = \"token.secret\"\nbinding = \"never\"\n"
+    );
+    if layers {
+        text.push_str(&format!(
+            r#"
+[[layer]]
+kind = "audit"
+directory = "audit-{name}"
+
+[[layer]]
+kind = "ip-allowlist"
+deny_file = "deny.txt"
+
+[[layer]]
+kind = "rate-limit"
+[[layer.quota]]
+name = "per-ip"
+{per_ip}
+key = ["client-ip"]
+[[layer.quota]]
+name = "auth-failures"
+rate = "10 per 15m"
+key = ["client-ip"]
+charge = "unauthenticated"
+ban = {{ strikes = 3, window = "1h", duration = "1h" }}
+
+[[layer]]
+kind = "api-key"
+key_file = "api-keys.toml"
+mode = "optional"
+headers = ["x-api-key"]
+
+[[layer]]
+kind = "jwt"
+mode = "optional"
+trust_token_issuer = true
+
+[[layer]]
+kind = "rate-limit"
+[[layer.quota]]
+name = "per-caller"
+{per_caller}
+key = ["principal"]
+when_key_missing = "skip"
+
+[[layer]]
+kind = "role-router"
+policy = "policy.toml"
+"#
+        ));
+    }
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(&config, text).map_err(|e| format!("writing {}: {e}", config.display()))?;
+    Ok(GatewayFiles { config })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The files a run writes are a configuration the gateway accepts, with every
+    /// layer the run means to measure, and the credentials are what the stack
+    /// expects them to be.
+    #[tokio::test]
+    async fn the_run_files_build_the_intended_stack() {
+        let dir = std::env::temp_dir().join(format!("portcullis-load-{}", std::process::id()));
+        let credentials = write_common(&dir, 3).unwrap();
+        assert_eq!(credentials.api_keys.len(), 3);
+        assert_eq!(credentials.tokens.len(), 3);
+        assert!(!format!("{credentials:?}").contains(&credentials.api_keys[0]));
+        for (name, layers, quotas) in [
+            ("full", true, Quotas::Unreachable),
+            ("soak", true, Quotas::Realistic),
+            ("bare", false, Quotas::Unreachable),
+        ] {
+            let files = write_gateway(&dir, name, layers, quotas).unwrap();
+            let config = portcullis::config::GatewayConfig::from_file(&files.config)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let expected: &[&str] = if layers {
+                &[
+                    "audit",
+                    "ip-allowlist",
+                    "rate-limit",
+                    "api-key",
+                    "jwt",
+                    "rate-limit",
+                    "role-router",
+                ]
+            } else {
+                &[]
+            };
+            assert_eq!(config.layer_kinds(), expected, "{name}");
+            config
+                .build()
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
