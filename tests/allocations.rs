@@ -41,9 +41,9 @@ fn blocklist() -> NetworkSet {
 
 /// Runs one request through `service` to completion and returns how many allocations
 /// that made, and the status.
-fn allocations<S>(service: &mut S, request: Request<()>) -> (usize, StatusCode)
+fn allocations<S, B>(service: &mut S, request: Request<()>) -> (usize, StatusCode)
 where
-    S: Service<Request<()>, Response = Response<portcullis::core::RejectOrBody<Empty<Bytes>>>>,
+    S: Service<Request<()>, Response = Response<B>>,
     S::Error: std::fmt::Debug,
 {
     let waker = std::task::Waker::noop();
@@ -79,6 +79,7 @@ fn allow_path_allocations() {
     rate_limit_memory_returns_after_a_flood();
     jwt_allocations();
     mtls_identity_allocations();
+    stack_allocations();
 }
 
 fn mtls_identity_allocations() {
@@ -411,5 +412,149 @@ fn rate_limit_memory_returns_after_a_flood() {
         "after the sweep, {} bytes are still held of the flood's {}",
         after - baseline,
         full - baseline
+    );
+}
+
+/// The layers of the whole stack in the order of DESIGN.md, over the same stores as the
+/// layers above: the allocations of one allowed request, first without the audit layer,
+/// then with it (to the in-memory JSON sink), for an API key and for a cached JWT.
+fn stack_allocations() {
+    use portcullis::audit::{AuditLayer, MemorySink};
+    use portcullis::jwt::jsonwebtoken::Algorithm;
+    use portcullis::jwt::{JwtLayer, SigningKey, TokenIssuer};
+    use tower::ServiceBuilder;
+
+    let prefix = KeyPrefix::default();
+    let keys: Vec<GeneratedKey> = (0..10_000)
+        .map(|i| GeneratedKey::with_id(&prefix, &format!("key-{i}")).unwrap())
+        .collect();
+    let store = std::sync::Arc::new(
+        MemoryKeyStore::from_records(keys.iter().enumerate().map(|(i, key)| {
+            KeyRecord::new(key.id(), format!("owner-{i}"), key.digest())
+                .unwrap()
+                .roles([format!("svc{}-reader", i % 1_000)])
+        }))
+        .unwrap(),
+    );
+    let mut policy = Policy::builder();
+    for i in 0..1_000 {
+        policy = policy.rule(Rule::new(
+            format!("/v1/svc{i}/items/{{id}}"),
+            Requirement::authenticated().any_role([format!("svc{i}-reader")]),
+        ));
+    }
+    let router = RoleRouterLayer::new(policy.build().unwrap());
+    let rate_limit = || {
+        RateLimitLayer::builder()
+            .quota(
+                Quota::new("per-credential", "1000000 per 1ms".parse().unwrap())
+                    .burst(1_000_000)
+                    .key([KeyPart::Credential]),
+            )
+            .build()
+            .unwrap()
+    };
+    let key = SigningKey::generate(Algorithm::HS256).unwrap();
+    let issuer = TokenIssuer::new(key, "https://auth.example", "api").unwrap();
+    let caller = Principal::builder("connector-7", AuthMethod::Certificate)
+        .role("svc500-reader")
+        .build();
+    let bearer = format!("Bearer {}", issuer.issue(&caller, None).unwrap().expose());
+    let secret = keys[500].expose_secret().to_owned();
+
+    let request = |header: &str, value: &str| {
+        let mut request = request_from("192.0.2.1:1");
+        *request.uri_mut() = "/v1/svc500/items/k1".parse().unwrap();
+        request.headers_mut().insert(
+            http::HeaderName::from_bytes(header.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+        request
+    };
+    let sink = MemorySink::new();
+    let audit = || AuditLayer::new().sink(sink.clone());
+    let ip = || IpAllowlistLayer::new(IpRules::new().deny(blocklist()));
+    let jwt = || {
+        JwtLayer::builder()
+            .issuer(issuer.validating_issuer())
+            .build()
+            .unwrap()
+    };
+    // Each count follows three warm-up requests (the caches, the sink's buffer) and
+    // an emptied sink, whose buffer keeps its capacity.
+    let count = |service: &mut dyn FnMut(Request<()>) -> (usize, StatusCode),
+                 request: &dyn Fn() -> Request<()>| {
+        for _ in 0..3 {
+            service(request());
+        }
+        sink.clear();
+        service(request())
+    };
+    let with_key = || request("x-api-key", &secret);
+    let with_token = || request("authorization", &bearer);
+
+    // Four layers, an API key: the `ClientIp` and the `Authentication` the layers
+    // leave for the ones after them, one box each; role-router and rate-limit add none.
+    let mut four = ServiceBuilder::new()
+        .layer(ip())
+        .layer(ApiKeyLayer::new(store.clone()))
+        .layer(router.clone())
+        .layer(rate_limit())
+        .service(tower::service_fn(noop));
+    assert_eq!(
+        count(&mut |r| allocations(&mut four, r), &with_key),
+        (2, StatusCode::OK)
+    );
+    // A cached JWT adds the `JwtClaims` box, and `http::Extensions` grows its map once
+    // for the third entry.
+    let mut four_jwt = ServiceBuilder::new()
+        .layer(ip())
+        .layer(jwt())
+        .layer(router.clone())
+        .layer(rate_limit())
+        .service(tower::service_fn(noop));
+    assert_eq!(
+        count(&mut |r| allocations(&mut four_jwt, r), &with_token),
+        (4, StatusCode::OK)
+    );
+
+    // The audit layer alone: the captured request (id, path, client address…), its
+    // record in the extensions, the `x-request-id` response header. Serialising into
+    // the sink's buffer, which kept its capacity, allocates nothing.
+    let mut alone = ServiceBuilder::new()
+        .layer(audit())
+        .service(tower::service_fn(noop));
+    assert_eq!(
+        count(&mut |r| allocations(&mut alone, r), &with_key),
+        (9, StatusCode::OK)
+    );
+    // Outermost over the four: 9 + 2, and 4 more for what the layers note in the
+    // audit record (their notes and the principal).
+    let mut whole = ServiceBuilder::new()
+        .layer(audit())
+        .layer(ip())
+        .layer(ApiKeyLayer::new(store.clone()))
+        .layer(router.clone())
+        .layer(rate_limit())
+        .service(tower::service_fn(noop));
+    assert_eq!(
+        count(&mut |r| allocations(&mut whole, r), &with_key),
+        (15, StatusCode::OK)
+    );
+    let mut whole_jwt = ServiceBuilder::new()
+        .layer(audit())
+        .layer(ip())
+        .layer(jwt())
+        .layer(router.clone())
+        .layer(rate_limit())
+        .service(tower::service_fn(noop));
+    assert_eq!(
+        count(&mut |r| allocations(&mut whole_jwt, r), &with_token),
+        (16, StatusCode::OK)
+    );
+    assert_eq!(
+        sink.lines().len(),
+        1,
+        "one audit event for the counted request"
     );
 }
