@@ -41,10 +41,18 @@ use soak::SoakShape;
 use throughput::{Shape, Target};
 
 #[derive(Parser, Debug)]
-#[command(about = "Load and soak runs of the gateway example against bare axum")]
+#[command(
+    about = "Load and soak runs of the gateway example against bare axum",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Without a subcommand: throughput, then the soak, with these flags.
+    #[command(flatten)]
+    throughput: ThroughputArgs,
+    #[command(flatten)]
+    soak: SoakArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -92,15 +100,20 @@ struct SoakArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Hello { listen }) = cli.command {
-        return match hello::serve(listen) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("hello: {error}");
-                ExitCode::FAILURE
-            }
-        };
-    }
+    let (throughput_args, soak_args) = match cli.command {
+        Some(Command::Hello { listen }) => {
+            return match hello::serve(listen) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("hello: {error}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Throughput(args)) => (Some(args), None),
+        Some(Command::Soak(args)) => (None, Some(args)),
+        None => (Some(cli.throughput), Some(cli.soak)),
+    };
     if cfg!(debug_assertions) {
         eprintln!(
             "load: build with --release: a debug build of the baseline measures the wrong thing"
@@ -118,16 +131,14 @@ fn main() -> ExitCode {
         }
     };
     let outcome = runtime.block_on(async {
-        match cli.command {
-            Some(Command::Throughput(args)) => throughput(&args).await,
-            Some(Command::Soak(args)) => soak(&args).await,
-            Some(Command::Hello { .. }) => Ok(true),
-            None => {
-                let fast = throughput(&ThroughputArgs::default()).await?;
-                let steady = soak(&SoakArgs::default()).await?;
-                Ok(fast && steady)
-            }
+        let mut met = true;
+        if let Some(args) = throughput_args {
+            met &= throughput(&args).await?;
         }
+        if let Some(args) = soak_args {
+            met &= soak(&args).await?;
+        }
+        Ok::<bool, String>(met)
     });
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
@@ -138,27 +149,6 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("load: {error}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-impl Default for ThroughputArgs {
-    fn default() -> Self {
-        Self {
-            rounds: 5,
-            seconds: 10,
-            connections: 50,
-        }
-    }
-}
-
-impl Default for SoakArgs {
-    fn default() -> Self {
-        Self {
-            requests: 1_000_000,
-            warm_up: 200_000,
-            concurrency: 32,
-            addresses: 8192,
         }
     }
 }
@@ -193,8 +183,15 @@ fn print_machine(pin: bool) {
     );
 }
 
-fn gateway_args(config: &Path) -> Vec<String> {
-    vec!["--config".into(), config.to_string_lossy().into_owned()]
+/// The gateway example serving `config`.
+async fn start_gateway(
+    name: &'static str,
+    pin: bool,
+    gateway: &Path,
+    config: &Path,
+) -> Result<Server, String> {
+    let config = config.to_string_lossy();
+    Server::start(name, pin, gateway, &["--config", &config]).await
 }
 
 async fn throughput(args: &ThroughputArgs) -> Result<bool, String> {
@@ -208,10 +205,8 @@ async fn throughput(args: &ThroughputArgs) -> Result<bool, String> {
 
     let me = std::env::current_exe().map_err(|e| format!("finding this program: {e}"))?;
     let hello = Server::start("axum hello", pin, &me, &["hello"]).await?;
-    let bare_args = gateway_args(&bare.config);
-    let bare = Server::start("gateway, no layers", pin, &gateway, &as_strs(&bare_args)).await?;
-    let full_args = gateway_args(&full.config);
-    let full = Server::start("gateway, whole stack", pin, &gateway, &as_strs(&full_args)).await?;
+    let bare = start_gateway("gateway, no layers", pin, &gateway, &bare).await?;
+    let full = start_gateway("gateway, whole stack", pin, &gateway, &full).await?;
 
     let route = "/v1/key/default";
     let targets = [
@@ -264,17 +259,10 @@ async fn soak(args: &SoakArgs) -> Result<bool, String> {
     let gateway = build_gateway().await?;
     let dir = run_dir("soak")?;
     let credentials = write_common(&dir, 1000)?;
-    let files = write_gateway(&dir, "soak", true, Quotas::Realistic)?;
+    let config = write_gateway(&dir, "soak", true, Quotas::Realistic)?;
     let pin = can_pin();
     print_machine(pin);
-    let config_args = gateway_args(&files.config);
-    let mut server = Server::start(
-        "gateway, whole stack",
-        pin,
-        &gateway,
-        &as_strs(&config_args),
-    )
-    .await?;
+    let mut server = start_gateway("gateway, whole stack", pin, &gateway, &config).await?;
     let shape = SoakShape {
         requests: args.requests,
         warm_up: args.warm_up,
@@ -297,10 +285,6 @@ async fn soak(args: &SoakArgs) -> Result<bool, String> {
     );
     remove_audit(&dir);
     Ok(passed)
-}
-
-fn as_strs(args: &[String]) -> Vec<&str> {
-    args.iter().map(String::as_str).collect()
 }
 
 /// The audit files of a run hold one event per request: gigabytes after a soak.

@@ -34,12 +34,6 @@ pub(crate) enum Quotas {
     Realistic,
 }
 
-/// One gateway's files, written into `dir`.
-#[derive(Debug)]
-pub(crate) struct GatewayFiles {
-    pub(crate) config: PathBuf,
-}
-
 /// Credentials for the load, valid and not. Never printed.
 pub(crate) struct Credentials {
     /// Valid API keys, each its own owner, role `key-reader`.
@@ -155,12 +149,13 @@ fn deny_list(count: usize) -> String {
 /// except mtls-identity (there is no TLS, as the bare server has none), audit to
 /// hash-chained files in `dir/audit`, the deny list, the key file and the role table.
 /// With `layers` false, the same file with no layers: the example's own routes bare.
+/// Returns the configuration's path.
 pub(crate) fn write_gateway(
     dir: &Path,
     name: &str,
     layers: bool,
     quotas: Quotas,
-) -> Result<GatewayFiles, String> {
+) -> Result<PathBuf, String> {
     let (per_ip, per_caller) = match quotas {
         Quotas::Unreachable => (
             "rate = \"1000000/s\"\nburst = 1000000",
@@ -228,7 +223,7 @@ policy = "policy.toml"
     }
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(&config, text).map_err(|e| format!("writing {}: {e}", config.display()))?;
-    Ok(GatewayFiles { config })
+    Ok(config)
 }
 
 #[cfg(test)]
@@ -250,8 +245,8 @@ mod tests {
             ("soak", true, Quotas::Realistic),
             ("bare", false, Quotas::Unreachable),
         ] {
-            let files = write_gateway(&dir, name, layers, quotas).unwrap();
-            let config = portcullis::config::GatewayConfig::from_file(&files.config)
+            let path = write_gateway(&dir, name, layers, quotas).unwrap();
+            let config = portcullis::config::GatewayConfig::from_file(&path)
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             let expected: &[&str] = if layers {
                 &[

@@ -117,79 +117,34 @@ fn request(
     rng: &mut fastrand::Rng,
 ) -> http::Request<Full<Bytes>> {
     let pick = |list: &[String], rng: &mut fastrand::Rng| list[rng.usize(0..list.len())].clone();
-    let read = |rng: &mut fastrand::Rng| READ_ROUTES[rng.usize(0..READ_ROUTES.len())];
-    let (method, path, header): (&str, &str, Option<(&str, String)>) = match kind {
-        Kind::ApiKey => (
-            "GET",
-            read(rng),
-            Some(("x-api-key", pick(&credentials.api_keys, rng))),
-        ),
-        Kind::Token if rng.u8(0..4) == 0 => (
-            "POST",
-            "/v1/sign",
-            Some((
-                "authorization",
-                format!("Bearer {}", pick(&credentials.tokens, rng)),
-            )),
-        ),
-        Kind::Token => (
-            "GET",
-            read(rng),
-            Some((
-                "authorization",
-                format!("Bearer {}", pick(&credentials.tokens, rng)),
-            )),
-        ),
-        Kind::ApiKeyWrongRole => (
-            "POST",
-            "/v1/sign",
-            Some(("x-api-key", pick(&credentials.api_keys, rng))),
-        ),
-        Kind::Public | Kind::DeniedAddress => ("GET", "/health", None),
-        Kind::NoCredentials => ("GET", read(rng), None),
-        Kind::MalformedKey => (
-            "GET",
-            read(rng),
-            Some(("x-api-key", format!("not-a-key-{}", rng.u64(..)))),
-        ),
-        Kind::UnknownKey => (
-            "GET",
-            read(rng),
-            Some(("x-api-key", pick(&credentials.unknown_keys, rng))),
-        ),
-        Kind::ForgedToken => (
-            "GET",
-            read(rng),
-            Some((
-                "authorization",
-                format!("Bearer {}", pick(&credentials.forged_tokens, rng)),
-            )),
-        ),
-        Kind::ExpiredToken => (
-            "GET",
-            read(rng),
-            Some((
-                "authorization",
-                format!("Bearer {}", pick(&credentials.expired_tokens, rng)),
-            )),
-        ),
-        Kind::GarbageToken => (
-            "GET",
-            read(rng),
-            Some((
-                "authorization",
-                format!("Bearer {:x}.{:x}", rng.u64(..), rng.u64(..)),
-            )),
-        ),
+    let (method, path) = match kind {
+        Kind::ApiKeyWrongRole => ("POST", "/v1/sign"),
+        Kind::Token if rng.u8(0..4) == 0 => ("POST", "/v1/sign"),
+        Kind::Public | Kind::DeniedAddress => ("GET", "/health"),
+        _ => ("GET", READ_ROUTES[rng.usize(0..READ_ROUTES.len())]),
     };
-    let body = if method == "POST" { SIGN_BODY } else { "" };
+    let api_key = |key: String| Some(("x-api-key", key));
+    let bearer = |token: String| Some(("authorization", format!("Bearer {token}")));
+    let header = match kind {
+        Kind::ApiKey | Kind::ApiKeyWrongRole => api_key(pick(&credentials.api_keys, rng)),
+        Kind::UnknownKey => api_key(pick(&credentials.unknown_keys, rng)),
+        Kind::MalformedKey => api_key(format!("not-a-key-{}", rng.u64(..))),
+        Kind::Token => bearer(pick(&credentials.tokens, rng)),
+        Kind::ForgedToken => bearer(pick(&credentials.forged_tokens, rng)),
+        Kind::ExpiredToken => bearer(pick(&credentials.expired_tokens, rng)),
+        Kind::GarbageToken => bearer(format!("{:x}.{:x}", rng.u64(..), rng.u64(..))),
+        Kind::Public | Kind::NoCredentials | Kind::DeniedAddress => None,
+    };
     let mut builder = http::Request::builder()
         .method(method)
         .uri(path)
         .header("host", "gateway.local");
-    if method == "POST" {
+    let body = if method == "POST" {
         builder = builder.header("content-type", "application/json");
-    }
+        SIGN_BODY
+    } else {
+        ""
+    };
     if let Some((name, value)) = header {
         builder = builder.header(name, value);
     }
