@@ -18,7 +18,7 @@ use portcullis::api_key::{ApiKeyLayer, GeneratedKey, KeyPrefix, KeyRecord, Memor
 use portcullis::core::{AuthMethod, Authentication, ClientIp, NetworkSet, PeerAddr, Principal};
 use portcullis::ip_allowlist::{IpAllowlistLayer, IpRules};
 use portcullis::rate_limit::{KeyPart, MissingKey, Quota, RateLimitLayer};
-use portcullis::role_router::{Policy, Requirement, RoleRouterLayer, Rule};
+use portcullis::role_router::{Policy, PolicyBuilder, Requirement, RoleRouterLayer, Rule};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use tower::{Layer, Service};
 
@@ -37,6 +37,31 @@ fn blocklist() -> NetworkSet {
             IpNet::V4(Ipv4Net::new(Ipv4Addr::from(base), 24).unwrap())
         })
         .collect()
+}
+
+/// 10,000 keys (`key-0` …); key `i` is owned by `owner-i` with role `svc{i % 1000}-reader`.
+fn key_store() -> (std::sync::Arc<MemoryKeyStore>, Vec<GeneratedKey>) {
+    let prefix = KeyPrefix::default();
+    let keys: Vec<GeneratedKey> = (0..10_000)
+        .map(|i| GeneratedKey::with_id(&prefix, &format!("key-{i}")).unwrap())
+        .collect();
+    let store = MemoryKeyStore::from_records(keys.iter().enumerate().map(|(i, key)| {
+        KeyRecord::new(key.id(), format!("owner-{i}"), key.digest())
+            .unwrap()
+            .roles([format!("svc{}-reader", i % 1_000)])
+    }))
+    .unwrap();
+    (std::sync::Arc::new(store), keys)
+}
+
+/// 1,000 rules, one per service: `/v1/svc{i}/items/{id}` for role `svc{i}-reader`.
+fn service_rules() -> PolicyBuilder {
+    (0..1_000).fold(Policy::builder(), |builder, i| {
+        builder.rule(Rule::new(
+            format!("/v1/svc{i}/items/{{id}}"),
+            Requirement::authenticated().any_role([format!("svc{i}-reader")]),
+        ))
+    })
 }
 
 /// Runs one request through `service` to completion and returns how many allocations
@@ -218,14 +243,7 @@ fn ip_allowlist_allocations() {
 }
 
 fn role_router_allocations() {
-    let mut builder = Policy::builder();
-    for i in 0..1_000 {
-        builder = builder.rule(Rule::new(
-            format!("/v1/svc{i}/items/{{id}}"),
-            Requirement::authenticated().any_role([format!("svc{i}-reader")]),
-        ));
-    }
-    let policy = builder
+    let policy = service_rules()
         .rule(Rule::new(
             "/**",
             Requirement::authenticated().any_role(["root"]),
@@ -262,17 +280,8 @@ fn role_router_allocations() {
 }
 
 fn api_key_allocations() {
-    let prefix = KeyPrefix::default();
-    let keys: Vec<GeneratedKey> = (0..10_000)
-        .map(|i| GeneratedKey::with_id(&prefix, &format!("key-{i}")).unwrap())
-        .collect();
-    let store = MemoryKeyStore::from_records(keys.iter().map(|key| {
-        KeyRecord::new(key.id(), "owner", key.digest())
-            .unwrap()
-            .roles(["reader"])
-    }))
-    .unwrap();
-    let mut service = ApiKeyLayer::new(std::sync::Arc::new(store)).layer(tower::service_fn(noop));
+    let (store, keys) = key_store();
+    let mut service = ApiKeyLayer::new(store).layer(tower::service_fn(noop));
     let secret = keys[5_000].expose_secret();
     let request = |with_auth: bool| {
         let mut request = request_from("192.0.2.1:1");
@@ -424,36 +433,16 @@ fn stack_allocations() {
     use portcullis::jwt::{JwtLayer, SigningKey, TokenIssuer};
     use tower::ServiceBuilder;
 
-    let prefix = KeyPrefix::default();
-    let keys: Vec<GeneratedKey> = (0..10_000)
-        .map(|i| GeneratedKey::with_id(&prefix, &format!("key-{i}")).unwrap())
-        .collect();
-    let store = std::sync::Arc::new(
-        MemoryKeyStore::from_records(keys.iter().enumerate().map(|(i, key)| {
-            KeyRecord::new(key.id(), format!("owner-{i}"), key.digest())
-                .unwrap()
-                .roles([format!("svc{}-reader", i % 1_000)])
-        }))
-        .unwrap(),
-    );
-    let mut policy = Policy::builder();
-    for i in 0..1_000 {
-        policy = policy.rule(Rule::new(
-            format!("/v1/svc{i}/items/{{id}}"),
-            Requirement::authenticated().any_role([format!("svc{i}-reader")]),
-        ));
-    }
-    let router = RoleRouterLayer::new(policy.build().unwrap());
-    let rate_limit = || {
-        RateLimitLayer::builder()
-            .quota(
-                Quota::new("per-credential", "1000000 per 1ms".parse().unwrap())
-                    .burst(1_000_000)
-                    .key([KeyPart::Credential]),
-            )
-            .build()
-            .unwrap()
-    };
+    let (store, keys) = key_store();
+    let router = RoleRouterLayer::new(service_rules().build().unwrap());
+    let rate_limit = RateLimitLayer::builder()
+        .quota(
+            Quota::new("per-credential", "1000000 per 1ms".parse().unwrap())
+                .burst(1_000_000)
+                .key([KeyPart::Credential]),
+        )
+        .build()
+        .unwrap();
     let key = SigningKey::generate(Algorithm::HS256).unwrap();
     let issuer = TokenIssuer::new(key, "https://auth.example", "api").unwrap();
     let caller = Principal::builder("connector-7", AuthMethod::Certificate)
@@ -472,14 +461,14 @@ fn stack_allocations() {
         request
     };
     let sink = MemorySink::new();
-    let audit = || AuditLayer::new().sink(sink.clone());
-    let ip = || IpAllowlistLayer::new(IpRules::new().deny(blocklist()));
-    let jwt = || {
-        JwtLayer::builder()
-            .issuer(issuer.validating_issuer())
-            .build()
-            .unwrap()
-    };
+    // Each layer is built once and cloned into the stacks: a clone shares its state
+    // (the JWT cache, the quotas), which the warm-up requests fill either way.
+    let audit = AuditLayer::new().sink(sink.clone());
+    let ip = IpAllowlistLayer::new(IpRules::new().deny(blocklist()));
+    let jwt = JwtLayer::builder()
+        .issuer(issuer.validating_issuer())
+        .build()
+        .unwrap();
     // Each count follows three warm-up requests (the caches, the sink's buffer) and
     // an emptied sink, whose buffer keeps its capacity.
     let count = |service: &mut dyn FnMut(Request<()>) -> (usize, StatusCode),
@@ -496,10 +485,10 @@ fn stack_allocations() {
     // Four layers, an API key: the `ClientIp` and the `Authentication` the layers
     // leave for the ones after them, one box each; role-router and rate-limit add none.
     let mut four = ServiceBuilder::new()
-        .layer(ip())
+        .layer(ip.clone())
         .layer(ApiKeyLayer::new(store.clone()))
         .layer(router.clone())
-        .layer(rate_limit())
+        .layer(rate_limit.clone())
         .service(tower::service_fn(noop));
     assert_eq!(
         count(&mut |r| allocations(&mut four, r), &with_key),
@@ -508,10 +497,10 @@ fn stack_allocations() {
     // A cached JWT adds the `JwtClaims` box, and `http::Extensions` grows its map once
     // for the third entry.
     let mut four_jwt = ServiceBuilder::new()
-        .layer(ip())
-        .layer(jwt())
+        .layer(ip.clone())
+        .layer(jwt.clone())
         .layer(router.clone())
-        .layer(rate_limit())
+        .layer(rate_limit.clone())
         .service(tower::service_fn(noop));
     assert_eq!(
         count(&mut |r| allocations(&mut four_jwt, r), &with_token),
@@ -522,7 +511,7 @@ fn stack_allocations() {
     // record in the extensions, the `x-request-id` response header. Serialising into
     // the sink's buffer, which kept its capacity, allocates nothing.
     let mut alone = ServiceBuilder::new()
-        .layer(audit())
+        .layer(audit.clone())
         .service(tower::service_fn(noop));
     assert_eq!(
         count(&mut |r| allocations(&mut alone, r), &with_key),
@@ -531,22 +520,22 @@ fn stack_allocations() {
     // Outermost over the four: 9 + 2, and 4 more for what the layers note in the
     // audit record (their notes and the principal).
     let mut whole = ServiceBuilder::new()
-        .layer(audit())
-        .layer(ip())
+        .layer(audit.clone())
+        .layer(ip.clone())
         .layer(ApiKeyLayer::new(store.clone()))
         .layer(router.clone())
-        .layer(rate_limit())
+        .layer(rate_limit.clone())
         .service(tower::service_fn(noop));
     assert_eq!(
         count(&mut |r| allocations(&mut whole, r), &with_key),
         (15, StatusCode::OK)
     );
     let mut whole_jwt = ServiceBuilder::new()
-        .layer(audit())
-        .layer(ip())
-        .layer(jwt())
+        .layer(audit.clone())
+        .layer(ip.clone())
+        .layer(jwt.clone())
         .layer(router.clone())
-        .layer(rate_limit())
+        .layer(rate_limit.clone())
         .service(tower::service_fn(noop));
     assert_eq!(
         count(&mut |r| allocations(&mut whole_jwt, r), &with_token),
