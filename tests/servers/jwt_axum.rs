@@ -379,6 +379,93 @@ async fn a_key_server_that_never_answered_gives_503_not_500() {
     assert_eq!(reply.code().as_deref(), Some("keys_unavailable"));
 }
 
+/// A key server that stays down: its last good keys are used up to the issuer's maximum
+/// key age, then its tokens get 503 `keys_unavailable` (cached ones too) until a fetch
+/// succeeds; an issuer told to trust stale keys keeps accepting.
+#[tokio::test]
+async fn keys_older_than_their_maximum_age_are_not_trusted() {
+    let key_server = KeyServer::default();
+    let key = SigningKey::generate(Algorithm::ES256)
+        .unwrap()
+        .with_kid("k1");
+    key_server.publish(&[&key]);
+    let addr = key_server.serve().await;
+    let issuer = |name: &str| {
+        Issuer::new(name)
+            .audience(AUD)
+            .jwks_url(format!("http://{addr}/keys"))
+            .refresh_every(Duration::from_millis(100))
+            .min_refresh_interval(Duration::from_millis(50))
+    };
+    let strict = JwtLayer::builder()
+        .issuer(issuer("https://idp.example").max_key_age(Duration::from_millis(600)))
+        .build()
+        .unwrap();
+    let lenient = JwtLayer::builder()
+        .issuer(issuer("https://idp.example").trust_stale_keys_indefinitely())
+        .build()
+        .unwrap();
+    for layer in [&strict, &lenient] {
+        assert!(layer.handle().wait_for_keys(Duration::from_secs(10)).await);
+    }
+    let strict = serve_axum(Router::new().route("/v1/keys", get(who)).layer(strict)).await;
+    let lenient = serve_axum(Router::new().route("/v1/keys", get(who)).layer(lenient)).await;
+    let cached = token_from(&key, "https://idp.example", "app");
+    let ask = |server: SocketAddr, token: String| async move {
+        send(
+            server,
+            "GET",
+            "/v1/keys",
+            &[("authorization", &bearer(&token))],
+        )
+        .await
+    };
+    assert_eq!(ask(strict, cached.clone()).await.status, StatusCode::OK);
+
+    key_server.down.store(true, Ordering::SeqCst);
+    // The last good keys stay in use while they are young enough.
+    assert_eq!(ask(strict, cached.clone()).await.status, StatusCode::OK);
+    let mut refused = None;
+    for _ in 0..200 {
+        let reply = ask(strict, cached.clone()).await;
+        if reply.status != StatusCode::OK {
+            refused = Some(reply);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = refused.expect("the stale keys were trusted for 10 s");
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.body
+    );
+    assert_eq!(refused.code().as_deref(), Some("keys_unavailable"));
+    let fresh = token_from(&key, "https://idp.example", "other");
+    assert_eq!(
+        ask(strict, fresh.clone()).await.code().as_deref(),
+        Some("keys_unavailable"),
+        "an uncached token too"
+    );
+    assert_eq!(
+        ask(lenient, fresh.clone()).await.status,
+        StatusCode::OK,
+        "trust_stale_keys_indefinitely keeps the last good keys"
+    );
+
+    key_server.down.store(false, Ordering::SeqCst);
+    let mut recovered = false;
+    for _ in 0..200 {
+        if ask(strict, fresh.clone()).await.status == StatusCode::OK {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(recovered, "a successful fetch makes the keys trusted again");
+}
+
 #[tokio::test]
 async fn grpc_clients_see_unauthenticated() {
     let key = SigningKey::generate(Algorithm::EdDSA)

@@ -32,6 +32,7 @@ mod client_ip;
 mod clock;
 mod forwarded;
 mod future;
+mod headers;
 mod network;
 mod principal;
 mod rejection;
@@ -44,6 +45,7 @@ pub use client_ip::{
 };
 pub use clock::{Clock, ManualClock};
 pub use future::DecisionFuture;
+pub use headers::remove_field_lines;
 pub use network::{InvalidNetwork, NetworkListError, NetworkSet};
 pub use principal::{
     AuthMethod, Authentication, DuplicateMethod, Principal, PrincipalBuilder, UnknownAuthMethod,

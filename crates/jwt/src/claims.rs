@@ -41,15 +41,76 @@ impl ClaimPath {
         Some(value)
     }
 
-    /// Every string the path holds: a space-separated string (`scope`) gives its words,
-    /// an array gives its string members. Other types give nothing.
-    pub(crate) fn strings<'a>(&self, claims: &'a Map<String, Value>) -> Vec<&'a str> {
+    /// The roles at this path: absent gives none; otherwise an array of non-empty
+    /// strings without control characters.
+    pub(crate) fn roles<'a>(
+        &self,
+        claims: &'a Map<String, Value>,
+    ) -> Result<Vec<&'a str>, WrongType> {
         match self.lookup(claims) {
-            Some(Value::String(s)) => s.split_ascii_whitespace().collect(),
-            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
-            _ => Vec::new(),
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| item.as_str().and_then(clean).ok_or(WrongType))
+                .collect(),
+            Some(_) => Err(WrongType),
         }
     }
+
+    /// The scopes at this path. `scope` is a string of scope tokens separated by single
+    /// spaces (RFC 6749 3.3, RFC 9068 2.2.3), `scp` an array of scope tokens; a claim of
+    /// another name may be either. Absent gives none.
+    pub(crate) fn scopes<'a>(
+        &self,
+        claims: &'a Map<String, Value>,
+    ) -> Result<Vec<&'a str>, WrongType> {
+        let last = self.0.last().map_or("", |segment| &**segment);
+        match self.lookup(claims) {
+            None => Ok(Vec::new()),
+            Some(Value::String(text)) if last != "scp" => text
+                .split(' ')
+                .map(|scope| is_scope_token(scope).then_some(scope).ok_or(WrongType))
+                .collect(),
+            Some(Value::Array(items)) if last != "scope" => items
+                .iter()
+                .map(|item| {
+                    item.as_str()
+                        .filter(|scope| is_scope_token(scope))
+                        .ok_or(WrongType)
+                })
+                .collect(),
+            Some(_) => Err(WrongType),
+        }
+    }
+
+    /// A string claim (an attribute or a tier): absent gives `None`; otherwise a
+    /// non-empty string without control characters.
+    pub(crate) fn text<'a>(
+        &self,
+        claims: &'a Map<String, Value>,
+    ) -> Result<Option<&'a str>, WrongType> {
+        match self.lookup(claims) {
+            None => Ok(None),
+            Some(value) => value.as_str().and_then(clean).map(Some).ok_or(WrongType),
+        }
+    }
+}
+
+/// A claim of the wrong type, or holding a character it may not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct WrongType;
+
+/// `text` when it is non-empty and holds no control character.
+pub(crate) fn clean(text: &str) -> Option<&str> {
+    (!text.is_empty() && !text.chars().any(char::is_control)).then_some(text)
+}
+
+/// `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )` (RFC 6749 3.3).
+pub(crate) fn is_scope_token(scope: &str) -> bool {
+    !scope.is_empty()
+        && scope
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
 }
 
 impl fmt::Display for ClaimPath {
@@ -232,17 +293,52 @@ mod tests {
     }
 
     #[test]
-    fn paths_find_nested_strings() {
+    fn paths_find_nested_claims_of_their_type() {
         let c = claims(
-            r#"{"scope":"keys:read  keys:write","scp":["a","b",3],"realm_access":{"roles":["admin"]},"n":5}"#,
+            r#"{"scope":"keys:read keys:write","scp":["a","b"],"realm_access":{"roles":["admin"]},"n":5,"org":"acme"}"#,
         );
         let path = |p: &str| ClaimPath::parse(p).unwrap();
-        assert_eq!(path("scope").strings(&c), ["keys:read", "keys:write"]);
-        assert_eq!(path("scp").strings(&c), ["a", "b"]);
-        assert_eq!(path("realm_access.roles").strings(&c), ["admin"]);
-        assert!(path("realm_access.missing").strings(&c).is_empty());
-        assert!(path("n").strings(&c).is_empty());
-        assert!(path("scope.deeper").strings(&c).is_empty());
+        assert_eq!(
+            path("scope").scopes(&c).unwrap(),
+            ["keys:read", "keys:write"]
+        );
+        assert_eq!(path("scp").scopes(&c).unwrap(), ["a", "b"]);
+        assert_eq!(path("realm_access.roles").roles(&c).unwrap(), ["admin"]);
+        assert!(path("realm_access.missing").roles(&c).unwrap().is_empty());
+        assert_eq!(path("org").text(&c).unwrap(), Some("acme"));
+        assert_eq!(path("missing").text(&c).unwrap(), None);
+        assert_eq!(path("n").roles(&c), Err(WrongType));
+        assert_eq!(path("n").text(&c), Err(WrongType));
+        assert_eq!(path("scope").roles(&c), Err(WrongType));
+    }
+
+    #[test]
+    fn scopes_are_single_space_separated_tokens() {
+        let path = |p: &str| ClaimPath::parse(p).unwrap();
+        for bad in [
+            r#"{"scope":"a  b"}"#,
+            r#"{"scope":" a"}"#,
+            r#"{"scope":"a "}"#,
+            r#"{"scope":"a\tb"}"#,
+            r#"{"scope":"a\nb"}"#,
+            r#"{"scope":""}"#,
+            r#"{"scope":"a\"b"}"#,
+            r#"{"scope":"a\\b"}"#,
+            r#"{"scope":"caf\u00e9"}"#,
+            r#"{"scope":["a"]}"#,
+            r#"{"scope":null}"#,
+            r#"{"scp":"a b"}"#,
+            r#"{"scp":["a b"]}"#,
+            r#"{"scp":[""]}"#,
+            r#"{"scp":["a",1]}"#,
+        ] {
+            let c = claims(bad);
+            let name = c.keys().next().unwrap().clone();
+            assert_eq!(path(&name).scopes(&c), Err(WrongType), "{bad}");
+        }
+        let c = claims(r#"{"perms":["a!","b~"],"other":"x y"}"#);
+        assert_eq!(path("perms").scopes(&c).unwrap(), ["a!", "b~"]);
+        assert_eq!(path("other").scopes(&c).unwrap(), ["x", "y"]);
     }
 
     #[test]

@@ -407,10 +407,12 @@ impl TokenIssuer {
                 _ => return Err(JwtRefusal::CertificateMismatch),
             }
         }
-        let auth_time = claims
-            .get("auth_time")
-            .and_then(serde_json::Value::as_i64)
-            .unwrap_or(now);
+        // Both claims are this issuer's own; a value of another type is refused, never
+        // replaced by a default (an `auth_time` read as "now" would restart the session).
+        let auth_time = match claims.get("auth_time") {
+            None => now,
+            Some(value) => value.as_i64().ok_or(JwtRefusal::InvalidClaims)?,
+        };
         if let Some(max) = inner.max_session {
             let max = i64::try_from(max.as_secs()).unwrap_or(i64::MAX);
             if now >= auth_time.saturating_add(max) {
@@ -421,7 +423,7 @@ impl TokenIssuer {
         if let Some(check) = &inner.check {
             let subject = Subject {
                 issuer: inner.issuer.as_str().into(),
-                id: principal.id().into(),
+                id: claims.subject().into(),
             };
             match check.check(subject).await {
                 Ok(SubjectStatus::Active) => {}
@@ -434,13 +436,13 @@ impl TokenIssuer {
                 }
             }
         }
-        let auth_method = claims
-            .get("auth_method")
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or("jwt");
+        let auth_method = match claims.get("auth_method") {
+            None => "jwt",
+            Some(value) => value.as_str().ok_or(JwtRefusal::InvalidClaims)?,
+        };
         let issued = self
             .sign(
-                principal.id(),
+                claims.subject(),
                 &roles,
                 principal.scopes(),
                 auth_time,

@@ -51,6 +51,8 @@ pub struct Issuer {
     pub(crate) scopes: Vec<ClaimPath>,
     pub(crate) attributes: Vec<(ClaimPath, String)>,
     pub(crate) tier: Option<ClaimPath>,
+    pub(crate) alias: Option<String>,
+    pub(crate) max_key_age: Option<Duration>,
     /// Which of subject, roles and scopes still hold their defaults.
     defaults: [bool; 3],
 }
@@ -80,6 +82,8 @@ impl Issuer {
             scopes: vec![path("scope"), path("scp")],
             attributes: Vec::new(),
             tier: None,
+            alias: None,
+            max_key_age: Some(DEFAULT_MAX_KEY_AGE),
             defaults: [true; 3],
         }
     }
@@ -161,7 +165,10 @@ impl Issuer {
 
     /// Requires the header's `typ` to be this (compared case-insensitively, with or
     /// without `application/`): `at+jwt` for RFC 9068 access tokens. Call again to accept
-    /// several. Without it any `typ` is accepted.
+    /// several. Without it a token is accepted when it has no `typ` or one of
+    /// [`DEFAULT_TOKEN_TYPES`] (`JWT`, `at+jwt`); every other type (logout tokens,
+    /// security event tokens, DPoP proofs, …) is refused with `invalid_token_type`, so a
+    /// token minted for another purpose never passes as an access token.
     pub fn token_type(mut self, typ: impl Into<String>) -> Self {
         self.token_types.push(normalize_typ(&typ.into()).to_owned());
         self
@@ -210,6 +217,34 @@ impl Issuer {
         self.attributes
             .push((ClaimPath::parse(path)?, attribute.into()));
         Ok(self)
+    }
+
+    /// The name that qualifies this issuer's principals when the layer trusts several
+    /// issuers (the issuer's name by default). With more than one issuer a principal's id
+    /// is `<alias>#<sub>`, so `sub: alice` from two issuers is two principals everywhere
+    /// the id is used: role rules, rate-limit keys, audit events. With one issuer the id
+    /// is the subject as it is. An alias is non-empty, holds no `#`, whitespace or
+    /// control character, and is unique in the layer.
+    pub fn alias(mut self, alias: impl Into<String>) -> Self {
+        self.alias = Some(alias.into());
+        self
+    }
+
+    /// How long the last good keys fetched from a key server stay trusted while every
+    /// refresh fails (24 hours by default). Past it, tokens of this issuer are refused
+    /// with 503 `keys_unavailable` and an error is logged saying since when, until a
+    /// fetch succeeds again. Only for keys fetched with `jwks_url` or `discover`.
+    pub fn max_key_age(mut self, age: Duration) -> Self {
+        self.max_key_age = Some(age);
+        self
+    }
+
+    /// Keeps using the last good fetched keys for as long as the key server stays
+    /// unreachable, however long that is. A key the issuer has withdrawn (because it
+    /// leaked) then stays trusted here until the server answers again.
+    pub fn trust_stale_keys_indefinitely(mut self) -> Self {
+        self.max_key_age = None;
+        self
     }
 
     /// Takes the principal's rate-limit tier from this string claim.
@@ -268,6 +303,7 @@ impl Issuer {
                     refresh_every: self.refresh_every,
                     min_interval: self.min_refresh_interval,
                     timeout: self.fetch_timeout,
+                    max_key_age: self.max_key_age,
                 })
                 .map_err(|e| ConfigError::Issuer(self.name.clone(), e.to_string()))?,
             );
@@ -289,6 +325,7 @@ impl Issuer {
             scopes: self.scopes.clone(),
             attributes: self.attributes.clone(),
             tier: self.tier.clone(),
+            alias: None,
             ring,
         })
     }
@@ -324,7 +361,50 @@ pub(crate) struct CompiledIssuer {
     pub(crate) scopes: Vec<ClaimPath>,
     pub(crate) attributes: Vec<(ClaimPath, String)>,
     pub(crate) tier: Option<ClaimPath>,
+    /// Set when the layer trusts several issuers: principal ids are `alias#sub`.
+    pub(crate) alias: Option<Arc<str>>,
     pub(crate) ring: Arc<KeyRing>,
+}
+
+impl CompiledIssuer {
+    /// Whether a token with this header `typ` may be one of this issuer's access tokens.
+    pub(crate) fn accepts_type(&self, typ: Option<&str>) -> bool {
+        if self.token_types.is_empty() {
+            let Some(typ) = typ else {
+                return true;
+            };
+            let typ = normalize_typ(typ);
+            return DEFAULT_TOKEN_TYPES
+                .iter()
+                .any(|accepted| accepted.eq_ignore_ascii_case(typ));
+        }
+        // A required type must be present.
+        let typ = typ.map(normalize_typ).unwrap_or("");
+        self.token_types
+            .iter()
+            .any(|accepted| accepted.eq_ignore_ascii_case(typ))
+    }
+}
+
+/// The `typ` values accepted when an issuer names none: plain JWTs and RFC 9068 access
+/// tokens. A token without `typ` is accepted too.
+pub const DEFAULT_TOKEN_TYPES: &[&str] = &["JWT", "at+jwt"];
+
+/// How long fetched keys stay trusted while every refresh fails, by default.
+pub const DEFAULT_MAX_KEY_AGE: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Checks an alias for [`Issuer::alias`]: the text that stands before `#` in ids.
+pub(crate) fn check_alias(alias: &str) -> Result<(), &'static str> {
+    if alias.is_empty() {
+        return Err("the alias is empty");
+    }
+    if alias
+        .chars()
+        .any(|c| c == '#' || c.is_whitespace() || c.is_control())
+    {
+        return Err("an alias holds no '#', whitespace or control character: set a short one with .alias(\"corp\")");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

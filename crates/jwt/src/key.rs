@@ -42,6 +42,17 @@ pub enum KeyError {
         /// The modulus size.
         bits: usize,
     },
+    /// An RSA public exponent that is even, or below 65537 (e = 1 makes every signature
+    /// trivially forgeable, e = 3 invites known attacks).
+    WeakRsaExponent {
+        /// The key's id, when it has one.
+        kid: Option<String>,
+    },
+    /// An EC public key whose point is not on its curve (invalid-curve attacks).
+    InvalidEcPoint {
+        /// The key's id, when it has one.
+        kid: Option<String>,
+    },
     /// The PEM or DER could not be read as a key of the kind asked for.
     Unreadable(String),
     /// A JWK the layer cannot use, and why.
@@ -61,6 +72,16 @@ impl fmt::Display for KeyError {
             Self::WeakRsaKey { bits } => {
                 write!(f, "the RSA key has {bits} bits; use at least {MIN_RSA_BITS}")
             }
+            Self::WeakRsaExponent { kid } => write!(
+                f,
+                "the RSA key{} has a weak public exponent: use an odd exponent of at least 65537",
+                named(kid.as_deref())
+            ),
+            Self::InvalidEcPoint { kid } => write!(
+                f,
+                "the EC key{} is not a point on its curve",
+                named(kid.as_deref())
+            ),
             Self::Unreadable(why) => write!(f, "the key cannot be read: {why}"),
             Self::UnusableJwk(why) => write!(f, "the JWK cannot be used: {why}"),
         }
@@ -68,6 +89,25 @@ impl fmt::Display for KeyError {
 }
 
 impl std::error::Error for KeyError {}
+
+fn named(kid: Option<&str>) -> String {
+    kid.map(|kid| format!(" {kid:?}")).unwrap_or_default()
+}
+
+impl KeyError {
+    /// Names the key in errors that are about one key's material.
+    fn for_kid(self, kid: Option<&str>) -> Self {
+        match self {
+            Self::WeakRsaExponent { kid: None } => Self::WeakRsaExponent {
+                kid: kid.map(str::to_owned),
+            },
+            Self::InvalidEcPoint { kid: None } => Self::InvalidEcPoint {
+                kid: kid.map(str::to_owned),
+            },
+            other => other,
+        }
+    }
+}
 
 /// A key that verifies token signatures: an HMAC secret or an RSA, EC or Ed25519 public
 /// key, bound to one algorithm and, optionally, a key id (`kid`).
@@ -154,7 +194,8 @@ impl VerifyingKey {
             },
         };
         let key = DecodingKey::from_jwk(jwk).map_err(unreadable)?;
-        let key = Self::checked(algorithm, key)?;
+        let key = Self::checked(algorithm, key)
+            .map_err(|error| error.for_kid(jwk.common.key_id.as_deref()))?;
         Ok(match &jwk.common.key_id {
             Some(kid) => key.with_kid(kid.as_str()),
             None => key,
@@ -202,30 +243,39 @@ impl VerifyingKey {
                 check_hmac_len(algorithm, len)?;
             }
             AlgorithmFamily::Rsa => {
-                let bits = match key.kind() {
-                    DecodingKeyKind::RsaModulusExponent { n, .. } => modulus_bits(n),
+                let (bits, exponent_ok) = match key.kind() {
+                    DecodingKeyKind::RsaModulusExponent { n, e } => {
+                        (modulus_bits(n), strong_exponent(e))
+                    }
                     DecodingKeyKind::SecretOrDer(der) => {
-                        let (n, _) = (AWS_LC.key_utils.rsa_pub_components_from_public_key)(der)
+                        let (n, e) = (AWS_LC.key_utils.rsa_pub_components_from_public_key)(der)
                             .map_err(unreadable)?;
-                        modulus_bits(&n)
+                        (modulus_bits(&n), strong_exponent(&e))
                     }
                 };
                 if bits < MIN_RSA_BITS {
                     return Err(KeyError::WeakRsaKey { bits });
                 }
+                if !exponent_ok {
+                    return Err(KeyError::WeakRsaExponent { kid: None });
+                }
             }
             AlgorithmFamily::Ec => {
                 // An uncompressed point: 0x04, then x and y of the curve's size.
                 let point = key.try_get_as_bytes().map_err(unreadable)?;
-                let expected = match algorithm {
-                    Algorithm::ES256 => 65,
-                    _ => 97,
+                let (expected, curve) = match algorithm {
+                    Algorithm::ES256 => (65, &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED),
+                    _ => (97, &aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED),
                 };
                 if point.len() != expected || point.first() != Some(&4) {
                     return Err(KeyError::WrongAlgorithm {
                         algorithm: format!("{algorithm:?}"),
                         key: "an EC key of another curve",
                     });
+                }
+                // Parsing checks that the point lies on the curve.
+                if aws_lc_rs::signature::ParsedPublicKey::new(curve, point).is_err() {
+                    return Err(KeyError::InvalidEcPoint { kid: None });
                 }
             }
             AlgorithmFamily::Ed => {
@@ -522,6 +572,18 @@ fn family_name(family: AlgorithmFamily) -> &'static str {
         AlgorithmFamily::Ec => "an EC key",
         AlgorithmFamily::Ed => "an Ed25519 key",
     }
+}
+
+/// An RSA public exponent (big-endian) that is odd and at least 65537.
+fn strong_exponent(e: &[u8]) -> bool {
+    let e = match e.iter().position(|b| *b != 0) {
+        Some(start) => &e[start..],
+        None => return false,
+    };
+    let odd = e.last().is_some_and(|last| last & 1 == 1);
+    let large =
+        e.len() > 3 || (e.len() == 3 && u32::from_be_bytes([0, e[0], e[1], e[2]]) >= 65_537);
+    odd && large
 }
 
 fn modulus_bits(n: &[u8]) -> usize {

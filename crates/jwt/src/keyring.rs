@@ -88,6 +88,16 @@ impl KeyRing {
         self.publish();
     }
 
+    /// Whether this issuer's fetched keys have failed to refresh for longer than its
+    /// maximum key age: its tokens are then refused with 503 until a fetch succeeds.
+    pub(crate) fn keys_too_old(&self) -> bool {
+        #[cfg(feature = "remote")]
+        if let Some(remote) = &self.remote {
+            return remote.stale.load(Ordering::Acquire);
+        }
+        false
+    }
+
     fn publish(&self) {
         let mut all = self.configured.clone();
         all.extend(lock(&self.file_keys).iter().cloned());
@@ -136,6 +146,13 @@ mod remote {
         last_fetch: AtomicU64,
         fetching: AtomicBool,
         loaded: AtomicBool,
+        max_key_age: Option<Duration>,
+        /// When the last fetch succeeded, as a monotonic instant and as wall time for
+        /// the log.
+        last_success: Mutex<Option<(Instant, std::time::SystemTime)>>,
+        /// Set by the refresh task once every fetch has failed for longer than
+        /// `max_key_age`; read by every request.
+        pub(crate) stale: AtomicBool,
         wake: Arc<Notify>,
         done: watch::Sender<u64>,
         jwks_uri: Mutex<Option<String>>,
@@ -156,6 +173,7 @@ mod remote {
         pub(crate) refresh_every: Duration,
         pub(crate) min_interval: Duration,
         pub(crate) timeout: Duration,
+        pub(crate) max_key_age: Option<Duration>,
     }
 
     impl Remote {
@@ -178,6 +196,9 @@ mod remote {
                 last_fetch: AtomicU64::new(0),
                 fetching: AtomicBool::new(false),
                 loaded: AtomicBool::new(false),
+                max_key_age: settings.max_key_age,
+                last_success: Mutex::new(None),
+                stale: AtomicBool::new(false),
                 wake: Arc::new(Notify::new()),
                 done,
                 jwks_uri: Mutex::new(None),
@@ -186,6 +207,41 @@ mod remote {
 
         fn now_ms(&self) -> u64 {
             u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+        }
+
+        /// After a failed fetch: warns while the last good keys are young enough, and
+        /// marks them stale (refusing the issuer's tokens) once they are older than
+        /// `max_key_age`.
+        fn check_age(&self, issuer: &str, error: &JwksError) {
+            let last = *lock(&self.last_success);
+            let Some((at, wall)) = last else {
+                tracing::warn!(issuer, %error, "jwt: fetching keys failed; no keys were ever fetched");
+                return;
+            };
+            let age = at.elapsed();
+            let since = wall
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs());
+            match self.max_key_age {
+                Some(max) if age > max => {
+                    if !self.stale.swap(true, Ordering::AcqRel) {
+                        tracing::error!(
+                            issuer,
+                            %error,
+                            last_good_fetch_unix = since,
+                            failing_for_secs = age.as_secs(),
+                            max_key_age_secs = max.as_secs(),
+                            "jwt: the issuer's keys could not be refreshed for longer than the maximum key age; its tokens are refused with 503 until a fetch succeeds"
+                        );
+                    }
+                }
+                _ => tracing::warn!(
+                    issuer,
+                    %error,
+                    last_good_fetch_unix = since,
+                    "jwt: fetching keys failed; the last good keys stay in use"
+                ),
+            }
         }
 
         pub(crate) fn is_loaded(&self) -> bool {
@@ -331,10 +387,15 @@ mod remote {
                         tracing::info!(issuer = %ring.issuer, keys = keys.len(), "jwt: keys fetched");
                         ring.set_remote(keys);
                         remote.loaded.store(true, Ordering::Release);
+                        *lock(&remote.last_success) =
+                            Some((Instant::now(), std::time::SystemTime::now()));
+                        if remote.stale.swap(false, Ordering::AcqRel) {
+                            tracing::info!(issuer = %ring.issuer, "jwt: keys fetched again; the issuer's tokens are accepted again");
+                        }
                         remote.refresh_every
                     }
                     Err(error) => {
-                        tracing::warn!(issuer = %ring.issuer, %error, "jwt: fetching keys failed; the last good keys stay in use");
+                        remote.check_age(&ring.issuer, &error);
                         remote.min_interval.max(Duration::from_millis(100))
                     }
                 };

@@ -201,7 +201,10 @@ impl Config {
             (typed.insert)(parsed, request.extensions_mut());
         }
         if !self.keep_credentials {
-            request.headers_mut().remove(&self.header);
+            let (header, scheme) = (&self.header, self.scheme.as_bytes());
+            portcullis_core::remove_field_lines(request.headers_mut(), header, |value| {
+                scheme.is_empty() || is_ours(value.as_bytes(), scheme)
+            });
         }
         AuditRecord::note(request.extensions(), || {
             let note = AuditNote::allow(LAYER_NAME).principal_id(noted.id());
@@ -214,35 +217,68 @@ impl Config {
     }
 
     /// The token in the request: `Ok(None)` when there is none for this layer (no
-    /// header, or an `Authorization` header of another scheme).
+    /// header, or only `Authorization` values of other schemes).
+    ///
+    /// Every field line is read. A line is this layer's when its first word is the
+    /// scheme (case-insensitive); it must then be exactly the scheme, one space and a
+    /// non-empty token (RFC 6750 2.1). Anything else that is this layer's — a tab, two
+    /// spaces, trailing space, no token, a second line — is malformed, never "no token",
+    /// so an attempt that fails is refused in both modes.
     pub(crate) fn token<'r, B>(
         &self,
         request: &'r Request<B>,
     ) -> Result<Option<&'r str>, Malformed> {
-        let mut values = request.headers().get_all(&self.header).iter();
-        let Some(value) = values.next() else {
-            return Ok(None);
-        };
-        if values.next().is_some() {
-            return Err(Malformed::Authorization);
-        }
-        let value = value.to_str().map_err(|_| Malformed::Authorization)?;
-        let token = if self.scheme.is_empty() {
-            value.trim_matches(' ')
-        } else {
-            let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
-            if !scheme.eq_ignore_ascii_case(&self.scheme) {
-                return Ok(None);
+        let mut found = None;
+        for value in request.headers().get_all(&self.header) {
+            let bytes = value.as_bytes();
+            let token = if self.scheme.is_empty() {
+                bytes
+            } else {
+                let scheme = self.scheme.as_bytes();
+                if !is_ours(bytes, scheme) {
+                    continue;
+                }
+                match bytes[scheme.len()..].split_first() {
+                    Some((b' ', token)) => token,
+                    _ => return Err(Malformed::Authorization),
+                }
+            };
+            // Only the ends are checked here: a space or any other byte a compact JWS
+            // cannot hold inside the token is refused by the decoder (or is not byte-for-
+            // byte a cached token), so no request pays a scan of the whole token.
+            let clean_ends = match (token.first(), token.last()) {
+                (Some(first), Some(last)) => is_token68_char(*first) && is_token68_char(*last),
+                _ => false,
+            };
+            if !clean_ends || found.is_some() {
+                return Err(Malformed::Authorization);
             }
-            rest.trim_matches(' ')
-        };
-        // A space inside the token is left for the decoder to refuse: scanning for it
-        // here would cost every request a pass over the token.
-        if token.is_empty() {
-            return Err(Malformed::Authorization);
+            // Visible ASCII only, so the bytes are UTF-8.
+            let token = std::str::from_utf8(token).map_err(|_| Malformed::Authorization)?;
+            found = Some(token);
         }
-        Ok(Some(token))
+        Ok(found)
     }
+}
+
+/// Whether an `Authorization`-style value's first word is `scheme` (lower-case),
+/// whatever follows it.
+fn is_ours(value: &[u8], scheme: &[u8]) -> bool {
+    value.len() >= scheme.len()
+        && value[..scheme.len()].eq_ignore_ascii_case(scheme)
+        && value
+            .get(scheme.len())
+            .is_none_or(|next| !is_token_char(*next))
+}
+
+/// `tchar` (RFC 9110 5.6.2): a byte that continues an authorization scheme's name.
+fn is_token_char(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
+}
+
+/// A byte of `token68` (RFC 9110 11.2).
+fn is_token68_char(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"-._~+/=".contains(&byte)
 }
 
 fn with_roles(principal: &Principal, roles: &[String]) -> Principal {
@@ -508,6 +544,42 @@ impl JwtLayerBuilder {
                 return Err(ConfigError::DuplicateIssuer(issuer.name.clone()));
             }
             issuers.push(issuer.compile(&generation)?);
+        }
+        if self.issuers.len() > 1 {
+            // Several issuers: qualify every principal id by its issuer, so equal
+            // subjects of two issuers never become one principal.
+            for (compiled, issuer) in issuers.iter_mut().zip(&self.issuers) {
+                let alias = issuer.alias.as_deref().unwrap_or(&issuer.name);
+                crate::issuer::check_alias(alias).map_err(|why| {
+                    ConfigError::Issuer(issuer.name.clone(), format!("alias {alias:?}: {why}"))
+                })?;
+                compiled.alias = Some(alias.into());
+            }
+            for (index, issuer) in issuers.iter().enumerate() {
+                if issuers[..index]
+                    .iter()
+                    .any(|other| other.alias == issuer.alias)
+                {
+                    return Err(ConfigError::Issuer(
+                        issuer.name.to_string(),
+                        format!(
+                            "the alias {:?} is used by another issuer: aliases must be unique",
+                            issuer.alias.as_deref().unwrap_or("")
+                        ),
+                    ));
+                }
+            }
+        } else if let Some(alias) = self
+            .issuers
+            .first()
+            .and_then(|issuer| issuer.alias.as_deref())
+        {
+            crate::issuer::check_alias(alias).map_err(|why| {
+                ConfigError::Issuer(
+                    self.issuers[0].name.clone(),
+                    format!("alias {alias:?}: {why}"),
+                )
+            })?;
         }
         let validator = Validator {
             issuers,

@@ -105,6 +105,8 @@ mod keyset;
 mod layer;
 mod refusal;
 mod revocation;
+#[cfg(test)]
+mod strict_tests;
 mod subject;
 #[cfg(test)]
 mod tests;
@@ -114,7 +116,7 @@ mod validator;
 pub use claims::{ClaimPath, Claims, InvalidClaimPath, JwtClaims};
 pub use future::ResponseFuture;
 pub use issue::{Binding, ExtendService, IssueError, IssueService, IssuedToken, TokenIssuer};
-pub use issuer::Issuer;
+pub use issuer::{Issuer, DEFAULT_MAX_KEY_AGE, DEFAULT_TOKEN_TYPES};
 pub use key::{
     read_secret_file, KeyError, SigningKey, VerifyingKey, MIN_HMAC_SECRET_LEN, MIN_RSA_BITS,
 };

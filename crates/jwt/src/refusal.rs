@@ -18,7 +18,8 @@ pub enum JwtRefusal {
     Malformed(Malformed),
     /// The header names an algorithm no key of the issuer takes (`none` among them).
     AlgorithmNotAccepted,
-    /// The header lists critical extensions (`crit`).
+    /// The header lists critical extensions (`crit`), none of which this layer
+    /// understands.
     CriticalHeader,
     /// The header's `typ` is not one the issuer requires.
     WrongType,
@@ -26,7 +27,8 @@ pub enum JwtRefusal {
     InvalidIssuer,
     /// The `kid` names no key of the issuer, even after a refresh.
     UnknownKey,
-    /// The issuer's keys have never been loaded (its key server has not answered yet).
+    /// The issuer's keys have never been loaded (its key server has not answered yet),
+    /// or every refresh has failed for longer than the issuer's maximum key age.
     KeysUnavailable,
     /// The signature does not verify.
     InvalidSignature,
@@ -38,7 +40,9 @@ pub enum JwtRefusal {
     NotYetValid,
     /// `aud` missing or naming none of the accepted audiences.
     InvalidAudience,
-    /// No subject claim, or the host's claims type does not fit the token.
+    /// No usable subject, a claim the layer maps (roles, scopes, attributes, tier) of the
+    /// wrong type or with a character it may not hold, or the host's claims type does
+    /// not fit the token.
     InvalidClaims,
     /// The token's `jti` is revoked.
     Revoked,
@@ -93,13 +97,17 @@ impl JwtRefusal {
             Self::WrongType => "the header's typ is not the one required",
             Self::InvalidIssuer => "iss names no trusted issuer",
             Self::UnknownKey => "kid names no key of the issuer",
-            Self::KeysUnavailable => "the issuer's keys have not been loaded",
+            Self::KeysUnavailable => {
+                "the issuer's keys have not been loaded, or are older than the maximum key age"
+            }
             Self::InvalidSignature => "the signature does not verify",
             Self::MissingExpiry => "no exp claim",
             Self::Expired => "past exp",
             Self::NotYetValid => "before nbf, or iat in the future",
             Self::InvalidAudience => "aud names no accepted audience",
-            Self::InvalidClaims => "no subject, or the claims do not fit the host's type",
+            Self::InvalidClaims => {
+                "no usable subject, a mapped claim of the wrong type or with a bad character, or claims that do not fit the host's type"
+            }
             Self::Revoked => "jti is revoked",
             Self::CertificateMismatch => "cnf x5t#S256 does not match the client certificate",
             Self::AccountDisabled => "the subject's account is blocked",

@@ -19,22 +19,22 @@ use tower::{service_fn, BoxError, Service, ServiceExt};
 
 use crate::*;
 
-const ISS: &str = "https://auth.example";
-const AUD: &str = "key-service";
-const NOW: u64 = 1_900_000_000;
+pub(crate) const ISS: &str = "https://auth.example";
+pub(crate) const AUD: &str = "key-service";
+pub(crate) const NOW: u64 = 1_900_000_000;
 
-fn clock() -> (Clock, ManualClock) {
+pub(crate) fn clock() -> (Clock, ManualClock) {
     Clock::manual(UNIX_EPOCH + Duration::from_secs(NOW))
 }
 
-fn hs_key() -> SigningKey {
+pub(crate) fn hs_key() -> SigningKey {
     SigningKey::hmac(Algorithm::HS256, &[42; 32])
         .unwrap()
         .with_kid("hs")
 }
 
 /// Signs any header and claims with `key`, so tests can build every kind of bad token.
-fn mint(key: &SigningKey, header: Value, claims: Value) -> String {
+pub(crate) fn mint(key: &SigningKey, header: Value, claims: Value) -> String {
     let input = format!(
         "{}.{}",
         URL_SAFE_NO_PAD.encode(header.to_string()),
@@ -44,11 +44,14 @@ fn mint(key: &SigningKey, header: Value, claims: Value) -> String {
     format!("{input}.{signature}")
 }
 
-fn header(key: &SigningKey) -> Value {
-    json!({ "alg": crate::key::algorithm_name(key.algorithm()), "kid": key.kid() })
+pub(crate) fn header(key: &SigningKey) -> Value {
+    match key.kid() {
+        Some(kid) => json!({ "alg": crate::key::algorithm_name(key.algorithm()), "kid": kid }),
+        None => json!({ "alg": crate::key::algorithm_name(key.algorithm()) }),
+    }
 }
 
-fn claims() -> Value {
+pub(crate) fn claims() -> Value {
     json!({
         "iss": ISS, "aud": AUD, "sub": "app-7",
         "iat": NOW, "exp": NOW + 3600, "jti": "t-1",
@@ -57,11 +60,11 @@ fn claims() -> Value {
     })
 }
 
-fn token() -> String {
+pub(crate) fn token() -> String {
     mint(&hs_key(), header(&hs_key()), claims())
 }
 
-fn issuer() -> Issuer {
+pub(crate) fn issuer() -> Issuer {
     Issuer::new(ISS)
         .audience(AUD)
         .key(hs_key().verifying_key())
@@ -69,14 +72,14 @@ fn issuer() -> Issuer {
         .unwrap()
 }
 
-fn builder(clock: &Clock) -> JwtLayerBuilder {
+pub(crate) fn builder(clock: &Clock) -> JwtLayerBuilder {
     JwtLayer::builder().issuer(issuer()).clock(clock.clone())
 }
 
-type Svc = tower::util::BoxCloneSyncService<Request<()>, Response<String>, BoxError>;
+pub(crate) type Svc = tower::util::BoxCloneSyncService<Request<()>, Response<String>, BoxError>;
 
 /// The layer in front of a handler that reports what it saw.
-fn service(layer: JwtLayer) -> Svc {
+pub(crate) fn service(layer: JwtLayer) -> Svc {
     let handler = service_fn(|request: Request<()>| async move {
         let auth = Authentication::from_extensions(request.extensions());
         let principal = auth.get(AuthMethod::Jwt);
@@ -114,18 +117,18 @@ fn service(layer: JwtLayer) -> Svc {
     tower::util::BoxCloneSyncService::new(stack.map_err(|e: Infallible| -> BoxError { match e {} }))
 }
 
-fn bearer(token: &str) -> Request<()> {
+pub(crate) fn bearer(token: &str) -> Request<()> {
     Request::builder()
         .header("authorization", format!("Bearer {token}"))
         .body(())
         .unwrap()
 }
 
-async fn send(service: &Svc, request: Request<()>) -> Response<String> {
+pub(crate) async fn send(service: &Svc, request: Request<()>) -> Response<String> {
     service.clone().oneshot(request).await.unwrap()
 }
 
-fn code(response: &Response<String>) -> &str {
+pub(crate) fn code(response: &Response<String>) -> &str {
     response
         .extensions()
         .get::<Denial>()
@@ -133,7 +136,7 @@ fn code(response: &Response<String>) -> &str {
         .unwrap_or("none")
 }
 
-async fn refused_with(service: &Svc, token: &str) -> String {
+pub(crate) async fn refused_with(service: &Svc, token: &str) -> String {
     let response = send(service, bearer(token)).await;
     assert_ne!(response.status(), StatusCode::OK, "{token} was accepted");
     code(&response).to_owned()
@@ -495,10 +498,15 @@ async fn token_types_are_enforced_when_configured() {
             "{typ}"
         );
     }
-    for typ in [json!("JWT"), json!(null), json!("at+jwt2")] {
+    for typ in [json!("JWT"), json!("at+jwt2")] {
         let token = mint(&key, json!({"alg": "HS256", "typ": typ}), claims());
         assert_eq!(refused_with(&service, &token).await, "invalid_token_type");
     }
+    let untyped = mint(&key, json!({"alg": "HS256"}), claims());
+    assert_eq!(refused_with(&service, &untyped).await, "invalid_token_type");
+    // `typ` is a string or absent: `null` is not "absent".
+    let null = mint(&key, json!({"alg": "HS256", "typ": null}), claims());
+    assert_eq!(refused_with(&service, &null).await, "malformed_token");
 }
 
 const RFC7515_N: &str = "ofgWCuLjybRlzo0tZWJjNiuSfb4p4fAkd_wWJcyQoTbji9k0l8W26mPddxHmfHQp-Vaw-4qPCJrcS2mJPMEzP1Pt0Bm4d4QlL-yRT-SFd2lZS-pCgNMsD1W_YpRPEwOWvG6b32690r2jZ47soMZo9wGzjb_7OMg0LOL-bSf63kpaSHSXndS5z5rexMdbBYUsLA9e-KXBdQOS-UTo7WTBEMa2R2CapHg665xsmtdVMTBQY4uDZlxvb3qCo5ZwKh9kG4LT6_I5IhlJH7aGhyxXFvUK-DWNmoudF8NAco9_h9iaGNj8q2ethFkMLs91kzk2PAcDTW9gb54h4FRWyuXpoQ";
@@ -657,7 +665,7 @@ async fn required_scopes_answer_403_with_the_scope() {
     );
 }
 
-fn service_with(builder: JwtLayerBuilder) -> Svc {
+pub(crate) fn service_with(builder: JwtLayerBuilder) -> Svc {
     service(builder.build().unwrap())
 }
 

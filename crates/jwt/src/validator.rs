@@ -12,8 +12,8 @@ use dashmap::DashMap;
 use jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER as AWS_LC;
 use portcullis_core::{AuthMethod, Principal};
 
-use crate::claims::{ClaimsInner, JwtClaims, TypedClaims};
-use crate::issuer::{normalize_typ, CompiledIssuer};
+use crate::claims::{clean, ClaimsInner, JwtClaims, TypedClaims};
+use crate::issuer::CompiledIssuer;
 use crate::keyset::Selection;
 use crate::refusal::JwtRefusal;
 use crate::token::{self, Malformed};
@@ -81,6 +81,9 @@ impl Validator {
         let generation = self.generation.load(Ordering::Acquire);
         if let Some(cache) = &self.cache {
             if let Some(verified) = cache.get(token, generation, now_ms) {
+                if self.issuers[verified.issuer].ring.keys_too_old() {
+                    return JwtRefusal::KeysUnavailable.into();
+                }
                 return Outcome::Valid(verified);
             }
         }
@@ -125,15 +128,11 @@ impl Validator {
         }) else {
             return JwtRefusal::InvalidIssuer.into();
         };
-        if !issuer.token_types.is_empty() {
-            let typ = header.typ.as_deref().map(normalize_typ).unwrap_or("");
-            if !issuer
-                .token_types
-                .iter()
-                .any(|accepted| accepted.eq_ignore_ascii_case(typ))
-            {
-                return JwtRefusal::WrongType.into();
-            }
+        if !issuer.accepts_type(header.typ.as_deref()) {
+            return JwtRefusal::WrongType.into();
+        }
+        if issuer.ring.keys_too_old() {
+            return JwtRefusal::KeysUnavailable.into();
         }
         let signature = match token::decode_part(parts.signature) {
             Ok(bytes) => bytes,
@@ -248,17 +247,7 @@ impl Validator {
                 }
             }
         };
-        let Some(subject) = issuer
-            .subject
-            .iter()
-            .find_map(|path| match path.registered() {
-                // Registered claims are parsed out of `other`; two may name a subject.
-                Some("iss") => claims.iss.as_deref(),
-                Some("jti") => claims.jti.as_deref(),
-                _ => path.lookup(&claims.other).and_then(|v| v.as_str()),
-            })
-            .filter(|s| !s.is_empty())
-        else {
+        let Ok(subject) = subject(issuer, &claims) else {
             return JwtRefusal::InvalidClaims.into();
         };
         let typed = match &self.typed {
@@ -271,29 +260,9 @@ impl Validator {
             },
             None => None,
         };
-        let mut principal = Principal::builder(subject, AuthMethod::Jwt);
-        if let Some(jti) = &claims.jti {
-            principal = principal.credential_id(jti.as_str());
-        }
-        for path in &issuer.roles {
-            principal = principal.roles(path.strings(&claims.other));
-        }
-        for path in &issuer.scopes {
-            principal = principal.scopes(path.strings(&claims.other));
-        }
-        for (path, attribute) in &issuer.attributes {
-            if let Some(value) = path.lookup(&claims.other).and_then(|v| v.as_str()) {
-                principal = principal.attribute(attribute.as_str(), value);
-            }
-        }
-        if let Some(tier) = issuer
-            .tier
-            .as_ref()
-            .and_then(|path| path.lookup(&claims.other))
-            .and_then(|v| v.as_str())
-        {
-            principal = principal.rate_limit_tier(tier);
-        }
+        let Ok(principal) = principal(issuer, subject, &claims) else {
+            return JwtRefusal::InvalidClaims.into();
+        };
         let subject: Arc<str> = subject.into();
         let claims = JwtClaims(Arc::new(ClaimsInner {
             issuer: issuer.name.clone(),
@@ -306,13 +275,71 @@ impl Validator {
         }));
         Outcome::Valid(Arc::new(Verified {
             issuer: index,
-            principal: principal.build(),
+            principal,
             claims,
             valid_until_ms,
             binding,
             typed,
         }))
     }
+}
+
+/// A claim is present with the wrong type or a character it may not hold: the token's
+/// author and this layer would disagree about what it grants, so the token is refused.
+struct BadClaim;
+
+/// The principal's subject: the first configured subject claim present, which must be a
+/// non-empty string without control characters.
+fn subject<'c>(issuer: &CompiledIssuer, claims: &'c token::RawClaims) -> Result<&'c str, BadClaim> {
+    for path in &issuer.subject {
+        let value = match path.registered() {
+            // Registered claims are parsed out of `other`; two may name a subject.
+            Some("iss") => claims.iss.as_deref(),
+            Some("jti") => claims.jti.as_deref(),
+            _ => match path.lookup(&claims.other) {
+                None => None,
+                Some(value) => Some(value.as_str().ok_or(BadClaim)?),
+            },
+        };
+        if let Some(subject) = value {
+            return clean(subject).ok_or(BadClaim);
+        }
+    }
+    Err(BadClaim)
+}
+
+/// The principal a verified token stands for. With several trusted issuers its id is
+/// qualified by the issuer's alias (`alias#sub`), so equal subjects of two issuers are
+/// two principals.
+fn principal(
+    issuer: &CompiledIssuer,
+    subject: &str,
+    claims: &token::RawClaims,
+) -> Result<Principal, BadClaim> {
+    let mut principal = match &issuer.alias {
+        Some(alias) => Principal::builder(format!("{alias}#{subject}"), AuthMethod::Jwt),
+        None => Principal::builder(subject, AuthMethod::Jwt),
+    };
+    if let Some(jti) = &claims.jti {
+        principal = principal.credential_id(jti.as_str());
+    }
+    for path in &issuer.roles {
+        principal = principal.roles(path.roles(&claims.other).map_err(|_| BadClaim)?);
+    }
+    for path in &issuer.scopes {
+        principal = principal.scopes(path.scopes(&claims.other).map_err(|_| BadClaim)?);
+    }
+    for (path, attribute) in &issuer.attributes {
+        if let Some(value) = path.text(&claims.other).map_err(|_| BadClaim)? {
+            principal = principal.attribute(attribute.as_str(), value);
+        }
+    }
+    if let Some(path) = &issuer.tier {
+        if let Some(tier) = path.text(&claims.other).map_err(|_| BadClaim)? {
+            principal = principal.rate_limit_tier(tier);
+        }
+    }
+    Ok(principal.build())
 }
 
 fn seconds_to_ms(seconds: i64) -> u64 {
