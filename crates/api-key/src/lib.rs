@@ -81,7 +81,7 @@
 //! | past its expiry | 401 | `expired_api_key` |
 //! | revoked | 401 | `revoked_api_key` |
 //! | used from outside the key's networks | 403 | `ip_not_allowed_for_key` |
-//! | two different keys in one request | 400 | `conflicting_api_keys` |
+//! | two different keys in one request, or one source's key on two field lines (or twice in the query) | 400 | `conflicting_api_keys` |
 //! | the store failed | 503 | `key_store_unavailable` |
 //!
 //! Every 401 carries a `WWW-Authenticate` challenge. Expiry and revocation are only

@@ -174,32 +174,50 @@ pub(crate) fn find<'a, B>(
         };
     };
     for source in sources {
+        // Every field line (or query parameter) of a source is read; a source that
+        // carries a credential more than once is a conflict, equal values or not, so
+        // no line is left unread for the inner service.
+        let mut lines = 0usize;
+        let mut one = |candidate: Found<'a>, add: &mut dyn FnMut(Found<'a>)| {
+            lines += 1;
+            add(if lines > 1 {
+                Found::Conflict
+            } else {
+                candidate
+            });
+        };
         match &source.0 {
             Kind::Header(name) => header_values(request.headers(), name, &mut |value| {
-                add(value.map_or_else(Found::Unreadable, Found::Compact))
+                one(
+                    value.map_or_else(Found::Unreadable, |v| Found::Compact(v.trim())),
+                    &mut add,
+                )
             }),
             Kind::Split(name) => header_values(request.headers(), name, &mut |value| {
-                add(value.map_or_else(Found::Unreadable, Found::Split))
+                one(
+                    value.map_or_else(Found::Unreadable, |v| Found::Split(v.trim())),
+                    &mut add,
+                )
             }),
             Kind::Authorization { scheme, shared } => {
                 header_values(
                     request.headers(),
                     &AUTHORIZATION,
                     &mut |value| match value {
-                        Ok(value) => {
-                            if let Some(credentials) = claimed(value, scheme, *shared, prefix) {
-                                add(Found::Compact(credentials));
-                            }
-                        }
+                        Ok(value) => match claimed(value, scheme, *shared, prefix) {
+                            Claim::Ours(credentials) => one(Found::Compact(credentials), &mut add),
+                            Claim::Loose => one(Found::Unreadable(MalformedKey::Shape), &mut add),
+                            Claim::Other => {}
+                        },
                         // An unreadable value on a shared scheme may be another layer's.
-                        Err(reason) if !*shared => add(Found::Unreadable(reason)),
+                        Err(reason) if !*shared => one(Found::Unreadable(reason), &mut add),
                         Err(_) => {}
                     },
                 )
             }
             Kind::Query(name) => {
                 for value in query_values(request.uri(), name) {
-                    add(Found::Compact(value));
+                    one(Found::Compact(value), &mut add);
                 }
             }
         }
@@ -216,29 +234,64 @@ fn header_values<'a>(
         let text = if value.len() > MAX_PRESENTED_LEN + 64 {
             Err(MalformedKey::TooLong)
         } else {
-            value
-                .to_str()
-                .map(str::trim)
-                .map_err(|_| MalformedKey::NotText)
+            value.to_str().map_err(|_| MalformedKey::NotText)
         };
         each(text);
     }
 }
 
+/// What an `Authorization` value is to a source.
+enum Claim<'a> {
+    /// Exactly `<scheme> <credentials>`: ours.
+    Ours(&'a str),
+    /// Our scheme (and, on a shared scheme, our prefix) written loosely: a tab, two
+    /// spaces, trailing space or no credentials. An attempt, refused as malformed.
+    Loose,
+    /// Another scheme, or on a shared scheme another layer's credential.
+    Other,
+}
+
 /// The credentials of an `Authorization` value that this source claims: its scheme,
 /// and on a shared scheme only keys with this deployment's prefix.
-fn claimed<'a>(value: &'a str, scheme: &str, shared: bool, prefix: &KeyPrefix) -> Option<&'a str> {
-    let credentials = strip_scheme(value, scheme)?;
+fn claimed<'a>(value: &'a str, scheme: &str, shared: bool, prefix: &KeyPrefix) -> Claim<'a> {
+    let Some(rest) = after_scheme(value, scheme) else {
+        return Claim::Other;
+    };
+    let credentials = rest.trim_matches([' ', '\t']);
     let ours = !shared
         || credentials
             .strip_prefix(prefix.as_str())
             .is_some_and(|rest| rest.starts_with('_'));
-    ours.then_some(credentials)
+    if !ours {
+        return Claim::Other;
+    }
+    match rest.strip_prefix(' ') {
+        Some(exact) if !exact.is_empty() && exact == credentials => Claim::Ours(exact),
+        _ => Claim::Loose,
+    }
 }
 
-fn strip_scheme<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
-    let (given, rest) = value.split_once(' ')?;
-    given.eq_ignore_ascii_case(scheme).then(|| rest.trim())
+/// What follows the scheme when `value`'s first word is `scheme` (any case).
+fn after_scheme<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
+    let head = value.get(..scheme.len())?;
+    if !head.eq_ignore_ascii_case(scheme) {
+        return None;
+    }
+    let rest = &value[scheme.len()..];
+    let continues_word = rest
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    (!continues_word).then_some(rest)
+}
+
+/// Whether a query parameter's name, percent-decoded, is `name`: `api%5Fkey` is
+/// `api_key`, for finding and for stripping alike.
+fn same_name(encoded: &str, name: &str) -> bool {
+    if !encoded.contains('%') {
+        return encoded == name;
+    }
+    percent_encoding::percent_decode_str(encoded).eq(name.bytes())
 }
 
 fn query_values<'a, 'n>(
@@ -250,7 +303,7 @@ fn query_values<'a, 'n>(
         .split('&')
         .filter_map(move |pair| {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (key == name).then_some(value)
+            same_name(key, name).then_some(value)
         })
 }
 
@@ -263,15 +316,20 @@ pub(crate) fn strip<B>(sources: &[KeySource], prefix: &KeyPrefix, request: &mut 
                 request.headers_mut().remove(name);
             }
             Kind::Authorization { scheme, shared } => {
-                let ours = request
-                    .headers()
-                    .get(AUTHORIZATION)
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|value| claimed(value, scheme, *shared, prefix))
-                    .is_some();
-                if ours {
-                    request.headers_mut().remove(AUTHORIZATION);
-                }
+                // Only the lines that carried this source's key: a bearer token on
+                // another line stays for its layer.
+                portcullis_core::remove_field_lines(
+                    request.headers_mut(),
+                    &AUTHORIZATION,
+                    |value| {
+                        value.to_str().is_ok_and(|value| {
+                            matches!(
+                                claimed(value, scheme, *shared, prefix),
+                                Claim::Ours(_) | Claim::Loose
+                            )
+                        })
+                    },
+                );
             }
             Kind::Query(name) => strip_query(request, name),
         }
@@ -287,7 +345,7 @@ fn strip_query<B>(request: &mut Request<B>, name: &str) {
     }
     let kept: Vec<&str> = query
         .split('&')
-        .filter(|pair| pair.split_once('=').map_or(*pair, |(key, _)| key) != name)
+        .filter(|pair| !same_name(pair.split_once('=').map_or(*pair, |(key, _)| key), name))
         .collect();
     let path = request.uri().path();
     let path_and_query = if kept.is_empty() {

@@ -636,3 +636,201 @@ fn a_bearer_scheme_shared_with_jwts_leaves_tokens_alone() {
     let outcome = call(&layer, with_header("authorization", &wrong));
     assert_eq!(outcome.code, Some("malformed_api_key"));
 }
+
+/// A request to `/v1/key` with these header lines, in this order.
+fn with_lines(lines: &[(&str, &str)]) -> Request<()> {
+    let mut request = Request::builder().uri("/v1/key").body(()).unwrap();
+    for (name, value) in lines {
+        request.headers_mut().append(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    request
+}
+
+fn every_source(layer: &ApiKeyLayer) -> ApiKeyLayer {
+    layer.clone().sources([
+        KeySource::default(),
+        KeySource::split_header(HeaderName::from_static("x-auth-token")),
+        KeySource::authorization("ApiKey").unwrap(),
+        KeySource::query_parameter("api_key"),
+    ])
+}
+
+/// Every configured header carrying a key on two lines, equal or not, in any order with
+/// other lines: 400 `conflicting_api_keys`, in both modes, and the inner service never
+/// runs.
+#[test]
+fn a_key_on_two_field_lines_is_a_conflict() {
+    let f = fixture();
+    let other = GeneratedKey::generate(&KeyPrefix::default()).unwrap();
+    let (token, split) = (f.key.expose_secret(), f.key.expose_split_secret());
+    let (auth, other_auth) = (
+        format!("ApiKey {token}"),
+        format!("ApiKey {}", other.expose_secret()),
+    );
+    for mode in [Mode::Required, Mode::Optional] {
+        let layer = every_source(&f.layer).mode(mode);
+        let cases: Vec<Vec<(&str, &str)>> = vec![
+            vec![("x-api-key", token), ("x-api-key", token)],
+            vec![("x-api-key", token), ("x-api-key", other.expose_secret())],
+            vec![("x-api-key", "garbage"), ("x-api-key", token)],
+            vec![("x-auth-token", split), ("x-auth-token", split)],
+            vec![("authorization", &auth), ("authorization", &auth)],
+            vec![
+                ("authorization", "Bearer a.b.c"),
+                ("authorization", &auth),
+                ("authorization", &other_auth),
+            ],
+            vec![("x-api-key", token), ("authorization", &other_auth)],
+        ];
+        for lines in cases {
+            let outcome = call(&layer, with_lines(&lines));
+            assert_eq!(
+                outcome.status,
+                StatusCode::BAD_REQUEST,
+                "{mode:?} {lines:?}"
+            );
+            assert_eq!(outcome.code, Some("conflicting_api_keys"), "{lines:?}");
+            assert!(outcome.seen.is_none());
+        }
+        for query in [
+            format!("/v1/key?api_key={token}&api_key={token}"),
+            format!("/v1/key?api_key={token}&api%5Fkey={token}"),
+            format!("/v1/key?API_KEY=x&api%5fkey={token}&api_key={token}"),
+        ] {
+            let request = Request::builder().uri(&query).body(()).unwrap();
+            let outcome = call(&layer, request);
+            assert_eq!(outcome.code, Some("conflicting_api_keys"), "{query}");
+        }
+    }
+}
+
+/// A key line beside another layer's `Authorization` line, in either order: only the key
+/// line is removed, and the other layer's line reaches the inner service.
+#[test]
+fn only_the_lines_that_carried_the_key_are_removed() {
+    let f = fixture();
+    let token = f.key.expose_secret();
+    let auth = format!("ApiKey {token}");
+    let shared = f
+        .layer
+        .clone()
+        .sources([KeySource::shared_authorization("Bearer").unwrap()]);
+    for (layer, key_line) in [
+        (every_source(&f.layer), auth.clone()),
+        (shared, format!("Bearer {token}")),
+    ] {
+        for lines in [
+            vec![
+                ("authorization", key_line.as_str()),
+                ("authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.c2ln"),
+            ],
+            vec![
+                ("authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.c2ln"),
+                ("authorization", key_line.as_str()),
+            ],
+        ] {
+            let outcome = call(&layer, with_lines(&lines));
+            assert_eq!(outcome.status, StatusCode::OK, "{outcome:?}");
+            let seen = outcome.seen.unwrap();
+            let left: Vec<_> = seen.headers.get_all("authorization").iter().collect();
+            assert_eq!(left, ["Bearer eyJhbGciOiJIUzI1NiJ9.e30.c2ln"]);
+        }
+    }
+}
+
+/// The query parameter's name is compared after percent-decoding, for finding and for
+/// stripping: `api%5Fkey` is `api_key` and never reaches the inner service.
+#[test]
+fn encoded_query_parameter_names_are_found_and_stripped() {
+    let f = fixture();
+    let layer = every_source(&f.layer);
+    let token = f.key.expose_secret();
+    for name in [
+        "api_key",
+        "api%5Fkey",
+        "api%5fkey",
+        "%61pi_key",
+        "%61%70%69%5F%6B%65%79",
+    ] {
+        let request = Request::builder()
+            .uri(format!("/v1/key?page=2&{name}={token}&sort=id"))
+            .body(())
+            .unwrap();
+        let outcome = call(&layer, request);
+        assert_eq!(outcome.status, StatusCode::OK, "{name}: {outcome:?}");
+        let uri = outcome.seen.unwrap().uri.to_string();
+        assert_eq!(uri, "/v1/key?page=2&sort=id", "{name}");
+    }
+    // Other names stay, even close ones.
+    let request = Request::builder()
+        .uri(format!(
+            "/v1/key?api-key=1&API_KEY=2&api_key2=3&x-api-key={token}"
+        ))
+        .body(())
+        .unwrap();
+    let outcome = call(&layer.mode(Mode::Optional), request);
+    assert_eq!(outcome.status, StatusCode::OK);
+    assert!(outcome.seen.unwrap().uri.to_string().contains("API_KEY=2"));
+}
+
+/// An `Authorization` value of this layer's scheme written loosely is an attempt:
+/// malformed in both modes, never "no key".
+#[test]
+fn loose_authorization_values_are_malformed_in_both_modes() {
+    let f = fixture();
+    let token = f.key.expose_secret();
+    for mode in [Mode::Required, Mode::Optional] {
+        let layer = every_source(&f.layer).mode(mode);
+        for value in [
+            format!("ApiKey\t{token}"),
+            format!("ApiKey  {token}"),
+            format!("ApiKey {token} "),
+            format!("ApiKey {token}\t"),
+            "ApiKey".to_owned(),
+            "ApiKey ".to_owned(),
+            format!("apikey,{token}"),
+        ] {
+            let outcome = call(&layer, with_lines(&[("authorization", &value)]));
+            assert_eq!(
+                outcome.status,
+                StatusCode::UNAUTHORIZED,
+                "{mode:?} {value:?}"
+            );
+            assert_eq!(outcome.code, Some("malformed_api_key"), "{value:?}");
+        }
+        let outcome = call(
+            &layer,
+            with_lines(&[("authorization", &format!("APIKEY {token}"))]),
+        );
+        assert_eq!(
+            outcome.status,
+            StatusCode::OK,
+            "the scheme is case-insensitive"
+        );
+    }
+    let shared = f
+        .layer
+        .clone()
+        .mode(Mode::Optional)
+        .sources([KeySource::shared_authorization("Bearer").unwrap()]);
+    for value in [
+        format!("Bearer  {token}"),
+        format!("Bearer\t{token}"),
+        format!("Bearer {token} "),
+    ] {
+        let outcome = call(&shared, with_lines(&[("authorization", &value)]));
+        assert_eq!(outcome.code, Some("malformed_api_key"), "{value:?}");
+    }
+    let outcome = call(
+        &shared,
+        with_lines(&[("authorization", "Bearer  eyJ.e30.c2ln")]),
+    );
+    assert_eq!(
+        outcome.status,
+        StatusCode::OK,
+        "another layer's token is not ours"
+    );
+}
