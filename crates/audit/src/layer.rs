@@ -40,24 +40,6 @@ const USER_AGENT_MAX: usize = 256;
 /// Longest request id taken from a request header.
 const REQUEST_ID_MAX: usize = 128;
 
-/// Query parameters whose values are never recorded, whatever the host adds.
-const SENSITIVE_QUERY_KEYS: &[&str] = &[
-    "access_token",
-    "api_key",
-    "apikey",
-    "auth",
-    "client_secret",
-    "code",
-    "id_token",
-    "key",
-    "password",
-    "refresh_token",
-    "secret",
-    "sig",
-    "signature",
-    "token",
-];
-
 #[derive(Clone)]
 struct Config {
     sinks: Vec<Arc<dyn AuditSink>>,
@@ -118,10 +100,7 @@ impl AuditLayer {
                 request_id_header: HeaderName::from_static("x-request-id"),
                 resolver: ClientIpResolver::new(),
                 log_query: false,
-                redact: SENSITIVE_QUERY_KEYS
-                    .iter()
-                    .map(|k| (*k).to_owned())
-                    .collect(),
+                redact: Vec::new(),
                 id_prefix: hex::encode(random),
                 counters: Arc::default(),
             },
@@ -169,15 +148,20 @@ impl AuditLayer {
     }
 
     /// More query parameters whose values are redacted, besides the built-in ones
-    /// (`api_key`, `token`, `access_token`, `password`, `secret`, …).
+    /// (`api_key`, `token`, `access_token`, `password`, `secret`, …, and any name that
+    /// contains `token`, `secret`, `password` or `session`). Names are compared after
+    /// percent-decoding, in lower case, with `-` and `_` alike and an `x_` prefix
+    /// ignored. Values shaped like an API key or a JWS are redacted whatever their
+    /// name, and so are such path segments and user-agent words.
     pub fn redact_query_keys<I, K>(mut self, keys: I) -> Self
     where
         I: IntoIterator<Item = K>,
         K: Into<String>,
     {
-        self.config
-            .redact
-            .extend(keys.into_iter().map(|k| k.into().to_ascii_lowercase()));
+        self.config.redact.extend(
+            keys.into_iter()
+                .map(|k| crate::redact::normalize_name(&k.into())),
+        );
         self
     }
 }
@@ -254,21 +238,22 @@ where
             request_id,
             request_id_value,
             client_ip,
-            method: request.method().clone(),
-            path: request.uri().path().to_owned(),
+            method: recorded_method(request.method()),
+            path: crate::redact::redact_path(request.uri().path()).into_owned(),
             query: config
                 .log_query
                 .then(|| {
                     request
                         .uri()
                         .query()
-                        .map(|q| redact_query(q, &config.redact))
+                        .map(|q| crate::redact::redact_query(q, &config.redact))
                 })
                 .flatten(),
-            user_agent: request
-                .headers()
-                .get(USER_AGENT)
-                .map(|value| truncate(&String::from_utf8_lossy(value.as_bytes()), USER_AGENT_MAX)),
+            user_agent: request.headers().get(USER_AGENT).map(|value| {
+                // Redacted before it is cut, so a cut never leaves half a secret.
+                let text = String::from_utf8_lossy(value.as_bytes());
+                truncate(&crate::redact::redact_text(&text), USER_AGENT_MAX)
+            }),
             record,
         };
         // The guard exists before the inner service is called, so a panic in `call`
@@ -297,8 +282,18 @@ fn usable_request_id(value: Option<&HeaderValue>) -> Option<&str> {
         && text.len() <= REQUEST_ID_MAX
         && text
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(&b));
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(&b))
+        // A credential sent as a request id would be logged and echoed: make our own.
+        && !crate::redact::looks_secret(text);
     usable.then_some(text)
+}
+
+/// The method as recorded: an extension method shaped like a credential is redacted.
+fn recorded_method(method: &Method) -> Method {
+    if crate::redact::looks_secret(method.as_str()) {
+        return Method::from_bytes(crate::redact::REDACTED.as_bytes()).unwrap_or(Method::GET);
+    }
+    method.clone()
 }
 
 fn truncate(text: &str, max: usize) -> String {
@@ -312,28 +307,6 @@ fn truncate(text: &str, max: usize) -> String {
         return cut.to_owned();
     }
     cut.chars().filter(|c| !c.is_control()).collect()
-}
-
-fn redact_query(query: &str, redact: &[String]) -> String {
-    let mut out = String::with_capacity(query.len());
-    for (index, pair) in query.split('&').enumerate() {
-        if index > 0 {
-            out.push('&');
-        }
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let lowered = key.to_ascii_lowercase();
-        let sensitive = redact.contains(&lowered);
-        out.push_str(key);
-        if pair.contains('=') {
-            out.push('=');
-            out.push_str(if sensitive && !value.is_empty() {
-                "REDACTED"
-            } else {
-                value
-            });
-        }
-    }
-    out
 }
 
 struct Started {
@@ -533,12 +506,8 @@ mod tests {
 
     #[test]
     fn query_values_of_sensitive_keys_are_redacted() {
-        let redact: Vec<String> = SENSITIVE_QUERY_KEYS
-            .iter()
-            .map(|k| (*k).to_owned())
-            .collect();
         assert_eq!(
-            redact_query("page=2&api_key=pck_x&Token=abc&flag&sort=", &redact),
+            crate::redact::redact_query("page=2&api_key=pck_x&Token=abc&flag&sort=", &[]),
             "page=2&api_key=REDACTED&Token=REDACTED&flag&sort="
         );
     }

@@ -71,6 +71,7 @@ mod chain;
 mod event;
 mod file;
 mod layer;
+mod redact;
 mod sink;
 #[cfg(test)]
 mod tests;

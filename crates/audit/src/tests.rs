@@ -413,3 +413,144 @@ fn lossy_mode_drops_counts_and_audits_the_drops() {
     let reported: u64 = reports.iter().map(|r| r["count"].as_u64().unwrap()).sum();
     assert_eq!(reported, dropped, "every drop is itself recorded");
 }
+
+/// A sink that keeps each event's `Debug` text.
+#[derive(Clone, Default)]
+struct DebugSink(Arc<Mutex<Vec<String>>>);
+
+impl AuditSink for DebugSink {
+    fn record(&self, event: &AuditEvent) {
+        self.0.lock().unwrap().push(format!("{event:?}"));
+    }
+}
+
+/// Percent-encodes the bytes of `text` whose bit is set in `mask` (cycling), once or
+/// twice.
+fn encode(text: &str, mask: u64, twice: bool) -> String {
+    let mut out = String::new();
+    for (index, byte) in text.bytes().enumerate() {
+        if mask & (1 << (index % 64)) != 0
+            || !(byte.is_ascii_alphanumeric() || b"-._~".contains(&byte))
+        {
+            out.push_str(&format!("%{byte:02X}"));
+        } else {
+            out.push(byte as char);
+        }
+    }
+    if twice {
+        out = out.replace('%', "%25");
+    }
+    out
+}
+
+/// Everything the audit layer wrote for one request: the sink's JSON line, the event's
+/// `Debug` text and the `tracing` event.
+fn everything_written(request: Request<()>) -> String {
+    let sink = MemorySink::new();
+    let debug = DebugSink::default();
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let layer = AuditLayer::new()
+        .log_query(true)
+        .sink(sink.clone())
+        .sink(debug.clone());
+    tracing::subscriber::with_default(subscriber, || {
+        run(&layer, request).unwrap();
+    });
+    let mut all = sink.lines().join("\n");
+    for line in sink.lines() {
+        serde_json::from_str::<Value>(&line).expect("every line is JSON");
+    }
+    all.push_str(&debug.0.lock().unwrap().join("\n"));
+    all.push_str(&String::from_utf8(captured.0.lock().unwrap().clone()).unwrap());
+    all
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(192))]
+
+    /// A secret (an API key in either form, or a JWS) under any parameter name, in any
+    /// percent-encoding, in the query, a path segment, the user agent or the request id:
+    /// neither it nor the text that carried it reaches a sink, `Debug` or `tracing`.
+    #[test]
+    fn secrets_never_reach_the_audit_output(
+        prefix in "[a-z][a-z0-9]{0,7}",
+        id in "[A-Za-z0-9-]{1,16}",
+        random in "[A-Za-z0-9]{38}",
+        claims in "[a-z]{1,20}",
+        kind in 0u8..3,
+        name in "[ -~]{0,12}",
+        mask in proptest::prelude::any::<u64>(),
+        twice in proptest::prelude::any::<bool>(),
+        place in 0u8..4,
+    ) {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let secret = match kind {
+            0 => format!("{prefix}_{id}_{random}"),
+            1 => format!("{prefix}_{random}/{id}"),
+            _ => format!(
+                "{}.{}.{}",
+                b64.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
+                b64.encode(format!(r#"{{"sub":"{claims}","r":"{random}"}}"#)),
+                b64.encode(&random)
+            ),
+        };
+        // What must never appear: the secret's random part, raw or as it was sent.
+        let core = match kind {
+            2 => b64.encode(format!(r#"{{"sub":"{claims}","r":"{random}"}}"#)),
+            _ => random.clone(),
+        };
+        let sent = encode(&secret, mask, twice);
+        let encoded_name = encode(&name, mask.rotate_left(7), false);
+        let mut builder = Request::get(match place {
+            0 => format!("/v1/keys?page=2&{encoded_name}={sent}&sort=id"),
+            1 => format!("/v1/keys/{}/attributes", sent.replace("%2F", "/").replace('/', "%2F")),
+            _ => "/v1/keys".to_owned(),
+        });
+        match place {
+            2 => builder = builder.header("user-agent", format!("client/1.0 {secret} (x)")),
+            3 => builder = builder.header("x-request-id", secret.replace('/', "-")),
+            _ => {}
+        }
+        let mut request = builder.body(()).unwrap();
+        request
+            .extensions_mut()
+            .insert(PeerAddr("192.0.2.7:5000".parse().unwrap()));
+        let written = everything_written(request);
+        proptest::prop_assert!(!written.contains(&core), "{written}");
+        if place <= 1 {
+            proptest::prop_assert!(!written.contains(&sent), "{written}");
+        }
+    }
+}
+
+/// A secret's name in any spelling redacts its value, whatever the value looks like.
+#[test]
+fn sensitive_names_are_matched_in_every_spelling() {
+    for name in [
+        "api_key",
+        "api%5Fkey",
+        "API-KEY",
+        "x-api-key",
+        "X_Api_Key",
+        "Api%2DKey",
+        "%2561pi_key",
+        "access-token",
+        "refreshToken",
+        "client%5Fsecret",
+        "PASSWORD",
+        "my_session_id",
+    ] {
+        let sink = MemorySink::new();
+        let layer = quiet(&sink).log_query(true);
+        run(&layer, get(&format!("/ok?{name}=hunter2&page=1"))).unwrap();
+        let query = sink.events()[0]["query"].as_str().unwrap().to_owned();
+        assert_eq!(query, format!("{name}=REDACTED&page=1"));
+    }
+}
