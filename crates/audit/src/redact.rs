@@ -83,7 +83,7 @@ pub(crate) fn normalize_name(name: &str) -> String {
 fn sensitive_name(name: &str, extra: &[String]) -> bool {
     let name = normalize_name(name);
     SENSITIVE_NAMES.contains(&name.as_str())
-        || extra.iter().any(|e| *e == name)
+        || extra.contains(&name)
         || SENSITIVE_WORDS.iter().any(|word| name.contains(word))
 }
 
