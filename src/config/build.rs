@@ -440,6 +440,17 @@ impl GatewayConfig {
         if let Some(typ) = &c.token_type {
             issuer = issuer.token_type(typ.clone());
         }
+        if let Some(alias) = &c.alias {
+            issuer = issuer.alias(alias.clone());
+        }
+        match (c.max_key_age, c.trust_stale_keys_indefinitely) {
+            (Some(_), true) => {
+                return Err("max_key_age and trust_stale_keys_indefinitely = true contradict each other: give one".into())
+            }
+            (Some(age), false) => issuer = issuer.max_key_age(age),
+            (None, true) => issuer = issuer.trust_stale_keys_indefinitely(),
+            (None, false) => {}
+        }
         if let Some(path) = &c.subject_claim {
             issuer = issuer
                 .subject_claim(path)

@@ -210,6 +210,11 @@ pub(crate) struct JwtIssuer {
     #[serde(default, deserialize_with = "optional_duration")]
     pub(crate) leeway: Option<Duration>,
     pub(crate) token_type: Option<String>,
+    pub(crate) alias: Option<String>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub(crate) max_key_age: Option<Duration>,
+    #[serde(default)]
+    pub(crate) trust_stale_keys_indefinitely: bool,
     pub(crate) subject_claim: Option<String>,
     pub(crate) roles_claim: Option<String>,
     pub(crate) scopes_claim: Option<String>,

@@ -219,3 +219,46 @@ async fn the_role_table_may_be_inline() {
     let e = error(&format!("{SERVER}[[layer]]\nkind = \"role-router\"\n"));
     assert_eq!(e.key, "layer[0].policy", "{e}");
 }
+
+#[tokio::test]
+async fn jwt_issuer_aliases_and_key_age_are_checked() {
+    use base64::Engine as _;
+    let dir = std::env::temp_dir().join(format!("portcullis-config-alias-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("s.secret"),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([7u8; 32]),
+    )
+    .unwrap();
+    let issuer = |name: &str, extra: &str| {
+        format!("[[layer.issuer]]\nissuer = \"{name}\"\naudiences = [\"api\"]\nsecret_file = \"s.secret\"\n{extra}")
+    };
+    let layer = |issuers: String| format!("{SERVER}[[layer]]\nkind = \"jwt\"\n{issuers}");
+    let build = |text: String| {
+        let dir = dir.clone();
+        async move {
+            GatewayConfig::parse("gateway.toml", &text, &dir)
+                .unwrap()
+                .build()
+                .await
+        }
+    };
+    let same =
+        layer(issuer("https://a", "alias = \"x\"\n") + &issuer("https://b", "alias = \"x\"\n"));
+    let e = build(same).await.unwrap_err();
+    assert!(e.to_string().contains("unique"), "{e}");
+    let bad = layer(issuer("https://a", "alias = \"a#b\"\n") + &issuer("https://b", ""));
+    let e = build(bad).await.unwrap_err();
+    assert!(e.to_string().contains("alias"), "{e}");
+    let both = layer(issuer(
+        "https://a",
+        "max_key_age = \"1h\"\ntrust_stale_keys_indefinitely = true\n",
+    ));
+    let e = build(both).await.unwrap_err();
+    assert!(e.to_string().contains("max_key_age"), "{e}");
+    let good = layer(
+        issuer("https://a", "alias = \"a\"\nmax_key_age = \"1h\"\n") + &issuer("https://b", ""),
+    );
+    assert!(build(good).await.is_ok());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

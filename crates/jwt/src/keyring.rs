@@ -7,11 +7,17 @@
 //! cannot hammer the key server. When a fetch fails the last good set stays in use.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+#[cfg(feature = "remote")]
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(feature = "remote")]
+use std::sync::Weak;
+use std::sync::{Arc, Mutex};
+#[cfg(feature = "remote")]
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+#[cfg(feature = "remote")]
 use tokio::sync::{watch, Notify};
 
 use crate::key::VerifyingKey;
@@ -83,6 +89,7 @@ impl KeyRing {
         Ok(())
     }
 
+    #[cfg(feature = "remote")]
     fn set_remote(&self, keys: KeySet) {
         *lock(&self.remote_keys) = keys;
         self.publish();

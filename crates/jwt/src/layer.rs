@@ -32,7 +32,9 @@ pub enum Mode {
     /// Refuse it with 401 `missing_token` (the default).
     #[default]
     Required,
-    /// Pass it on unauthenticated. A token that is present but invalid is still refused.
+    /// Pass it on unauthenticated. Only a request with no line of this layer's scheme
+    /// passes so: a token that is present but invalid, or a bearer line written loosely,
+    /// is refused exactly as in `Required`.
     Optional,
 }
 

@@ -52,21 +52,33 @@
 //! JWKS URL or through OpenID Connect discovery. Fetched keys are refreshed in the
 //! background; a token with an unknown `kid` asks for a refresh at most once per
 //! minimum interval and waits for it, and while the key server is down the last good
-//! keys stay in use. Signatures are checked with aws-lc-rs through `jsonwebtoken`.
+//! keys stay in use for up to [`Issuer::max_key_age`]. Keys are refused at load when
+//! weak: short HMAC secrets, RSA moduli under 2048 bits, RSA public exponents that are
+//! even or below 65537, EC points that are not on their curve (a JWKS entry is skipped
+//! with a warning). Signatures are checked with aws-lc-rs through `jsonwebtoken`.
+//!
+//! # Principals
+//!
+//! A token's principal is its `sub` (or the configured subject claim). A layer that
+//! trusts several issuers qualifies it by the issuer: `<alias>#<sub>`, where the alias
+//! is [`Issuer::alias`] or the issuer's name. So `sub: alice` from two issuers is two
+//! principals for the role router, the rate limiter's principal keys and the audit
+//! event; [`JwtClaims::subject`] keeps the raw `sub` for handlers.
 //!
 //! # What is refused
 //!
 //! | situation | status | code |
 //! |---|---|---|
 //! | no token, in `required` mode | 401 | `missing_token` |
-//! | over the size cap (8 KiB), not three base64url parts, unreadable JSON, a registered claim of the wrong type or given twice | 401 | `malformed_token` |
+//! | the `Authorization` line is not exactly `Bearer`, one space and the token (a tab, two spaces, trailing space, no token), or two bearer lines | 401 | `malformed_token` |
+//! | over the size cap (8 KiB), not three base64url parts, a header or claims that are not a JSON object, a member name repeated at any depth, `alg` / `kid` / `typ` / `crit` / a registered claim of the wrong type, a JWE parameter (`enc`, `zip`, `epk`, `apu`, `apv`, `p2s`, `p2c`, `iv`, `tag`) | 401 | `malformed_token` |
 //! | `alg` not the algorithm of the issuer's keys (`none`, HS256 against an RSA key, …) | 401 | `invalid_algorithm` |
-//! | a `crit` header | 401 | `unsupported_critical_header` |
-//! | `typ` other than the one required | 401 | `invalid_token_type` |
+//! | a `crit` header (a non-empty list of names; this layer understands none) | 401 | `unsupported_critical_header` |
+//! | `typ` other than the ones accepted: by default none, `JWT` or `at+jwt` ([`DEFAULT_TOKEN_TYPES`]), else those given to [`Issuer::token_type`] | 401 | `invalid_token_type` |
 //! | `iss` names no configured issuer | 401 | `invalid_issuer` |
 //! | `kid` names no key, even after a refresh | 401 | `unknown_key` |
 //! | the signature does not verify | 401 | `invalid_signature` |
-//! | no `exp`, no subject, an unknown `cnf` method, claims not fitting [`Claims<T>`] | 401 | `invalid_claims` |
+//! | no `exp`; no subject, or one that is not a string, empty or holds a control character; `roles` not an array of such strings; `scope` not RFC 6749 scope tokens separated by single spaces; `scp` not an array of scope tokens; an attribute or tier claim not a clean string; an unknown `cnf` method; claims not fitting [`Claims<T>`] | 401 | `invalid_claims` |
 //! | at or after `exp` + leeway | 401 | `expired_token` |
 //! | before `nbf` − leeway, or `iat` in the future beyond leeway | 401 | `token_not_yet_valid` |
 //! | `aud` missing or not this service's | 401 | `invalid_audience` |
@@ -74,7 +86,7 @@
 //! | `cnf.x5t#S256` and another (or no) client certificate | 401 | `certificate_mismatch` |
 //! | the account check says blocked / gone | 401 | `account_disabled` / `unknown_account` |
 //! | a scope the layer requires is missing | 403 | `insufficient_scope` |
-//! | the account check or the key server cannot answer | 503 | `account_check_unavailable` / `keys_unavailable` |
+//! | the account check cannot answer; the key server never answered, or every refresh has failed for longer than [`Issuer::max_key_age`] (24 h by default) | 503 | `account_check_unavailable` / `keys_unavailable` |
 //!
 //! Every 401 and 403 carries an RFC 6750 `WWW-Authenticate: Bearer` challenge. Headers
 //! such as `jwk`, `jku`, `x5u` and `x5c` are never used: keys come from configuration
