@@ -340,11 +340,12 @@ fn replace_default(paths: &mut Vec<ClaimPath>, is_default: &mut bool, path: Clai
 
 /// `typ` compared as RFC 7515 4.1.9 says: case-insensitive, `application/` optional.
 pub(crate) fn normalize_typ(typ: &str) -> &str {
-    let lower_prefix = typ.len() >= 12 && typ[..12].eq_ignore_ascii_case("application/");
-    if lower_prefix {
-        &typ[12..]
-    } else {
-        typ
+    // Compared as bytes: slicing the text at 12 would panic inside a multi-byte
+    // character (found by the `jwt_token` fuzz target). When the first 12 bytes are the
+    // ASCII prefix, byte 12 is a character boundary.
+    match typ.as_bytes().get(..12) {
+        Some(prefix) if prefix.eq_ignore_ascii_case(b"application/") => &typ[12..],
+        _ => typ,
     }
 }
 
@@ -417,6 +418,9 @@ mod tests {
         assert_eq!(normalize_typ("Application/AT+JWT"), "AT+JWT");
         assert_eq!(normalize_typ("at+jwt"), "at+jwt");
         assert_eq!(normalize_typ("JWT"), "JWT");
+        // A multi-byte character across byte 12: compared, never sliced.
+        assert_eq!(normalize_typ("a:1900000t\u{755}wt"), "a:1900000t\u{755}wt");
+        assert_eq!(normalize_typ("applicationé/x"), "applicationé/x");
     }
 
     #[test]

@@ -242,6 +242,9 @@ async fn without_a_configured_type_only_access_token_types_pass() {
         "application/",
         "at+jwt;x=1",
         "JWTX",
+        // Found by fuzzing: a multi-byte character across the 12th byte used to panic.
+        "a:1900000t\u{755}wt",
+        "applicationé",
     ] {
         let mut header = header(&key);
         header["typ"] = json!(typ);
