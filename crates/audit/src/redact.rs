@@ -160,20 +160,30 @@ fn key_shaped(word: &[u8]) -> bool {
     false
 }
 
-/// A JWS (three parts) or JWE (five parts) in compact form whose header is base64url
-/// JSON (`eyJ`).
+/// A JWS or JWE in compact form anywhere in the word: `eyJ` (base64url of `{"`), the
+/// rest of a base64url header, a dot, a non-empty base64url part and another dot. What
+/// stands before it (`8.eyJ…`, `x_eyJ…`) does not hide it.
 fn token_shaped(word: &[u8]) -> bool {
-    let parts = word.split(|b| *b == b'.').count();
-    if parts != 3 && parts != 5 {
-        return false;
+    let base64url = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-');
+    let mut from = 0;
+    while let Some(at) = find(&word[from..], b"eyJ") {
+        let start = from + at;
+        let rest = &word[start..];
+        let header = rest.iter().take_while(|b| base64url(b)).count();
+        let after_header = &rest[header..];
+        if header >= 8 && after_header.first() == Some(&b'.') {
+            let payload = after_header[1..].iter().take_while(|b| base64url(b)).count();
+            if payload > 0 && after_header.get(1 + payload) == Some(&b'.') {
+                return true;
+            }
+        }
+        from = start + 1;
     }
-    let mut parts = word.split(|b| *b == b'.');
-    let header = parts.next().unwrap_or_default();
-    let payload = parts.next().unwrap_or_default();
-    header.len() >= 8
-        && header.starts_with(b"eyJ")
-        && !payload.is_empty()
-        && word.iter().all(|b| word_byte(*b))
+    false
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|window| window == needle)
 }
 
 /// The query string with the values of sensitive names, and every secret-shaped name
@@ -275,6 +285,7 @@ mod tests {
             "a_b_c",
             "curl/8.5",
             "eyJ.x.y",
+            "eyJhbGciOi",
             "0123456789abcdef0123456789abcdef",
         ] {
             assert!(!looks_secret(harmless), "{harmless}");
@@ -297,5 +308,9 @@ mod tests {
         );
         assert!(matches!(redact_path("/v1/keys/7"), Cow::Borrowed(_)));
         assert_eq!(redact_text(&format!("curl/8.5 {JWS}")), "curl/8.5 REDACTED");
+        // Found by fuzzing: text glued before the token hid it from a whole-word match.
+        assert_eq!(redact_query(&format!("curl/8.{JWS}&page=2"), &[]), "REDACTED&page=2");
+        assert!(looks_secret(&format!("x_{JWS}")));
+        assert!(looks_secret(&format!("a.b.{JWS}.c")));
     }
 }

@@ -488,6 +488,7 @@ proptest::proptest! {
         mask in proptest::prelude::any::<u64>(),
         twice in proptest::prelude::any::<bool>(),
         place in 0u8..4,
+        glued in "[A-Za-z0-9._~-]{0,4}",
     ) {
         use base64::Engine as _;
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -506,6 +507,8 @@ proptest::proptest! {
             2 => b64.encode(format!(r#"{{"sub":"{claims}","r":"{random}"}}"#)),
             _ => random.clone(),
         };
+        // Text glued before the secret must not hide it.
+        let secret = format!("{glued}{secret}");
         let sent = encode(&secret, mask, twice);
         let encoded_name = encode(&name, mask.rotate_left(7), false);
         let mut builder = Request::get(match place {
