@@ -172,7 +172,10 @@ fn token_shaped(word: &[u8]) -> bool {
         let header = rest.iter().take_while(|b| base64url(b)).count();
         let after_header = &rest[header..];
         if header >= 8 && after_header.first() == Some(&b'.') {
-            let payload = after_header[1..].iter().take_while(|b| base64url(b)).count();
+            let payload = after_header[1..]
+                .iter()
+                .take_while(|b| base64url(b))
+                .count();
             if payload > 0 && after_header.get(1 + payload) == Some(&b'.') {
                 return true;
             }
@@ -183,7 +186,9 @@ fn token_shaped(word: &[u8]) -> bool {
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|window| window == needle)
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
 }
 
 /// The query string with the values of sensitive names, and every secret-shaped name
@@ -309,7 +314,10 @@ mod tests {
         assert!(matches!(redact_path("/v1/keys/7"), Cow::Borrowed(_)));
         assert_eq!(redact_text(&format!("curl/8.5 {JWS}")), "curl/8.5 REDACTED");
         // Found by fuzzing: text glued before the token hid it from a whole-word match.
-        assert_eq!(redact_query(&format!("curl/8.{JWS}&page=2"), &[]), "REDACTED&page=2");
+        assert_eq!(
+            redact_query(&format!("curl/8.{JWS}&page=2"), &[]),
+            "REDACTED&page=2"
+        );
         assert!(looks_secret(&format!("x_{JWS}")));
         assert!(looks_secret(&format!("a.b.{JWS}.c")));
     }

@@ -174,7 +174,7 @@ impl GrpcCode {
     /// The code for an HTTP status.
     pub fn from_http(status: StatusCode) -> Self {
         match status {
-            StatusCode::BAD_REQUEST => Self::InvalidArgument,
+            StatusCode::BAD_REQUEST | StatusCode::URI_TOO_LONG => Self::InvalidArgument,
             StatusCode::UNAUTHORIZED => Self::Unauthenticated,
             StatusCode::FORBIDDEN => Self::PermissionDenied,
             StatusCode::NOT_FOUND => Self::NotFound,

@@ -71,6 +71,11 @@
 //! | a required role or scope missing | 403 | `forbidden` |
 //! | no rule matches and the default is deny | 403 | `forbidden` |
 //! | `.`/`..`/empty segment, encoded `/` `\` `.` `%`, bad encoding | 400 | `ambiguous_path` |
+//! | a path longer than [`RoleRouterLayer::max_path_len`] (8 KiB by default) | 414 | `path_too_long` |
+//!
+//! Matching a path against a pattern takes at most (pattern segments + 1) × (path
+//! segments + 1) steps, however many `**` the pattern holds, and
+//! [`Policy::lint`] compares patterns in (segments × segments) steps.
 
 mod file;
 mod path;
@@ -99,9 +104,13 @@ pub use policy::{
 /// The layer's name in [`Denial`](portcullis_core::Denial)s and audit notes.
 pub const LAYER_NAME: &str = "role-router";
 
+/// The longest path judged by default, in bytes.
+pub const DEFAULT_MAX_PATH_LEN: usize = 8 * 1024;
+
 #[derive(Clone, Debug)]
 struct Config {
     policy: Arc<Policy>,
+    max_path_len: usize,
     shadow: bool,
     challenge: Option<HeaderValue>,
     renderer: Renderer,
@@ -119,6 +128,7 @@ impl RoleRouterLayer {
         Self {
             config: Config {
                 policy: Arc::new(policy),
+                max_path_len: DEFAULT_MAX_PATH_LEN,
                 shadow: false,
                 challenge: None,
                 renderer: Renderer::default(),
@@ -139,6 +149,15 @@ impl RoleRouterLayer {
                 HeaderValue::from_bytes(&joined).unwrap_or(earlier)
             }
         });
+        self
+    }
+
+    /// The longest request path the router judges, in bytes (8 KiB by default). A
+    /// longer path is refused with 414 `path_too_long` before it is normalized or
+    /// matched, so no request can make the router work in proportion to an unbounded
+    /// path.
+    pub fn max_path_len(mut self, bytes: usize) -> Self {
+        self.config.max_path_len = bytes;
         self
     }
 
@@ -218,6 +237,18 @@ impl<S> RoleRouter<S> {
         } else {
             Decision::Deny
         };
+        if request.uri().path().len() > config.max_path_len {
+            AuditRecord::note(request.extensions(), || {
+                AuditNote::new(LAYER_NAME, refused)
+                    .code("path_too_long")
+                    .detail("the path is longer than the router judges")
+            });
+            return Err(Rejection::new(
+                http::StatusCode::URI_TOO_LONG,
+                "path_too_long",
+                "the request path is too long",
+            ));
+        }
         let path = match normalize(request.uri().path()) {
             Ok(path) => path,
             Err(why) => {
@@ -422,5 +453,48 @@ mod tests {
         call(&layer, req);
         assert_eq!(record.notes()[0].rule_name(), Some("admin"));
         assert_eq!(record.notes()[0].decision(), Decision::Allow);
+    }
+
+    #[test]
+    fn paths_over_the_limit_are_414_before_any_matching() {
+        let layer = RoleRouterLayer::new(policy());
+        let at_limit = format!("/public{}", "/a".repeat((DEFAULT_MAX_PATH_LEN - 7) / 2));
+        assert!(at_limit.len() <= DEFAULT_MAX_PATH_LEN);
+        let (status, denial, _) = call(&layer, request(Method::GET, &at_limit, None));
+        assert_eq!(
+            (status, denial.map(|d| d.code())),
+            (StatusCode::UNAUTHORIZED, Some("unauthenticated"))
+        );
+        let over = format!("{at_limit}/bb");
+        assert!(over.len() > DEFAULT_MAX_PATH_LEN);
+        for roles in [None, Some(&["admin"][..])] {
+            let (status, denial, _) = call(&layer, request(Method::GET, &over, roles));
+            assert_eq!(status, StatusCode::URI_TOO_LONG);
+            assert_eq!(denial.unwrap().code(), "path_too_long");
+        }
+        let short = RoleRouterLayer::new(policy()).max_path_len(10);
+        let (status, _, _) = call(&short, request(Method::GET, "/public/abcd", None));
+        assert_eq!(status, StatusCode::URI_TOO_LONG);
+    }
+
+    #[test]
+    fn a_policy_with_many_double_stars_judges_an_adversarial_path() {
+        // With the recursive matcher this request pinned a core for about a minute.
+        let policy = Policy::builder()
+            .rule(Rule::new("/**/a/**/a/**/b", Requirement::public()))
+            .build()
+            .unwrap();
+        let layer = RoleRouterLayer::new(policy);
+        let path = format!("{}/c", "/a".repeat(2_000));
+        let (status, denial, _) = call(&layer, request(Method::GET, &path, None));
+        assert_eq!(
+            (status, denial.map(|d| d.code())),
+            (StatusCode::FORBIDDEN, Some("forbidden"))
+        );
+        let (status, _, _) = call(
+            &layer,
+            request(Method::GET, &format!("{}/b", "/a".repeat(2_000)), None),
+        );
+        assert_eq!(status, StatusCode::OK);
     }
 }

@@ -188,28 +188,48 @@ impl<'a> Iterator for Segments<'a> {
 }
 
 fn matches_segments(pattern: &[Segment], path: &mut Segments<'_>) -> bool {
-    let Some((first, rest)) = pattern.split_first() else {
-        return path.next().is_none();
-    };
-    if let Segment::Any = first {
-        if rest.is_empty() {
-            // A trailing `**` takes whatever is left.
-            return true;
-        }
-        // Try `**` as zero segments, then one more, and so on.
-        let mut remaining = path.clone();
-        loop {
-            if matches_segments(rest, &mut remaining.clone()) {
-                return true;
+    matches_counting(pattern, path.clone(), &mut 0)
+}
+
+/// Matches with one backtracking point, the last `**` seen, as glob matchers do for `*`:
+/// on a mismatch the last `**` takes one more segment and matching resumes after it.
+/// Every other segment of a pattern consumes exactly one path segment, so this is exact,
+/// and its work is at most (pattern segments + 1) × (path segments + 1) steps, however
+/// many `**` the pattern holds (a recursive matcher is exponential in them). `steps`
+/// counts the segment comparisons, for tests that bound the work.
+pub(crate) fn matches_counting(pattern: &[Segment], path: Segments<'_>, steps: &mut usize) -> bool {
+    let mut at = 0;
+    let mut path = path;
+    // After the last `**`: the pattern index that follows it, and the path position
+    // from which the rest of the pattern is tried next.
+    let mut resume: Option<(usize, Segments<'_>)> = None;
+    loop {
+        *steps += 1;
+        let mut after = path.clone();
+        let next = after.next();
+        match (pattern.get(at), next) {
+            (Some(Segment::Any), _) => {
+                at += 1;
+                resume = Some((at, path.clone()));
+                continue;
             }
-            if remaining.next().is_none() {
-                return false;
+            (Some(segment), Some(text)) if segment_matches(segment, text) => {
+                at += 1;
+                path = after;
+                continue;
             }
+            (None, None) => return true,
+            _ => {}
         }
-    }
-    match path.next() {
-        Some(segment) if segment_matches(first, segment) => matches_segments(rest, path),
-        _ => false,
+        // A mismatch: let the last `**` take one more segment, or fail.
+        let Some((resume_at, from)) = &mut resume else {
+            return false;
+        };
+        if from.next().is_none() {
+            return false;
+        }
+        at = *resume_at;
+        path = from.clone();
     }
 }
 
@@ -243,19 +263,36 @@ fn glob_matches(pieces: &[Box<str>], segment: &str) -> bool {
     rest.ends_with(&**last)
 }
 
+/// Whether `a` matches every path `b` matches (sound, not complete). Computed over the
+/// table of suffix pairs, each filled once: (|a| + 1) × (|b| + 1) cells, where the
+/// recursive form took time exponential in the number of `**`.
 fn covers(a: &[Segment], b: &[Segment]) -> bool {
-    match (a.split_first(), b.split_first()) {
-        (None, None) => true,
-        (None, Some(_)) => false,
-        (Some((Segment::Any, a_rest)), _) => {
-            covers(a_rest, b) || b.split_first().is_some_and(|(_, b_rest)| covers(a, b_rest))
-        }
-        (Some(_), None) => false,
-        (Some(_), Some((Segment::Any, _))) => false,
-        (Some((a_first, a_rest)), Some((b_first, b_rest))) => {
-            segment_covers(a_first, b_first) && covers(a_rest, b_rest)
+    covers_counting(a, b, &mut 0)
+}
+
+pub(crate) fn covers_counting(a: &[Segment], b: &[Segment], steps: &mut usize) -> bool {
+    let width = b.len() + 1;
+    // cell(i, j): a[i..] covers b[j..]. Filled from the ends towards the start.
+    let mut table = vec![false; (a.len() + 1) * width];
+    for i in (0..=a.len()).rev() {
+        for j in (0..=b.len()).rev() {
+            *steps += 1;
+            let value = match (a.get(i), b.get(j)) {
+                (None, None) => true,
+                (None, Some(_)) => false,
+                (Some(Segment::Any), _) => {
+                    table[(i + 1) * width + j] || (j < b.len() && table[i * width + j + 1])
+                }
+                (Some(_), None) => false,
+                (Some(_), Some(Segment::Any)) => false,
+                (Some(a_first), Some(b_first)) => {
+                    segment_covers(a_first, b_first) && table[(i + 1) * width + j + 1]
+                }
+            };
+            table[i * width + j] = value;
         }
     }
+    table[0]
 }
 
 fn segment_covers(a: &Segment, b: &Segment) -> bool {
@@ -364,11 +401,11 @@ mod tests {
     }
 
     fn arb_pattern() -> impl Strategy<Value = String> {
-        proptest::collection::vec(arb_segment(), 0..4).prop_map(|s| format!("/{}", s.join("/")))
+        proptest::collection::vec(arb_segment(), 0..7).prop_map(|s| format!("/{}", s.join("/")))
     }
 
     fn arb_path() -> impl Strategy<Value = String> {
-        proptest::collection::vec("[ab]{1,3}", 0..5).prop_map(|s| format!("/{}", s.join("/")))
+        proptest::collection::vec("[ab]{1,3}", 0..8).prop_map(|s| format!("/{}", s.join("/")))
     }
 
     /// A deliberately naive matcher over owned segment lists, trying every split.
@@ -408,7 +445,53 @@ mod tests {
         go(&split(pattern), &split(path))
     }
 
+    #[test]
+    fn adversarial_patterns_and_paths_take_bounded_steps() {
+        // Once a core-minute with the recursive matcher: many `**`, a long path that
+        // almost matches.
+        let pattern = p("/**/a/**/a/**/a/**/a/**/a/**/a/**/b");
+        let path = format!("{}/c", "/a".repeat(2_000));
+        let mut steps = 0;
+        assert!(!matches_counting(
+            &pattern.segments,
+            Segments::of(&path),
+            &mut steps
+        ));
+        let bound = (pattern.segments.len() + 1) * (2_001 + 1);
+        assert!(steps <= bound, "{steps} steps, bound {bound}");
+
+        let dozen = p(&format!("{}/b", "/**/a".repeat(12)));
+        let mut steps = 0;
+        assert!(covers_counting(
+            &dozen.segments,
+            &dozen.segments,
+            &mut steps
+        ));
+        assert_eq!(
+            steps,
+            (dozen.segments.len() + 1) * (dozen.segments.len() + 1)
+        );
+        let other = p(&format!("{}/c", "/**/a/*".repeat(12)));
+        let mut steps = 0;
+        assert!(!covers_counting(
+            &dozen.segments,
+            &other.segments,
+            &mut steps
+        ));
+        assert!(steps <= (dozen.segments.len() + 1) * (other.segments.len() + 1));
+    }
+
     proptest! {
+        /// The work is at most (pattern + 1) × (path + 1) steps on any pattern and path.
+        #[test]
+        fn matching_work_is_bounded(pattern in arb_pattern(), path in arb_path()) {
+            let compiled = PathPattern::new(&pattern).unwrap();
+            let mut steps = 0;
+            matches_counting(&compiled.segments, Segments::of(&path), &mut steps);
+            let segments = Segments::of(&path).count();
+            prop_assert!(steps <= (compiled.segments.len() + 1) * (segments + 1) + compiled.segments.len());
+        }
+
         // The compiled matcher agrees with the naive one on random patterns and paths.
         #[test]
         fn agrees_with_reference(pattern in arb_pattern(), path in arb_path()) {
