@@ -300,3 +300,126 @@ async fn route_layer_guards_one_route() {
         StatusCode::OK
     );
 }
+
+/// The README's order (audit outermost with its default resolver, then an allow-list
+/// whose resolver trusts the load balancer), and every other order of audit, allow-list
+/// and a per-address rate limit with the default resolver: a denied client behind the
+/// trusted proxy is refused in all six, an allowed one passes, and the audit event names
+/// the address the allow-list judged. An address resolved under one trust configuration
+/// is never acted on by a layer configured with another.
+#[tokio::test]
+async fn a_denied_client_behind_a_trusted_proxy_is_refused_in_every_order() {
+    use portcullis::audit::{AuditLayer, MemorySink};
+    use portcullis::rate_limit::{Quota, RateLimitLayer};
+
+    let orders = [
+        ["audit", "allow", "limit"],
+        ["audit", "limit", "allow"],
+        ["allow", "audit", "limit"],
+        ["allow", "limit", "audit"],
+        ["limit", "audit", "allow"],
+        ["limit", "allow", "audit"],
+    ];
+    for order in orders {
+        let sink = MemorySink::new();
+        let audit = AuditLayer::new().tracing_event(false).sink(sink.clone());
+        let allow = IpAllowlistLayer::new(rules("0.0.0.0/0\n::/0", "203.0.113.0/24"))
+            .client_ip(behind_proxies(ForwardedHeader::XForwardedFor));
+        let limit = RateLimitLayer::builder()
+            .quota(Quota::new("per-ip", "1000 per 1h".parse().unwrap()))
+            .build()
+            .unwrap();
+        // `Router::layer` wraps: the last one added is the outermost.
+        let mut router = Router::new().route("/", get(whoami));
+        for layer in order.iter().rev() {
+            router = match *layer {
+                "audit" => router.layer(audit.clone()),
+                "allow" => router.layer(allow.clone()),
+                _ => router.layer(limit.clone()),
+            };
+        }
+        let server = serve(router.layer(axum::middleware::map_response(expose_denial))).await;
+
+        let denied = fetch(
+            server,
+            "127.0.0.10",
+            "/",
+            &[("x-forwarded-for", "203.0.113.9")],
+        )
+        .await;
+        assert_eq!(
+            denied.status,
+            StatusCode::FORBIDDEN,
+            "{order:?}: {}",
+            denied.body
+        );
+        assert_eq!(denied.code().as_deref(), Some("ip_denied"), "{order:?}");
+
+        let allowed = fetch(
+            server,
+            "127.0.0.10",
+            "/",
+            &[("x-forwarded-for", "198.51.100.7")],
+        )
+        .await;
+        assert_eq!(allowed.status, StatusCode::OK, "{order:?}");
+
+        // The audit event names the address of the last layer, from the audit layer
+        // inward, that resolved one; a layer with the audit's own configuration reuses.
+        let position = |name: &str| order.iter().position(|l| *l == name).unwrap();
+        let trusting = |layer: &str| layer == "allow";
+        let mut state: Option<bool> = None;
+        let mut recorded = None;
+        for layer in &order[..] {
+            if state != Some(trusting(layer)) {
+                // The rate limit (no trusted proxies) resolves without storing.
+                if *layer != "limit" {
+                    state = Some(trusting(layer));
+                }
+                if position(layer) >= position("audit") {
+                    recorded = Some(if trusting(layer) {
+                        "198.51.100.7"
+                    } else {
+                        "127.0.0.10"
+                    });
+                }
+            }
+            if *layer == "audit" && recorded.is_none() {
+                recorded = Some(if state == Some(true) {
+                    "198.51.100.7"
+                } else {
+                    "127.0.0.10"
+                });
+            }
+        }
+        let events = sink.events();
+        let audit_sees_refusal = position("audit") < position("allow");
+        assert_eq!(
+            events.len(),
+            if audit_sees_refusal { 2 } else { 1 },
+            "{order:?}"
+        );
+        if audit_sees_refusal {
+            assert_eq!(
+                events[0]["client_ip"], "203.0.113.9",
+                "{order:?}: the address judged"
+            );
+            assert_eq!(events[0]["refused_by"], "ip-allowlist", "{order:?}");
+        }
+        let allowed_event = events.last().unwrap();
+        assert_eq!(allowed_event["client_ip"], recorded.unwrap(), "{order:?}");
+    }
+}
+
+/// Equal trust configurations built separately are one configuration: the address is
+/// resolved once and reused.
+#[test]
+fn equal_resolver_configurations_are_the_same_trust() {
+    let a = behind_proxies(ForwardedHeader::XForwardedFor);
+    let b = ClientIpResolver::new()
+        .forwarded_header(ForwardedHeader::XForwardedFor)
+        .trust_proxies("127.0.0.11/32, 127.0.0.10/32".parse().unwrap());
+    assert!(a.same_trust_as(&b));
+    assert!(!a.same_trust_as(&ClientIpResolver::new()));
+    assert!(!a.same_trust_as(&behind_proxies(ForwardedHeader::Forwarded)));
+}

@@ -363,7 +363,9 @@ impl Guard {
         let event = AuditEvent {
             time: started.time,
             request_id: started.request_id,
-            client_ip: started.client_ip,
+            // The address the deciding layers used: an inner layer that trusts other
+            // proxies resolves again, and its address is the one that was judged.
+            client_ip: started.record.client_ip().or(started.client_ip),
             method: started.method,
             path: started.path,
             query: started.query,

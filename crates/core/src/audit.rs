@@ -153,7 +153,14 @@ impl AuditNote {
 /// assert_eq!(notes[0].reason_code(), Some("ip_denied"));
 /// ```
 #[derive(Clone, Default)]
-pub struct AuditRecord(Arc<Mutex<Vec<AuditNote>>>);
+pub struct AuditRecord(Arc<Mutex<RecordInner>>);
+
+#[derive(Clone, Default)]
+struct RecordInner {
+    notes: Vec<AuditNote>,
+    /// The client address the last layer to resolve one used.
+    client_ip: Option<std::net::IpAddr>,
+}
 
 impl AuditRecord {
     /// An empty record.
@@ -168,26 +175,37 @@ impl AuditRecord {
         }
     }
 
+    fn inner(&self) -> std::sync::MutexGuard<'_, RecordInner> {
+        // A panic elsewhere while holding this per-request lock leaves the notes intact.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Adds a note.
     pub fn push(&self, note: AuditNote) {
-        // A panic elsewhere while holding this per-request lock leaves the notes intact.
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(note);
+        self.inner().notes.push(note);
     }
 
     /// A copy of the notes so far, in the order they were made.
     pub fn notes(&self) -> Vec<AuditNote> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.inner().notes.clone()
     }
 
     /// Takes the notes, leaving the record empty.
     pub fn take(&self) -> Vec<AuditNote> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+        std::mem::take(&mut self.inner().notes)
+    }
+
+    /// Records the client address a layer resolved and acted on. Called by
+    /// [`ClientIpResolver::resolve_request`](crate::ClientIpResolver::resolve_request);
+    /// the last one wins, so the audit event names the address the innermost deciding
+    /// layer used.
+    pub fn set_client_ip(&self, ip: std::net::IpAddr) {
+        self.inner().client_ip = Some(ip);
+    }
+
+    /// The client address the last resolving layer used, if any did.
+    pub fn client_ip(&self) -> Option<std::net::IpAddr> {
+        self.inner().client_ip
     }
 }
 

@@ -181,11 +181,40 @@ impl std::error::Error for ClientIpError {}
 /// assert_eq!(client.ip().to_string(), "203.0.113.9");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Clone, Debug, Default)]
+///
+/// # One truth per trust configuration
+///
+/// The resolved address is stored in the request's extensions with the identity of the
+/// configuration that produced it (its trusted proxies and header). A layer whose
+/// resolver is configured the same way reuses it; a layer whose resolver trusts other
+/// proxies never acts on it and resolves again with its own, and the audit record then
+/// carries the address that layer used. So an outer layer with the default resolver
+/// (trusting nobody) cannot hand the proxy's address to an inner allow-list that trusts
+/// the proxy. Configure trust once: build one resolver and give a clone of it to every
+/// layer that needs the address (the gateway file's `[client_ip]` does this).
+#[derive(Clone, Debug)]
 pub struct ClientIpResolver {
     trusted_proxies: NetworkSet,
     header: Option<ForwardedHeader>,
+    /// Identifies the configuration: equal configurations, equal values.
+    identity: u64,
 }
+
+impl Default for ClientIpResolver {
+    fn default() -> Self {
+        let mut resolver = Self {
+            trusted_proxies: NetworkSet::new(),
+            header: None,
+            identity: 0,
+        };
+        resolver.identity = resolver.compute_identity();
+        resolver
+    }
+}
+
+/// Which resolver configuration produced the [`ClientIp`] in the same extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ResolvedBy(u64);
 
 impl ClientIpResolver {
     /// A resolver that takes the socket peer as the client.
@@ -196,13 +225,33 @@ impl ClientIpResolver {
     /// Trusts the proxies in `networks` to name the client in the configured header.
     pub fn trust_proxies(mut self, networks: NetworkSet) -> Self {
         self.trusted_proxies = networks;
+        self.identity = self.compute_identity();
         self
     }
 
     /// The header trusted proxies name the client in.
     pub fn forwarded_header(mut self, header: ForwardedHeader) -> Self {
         self.header = Some(header);
+        self.identity = self.compute_identity();
         self
+    }
+
+    /// Whether `other` resolves every request exactly as this one does.
+    pub fn same_trust_as(&self, other: &ClientIpResolver) -> bool {
+        self.identity == other.identity
+            && self.header == other.header
+            && self.trusted_proxies == other.trusted_proxies
+    }
+
+    fn compute_identity(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        // SipHash with fixed keys: the same configuration gives the same value in every
+        // layer of the process.
+        #[allow(deprecated)]
+        let mut hasher = std::hash::SipHasher::new();
+        self.trusted_proxies.fingerprint(&mut hasher);
+        self.header.map(|h| h as u8).hash(&mut hasher);
+        hasher.finish()
     }
 
     /// The trusted proxies.
@@ -210,15 +259,57 @@ impl ClientIpResolver {
         &self.trusted_proxies
     }
 
-    /// The request's [`ClientIp`]: the one already in its extensions, or a newly
-    /// resolved one, which is then stored there for the layers that follow.
+    /// The request's [`ClientIp`]: the one already in its extensions when this
+    /// resolver's configuration produced it (or the host put it there itself), or else a
+    /// newly resolved one, which is then stored there for the layers that follow and
+    /// given to the request's [`AuditRecord`](crate::AuditRecord).
+    ///
+    /// An address resolved under another trust configuration is never reused: see
+    /// [One truth per trust configuration](Self#one-truth-per-trust-configuration).
     pub fn resolve_request<B>(&self, request: &mut Request<B>) -> Result<ClientIp, ClientIpError> {
-        if let Some(ip) = request.extensions().get::<ClientIp>() {
-            return Ok(*ip);
+        let extensions = request.extensions();
+        if let Some(ip) = extensions.get::<ClientIp>() {
+            match extensions.get::<ResolvedBy>() {
+                Some(ResolvedBy(identity)) if *identity == self.identity => return Ok(*ip),
+                // Inserted by the host (its own listener, a PROXY-protocol reader): the
+                // host's decision.
+                None => return Ok(*ip),
+                Some(_) => {}
+            }
         }
         let ip = self.resolve(request.extensions(), request.headers())?;
-        request.extensions_mut().insert(ip);
+        let extensions = request.extensions_mut();
+        extensions.insert(ip);
+        extensions.insert(ResolvedBy(self.identity));
+        if let Some(record) = extensions.get::<crate::AuditRecord>() {
+            record.set_client_ip(ip.ip());
+        }
         Ok(ip)
+    }
+
+    /// The request's client address under this resolver's configuration, without
+    /// storing it: the stored one when it was resolved the same way (or put there by
+    /// the host), else resolved now and given to the request's
+    /// [`AuditRecord`](crate::AuditRecord). For layers on a hot path that would rather
+    /// read the socket peer again than grow the extensions.
+    pub fn resolve_reusing(
+        &self,
+        extensions: &http::Extensions,
+        headers: &HeaderMap,
+    ) -> Result<ClientIp, ClientIpError> {
+        if let Some(ip) = extensions.get::<ClientIp>() {
+            match extensions.get::<ResolvedBy>() {
+                Some(ResolvedBy(identity)) if *identity == self.identity => return Ok(*ip),
+                None => return Ok(*ip),
+                Some(_) => {}
+            }
+            let ip = self.resolve(extensions, headers)?;
+            if let Some(record) = extensions.get::<crate::AuditRecord>() {
+                record.set_client_ip(ip.ip());
+            }
+            return Ok(ip);
+        }
+        self.resolve(extensions, headers)
     }
 
     /// Resolves from a request's extensions (the socket peer) and headers, without

@@ -44,6 +44,14 @@ pub struct NetworkSet {
 const V4_INDEX_THRESHOLD: usize = 4096;
 
 impl NetworkSet {
+    /// A digest of the set's contents: equal sets give equal values, however they were
+    /// written. Used to tell resolver configurations apart.
+    pub(crate) fn fingerprint(&self, hasher: &mut impl std::hash::Hasher) {
+        use std::hash::Hash;
+        self.v4.hash(hasher);
+        self.v6.hash(hasher);
+    }
+
     /// The empty set.
     pub fn new() -> Self {
         Self::default()

@@ -140,18 +140,16 @@ impl Shared {
             .decide(&self.source(request, client), self.headers_on_allowed)
     }
 
-    /// The client address: the one an outer layer resolved, or resolved here. Behind
-    /// trusted proxies the result is stored for the layers that follow (parsing the
-    /// forwarding header again would cost more); without them it is only the socket
-    /// peer, cheaper to read again than to store.
+    /// The client address under this layer's resolver: the one an outer layer resolved
+    /// with the same trust configuration, or resolved here (never one resolved under
+    /// another configuration). Behind trusted proxies the result is stored for the
+    /// layers that follow (parsing the forwarding header again would cost more);
+    /// without them it is only the socket peer, cheaper to read again than to store.
     fn client_ip<B>(&self, request: &mut Request<B>) -> Result<ClientIp, ClientIpError> {
-        if let Some(client) = request.extensions().get::<ClientIp>() {
-            return Ok(*client);
-        }
         if self.resolver.trusted_proxies().is_empty() {
             return self
                 .resolver
-                .resolve(request.extensions(), request.headers());
+                .resolve_reusing(request.extensions(), request.headers());
         }
         self.resolver.resolve_request(request)
     }
