@@ -12,24 +12,70 @@ use crate::{NetworkSet, Rejection};
 /// [`ClientIpResolver::resolve_request`] and kept in the request's extensions.
 ///
 /// IPv4-mapped IPv6 addresses (`::ffff:192.0.2.1`) are normalized to IPv4.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ClientIp(IpAddr);
+///
+/// It also carries the identity of the [`ClientIpResolver`] configuration that resolved
+/// it, so that a layer configured with other trusted proxies never acts on it (see
+/// [One truth per trust configuration](ClientIpResolver#one-truth-per-trust-configuration)).
+/// Equality, ordering and hashing compare the address only.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientIp {
+    ip: IpAddr,
+    /// The resolver configuration that produced it; `None` when the host made it.
+    resolved_by: Option<u64>,
+}
 
 impl ClientIp {
-    /// A client address, normalized.
+    /// A client address, normalized. One the host puts in the extensions itself (its own
+    /// listener, a PROXY-protocol reader) is taken by every layer as it is.
     pub fn new(ip: IpAddr) -> Self {
-        Self(ip.to_canonical())
+        Self {
+            ip: ip.to_canonical(),
+            resolved_by: None,
+        }
+    }
+
+    fn resolved(ip: IpAddr, identity: u64) -> Self {
+        Self {
+            ip: ip.to_canonical(),
+            resolved_by: Some(identity),
+        }
     }
 
     /// The address.
     pub fn ip(self) -> IpAddr {
-        self.0
+        self.ip
+    }
+}
+
+impl PartialEq for ClientIp {
+    fn eq(&self, other: &Self) -> bool {
+        self.ip == other.ip
+    }
+}
+
+impl Eq for ClientIp {}
+
+impl std::hash::Hash for ClientIp {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.ip.hash(state);
+    }
+}
+
+impl PartialOrd for ClientIp {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ClientIp {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.ip.cmp(&other.ip)
     }
 }
 
 impl fmt::Display for ClientIp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
+        self.ip.fmt(f)
     }
 }
 
@@ -212,10 +258,6 @@ impl Default for ClientIpResolver {
     }
 }
 
-/// Which resolver configuration produced the [`ClientIp`] in the same extensions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct ResolvedBy(u64);
-
 impl ClientIpResolver {
     /// A resolver that takes the socket peer as the client.
     pub fn new() -> Self {
@@ -267,49 +309,48 @@ impl ClientIpResolver {
     /// An address resolved under another trust configuration is never reused: see
     /// [One truth per trust configuration](Self#one-truth-per-trust-configuration).
     pub fn resolve_request<B>(&self, request: &mut Request<B>) -> Result<ClientIp, ClientIpError> {
-        let extensions = request.extensions();
-        if let Some(ip) = extensions.get::<ClientIp>() {
-            match extensions.get::<ResolvedBy>() {
-                Some(ResolvedBy(identity)) if *identity == self.identity => return Ok(*ip),
-                // Inserted by the host (its own listener, a PROXY-protocol reader): the
-                // host's decision.
-                None => return Ok(*ip),
-                Some(_) => {}
-            }
+        if let Some(ip) = self.stored(request.extensions()) {
+            return Ok(ip);
         }
         let ip = self.resolve(request.extensions(), request.headers())?;
         let extensions = request.extensions_mut();
         extensions.insert(ip);
-        extensions.insert(ResolvedBy(self.identity));
         if let Some(record) = extensions.get::<crate::AuditRecord>() {
             record.set_client_ip(ip.ip());
         }
         Ok(ip)
     }
 
+    /// The stored address, when this configuration (or the host) produced it.
+    fn stored(&self, extensions: &http::Extensions) -> Option<ClientIp> {
+        let ip = extensions.get::<ClientIp>()?;
+        match ip.resolved_by {
+            Some(identity) if identity != self.identity => None,
+            _ => Some(*ip),
+        }
+    }
+
     /// The request's client address under this resolver's configuration, without
     /// storing it: the stored one when it was resolved the same way (or put there by
-    /// the host), else resolved now and given to the request's
-    /// [`AuditRecord`](crate::AuditRecord). For layers on a hot path that would rather
-    /// read the socket peer again than grow the extensions.
+    /// the host), else resolved now and, when it differs from a stored one's
+    /// configuration, given to the request's [`AuditRecord`](crate::AuditRecord). For
+    /// layers on a hot path that would rather read the socket peer again than grow the
+    /// extensions.
     pub fn resolve_reusing(
         &self,
         extensions: &http::Extensions,
         headers: &HeaderMap,
     ) -> Result<ClientIp, ClientIpError> {
-        if let Some(ip) = extensions.get::<ClientIp>() {
-            match extensions.get::<ResolvedBy>() {
-                Some(ResolvedBy(identity)) if *identity == self.identity => return Ok(*ip),
-                None => return Ok(*ip),
-                Some(_) => {}
-            }
-            let ip = self.resolve(extensions, headers)?;
+        if let Some(ip) = self.stored(extensions) {
+            return Ok(ip);
+        }
+        let ip = self.resolve(extensions, headers)?;
+        if extensions.get::<ClientIp>().is_some() {
             if let Some(record) = extensions.get::<crate::AuditRecord>() {
                 record.set_client_ip(ip.ip());
             }
-            return Ok(ip);
         }
-        self.resolve(extensions, headers)
+        Ok(ip)
     }
 
     /// Resolves from a request's extensions (the socket peer) and headers, without
@@ -322,10 +363,10 @@ impl ClientIpResolver {
         let peer = socket_peer(extensions).ok_or(ClientIpError::PeerUnavailable)?;
         let peer = peer.to_canonical();
         let Some(header) = self.header else {
-            return Ok(ClientIp(peer));
+            return Ok(ClientIp::resolved(peer, self.identity));
         };
         if !self.trusted_proxies.contains(peer) {
-            return Ok(ClientIp(peer));
+            return Ok(ClientIp::resolved(peer, self.identity));
         }
         let client = match header {
             ForwardedHeader::XRealIp => self.x_real_ip(headers),
@@ -335,9 +376,9 @@ impl ClientIpResolver {
             }
         };
         match client {
-            Ok(Some(ip)) => Ok(ClientIp::new(ip)),
+            Ok(Some(ip)) => Ok(ClientIp::resolved(ip, self.identity)),
             // A trusted proxy that sends no header is itself the client (a health check).
-            Ok(None) => Ok(ClientIp(peer)),
+            Ok(None) => Ok(ClientIp::resolved(peer, self.identity)),
             Err(error) => Err(error),
         }
     }
