@@ -31,6 +31,7 @@ fn bench(c: &mut Criterion) {
     );
     let behind_xff = ClientIpResolver::new()
         .trust_proxies(proxies.clone())
+        .unwrap()
         .forwarded_header(ForwardedHeader::XForwardedFor);
     assert_eq!(
         behind_xff.resolve(&extensions, &xff).unwrap().to_string(),
@@ -49,6 +50,7 @@ fn bench(c: &mut Criterion) {
     );
     let behind_forwarded = ClientIpResolver::new()
         .trust_proxies(proxies)
+        .unwrap()
         .forwarded_header(ForwardedHeader::Forwarded);
     assert_eq!(
         behind_forwarded

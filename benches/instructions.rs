@@ -345,6 +345,7 @@ fn run(scenario: &str, iterations: u64) {
     let layer = IpAllowlistLayer::new(IpRules::new().deny(deny)).client_ip(
         ClientIpResolver::new()
             .trust_proxies("10.0.0.0/8".parse().unwrap())
+            .unwrap()
             .forwarded_header(ForwardedHeader::XForwardedFor),
     );
     let mut floor = noop_service();

@@ -56,7 +56,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .deny(NetworkSet::from_file(&deny_file)?);
     let allowlist = IpAllowlistLayer::new(rules).client_ip(
         ClientIpResolver::new()
-            .trust_proxies("127.0.0.10".parse()?)
+            .trust_proxies("127.0.0.10".parse()?)?
             .forwarded_header(ForwardedHeader::XForwardedFor),
     );
     tokio::spawn(reload_on_change(

@@ -31,7 +31,7 @@
 //! let allowlist = IpAllowlistLayer::new(IpRules::new().allow("10.0.0.0/8".parse()?))
 //!     .client_ip(
 //!         ClientIpResolver::new()
-//!             .trust_proxies("10.255.0.0/16".parse()?)
+//!             .trust_proxies("10.255.0.0/16".parse()?)?
 //!             .forwarded_header(ForwardedHeader::Forwarded),
 //!     );
 //! let app: axum::Router = axum::Router::new()

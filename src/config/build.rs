@@ -226,12 +226,23 @@ impl GatewayConfig {
 
     fn client_ip(&self) -> ClientIpResolver {
         let section = &self.file.client_ip;
-        ClientIpResolver::new()
-            .trust_proxies(section.trusted_proxies.clone())
+        // The file refuses a trusted-proxy list that holds every address; only the
+        // explicitly insecure setting trusts every peer.
+        let proxies = if section.insecure_trust_every_peer {
+            "0.0.0.0/0, ::/0".parse().unwrap_or_default()
+        } else {
+            section.trusted_proxies.clone()
+        };
+        let resolver = ClientIpResolver::new()
+            .trust_proxies_insecure(proxies)
             .forwarded_header(match section.header {
                 ForwardedHeaderName::XForwardedFor => ForwardedHeader::XForwardedFor,
                 ForwardedHeaderName::Forwarded => ForwardedHeader::Forwarded,
-            })
+            });
+        match section.max_forwarded_elements {
+            Some(elements) => resolver.max_forwarded_elements(elements),
+            None => resolver,
+        }
     }
 
     fn read(&self, key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {

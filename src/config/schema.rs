@@ -40,6 +40,17 @@ fn networks<'de, D: Deserializer<'de>>(deserializer: D) -> Result<NetworkSet, D:
     NetworkSet::parse_list("the list", &items.join("\n")).map_err(serde::de::Error::custom)
 }
 
+/// Trusted proxies: a list of networks that does not hold every address.
+fn trusted_networks<'de, D: Deserializer<'de>>(deserializer: D) -> Result<NetworkSet, D::Error> {
+    let set = networks(deserializer)?;
+    if set.covers_everything() {
+        return Err(serde::de::Error::custom(
+            "holds every address (0.0.0.0/0 or ::/0), so any client could name any address in a forwarding header: list your load balancers' networks, or set insecure_trust_every_peer = true if every peer really is a proxy you run",
+        ));
+    }
+    Ok(set)
+}
+
 /// The whole file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -95,8 +106,13 @@ pub(crate) enum ForwardedHeaderName {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ClientIp {
-    #[serde(default, deserialize_with = "networks")]
+    #[serde(default, deserialize_with = "trusted_networks")]
     pub(crate) trusted_proxies: NetworkSet,
+    /// Every peer is a trusted proxy: only for a server that nothing but your own
+    /// proxies can reach.
+    #[serde(default)]
+    pub(crate) insecure_trust_every_peer: bool,
+    pub(crate) max_forwarded_elements: Option<std::num::NonZeroUsize>,
     #[serde(default)]
     pub(crate) header: ForwardedHeaderName,
 }

@@ -262,3 +262,34 @@ async fn jwt_issuer_aliases_and_key_age_are_checked() {
     assert!(build(good).await.is_ok());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn trusting_every_address_is_refused_and_numbers_are_checked() {
+    for everything in [
+        "\"0.0.0.0/0\"",
+        "\"::/0\"",
+        "\"0.0.0.0/1\", \"128.0.0.0/1\"",
+    ] {
+        let e = error(&format!(
+            "{SERVER}[client_ip]\ntrusted_proxies = [{everything}]\n"
+        ));
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("client_ip.trusted_proxies", Some(4)),
+            "{e}"
+        );
+        assert!(e.message.contains("insecure_trust_every_peer"), "{e}");
+    }
+    let e = error(&format!(
+        "{SERVER}[client_ip]\ntrusted_proxies = [\"010.0.0.0/8\"]\n"
+    ));
+    assert_eq!(e.key, "client_ip.trusted_proxies", "{e}");
+    let e = error(&format!(
+        "{SERVER}[client_ip]\nmax_forwarded_elements = 0\n"
+    ));
+    assert_eq!(e.key, "client_ip.max_forwarded_elements", "{e}");
+    assert!(parse(&format!(
+        "{SERVER}[client_ip]\ninsecure_trust_every_peer = true\nmax_forwarded_elements = 8\n"
+    ))
+    .is_ok());
+}

@@ -52,6 +52,7 @@ fn rules(allow: &str, deny: &str) -> IpRules {
 fn behind_proxies(header: ForwardedHeader) -> ClientIpResolver {
     ClientIpResolver::new()
         .trust_proxies("127.0.0.10, 127.0.0.11".parse().unwrap())
+        .unwrap()
         .forwarded_header(header)
 }
 
@@ -418,8 +419,99 @@ fn equal_resolver_configurations_are_the_same_trust() {
     let a = behind_proxies(ForwardedHeader::XForwardedFor);
     let b = ClientIpResolver::new()
         .forwarded_header(ForwardedHeader::XForwardedFor)
-        .trust_proxies("127.0.0.11/32, 127.0.0.10/32".parse().unwrap());
+        .trust_proxies("127.0.0.11/32, 127.0.0.10/32".parse().unwrap())
+        .unwrap();
     assert!(a.same_trust_as(&b));
     assert!(!a.same_trust_as(&ClientIpResolver::new()));
     assert!(!a.same_trust_as(&behind_proxies(ForwardedHeader::Forwarded)));
+}
+
+/// Forwarding chains are read up to a limit (64 hops over all lines by default), and a
+/// longer one is a 400 whatever follows the limit; addresses that cannot be a client
+/// (unspecified, broadcast, multicast) named by a trusted proxy are undisclosed (403),
+/// never matched against the lists.
+#[tokio::test]
+async fn long_chains_and_impossible_client_addresses_are_refused() {
+    let allow_all = || rules("0.0.0.0/0\n::/0", "203.0.113.0/24");
+    let serve_with = |resolver: ClientIpResolver| {
+        serve(app(IpAllowlistLayer::new(allow_all()).client_ip(resolver)))
+    };
+    let xff = serve_with(behind_proxies(ForwardedHeader::XForwardedFor)).await;
+    let hops = |n: usize| -> String {
+        (0..n)
+            .map(|i| format!("198.51.100.{}", i % 250 + 1))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let at_limit = fetch(xff, "127.0.0.10", "/", &[("x-forwarded-for", &hops(64))]).await;
+    assert_eq!(at_limit.status, StatusCode::OK, "{}", at_limit.body);
+    for lines in [
+        vec![hops(65)],
+        vec![hops(40), hops(25)],
+        vec![hops(64), "garbage!!".to_owned()],
+    ] {
+        let headers: Vec<(&str, &str)> = lines
+            .iter()
+            .map(|l| ("x-forwarded-for", l.as_str()))
+            .collect();
+        let reply = fetch(xff, "127.0.0.10", "/", &headers).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
+        assert_eq!(reply.code().as_deref(), Some("malformed_forwarded_header"));
+    }
+    let short = serve_with(
+        behind_proxies(ForwardedHeader::XForwardedFor)
+            .max_forwarded_elements(std::num::NonZeroUsize::new(2).unwrap()),
+    )
+    .await;
+    let reply = fetch(short, "127.0.0.10", "/", &[("x-forwarded-for", &hops(3))]).await;
+    assert_eq!(reply.code().as_deref(), Some("malformed_forwarded_header"));
+    let forwarded = serve_with(behind_proxies(ForwardedHeader::Forwarded)).await;
+    let elements: Vec<String> = (0..65)
+        .map(|i| format!("for=198.51.100.{}", i % 250 + 1))
+        .collect();
+    let reply = fetch(
+        forwarded,
+        "127.0.0.10",
+        "/",
+        &[("forwarded", &elements.join(", "))],
+    )
+    .await;
+    assert_eq!(reply.code().as_deref(), Some("malformed_forwarded_header"));
+
+    for impossible in [
+        "0.0.0.0",
+        "255.255.255.255",
+        "224.0.0.1",
+        "239.255.255.250",
+        "::",
+        "ff02::1",
+        "::ffff:0.0.0.0",
+        "::ffff:224.0.0.1",
+    ] {
+        let chain = format!("{impossible}, 127.0.0.11");
+        let reply = fetch(xff, "127.0.0.10", "/", &[("x-forwarded-for", &chain)]).await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{impossible}");
+        assert_eq!(
+            reply.code().as_deref(),
+            Some("client_ip_undisclosed"),
+            "{impossible}"
+        );
+    }
+    let reply = fetch(
+        forwarded,
+        "127.0.0.10",
+        "/",
+        &[("forwarded", "for=\"[ff02::1]\"")],
+    )
+    .await;
+    assert_eq!(reply.code().as_deref(), Some("client_ip_undisclosed"));
+    let real_ip = serve_with(behind_proxies(ForwardedHeader::XRealIp)).await;
+    for impossible in ["0.0.0.0", "255.255.255.255", "ff02::1"] {
+        let reply = fetch(real_ip, "127.0.0.10", "/", &[("x-real-ip", impossible)]).await;
+        assert_eq!(
+            reply.code().as_deref(),
+            Some("client_ip_undisclosed"),
+            "{impossible}"
+        );
+    }
 }

@@ -80,6 +80,7 @@ async fn over_quota_clients_get_429_with_retry_after_and_the_ratelimit_fields() 
 async fn behind_a_trusted_proxy_each_forwarded_client_is_limited_on_its_own() {
     let resolver = ClientIpResolver::new()
         .trust_proxies("127.0.0.30/32".parse().unwrap())
+        .unwrap()
         .forwarded_header(ForwardedHeader::XForwardedFor);
     let layer = RateLimitLayer::builder()
         .quota(Quota::new("per-ip", "1 per 1h".parse().unwrap()))

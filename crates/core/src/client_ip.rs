@@ -213,7 +213,7 @@ impl std::error::Error for ClientIpError {}
 /// use portcullis_core::{ClientIpResolver, ForwardedHeader, PeerAddr};
 ///
 /// let resolver = ClientIpResolver::new()
-///     .trust_proxies("10.0.0.0/8".parse()?)
+///     .trust_proxies("10.0.0.0/8".parse()?)?
 ///     .forwarded_header(ForwardedHeader::XForwardedFor);
 ///
 /// let mut request = http::Request::builder()
@@ -242,15 +242,37 @@ impl std::error::Error for ClientIpError {}
 pub struct ClientIpResolver {
     trusted_proxies: NetworkSet,
     header: Option<ForwardedHeader>,
+    max_elements: usize,
     /// Identifies the configuration: equal configurations, equal values.
     identity: u64,
 }
+
+/// The most forwarding-chain elements read by default, across every line of the header.
+pub const DEFAULT_MAX_FORWARDED_ELEMENTS: usize = 64;
+
+/// A trusted-proxy set that holds every IPv4 or every IPv6 address (`0.0.0.0/0`,
+/// `::/0`): any client could then name any address. Refused by
+/// [`ClientIpResolver::trust_proxies`]; a host that means it calls
+/// [`ClientIpResolver::trust_proxies_insecure`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrustsEveryone;
+
+impl fmt::Display for TrustsEveryone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "the trusted proxies include every address (0.0.0.0/0 or ::/0), so any client could name any address in a forwarding header: list your load balancers' networks, or call trust_proxies_insecure if every peer really is a proxy you run",
+        )
+    }
+}
+
+impl std::error::Error for TrustsEveryone {}
 
 impl Default for ClientIpResolver {
     fn default() -> Self {
         let mut resolver = Self {
             trusted_proxies: NetworkSet::new(),
             header: None,
+            max_elements: DEFAULT_MAX_FORWARDED_ELEMENTS,
             identity: 0,
         };
         resolver.identity = resolver.compute_identity();
@@ -265,8 +287,28 @@ impl ClientIpResolver {
     }
 
     /// Trusts the proxies in `networks` to name the client in the configured header.
-    pub fn trust_proxies(mut self, networks: NetworkSet) -> Self {
+    /// A set that holds every IPv4 or IPv6 address is refused ([`TrustsEveryone`]).
+    pub fn trust_proxies(self, networks: NetworkSet) -> Result<Self, TrustsEveryone> {
+        if networks.covers_everything() {
+            return Err(TrustsEveryone);
+        }
+        Ok(self.trust_proxies_insecure(networks))
+    }
+
+    /// Trusts the proxies in `networks`, even when they are every address. Only for a
+    /// server that no client can reach except through proxies you run: otherwise any
+    /// client names any address it likes.
+    pub fn trust_proxies_insecure(mut self, networks: NetworkSet) -> Self {
         self.trusted_proxies = networks;
+        self.identity = self.compute_identity();
+        self
+    }
+
+    /// The most hops read from a forwarding header, across all its lines (64 by
+    /// default). A longer chain is refused with 400 `malformed_forwarded_header` before
+    /// any hop beyond the limit is parsed.
+    pub fn max_forwarded_elements(mut self, elements: std::num::NonZeroUsize) -> Self {
+        self.max_elements = elements.get();
         self.identity = self.compute_identity();
         self
     }
@@ -282,6 +324,7 @@ impl ClientIpResolver {
     pub fn same_trust_as(&self, other: &ClientIpResolver) -> bool {
         self.identity == other.identity
             && self.header == other.header
+            && self.max_elements == other.max_elements
             && self.trusted_proxies == other.trusted_proxies
     }
 
@@ -293,6 +336,7 @@ impl ClientIpResolver {
         let mut hasher = std::hash::SipHasher::new();
         self.trusted_proxies.fingerprint(&mut hasher);
         self.header.map(|h| h as u8).hash(&mut hasher);
+        self.max_elements.hash(&mut hasher);
         hasher.finish()
     }
 
@@ -393,9 +437,11 @@ impl ClientIpResolver {
             return Err(malformed);
         }
         let text = value.to_str().map_err(|_| malformed)?;
-        forwarded::x_real_ip(text)
-            .map(Some)
-            .map_err(|Malformed| malformed)
+        let ip = forwarded::x_real_ip(text).map_err(|Malformed| malformed)?;
+        if !can_be_a_client(ip) {
+            return Err(ClientIpError::Undisclosed(ForwardedHeader::XRealIp));
+        }
+        Ok(Some(ip))
     }
 
     /// The rightmost hop that is not a trusted proxy, across every line of the header.
@@ -410,6 +456,12 @@ impl ClientIpResolver {
         let mut leftmost: Option<Node> = None;
         let mut rightmost_untrusted: Option<Node> = None;
         let mut record = |node: Node| {
+            // An address that cannot be a client's (unspecified, broadcast, multicast) is
+            // one the proxy did not disclose: never matched against any list.
+            let node = match node {
+                Node::Ip(ip) if !can_be_a_client(ip) => Node::Undisclosed,
+                node => node,
+            };
             leftmost.get_or_insert(node);
             let trusted = matches!(node, Node::Ip(ip) if self.trusted_proxies.contains(ip));
             if !trusted {
@@ -417,10 +469,11 @@ impl ClientIpResolver {
             }
         };
         let mut lines = 0usize;
+        let mut budget = self.max_elements;
         for value in headers.get_all(header.header_name()) {
             lines += 1;
             let line = value.to_str().map_err(|_| malformed)?;
-            parse_line(line, &mut record).map_err(|Malformed| malformed)?;
+            parse_line(line, &mut budget, &mut record).map_err(|Malformed| malformed)?;
         }
         if lines == 0 {
             return Ok(None);
@@ -430,6 +483,16 @@ impl ClientIpResolver {
             Some(Node::Undisclosed) => Err(ClientIpError::Undisclosed(header)),
             None => Err(malformed),
         }
+    }
+}
+
+/// Whether a proxy may name `ip` as a client: not unspecified (`0.0.0.0`, `::`), not
+/// the IPv4 broadcast address, not multicast.
+fn can_be_a_client(ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    match ip {
+        IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast()),
+        IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_multicast()),
     }
 }
 
@@ -494,6 +557,7 @@ mod tests {
     fn behind(header: ForwardedHeader) -> ClientIpResolver {
         ClientIpResolver::new()
             .trust_proxies("10.0.0.0/8, 2001:db8:ffff::/48".parse().unwrap())
+            .unwrap()
             .forwarded_header(header)
     }
 
@@ -776,7 +840,46 @@ mod tests {
             prop_assume!(!client.octets().starts_with(&[10]));
             let chain: Vec<String> = spoofed.iter().chain(std::iter::once(&client)).chain(hops.iter()).map(ToString::to_string).collect();
             let req = request("10.0.0.1", &[("x-forwarded-for", &chain.join(", "))]);
-            prop_assert_eq!(resolve(&behind(ForwardedHeader::XForwardedFor), req).unwrap(), client.to_string());
+            let resolved = resolve(&behind(ForwardedHeader::XForwardedFor), req);
+            if can_be_a_client(IpAddr::V4(client)) {
+                prop_assert_eq!(resolved.unwrap(), client.to_string());
+            } else {
+                // Unspecified, broadcast or multicast: never a client address.
+                prop_assert_eq!(resolved, Err(ClientIpError::Undisclosed(ForwardedHeader::XForwardedFor)));
+            }
+        }
+    }
+
+    #[test]
+    fn trusting_every_address_is_refused_unless_named_insecure() {
+        for everything in [
+            "0.0.0.0/0",
+            "::/0",
+            "0.0.0.0/1, 128.0.0.0/1",
+            "::ffff:0:0/96",
+            "10.0.0.0/8, 0.0.0.0/0",
+        ] {
+            let set: NetworkSet = everything.parse().unwrap();
+            let error = ClientIpResolver::new()
+                .trust_proxies(set.clone())
+                .unwrap_err();
+            assert!(
+                error.to_string().contains("trust_proxies_insecure"),
+                "{error}"
+            );
+            let insecure = ClientIpResolver::new().trust_proxies_insecure(set);
+            assert!(
+                insecure.trusted_proxies().covers_everything(),
+                "{everything}"
+            );
+        }
+        for fine in ["10.0.0.0/8", "0.0.0.0/1", "::/1, 10.0.0.0/8"] {
+            assert!(
+                ClientIpResolver::new()
+                    .trust_proxies(fine.parse().unwrap())
+                    .is_ok(),
+                "{fine}"
+            );
         }
     }
 }

@@ -16,8 +16,16 @@ pub(crate) enum Node {
     Undisclosed,
 }
 
-/// A parser of one header line: calls its callback with each hop, in order.
-pub(crate) type ChainParser = fn(&str, &mut dyn FnMut(Node)) -> Result<(), Malformed>;
+/// A parser of one header line: calls its callback with each hop, in order. `budget` is
+/// how many more hops may be read (shared by every line of the header); a hop past it
+/// is refused before it is parsed.
+pub(crate) type ChainParser = fn(&str, &mut usize, &mut dyn FnMut(Node)) -> Result<(), Malformed>;
+
+/// Takes one hop from the budget, or refuses the chain.
+fn spend(budget: &mut usize) -> Result<(), Malformed> {
+    *budget = budget.checked_sub(1).ok_or(Malformed)?;
+    Ok(())
+}
 
 /// The header did not follow its grammar.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,9 +33,14 @@ pub(crate) struct Malformed;
 
 /// Calls `each` with the `for` node of every element of a `Forwarded` header line, in
 /// order.
-pub(crate) fn forwarded_nodes(line: &str, each: &mut dyn FnMut(Node)) -> Result<(), Malformed> {
+pub(crate) fn forwarded_nodes(
+    line: &str,
+    budget: &mut usize,
+    each: &mut dyn FnMut(Node),
+) -> Result<(), Malformed> {
     let mut cursor = Cursor::new(line);
     loop {
+        spend(budget)?;
         // forwarded-element = [ forwarded-pair ] *( ";" [ forwarded-pair ] )
         let mut node: Option<Node> = None;
         let mut pairs = 0usize;
@@ -142,9 +155,11 @@ fn obfuscated(text: &str) -> Result<(), Malformed> {
 /// or `unknown`. Empty entries are refused.
 pub(crate) fn x_forwarded_for_nodes(
     line: &str,
+    budget: &mut usize,
     each: &mut dyn FnMut(Node),
 ) -> Result<(), Malformed> {
     for entry in line.split(',') {
+        spend(budget)?;
         each(x_forwarded_for_entry(entry.trim_matches(is_ows))?);
     }
     Ok(())
@@ -298,18 +313,44 @@ mod tests {
 
     fn forwarded(line: &str) -> Result<Vec<Node>, Malformed> {
         let mut nodes = Vec::new();
-        forwarded_nodes(line, &mut |n| nodes.push(n))?;
+        let mut budget = usize::MAX;
+        forwarded_nodes(line, &mut budget, &mut |n| nodes.push(n))?;
         Ok(nodes)
     }
 
     fn xff(line: &str) -> Result<Vec<Node>, Malformed> {
         let mut nodes = Vec::new();
-        x_forwarded_for_nodes(line, &mut |n| nodes.push(n))?;
+        let mut budget = usize::MAX;
+        x_forwarded_for_nodes(line, &mut budget, &mut |n| nodes.push(n))?;
         Ok(nodes)
     }
 
     fn ip(text: &str) -> Node {
         Node::Ip(text.parse().unwrap())
+    }
+
+    /// The budget is spent one hop at a time across calls, and a hop past it is refused
+    /// before it is parsed (the garbage after the limit is never looked at).
+    #[test]
+    fn chains_stop_at_the_budget() {
+        let mut budget = 3;
+        let mut seen = 0;
+        x_forwarded_for_nodes("192.0.2.1, 192.0.2.2", &mut budget, &mut |_| seen += 1).unwrap();
+        assert_eq!((budget, seen), (1, 2));
+        assert!(
+            x_forwarded_for_nodes("192.0.2.3, not-parsed", &mut budget, &mut |_| seen += 1)
+                .is_err()
+        );
+        assert_eq!(seen, 3);
+        let mut budget = 2;
+        let mut seen = 0;
+        assert!(forwarded_nodes(
+            "for=192.0.2.1, for=192.0.2.2, for=@@@",
+            &mut budget,
+            &mut |_| seen += 1
+        )
+        .is_err());
+        assert_eq!(seen, 2);
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub use body::RejectOrBody;
 pub use certificate::{connection_leaf, ClientCertThumbprint, TlsPeer};
 pub use client_ip::{
     socket_peer, ClientIp, ClientIpError, ClientIpResolver, ForwardedHeader, PeerAddr,
+    TrustsEveryone, DEFAULT_MAX_FORWARDED_ELEMENTS,
 };
 pub use clock::{Clock, ManualClock};
 pub use future::DecisionFuture;

@@ -44,6 +44,18 @@ pub struct NetworkSet {
 const V4_INDEX_THRESHOLD: usize = 4096;
 
 impl NetworkSet {
+    /// Whether the set holds every IPv4 address or every IPv6 address (`0.0.0.0/0`,
+    /// `::/0`, or networks that add up to one of them).
+    pub fn covers_everything(&self) -> bool {
+        self.v4
+            .iter()
+            .any(|&(start, end)| start == 0 && end == u32::MAX)
+            || self
+                .v6
+                .iter()
+                .any(|&(start, end)| start == 0 && end == u128::MAX)
+    }
+
     /// A digest of the set's contents: equal sets give equal values, however they were
     /// written. Used to tell resolver configurations apart.
     pub(crate) fn fingerprint(&self, hasher: &mut impl std::hash::Hasher) {
@@ -287,8 +299,20 @@ fn parse_network(entry: &str) -> Result<IpNet, InvalidNetwork> {
     if entry.split_whitespace().nth(1).is_some() {
         return Err(InvalidNetwork::TrailingText);
     }
-    if entry.contains('/') {
-        let network = IpNet::from_str(entry).map_err(|_| InvalidNetwork::NotAnAddress)?;
+    if let Some((address, prefix)) = entry.split_once('/') {
+        // The address is read by the standard parser, which refuses an IPv4 octet with
+        // a leading zero (`010.0.0.0`: octal to some readers, decimal to others), so the
+        // CIDR form means what the bare address would. The prefix is plain decimal.
+        let address = IpAddr::from_str(address).map_err(|_| InvalidNetwork::NotAnAddress)?;
+        let plain_decimal = !prefix.is_empty()
+            && prefix.len() <= 3
+            && prefix.bytes().all(|b| b.is_ascii_digit())
+            && (prefix == "0" || !prefix.starts_with('0'));
+        if !plain_decimal {
+            return Err(InvalidNetwork::NotAnAddress);
+        }
+        let prefix: u8 = prefix.parse().map_err(|_| InvalidNetwork::NotAnAddress)?;
+        let network = IpNet::new(address, prefix).map_err(|_| InvalidNetwork::NotAnAddress)?;
         if network.addr() != network.network() {
             return Err(InvalidNetwork::HostBitsSet);
         }
@@ -651,5 +675,42 @@ mod tests {
             let parsed = NetworkSet::parse_list("t", &text).unwrap();
             prop_assert_eq!(parsed, NetworkSet::from_networks(nets));
         }
+    }
+
+    #[test]
+    fn one_spelling_of_a_network() {
+        for bad in [
+            "010.0.0.0/8",
+            "10.0.0.010/32",
+            "010.0.0.1",
+            "10.0.0.0/08",
+            "10.0.0.0/+8",
+            "10.0.0.0/",
+            "10.0.0.0/8/8",
+            "10.0.0.0/33",
+            "2001:db8::/0129",
+            "2001:db8::/ 32",
+            "10.0.0.0 /8",
+            "0x0a.0.0.0/8",
+            "10.0/8",
+        ] {
+            assert!(NetworkSet::parse_list("t", bad).is_err(), "{bad}");
+        }
+        for good in [
+            "10.0.0.0/8",
+            "0.0.0.0/0",
+            "192.0.2.1/32",
+            "2001:db8::/32",
+            "::/0",
+            "10.0.0.0",
+        ] {
+            assert!(NetworkSet::parse_list("t", good).is_ok(), "{good}");
+        }
+        let set = NetworkSet::parse_list("t", "10.0.0.0/8").unwrap();
+        assert!(set.contains("10.1.2.3".parse().unwrap()));
+        assert!(
+            !set.contains("8.0.0.1".parse().unwrap()),
+            "never read as octal"
+        );
     }
 }

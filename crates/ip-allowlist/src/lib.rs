@@ -60,7 +60,7 @@
 //! let layer = IpAllowlistLayer::new(IpRules::new().deny("198.51.100.0/24".parse()?))
 //!     .client_ip(
 //!         ClientIpResolver::new()
-//!             .trust_proxies("10.0.0.0/8".parse()?)
+//!             .trust_proxies("10.0.0.0/8".parse()?)?
 //!             .forwarded_header(ForwardedHeader::XForwardedFor),
 //!     );
 //! # let _ = layer;
@@ -498,6 +498,7 @@ mod tests {
         let layer = IpAllowlistLayer::new(rules("", "198.51.100.0/24")).client_ip(
             ClientIpResolver::new()
                 .trust_proxies("10.0.0.0/8".parse().unwrap())
+                .unwrap()
                 .forwarded_header(ForwardedHeader::XForwardedFor),
         );
         let svc = service(&layer);
