@@ -646,3 +646,86 @@ async fn a_certificate_bound_token_works_only_with_its_certificate() {
         (StatusCode::UNAUTHORIZED, "certificate_mismatch")
     );
 }
+
+/// `crls`, `forwarded` and `verify_forwarded` called on a clone of a layer that is still
+/// in use take effect on the clone (copy on write) and leave the original alone: a
+/// revocation list or a forwarded-certificate check is never silently dropped.
+#[tokio::test]
+async fn revocation_and_proxy_settings_on_a_clone_take_effect() {
+    let pki = pki();
+    let seven = pki
+        .ca
+        .issue("connector-7", Some(ExtendedKeyUsagePurpose::ClientAuth), 7);
+    let server_cert = pki.server.clone();
+    let registry = ConnectorRegistry::from_connectors([
+        Connector::new("connector-7").thumbprint(seven.thumbprint),
+        Connector::new("web").thumbprint(server_cert.thumbprint),
+    ])
+    .unwrap();
+    let xfcc = |pem: &str| {
+        let escaped =
+            percent_encoding::utf8_percent_encode(pem, percent_encoding::NON_ALPHANUMERIC);
+        format!("Cert=\"{escaped}\"")
+    };
+    let ask = |addr: std::net::SocketAddr, pem: String| async move {
+        crate::client::get(
+            addr,
+            "127.0.0.1",
+            "/v1/versionInfo",
+            &[("x-forwarded-client-cert", &xfcc(&pem))],
+        )
+        .await
+    };
+    let base =
+        MtlsIdentityLayer::new(registry.clone()).mode(portcullis::mtls_identity::Mode::Optional);
+
+    // `forwarded` on a clone: the clone reads the header, the original ignores it.
+    let forwarding = base
+        .clone()
+        .forwarded(ForwardedCertificate::envoy("127.0.0.0/8".parse().unwrap()));
+    let with_header = serve_behind_proxy(forwarding.clone()).await;
+    let without = serve_behind_proxy(base.clone()).await;
+    assert_eq!(
+        ask(with_header, seven.pem.clone()).await.body,
+        "connector-7 header_seen=false"
+    );
+    // The original has no forwarded-certificate setting: nobody is authenticated (the
+    // header is not one it knows).
+    assert_eq!(
+        ask(without, seven.pem.clone()).await.body,
+        " header_seen=true"
+    );
+
+    // `crls` on a clone of the forwarding layer: revoked there, not in the original.
+    let crls = Crls::from_bytes(pki.ca.crl(&[7]).as_bytes()).unwrap();
+    let revoking = serve_behind_proxy(forwarding.clone().crls(crls)).await;
+    assert_eq!(
+        ask(revoking, seven.pem.clone()).await.code().as_deref(),
+        Some("revoked_cert")
+    );
+    assert_eq!(
+        ask(with_header, seven.pem.clone()).await.status,
+        StatusCode::OK
+    );
+
+    // `verify_forwarded` on a clone: the server's certificate fails the CA check there.
+    let verifying = forwarding
+        .clone()
+        .verify_forwarded(pki.ca.pem.as_bytes())
+        .unwrap();
+    let verified = serve_behind_proxy(verifying).await;
+    let foreign =
+        Ca::new("Another CA").issue("connector-7", Some(ExtendedKeyUsagePurpose::ClientAuth), 7);
+    assert_eq!(
+        ask(verified, foreign.pem.clone()).await.code().as_deref(),
+        Some("untrusted_client_cert")
+    );
+    assert_eq!(
+        ask(with_header, foreign.pem.clone())
+            .await
+            .code()
+            .as_deref(),
+        Some("unknown_connector")
+    );
+    drop((base, forwarding));
+}

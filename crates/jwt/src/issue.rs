@@ -154,6 +154,7 @@ pub struct TokenIssuer {
     inner: Arc<IssuerInner>,
 }
 
+#[derive(Clone)]
 struct IssuerInner {
     key: SigningKey,
     issuer: String,
@@ -223,10 +224,10 @@ impl TokenIssuer {
         })
     }
 
+    /// Every builder call takes effect: on an issuer whose settings are shared (a clone
+    /// of another issuer), the settings are copied first, and the other keeps its own.
     fn with(mut self, change: impl FnOnce(&mut IssuerInner)) -> Self {
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            change(inner);
-        }
+        change(Arc::make_mut(&mut self.inner));
         self
     }
 

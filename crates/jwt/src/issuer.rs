@@ -350,7 +350,7 @@ pub(crate) fn normalize_typ(typ: &str) -> &str {
 }
 
 /// An issuer ready for requests.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct CompiledIssuer {
     pub(crate) name: Arc<str>,
     pub(crate) audiences: Vec<String>,

@@ -3,6 +3,8 @@
 //! colliding issuers, loose `Authorization` values and weak keys. Each class is tested
 //! as a class: every member of a small class, or a property over a large one.
 
+use std::time::Duration;
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use http::{Request, StatusCode};
@@ -768,4 +770,69 @@ fn a_weak_key_in_a_jwks_file_is_skipped_and_the_rest_load() {
     assert_eq!(kids, [Some("good".to_owned())]);
     std::fs::remove_dir_all(&dir).unwrap();
     let _ = ISS;
+}
+
+/// Every `TokenIssuer` builder called on a clone of an issuer still in use takes effect
+/// on the clone and leaves the original alone (copy on write, not a silent no-op).
+#[tokio::test]
+async fn token_issuer_builders_on_a_clone_take_effect() {
+    use crate::tests::{token_issuer, Accounts};
+    use portcullis_core::{AuthMethod, Principal};
+
+    let (clock, _) = clock();
+    let base = token_issuer(&clock);
+    let app = Principal::builder("app-7", AuthMethod::ApiKey).build();
+
+    let bound = base.clone().binding(Binding::Required);
+    assert!(matches!(
+        bound.issue(&app, None),
+        Err(IssueError::NoClientCertificate)
+    ));
+    assert!(base.issue(&app, None).is_ok());
+
+    let short = base.clone().lifetime(Duration::from_secs(60));
+    let claims = |token: &IssuedToken| -> Value {
+        let payload = token.expose().split('.').nth(1).unwrap();
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+    };
+    let (a, b) = (
+        short.issue(&app, None).unwrap(),
+        base.issue(&app, None).unwrap(),
+    );
+    let life =
+        |t: &IssuedToken| claims(t)["exp"].as_i64().unwrap() - claims(t)["iat"].as_i64().unwrap();
+    assert_eq!((life(&a), life(&b)), (60, 10 * 3600));
+
+    let revocations = Revocations::new();
+    let revoking = base.clone().revocations(revocations.clone());
+    let old = revoking.issue(&app, None).unwrap();
+    revoking.extend(old.expose(), None).await.unwrap();
+    let old_jti = claims(&old)["jti"].as_str().unwrap().to_owned();
+    assert!(
+        revocations.is_revoked(&old_jti),
+        "the clone revokes what it extends"
+    );
+    let kept = base.issue(&app, None).unwrap();
+    base.extend(kept.expose(), None).await.unwrap();
+    base.extend(kept.expose(), None)
+        .await
+        .expect("the original keeps no list");
+
+    let accounts = Accounts::default();
+    accounts.set(SubjectStatus::Blocked);
+    let checking = base.clone().subject_check(accounts.check());
+    let token = checking.issue(&app, None).unwrap();
+    assert_eq!(
+        checking.extend(token.expose(), None).await.unwrap_err(),
+        JwtRefusal::AccountDisabled
+    );
+    assert!(base.extend(token.expose(), None).await.is_ok());
+
+    let capped = base.clone().max_session(Duration::ZERO);
+    let token = capped.issue(&app, None).unwrap();
+    assert_eq!(
+        capped.extend(token.expose(), None).await.unwrap_err(),
+        JwtRefusal::Expired
+    );
+    assert!(base.extend(token.expose(), None).await.is_ok());
 }

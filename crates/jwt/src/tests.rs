@@ -795,18 +795,18 @@ async fn the_cache_skips_verification_until_keys_change() {
 
 /// An account store the tests can block subjects in, counting the questions asked.
 #[derive(Clone, Default)]
-struct Accounts {
+pub(crate) struct Accounts {
     status: Arc<Mutex<Option<SubjectStatus>>>,
     asked: Arc<AtomicUsize>,
     fail: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Accounts {
-    fn set(&self, status: SubjectStatus) {
+    pub(crate) fn set(&self, status: SubjectStatus) {
         *self.status.lock().unwrap() = Some(status);
     }
 
-    fn check(&self) -> impl SubjectCheck {
+    pub(crate) fn check(&self) -> impl SubjectCheck {
         let accounts = self.clone();
         move |subject: Subject| {
             let accounts = accounts.clone();
@@ -964,7 +964,7 @@ fn debug_output_holds_no_key_material() {
     assert!(!text.contains("KioqKi"), "{text}");
 }
 
-fn token_issuer(clock: &Clock) -> TokenIssuer {
+pub(crate) fn token_issuer(clock: &Clock) -> TokenIssuer {
     TokenIssuer::new(
         SigningKey::generate(Algorithm::EdDSA)
             .unwrap()

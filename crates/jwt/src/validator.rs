@@ -60,6 +60,22 @@ pub(crate) struct Validator {
     pub(crate) generation: Arc<AtomicU64>,
 }
 
+/// A copy with the same issuers and settings and an empty token cache of the same size.
+impl Clone for Validator {
+    fn clone(&self) -> Self {
+        Self {
+            issuers: self.issuers.clone(),
+            max_token_size: self.max_token_size,
+            cache: self
+                .cache
+                .as_ref()
+                .map(|cache| TokenCache::new(cache.capacity)),
+            typed: self.typed.clone(),
+            generation: self.generation.clone(),
+        }
+    }
+}
+
 impl std::fmt::Debug for Validator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Validator")

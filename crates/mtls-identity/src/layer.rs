@@ -155,6 +155,26 @@ pub(crate) struct Config {
     cache: ParseCache,
 }
 
+/// A copy for copy-on-write builders: the same settings, a fresh parse cache (the cache
+/// is derived state, and two layers never share one).
+impl Clone for Config {
+    fn clone(&self) -> Self {
+        Self {
+            identify: self.identify,
+            registry: self.registry.clone(),
+            mode: self.mode,
+            crls: self.crls.clone(),
+            ocsp: self.ocsp.clone(),
+            forwarded: self.forwarded.clone(),
+            forwarded_verifier: self.forwarded_verifier.clone(),
+            allow_unrestricted_usage: self.allow_unrestricted_usage,
+            clock: self.clock.clone(),
+            renderer: self.renderer.clone(),
+            cache: ParseCache::new(self.cache.capacity),
+        }
+    }
+}
+
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
@@ -250,10 +270,11 @@ impl MtlsIdentityLayer {
         }
     }
 
+    /// Every builder call takes effect: on a layer whose configuration is shared (a
+    /// clone of another layer), the configuration is copied first, and the other layer
+    /// keeps its own.
     fn change(mut self, edit: impl FnOnce(&mut Config)) -> Self {
-        if let Some(config) = Arc::get_mut(&mut self.config) {
-            edit(config);
-        }
+        edit(Arc::make_mut(&mut self.config));
         self
     }
 

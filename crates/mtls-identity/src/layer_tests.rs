@@ -327,3 +327,71 @@ async fn the_service_is_ready_again_after_a_waiting_call() {
         assert_eq!(response.status(), StatusCode::OK);
     }
 }
+
+/// Every builder called on a clone of a layer that is still in use takes effect on the
+/// clone, and leaves the original as it was (copy on write, not a silent no-op).
+#[tokio::test]
+async fn builder_calls_on_a_clone_take_effect_and_leave_the_original_alone() {
+    let der = certificate(|_| {});
+    let base = MtlsIdentityLayer::new(registered(&der));
+
+    let optional = base.clone().mode(Mode::Optional);
+    assert_eq!(run(optional, request(None)).await.0, StatusCode::OK);
+    assert_eq!(
+        run(base.clone(), request(None)).await.1,
+        "missing_client_cert"
+    );
+
+    let named = base.clone().identify(Identify::CommonName);
+    let stranger = certificate(|_| {});
+    assert_eq!(
+        run(named, request(Some(&stranger))).await.1,
+        "certificate_not_bound"
+    );
+    assert_eq!(
+        run(base.clone(), request(Some(&stranger))).await.1,
+        "unknown_connector"
+    );
+
+    let old_cert = certificate(|p| {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    });
+    let dated = MtlsIdentityLayer::new(registered(&old_cert));
+    let (in_2020, _) = Clock::manual(std::time::UNIX_EPOCH + Duration::from_secs(1_590_000_000));
+    assert_eq!(
+        run(dated.clone().clock(in_2020), request(Some(&old_cert)))
+            .await
+            .1,
+        "connector-7"
+    );
+    assert_eq!(
+        run(dated, request(Some(&old_cert))).await.1,
+        "expired_client_cert"
+    );
+
+    let table = Table::default();
+    table.revoked.lock().unwrap().push(thumbprint(&der));
+    let checked = base.clone().ocsp(Ocsp::new(table));
+    assert_eq!(run(checked, request(Some(&der))).await.1, "revoked_cert");
+    assert_eq!(
+        run(base.clone(), request(Some(&der))).await.1,
+        "connector-7"
+    );
+
+    let unrestricted = certificate(|p| p.extended_key_usages.clear());
+    let strict = MtlsIdentityLayer::new(registered(&unrestricted));
+    let lenient = strict.clone().allow_unrestricted_usage(true);
+    assert_eq!(
+        run(lenient, request(Some(&unrestricted))).await.1,
+        "connector-7"
+    );
+    assert_eq!(
+        run(strict.clone(), request(Some(&unrestricted))).await.1,
+        "wrong_cert_usage"
+    );
+
+    let uncached = base.clone().parse_cache(0);
+    assert_eq!(run(uncached, request(Some(&der))).await.1, "connector-7");
+    drop(base);
+}
