@@ -228,3 +228,81 @@ async fn grpc_clients_see_resource_exhausted() {
         status.message()
     );
 }
+
+/// An authenticator that counts the guesses it is asked about and answers after a
+/// pause, so that guesses sent together are all in flight at once. The password is
+/// `right`.
+fn slow_login(asked: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Router {
+    use std::sync::atomic::Ordering;
+    Router::new().route(
+        "/login",
+        get(move |headers: http::HeaderMap| {
+            let asked = asked.clone();
+            async move {
+                asked.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                match headers.get("x-password").map(|v| v.as_bytes()) {
+                    Some(b"right") => (StatusCode::OK, "welcome"),
+                    _ => (StatusCode::UNAUTHORIZED, "wrong password"),
+                }
+            }
+        }),
+    )
+}
+
+/// "5 failures per 15 minutes, charging only 401s": 64 wrong guesses sent at once reach
+/// the authenticator at most 5 times, because each guess reserves its unit before the
+/// call; a right password gives its unit back.
+#[tokio::test]
+async fn parallel_guesses_cannot_outrun_the_failed_login_throttle() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    for semantics in [Semantics::Smooth, Semantics::StrictWindow] {
+        let asked = Arc::new(AtomicUsize::new(0));
+        let layer = RateLimitLayer::builder()
+            .quota(
+                Quota::new("failed-logins", "5 per 15m".parse().unwrap())
+                    .charge(Charge::Unauthenticated)
+                    .semantics(semantics),
+            )
+            .build()
+            .unwrap();
+        let server = serve_axum(slow_login(asked.clone()).layer(layer)).await;
+
+        // Right passwords first, one after another: each gives its reservation back.
+        for _ in 0..8 {
+            let reply = fetch(server, "127.0.0.51", "/login", &[("x-password", "right")]).await;
+            assert_eq!(reply.status, StatusCode::OK, "{semantics:?}");
+        }
+        asked.store(0, Ordering::SeqCst);
+
+        let guesses = (0..64).map(|i| async move {
+            let guess = format!("guess-{i}");
+            fetch(server, "127.0.0.51", "/login", &[("x-password", &guess)])
+                .await
+                .status
+        });
+        let statuses = futures::future::join_all(guesses).await;
+        let refused = statuses
+            .iter()
+            .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+            .count();
+        let failed = statuses
+            .iter()
+            .filter(|s| **s == StatusCode::UNAUTHORIZED)
+            .count();
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            5,
+            "{semantics:?}: guesses that reached the authenticator"
+        );
+        assert_eq!((failed, refused), (5, 59), "{semantics:?}");
+        // The five failures stand: the right password is refused too until the window
+        // moves on.
+        let reply = fetch(server, "127.0.0.51", "/login", &[("x-password", "right")]).await;
+        assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{semantics:?}");
+        // Another client is untouched.
+        let reply = fetch(server, "127.0.0.52", "/login", &[("x-password", "right")]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{semantics:?}");
+    }
+}

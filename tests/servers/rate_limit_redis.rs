@@ -344,3 +344,92 @@ async fn a_slow_redis_times_out_to_the_fallback_instead_of_hanging_requests() {
         StatusCode::TOO_MANY_REQUESTS
     );
 }
+
+/// Two instances on one Redis, "5 failures per 15 minutes, charging only 401s": 64
+/// wrong guesses sent at once, half to each instance, reach the authenticators 5 times
+/// in all; right passwords give their reservations back, on both semantics.
+#[tokio::test]
+async fn parallel_guesses_across_two_instances_cannot_outrun_the_throttle() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let Some(redis) = RedisServer::start("parallel_guesses").await else {
+        return;
+    };
+    for semantics in [Semantics::Smooth, Semantics::StrictWindow] {
+        let asked = Arc::new(AtomicUsize::new(0));
+        let namespace = format!("guesses-{semantics:?}");
+        let mut servers = Vec::new();
+        for _ in 0..2 {
+            let layer = RateLimitLayer::builder()
+                .quota(
+                    Quota::new("failed-logins", "5 per 15m".parse().unwrap())
+                        .charge(Charge::Unauthenticated)
+                        .semantics(semantics),
+                )
+                .redis(
+                    backend(&redis, &namespace)
+                        .await
+                        .timeout(Duration::from_secs(5)),
+                )
+                .build()
+                .unwrap();
+            let asked = asked.clone();
+            let app = Router::new()
+                .route(
+                    "/login",
+                    get(move |headers: http::HeaderMap| {
+                        let asked = asked.clone();
+                        async move {
+                            asked.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            match headers.get("x-password").map(|v| v.as_bytes()) {
+                                Some(b"right") => (StatusCode::OK, "welcome"),
+                                _ => (StatusCode::UNAUTHORIZED, "wrong password"),
+                            }
+                        }
+                    }),
+                )
+                .layer(layer);
+            servers.push(serve_axum(app).await);
+        }
+        for i in 0..8 {
+            let reply = fetch(
+                servers[i % 2],
+                "127.0.0.71",
+                "/login",
+                &[("x-password", "right")],
+            )
+            .await;
+            assert_eq!(
+                reply.status,
+                StatusCode::OK,
+                "{semantics:?}: a right password is refunded"
+            );
+        }
+        asked.store(0, Ordering::SeqCst);
+        let guesses = (0..64).map(|i| {
+            let server = servers[i % 2];
+            async move {
+                let guess = format!("guess-{i}");
+                fetch(server, "127.0.0.71", "/login", &[("x-password", &guess)])
+                    .await
+                    .status
+            }
+        });
+        let statuses = futures::future::join_all(guesses).await;
+        let failed = statuses
+            .iter()
+            .filter(|s| **s == StatusCode::UNAUTHORIZED)
+            .count();
+        let refused = statuses
+            .iter()
+            .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+            .count();
+        assert_eq!(asked.load(Ordering::SeqCst), 5, "{semantics:?}");
+        assert_eq!((failed, refused), (5, 59), "{semantics:?}");
+        for server in &servers {
+            let reply = fetch(*server, "127.0.0.71", "/login", &[("x-password", "right")]).await;
+            assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{semantics:?}");
+        }
+    }
+}

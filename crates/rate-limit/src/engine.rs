@@ -108,7 +108,9 @@ pub(crate) enum Refusal {
     Unavailable,
 }
 
-/// A quota charged after the response, if the response is a 401.
+/// A reservation on a quota that counts only failed authentication: charged before the
+/// inner service runs, so that at most the quota's worth of guesses is ever in flight,
+/// and refunded after the response unless it is a 401.
 #[derive(Clone, Debug)]
 pub(crate) struct Deferred {
     pub(crate) quota: usize,
@@ -266,7 +268,14 @@ impl Engine {
         let check_first = applied.len() > 1;
         for one in applied {
             let compiled = &self.quotas[one.quota];
-            let charge_now = compiled.quota.charge == Charge::Every && !check_first;
+            // A quota that counts failed authentication reserves its unit now, like
+            // one that counts every request: checking now and charging after the 401
+            // let every guess in flight through.
+            let charges = matches!(
+                compiled.quota.charge,
+                Charge::Every | Charge::Unauthenticated
+            );
+            let charge_now = charges && !check_first;
             let measure = compiled.limiters[one.tier].check(one.key, charge_now);
             if !measure.allowed {
                 verdict.refusal = Some(self.refuse(one, &measure, source));
@@ -284,7 +293,7 @@ impl Engine {
         for one in applied {
             let compiled = &self.quotas[one.quota];
             match compiled.quota.charge {
-                Charge::Every if check_first => {
+                Charge::Every | Charge::Unauthenticated if check_first => {
                     let measure = compiled.limiters[one.tier].check(one.key, true);
                     if !measure.allowed {
                         // Another request took the last unit between check and charge.
@@ -298,13 +307,15 @@ impl Engine {
                             .push(compiled.report(one.tier, &measure, one.quota));
                     }
                 }
-                Charge::Unauthenticated => verdict.deferred.push(Deferred {
+                _ => {}
+            }
+            if compiled.quota.charge == Charge::Unauthenticated {
+                verdict.deferred.push(Deferred {
                     quota: one.quota,
                     tier: one.tier,
                     key: one.key,
                     digest: None,
-                }),
-                Charge::Every | Charge::Never => {}
+                });
             }
         }
         verdict
@@ -348,10 +359,11 @@ impl Engine {
         }
     }
 
-    /// Charges quotas that count failed authentication, after a 401.
-    pub(crate) fn charge_deferred(&self, deferred: &[Deferred]) {
+    /// Refunds the reservations of quotas that count failed authentication, after an
+    /// answer other than 401.
+    pub(crate) fn refund_deferred(&self, deferred: &[Deferred]) {
         for one in deferred {
-            let _ = self.quotas[one.quota].limiters[one.tier].check(one.key, true);
+            self.quotas[one.quota].limiters[one.tier].refund(one.key);
         }
     }
 

@@ -27,7 +27,7 @@ pub(crate) struct After {
 /// Redis's answer, on its way.
 pub(crate) type PendingVerdict = Pin<Box<dyn Future<Output = Verdict> + Send>>;
 
-/// A charge for failed authentication on its way to Redis.
+/// A refund of a failed-authentication reservation on its way to Redis.
 pub(crate) type PendingCharge = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A request waiting on Redis.
@@ -135,16 +135,17 @@ where
                     after
                         .shared
                         .write_reports(response.headers_mut(), &after.reports);
+                    // A failed authentication keeps its reservation; any other answer
+                    // gives it back.
                     let charge = match response.status() {
-                        StatusCode::UNAUTHORIZED if !after.deferred.is_empty() => {
-                            after.shared.charge_deferred(after.deferred)
-                        }
-                        _ => None,
+                        StatusCode::UNAUTHORIZED => None,
+                        _ if after.deferred.is_empty() => None,
+                        _ => after.shared.refund_deferred(after.deferred),
                     };
                     let response = response.map(RejectOrBody::inner);
                     match charge {
-                        // The 401 goes out once Redis has counted it, so the client's
-                        // next attempt already sees the charge.
+                        // The answer goes out once Redis has the refund, so the client's
+                        // next attempt already sees it.
                         Some(charge) => State::Charging {
                             charge,
                             response: Some(Box::new(response)),

@@ -186,17 +186,18 @@ impl Shared {
         }
     }
 
-    /// Charges the quotas that count failed authentication: at once in process, or
-    /// through the returned future with Redis.
-    pub(crate) fn charge_deferred(
+    /// Refunds the reservations of quotas that count failed authentication, for an
+    /// answer that was not a 401: at once in process, or through the returned future
+    /// with Redis.
+    pub(crate) fn refund_deferred(
         &self,
         deferred: Vec<Deferred>,
     ) -> Option<crate::future::PendingCharge> {
         #[cfg(feature = "redis")]
         if let Some(redis) = &self.redis {
-            return redis.charge_deferred(deferred);
+            return redis.refund_deferred(deferred);
         }
-        self.engine.charge_deferred(&deferred);
+        self.engine.refund_deferred(&deferred);
         None
     }
 

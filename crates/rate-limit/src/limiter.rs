@@ -137,6 +137,17 @@ impl Limiter {
         }
     }
 
+    /// Gives back one request charged to `key`: a reservation taken before the inner
+    /// service ran, for a request that turned out not to count (a quota that charges
+    /// only failed authentication, and the answer was not a 401). A key in the shared
+    /// overflow bucket is not refunded: the bucket errs on the strict side.
+    pub(crate) fn refund(&self, key: u64) {
+        match &self.kind {
+            Kind::Smooth(smooth) => smooth.refund(key),
+            Kind::Strict(strict) => strict.refund(key),
+        }
+    }
+
     /// Drops keys whose state is back to "never seen". Returns how many.
     pub(crate) fn sweep(&self) -> usize {
         match &self.kind {
@@ -301,6 +312,23 @@ impl Smooth {
         }
     }
 
+    /// Moves the key's theoretical arrival time back by one emission interval: exactly
+    /// the effect of one charge, undone.
+    fn refund(&self, key: u64) {
+        let Slot::Own(own) = self.store.0.slot(key, false, || AtomicU64::new(ABSENT)) else {
+            return;
+        };
+        let cell = own.value();
+        let mut previous = cell.load(Ordering::Acquire);
+        while previous != ABSENT {
+            let next = previous.saturating_sub(self.interval);
+            match cell.compare_exchange_weak(previous, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return,
+                Err(actual) => previous = actual,
+            }
+        }
+    }
+
     fn sweep(&self) -> usize {
         let now = governor::clock::Clock::now(&self.clock)
             .as_u64()
@@ -351,6 +379,16 @@ impl Strict {
             stamps.push_back(now);
         }
         self.measure(&stamps, now, allowed)
+    }
+
+    /// Removes the newest request from the key's window.
+    fn refund(&self, key: u64) {
+        if let Slot::Own(own) = self.slots.slot(key, false, || Mutex::new(VecDeque::new())) {
+            own.value()
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop_back();
+        }
     }
 
     fn measure(&self, stamps: &VecDeque<u64>, now: u64, allowed: bool) -> Measure {
@@ -539,5 +577,21 @@ mod tests {
         assert_eq!(first.remaining(), 4);
         assert_eq!(first.reset(), Duration::from_millis(100));
         assert_eq!(limiter.burst(), 5);
+    }
+
+    #[test]
+    fn a_refund_gives_back_exactly_one_charge() {
+        for semantics in [Semantics::Smooth, Semantics::StrictWindow] {
+            let (limiter, _clock) = limiter("5 per 15m", semantics, None);
+            assert_eq!(admitted(&limiter, 7, 10), 5, "{semantics:?}");
+            limiter.refund(7);
+            assert_eq!(admitted(&limiter, 7, 10), 1, "{semantics:?}");
+            limiter.refund(7);
+            limiter.refund(7);
+            assert_eq!(admitted(&limiter, 7, 10), 2, "{semantics:?}");
+            // A key never charged has nothing to give back.
+            limiter.refund(8);
+            assert_eq!(admitted(&limiter, 8, 10), 5, "{semantics:?}");
+        }
     }
 }

@@ -40,6 +40,12 @@ pub enum Charge {
     /// Only requests that an inner layer or the service answered with 401: failed
     /// authentication. A key or password guesser is throttled, then banned, while good
     /// traffic is never charged. The layer must wrap the layers that authenticate.
+    ///
+    /// Each request reserves its unit before the inner service runs and gets it back
+    /// when the answer is not a 401, so at most the quota's worth of attempts is ever in
+    /// flight, in one process or across instances sharing Redis: guesses sent in
+    /// parallel cannot all reach the authenticator before the first 401 is counted. An
+    /// answer that never comes (an error, a dropped request) keeps its reservation.
     Unauthenticated,
     /// Never: the quota is checked but not charged, so it refuses only once something
     /// else (another layer instance sharing its Redis keys) has used it up.

@@ -3,7 +3,7 @@
 -- KEYS, three per quota: state, ban, strikes.
 -- ARGV[1]: now in microseconds, or '' for the server's TIME.
 -- Then nine per quota: kind (1 smooth, 2 strict window), count, period (us), burst,
---   op (0 check only, 1 check then charge, 2 charge whatever the state: a deferred charge),
+--   op (0 check only, 1 check then charge, 3 refund one charge: a reservation given back),
 --   ban strikes (-1: no bans), ban window (us), ban duration (us), ban label.
 -- Returns four integers per quota: status (1 allowed, 0 refused, 2 banned), remaining,
 --   retry after (us), reset (us). Nothing is charged unless every quota allows.
@@ -72,6 +72,28 @@ local function measure(i, charge)
   return strict(state, count, period, charge)
 end
 
+-- Gives back one charge: GCRA's arrival time moves back one interval; a strict window
+-- loses its newest request.
+local function refund(i)
+  local a = 1 + (i - 1) * 9
+  local kind, count, period = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local key = KEYS[(i - 1) * 3 + 1]
+  if kind == 1 then
+    local tat = tonumber(redis.call('GET', key))
+    if tat then
+      local back = tat - math.max(1, math.floor(period / count))
+      if back <= now then
+        redis.call('DEL', key)
+      else
+        redis.call('SET', key, string.format('%.0f', back), 'PX', ms(back - now) + 1)
+      end
+    end
+  else
+    redis.call('ZPOPMAX', key)
+  end
+  return 1, 0, 0, 0
+end
+
 local out = {}
 local refused = false
 
@@ -79,8 +101,8 @@ for i = 1, quotas do
   local a = 1 + (i - 1) * 9
   local op, strikes = tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
   local status, remaining, retry, reset
-  if op == 2 then
-    status, remaining, retry, reset = measure(i, true)
+  if op == 3 then
+    status, remaining, retry, reset = refund(i)
   else
     local banned = -2
     if strikes >= 0 then

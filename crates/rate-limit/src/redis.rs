@@ -229,9 +229,11 @@ impl Attached {
                     .unwrap_or_default(),
                 None => String::new(),
             };
+            // A quota counting failed authentication reserves its unit now (refunded
+            // after any answer but a 401), so concurrent guesses cannot all pass.
             let op = match quota.charge {
-                Charge::Every => 1,
-                Charge::Unauthenticated | Charge::Never => 0,
+                Charge::Every | Charge::Unauthenticated => 1,
+                Charge::Never => 0,
             };
             calls.push(Call {
                 applied,
@@ -376,12 +378,12 @@ impl Attached {
         verdict
     }
 
-    /// Charges quotas that count failed authentication. Returns `None` when it was
-    /// done in process (Redis is down).
-    pub(crate) fn charge_deferred(&self, deferred: Vec<Deferred>) -> Option<PendingCharge> {
+    /// Refunds reservations of quotas that count failed authentication. Returns `None`
+    /// when it was done in process (the request was decided without Redis).
+    pub(crate) fn refund_deferred(&self, deferred: Vec<Deferred>) -> Option<PendingCharge> {
         // Without digests the request was decided in process (Redis was down then).
-        if self.is_down() || deferred.iter().any(|one| one.digest.is_none()) {
-            self.0.engine.charge_deferred(&deferred);
+        if deferred.iter().any(|one| one.digest.is_none()) {
+            self.0.engine.refund_deferred(&deferred);
             return None;
         }
         let calls: Vec<Call> = deferred
@@ -395,15 +397,16 @@ impl Attached {
                     },
                     digest: one.digest.clone()?,
                     label: String::new(),
-                    op: 2,
+                    op: 3,
                 })
             })
             .collect();
         let this = self.clone();
         Some(Box::pin(async move {
+            // A refund that does not reach Redis leaves the reservation to expire with
+            // its window: the strict side.
             if let Err(error) = this.run(&calls).await {
                 this.mark_down(&error);
-                this.0.engine.charge_deferred(&deferred);
             }
         }))
     }
