@@ -422,9 +422,16 @@ async fn a_trusted_proxy_forwards_the_certificate_and_nobody_else_can() {
     let escaped = |pem: &str| {
         percent_encoding::utf8_percent_encode(pem, percent_encoding::NON_ALPHANUMERIC).to_string()
     };
+    // Envoy's Hash is the SHA-256 of the certificate's DER.
+    let hash_of = |pem: &str| {
+        use rustls_pki_types::pem::PemObject;
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der))
+    };
     let xfcc = |pem: &str| {
         format!(
-            "By=spiffe://proxy;Hash=abc;Cert=\"{}\";Subject=\"CN=x\"",
+            "By=spiffe://proxy;Hash={};Cert=\"{}\";Subject=\"CN=x\"",
+            hash_of(pem),
             escaped(pem)
         )
     };
@@ -463,6 +470,41 @@ async fn a_trusted_proxy_forwards_the_certificate_and_nobody_else_can() {
     );
     assert_eq!(
         send("Cert=\"garbage\"".into()).await.code().as_deref(),
+        Some("untrusted_client_cert")
+    );
+    // A Hash that is not the certificate's, in any form, or a Cert given twice: the
+    // element names two certificates, and is refused.
+    let cert_only = format!("Cert=\"{}\"", escaped(&seven.pem));
+    assert_eq!(
+        send(cert_only.clone()).await.status,
+        StatusCode::OK,
+        "no Hash is fine"
+    );
+    let right = hash_of(&seven.pem);
+    for hash in [
+        hash_of(&server_cert.pem),
+        "abc".to_owned(),
+        String::new(),
+        right[..62].to_owned(),
+        format!("{right}00"),
+        "zz".repeat(32),
+    ] {
+        let value = format!("Hash={hash};{cert_only}");
+        assert_eq!(
+            send(value).await.code().as_deref(),
+            Some("untrusted_client_cert"),
+            "Hash={hash}"
+        );
+    }
+    let upper = format!("Hash={};{cert_only}", right.to_uppercase());
+    assert_eq!(
+        send(upper).await.status,
+        StatusCode::OK,
+        "hex in either case"
+    );
+    let twice = format!("{cert_only};Cert=\"{}\"", escaped(&server_cert.pem));
+    assert_eq!(
+        send(twice).await.code().as_deref(),
         Some("untrusted_client_cert")
     );
 

@@ -12,7 +12,9 @@ use x509_parser::pem::parse_x509_pem;
 pub enum CertificateHeaderFormat {
     /// Envoy's `X-Forwarded-Client-Cert`: `By=…;Hash=…;Cert="<URL-escaped PEM>";…`,
     /// elements separated by commas. The last element is the one the proxy next to
-    /// this server added.
+    /// this server added. When it has a `Hash`, it must be the SHA-256 of the `Cert`
+    /// (hex, either case), and `Cert` or `Hash` given twice is refused: an element that
+    /// names two certificates is `untrusted_client_cert`.
     EnvoyXfcc,
     /// A URL-escaped PEM certificate, as nginx's `$ssl_client_escaped_cert`.
     EscapedPem,
@@ -94,16 +96,39 @@ impl ForwardedCertificate {
         let (Some(value), false) = (value, several) else {
             return FromHeader::Malformed;
         };
-        let escaped = match self.format {
-            CertificateHeaderFormat::EscapedPem => Some(value.as_str()),
-            CertificateHeaderFormat::EnvoyXfcc => xfcc_cert(&value),
+        let (escaped, hash) = match self.format {
+            CertificateHeaderFormat::EscapedPem => (Some(value.as_str()), None),
+            CertificateHeaderFormat::EnvoyXfcc => match xfcc_cert(&value) {
+                Ok(XfccCert { cert, hash }) => (cert, hash),
+                Err(Repeated) => return FromHeader::Malformed,
+            },
         };
-        match escaped.and_then(pem_to_der) {
-            Some(der) => FromHeader::Certificate(der),
-            None => FromHeader::Malformed,
+        let Some(der) = escaped.and_then(pem_to_der) else {
+            return FromHeader::Malformed;
+        };
+        // Envoy's `Hash` is the SHA-256 of the certificate's DER: an element whose hash
+        // and certificate disagree names two certificates, and is refused.
+        if let Some(hash) = hash {
+            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der);
+            let matches = hex::decode(hash).is_ok_and(|given| given == digest.as_ref());
+            if !matches {
+                return FromHeader::Malformed;
+            }
         }
+        FromHeader::Certificate(der)
     }
 }
+
+/// The `Cert` and `Hash` of an XFCC element.
+#[derive(Debug, PartialEq, Eq)]
+struct XfccCert<'a> {
+    cert: Option<&'a str>,
+    hash: Option<&'a str>,
+}
+
+/// An XFCC element that gives `Cert` or `Hash` twice.
+#[derive(Debug, PartialEq, Eq)]
+struct Repeated;
 
 fn pem_to_der(escaped: &str) -> Option<Vec<u8>> {
     let pem = percent_decode_str(escaped).decode_utf8().ok()?;
@@ -111,14 +136,30 @@ fn pem_to_der(escaped: &str) -> Option<Vec<u8>> {
     (pem.label == "CERTIFICATE").then_some(pem.contents)
 }
 
-/// The `Cert` value of the last XFCC element.
-fn xfcc_cert(value: &str) -> Option<&str> {
-    let element = split_outside_quotes(value, ',').pop()?;
-    split_outside_quotes(element, ';')
+/// The `Cert` and `Hash` values of the last XFCC element (the one the nearest proxy
+/// added). A key given twice in the element is refused rather than read either way.
+fn xfcc_cert(value: &str) -> Result<XfccCert<'_>, Repeated> {
+    let mut found = XfccCert {
+        cert: None,
+        hash: None,
+    };
+    let Some(element) = split_outside_quotes(value, ',').pop() else {
+        return Ok(found);
+    };
+    for (key, value) in split_outside_quotes(element, ';')
         .into_iter()
         .filter_map(|pair| pair.split_once('='))
-        .find(|(key, _)| key.trim().eq_ignore_ascii_case("cert"))
-        .map(|(_, value)| value.trim().trim_matches('"'))
+    {
+        let slot = match key.trim() {
+            key if key.eq_ignore_ascii_case("cert") => &mut found.cert,
+            key if key.eq_ignore_ascii_case("hash") => &mut found.hash,
+            _ => continue,
+        };
+        if slot.replace(value.trim().trim_matches('"')).is_some() {
+            return Err(Repeated);
+        }
+    }
+    Ok(found)
 }
 
 fn split_outside_quotes(text: &str, separator: char) -> Vec<&str> {
@@ -147,9 +188,20 @@ mod tests {
     #[test]
     fn the_cert_of_the_last_xfcc_element() {
         let value = r#"By=spiffe://a;Cert="first";URI=x,By=spiffe://b;Hash=ab;Cert="second%2C;x";Subject="CN=a,O=b""#;
-        assert_eq!(xfcc_cert(value), Some("second%2C;x"));
-        assert_eq!(xfcc_cert("By=x;Hash=y"), None);
-        assert_eq!(xfcc_cert(r#"Subject="a,b";cert=c"#), Some("c"));
+        assert_eq!(
+            xfcc_cert(value),
+            Ok(XfccCert {
+                cert: Some("second%2C;x"),
+                hash: Some("ab")
+            })
+        );
+        assert_eq!(xfcc_cert("By=x;Hash=y").unwrap().cert, None);
+        assert_eq!(
+            xfcc_cert(r#"Subject="a,b";cert=c"#).unwrap().cert,
+            Some("c")
+        );
+        assert_eq!(xfcc_cert("Cert=a;CERT=b"), Err(Repeated));
+        assert_eq!(xfcc_cert("Hash=a;Cert=b;hash=a"), Err(Repeated));
     }
 
     #[test]
