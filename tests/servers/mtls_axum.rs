@@ -771,3 +771,88 @@ async fn revocation_and_proxy_settings_on_a_clone_take_effect() {
     );
     drop((base, forwarding));
 }
+
+/// A CRL past its `nextUpdate` may miss revocations: by default its issuer's
+/// certificates are refused with 503 `revocation_check_unavailable` until a fresh CRL
+/// is loaded; `StaleCrl::AcceptWithWarning` decides by the stale list instead.
+#[tokio::test]
+async fn a_crl_past_its_next_update_follows_the_stale_policy() {
+    use portcullis::mtls_identity::StaleCrl;
+    let pki = pki();
+    let seven = pki
+        .ca
+        .issue("connector-7", Some(ExtendedKeyUsagePurpose::ClientAuth), 7);
+    let eight = pki
+        .ca
+        .issue("connector-8", Some(ExtendedKeyUsagePurpose::ClientAuth), 8);
+    let registry = ConnectorRegistry::from_connectors([
+        Connector::new("connector-7").thumbprint(seven.thumbprint),
+        Connector::new("connector-8").thumbprint(eight.thumbprint),
+    ])
+    .unwrap();
+    // The helper's CRL is due again on 2036-01-01 and revokes serial 8.
+    let crl = pki.ca.crl(&[8]);
+    let at = |year: i32| {
+        let (clock, _) = Clock::manual(
+            std::time::UNIX_EPOCH
+                + std::time::Duration::from_secs(
+                    u64::try_from(i64::from(year - 1970) * 31_557_600).unwrap(),
+                ),
+        );
+        clock
+    };
+    let xfcc = |pem: &str| {
+        let escaped =
+            percent_encoding::utf8_percent_encode(pem, percent_encoding::NON_ALPHANUMERIC);
+        format!("Cert=\"{escaped}\"")
+    };
+    let layer = |year: i32, policy: Option<StaleCrl>| {
+        let crls = Crls::from_bytes(crl.as_bytes()).unwrap();
+        let crls = match policy {
+            Some(policy) => crls.stale_policy(policy),
+            None => crls,
+        };
+        MtlsIdentityLayer::new(registry.clone())
+            .forwarded(ForwardedCertificate::envoy("127.0.0.0/8".parse().unwrap()))
+            .crls(crls)
+            .clock(at(year))
+    };
+    let ask = |addr: std::net::SocketAddr, pem: String| async move {
+        crate::client::get(
+            addr,
+            "127.0.0.1",
+            "/v1/versionInfo",
+            &[("x-forwarded-client-cert", &xfcc(&pem))],
+        )
+        .await
+    };
+
+    let fresh = serve_behind_proxy(layer(2030, None)).await;
+    assert_eq!(ask(fresh, seven.pem.clone()).await.status, StatusCode::OK);
+    assert_eq!(
+        ask(fresh, eight.pem.clone()).await.code().as_deref(),
+        Some("revoked_cert")
+    );
+
+    let stale = serve_behind_proxy(layer(2037, None)).await;
+    for leaf in [&seven, &eight] {
+        let reply = ask(stale, leaf.pem.clone()).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            reply.body
+        );
+        assert_eq!(
+            reply.code().as_deref(),
+            Some("revocation_check_unavailable")
+        );
+    }
+
+    let lenient = serve_behind_proxy(layer(2037, Some(StaleCrl::AcceptWithWarning))).await;
+    assert_eq!(ask(lenient, seven.pem.clone()).await.status, StatusCode::OK);
+    assert_eq!(
+        ask(lenient, eight.pem.clone()).await.code().as_deref(),
+        Some("revoked_cert")
+    );
+}

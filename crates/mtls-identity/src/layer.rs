@@ -23,6 +23,7 @@ use crate::forwarded::{ForwardedCertificate, FromHeader};
 use crate::future::ResponseFuture;
 use crate::ocsp_policy::{Ocsp, OcspState, Outcome, Verdict};
 use crate::registry::ConnectorRegistry;
+use crate::revocation::CrlVerdict;
 use crate::revocation::Crls;
 use crate::LAYER_NAME;
 
@@ -554,8 +555,13 @@ fn identify(config: &Config, certificate: &ClientCertificate) -> Result<Principa
         KeyUsage::Unrestricted if config.allow_unrestricted_usage => {}
         KeyUsage::Unrestricted | KeyUsage::Other => return Err(MtlsRefusal::WrongUsage),
     }
-    if config.crls.is_revoked(certificate) {
-        return Err(MtlsRefusal::Revoked);
+    match config.crls.check(certificate, now) {
+        CrlVerdict::Good => {}
+        CrlVerdict::Revoked => return Err(MtlsRefusal::Revoked),
+        CrlVerdict::Stale => {
+            tracing::error!("mtls: the client certificate's issuer has a CRL past its nextUpdate; refusing until a fresh CRL is loaded");
+            return Err(MtlsRefusal::RevocationUnavailable);
+        }
     }
     let thumbprint = certificate.thumbprint();
     let name = match config.identify {

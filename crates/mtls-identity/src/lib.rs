@@ -128,6 +128,7 @@
 //! | OCSP: revoked | 401 | `revoked_cert` |
 //! | OCSP: the responder does not know it (failing closed) | 401 | `revocation_unknown` |
 //! | OCSP: no usable answer — responder down, bad signature, stale (failing closed) | 503 | `revocation_check_unavailable` |
+//! | the issuer's CRL is past its `nextUpdate` ([`StaleCrl::Refuse`], the default) | 503 | `revocation_check_unavailable` |
 //! | another certificate layer already authenticated the request | 500 | `duplicate_authentication` |
 //!
 //! A certificate of another CA never gets this far: the TLS handshake refuses it.
@@ -163,7 +164,7 @@ pub use listener::TlsListener;
 pub use ocsp::{OcspAnswer, OcspCheck, OcspClient, OcspError, OcspFuture, OcspStatus};
 pub use ocsp_policy::{Ocsp, OcspFailure};
 pub use registry::{parse_thumbprint, Connector, ConnectorRegistry, RegistryError};
-pub use revocation::{CrlError, Crls};
+pub use revocation::{CrlError, Crls, StaleCrl};
 pub use tls::{ClientAuth, ServerTls, TlsConfigError};
 
 /// The layer's name in [`Denial`](portcullis_core::Denial)s and audit notes.

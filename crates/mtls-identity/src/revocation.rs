@@ -37,6 +37,33 @@ impl std::error::Error for CrlError {}
 struct Index {
     /// Issuer name (DER) → revoked serial numbers (as encoded).
     revoked: HashMap<Vec<u8>, HashSet<Vec<u8>>>,
+    /// Issuer name (DER) → when its newest CRL says the next one is due (seconds since
+    /// the epoch); absent when a CRL of the issuer names no `nextUpdate`.
+    next_update: HashMap<Vec<u8>, i64>,
+}
+
+/// What the layer does with a certificate whose issuer's CRL is past its `nextUpdate`:
+/// the list may miss revocations made since.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StaleCrl {
+    /// Refuse with 503 `revocation_check_unavailable` until a fresh CRL is loaded (the
+    /// default).
+    #[default]
+    Refuse,
+    /// Decide by the stale list, and log a warning.
+    AcceptWithWarning,
+}
+
+/// A certificate checked against the CRLs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CrlVerdict {
+    /// Not on its issuer's CRL, or its issuer has none.
+    Good,
+    /// On its issuer's CRL.
+    Revoked,
+    /// Its issuer's CRL is past `nextUpdate`, and the policy refuses.
+    Stale,
 }
 
 /// Revoked certificates, from CRL files the host trusts (the same files it gives the TLS
@@ -49,6 +76,7 @@ struct Index {
 pub struct Crls {
     index: Arc<ArcSwap<Index>>,
     files: Arc<Vec<PathBuf>>,
+    stale: StaleCrl,
 }
 
 impl fmt::Debug for Crls {
@@ -57,6 +85,7 @@ impl fmt::Debug for Crls {
         f.debug_struct("Crls")
             .field("issuers", &index.revoked.len())
             .field("files", &self.files)
+            .field("stale", &self.stale)
             .finish()
     }
 }
@@ -76,6 +105,7 @@ impl Crls {
         let crls = Self {
             index: Arc::default(),
             files: Arc::new(files),
+            stale: StaleCrl::default(),
         };
         crls.reload()?;
         Ok(crls)
@@ -101,12 +131,37 @@ impl Crls {
         Ok(())
     }
 
-    pub(crate) fn is_revoked(&self, certificate: &ClientCertificate) -> bool {
-        self.index
-            .load()
+    /// What to do with a certificate whose issuer's CRL is past its `nextUpdate`
+    /// ([`StaleCrl::Refuse`] by default).
+    pub fn stale_policy(mut self, policy: StaleCrl) -> Self {
+        self.stale = policy;
+        self
+    }
+
+    /// Checks `certificate` at `now` (seconds since the epoch).
+    pub(crate) fn check(&self, certificate: &ClientCertificate, now: i64) -> CrlVerdict {
+        let index = self.index.load();
+        let issuer = certificate.issuer_der();
+        let revoked = index
             .revoked
-            .get(certificate.issuer_der())
-            .is_some_and(|serials| serials.contains(certificate.serial()))
+            .get(issuer)
+            .is_some_and(|serials| serials.contains(certificate.serial()));
+        let stale = index.next_update.get(issuer).is_some_and(|due| now > *due);
+        match (stale, self.stale, revoked) {
+            (true, StaleCrl::Refuse, _) => CrlVerdict::Stale,
+            (true, StaleCrl::AcceptWithWarning, revoked) => {
+                tracing::warn!(
+                    "mtls: a client certificate was checked against a CRL past its nextUpdate; reload fresh CRLs"
+                );
+                if revoked {
+                    CrlVerdict::Revoked
+                } else {
+                    CrlVerdict::Good
+                }
+            }
+            (false, _, true) => CrlVerdict::Revoked,
+            (false, _, false) => CrlVerdict::Good,
+        }
     }
 }
 
@@ -132,10 +187,19 @@ fn add(index: &mut Index, source: &str, bytes: &[u8]) -> Result<(), CrlError> {
 
 fn add_der(index: &mut Index, der: &[u8]) -> Result<(), String> {
     let (_, crl) = CertificateRevocationList::from_der(der).map_err(|e| e.to_string())?;
-    let serials = index
-        .revoked
-        .entry(crl.issuer().as_raw().to_vec())
-        .or_default();
+    let issuer = crl.issuer().as_raw().to_vec();
+    // Several CRLs of one issuer: the one due last is the newest.
+    match crl.next_update() {
+        Some(next) => {
+            let due = next.timestamp();
+            let entry = index.next_update.entry(issuer.clone()).or_insert(due);
+            *entry = (*entry).max(due);
+        }
+        None => {
+            index.next_update.remove(&issuer);
+        }
+    }
+    let serials = index.revoked.entry(issuer).or_default();
     for revoked in crl.iter_revoked_certificates() {
         serials.insert(revoked.raw_serial().to_vec());
     }
