@@ -184,6 +184,13 @@ async fn key_guessers_are_throttled_then_banned_while_good_clients_pass() {
     let banned = fetch(server, "127.0.0.50", "/", &[]).await;
     assert_eq!(banned.status, StatusCode::FORBIDDEN);
     assert_eq!(banned.code().as_deref(), Some("banned"));
+    // A 403 ban still says when it ends.
+    let until: u64 = banned.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((3599..=3600).contains(&until), "{until}");
     assert_eq!(handle.bans().len(), 1);
     assert_eq!(handle.bans()[0].key, "ip=127.0.0.50/32");
     assert!(handle.lift_ban("auth-failures", "ip=127.0.0.50/32"));
@@ -305,4 +312,69 @@ async fn parallel_guesses_cannot_outrun_the_failed_login_throttle() {
         let reply = fetch(server, "127.0.0.52", "/login", &[("x-password", "right")]).await;
         assert_eq!(reply.status, StatusCode::OK, "{semantics:?}");
     }
+}
+
+/// Several quotas refuse: `Retry-After` is the longest wait among them, whatever their
+/// order, and on every 429 the `RateLimit` field's `t` is that same moment. The
+/// README's example ("25 per 5m" per key, strict) is what the server sends.
+#[tokio::test]
+async fn one_honest_wait_when_several_quotas_refuse() {
+    let short = || Quota::new("short", "2 per 10s".parse().unwrap());
+    let long = || Quota::new("long", "2 per 1h".parse().unwrap());
+    for (first, second) in [(short(), long()), (long(), short())] {
+        for semantics in [Semantics::Smooth, Semantics::StrictWindow] {
+            let layer = RateLimitLayer::builder()
+                .quota(first.clone().semantics(semantics))
+                .quota(second.clone().semantics(semantics))
+                .build()
+                .unwrap();
+            let server = serve_axum(app(layer)).await;
+            for _ in 0..2 {
+                assert_eq!(
+                    fetch(server, "127.0.0.80", "/", &[]).await.status,
+                    StatusCode::OK
+                );
+            }
+            let refused = fetch(server, "127.0.0.80", "/", &[]).await;
+            assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+            let retry: u64 = refused.headers["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let expected = match semantics {
+                Semantics::Smooth => 1800,
+                _ => 3600,
+            };
+            assert!(
+                (expected - 1..=expected).contains(&retry),
+                "{semantics:?}: {retry}"
+            );
+            let state = refused.headers["ratelimit"].to_str().unwrap();
+            assert_eq!(state, format!("\"long\";r=0;t={retry}"), "{semantics:?}");
+        }
+    }
+
+    // The README's example.
+    let layer = RateLimitLayer::builder()
+        .quota(
+            Quota::new("per-key", "25 per 5m".parse().unwrap()).semantics(Semantics::StrictWindow),
+        )
+        .headers_on_allowed(true)
+        .build()
+        .unwrap();
+    let server = serve_axum(app(layer)).await;
+    for _ in 0..25 {
+        assert_eq!(
+            fetch(server, "127.0.0.81", "/", &[]).await.status,
+            StatusCode::OK
+        );
+    }
+    let refused = fetch(server, "127.0.0.81", "/", &[]).await;
+    assert_eq!(
+        refused.headers["ratelimit-policy"],
+        "\"per-key\";q=25;w=300"
+    );
+    assert_eq!(refused.headers["retry-after"], "300");
+    assert_eq!(refused.headers["ratelimit"], "\"per-key\";r=0;t=300");
 }

@@ -433,3 +433,51 @@ async fn parallel_guesses_across_two_instances_cannot_outrun_the_throttle() {
         }
     }
 }
+
+/// Through Redis too: the longest wait among the refusing quotas, and `t` equal to it.
+#[tokio::test]
+async fn through_redis_the_longest_wait_is_sent_and_t_agrees() {
+    let Some(redis) = RedisServer::start("longest_wait").await else {
+        return;
+    };
+    for semantics in [Semantics::Smooth, Semantics::StrictWindow] {
+        let layer = RateLimitLayer::builder()
+            .quota(Quota::new("short", "2 per 10s".parse().unwrap()).semantics(semantics))
+            .quota(Quota::new("long", "2 per 1h".parse().unwrap()).semantics(semantics))
+            .redis(backend(&redis, &format!("wait-{semantics:?}")).await)
+            .build()
+            .unwrap();
+        let server = serve_axum(
+            Router::new()
+                .route("/", get(|| async { "hello" }))
+                .layer(layer),
+        )
+        .await;
+        for _ in 0..2 {
+            assert_eq!(
+                answered(server, "127.0.0.90", "/").await.status,
+                StatusCode::OK
+            );
+        }
+        let refused = answered(server, "127.0.0.90", "/").await;
+        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+        let retry: u64 = refused.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let expected = match semantics {
+            Semantics::Smooth => 1800,
+            _ => 3600,
+        };
+        assert!(
+            (expected - 1..=expected).contains(&retry),
+            "{semantics:?}: {retry}"
+        );
+        assert_eq!(
+            refused.headers["ratelimit"].to_str().unwrap(),
+            format!("\"long\";r=0;t={retry}"),
+            "{semantics:?}"
+        );
+    }
+}

@@ -108,6 +108,19 @@ pub(crate) enum Refusal {
     Unavailable,
 }
 
+impl Refusal {
+    /// How long the client should wait before retrying.
+    pub(crate) fn wait(&self) -> Duration {
+        match self {
+            Self::Limited { retry_after, .. } | Self::AtCapacity { retry_after, .. } => {
+                *retry_after
+            }
+            Self::Banned { remaining, .. } => *remaining,
+            Self::KeyMissing { .. } | Self::ClientIp(_) | Self::Unavailable => Duration::ZERO,
+        }
+    }
+}
+
 /// A reservation on a quota that counts only failed authentication: charged before the
 /// inner service runs, so that at most the quota's worth of guesses is ever in flight,
 /// and refunded after the response unless it is a 401.
@@ -278,17 +291,27 @@ impl Engine {
             let charge_now = charges && !check_first;
             let measure = compiled.limiters[one.tier].check(one.key, charge_now);
             if !measure.allowed {
-                verdict.refusal = Some(self.refuse(one, &measure, source));
-                verdict
-                    .reports
-                    .push(compiled.report(one.tier, &measure, one.quota));
-                return verdict;
+                // Every quota is asked, so that `Retry-After` is the longest wait among
+                // those that refuse: the first one's could send the client back early.
+                let refusal = self.refuse(one, &measure, source);
+                let longer = verdict
+                    .refusal
+                    .as_ref()
+                    .is_none_or(|earlier| refusal.wait() > earlier.wait());
+                if longer {
+                    verdict.refusal = Some(refusal);
+                    verdict.reports = vec![compiled.report(one.tier, &measure, one.quota)];
+                }
+                continue;
             }
             if !check_first && want_reports {
                 verdict
                     .reports
                     .push(compiled.report(one.tier, &measure, one.quota));
             }
+        }
+        if verdict.refusal.is_some() {
+            return verdict;
         }
         for one in applied {
             let compiled = &self.quotas[one.quota];

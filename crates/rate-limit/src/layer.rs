@@ -266,7 +266,10 @@ impl Shared {
                     .as_ref()
                     .map_or(BanResponse::Forbidden, |bans| bans.rule().response());
                 match response {
-                    BanResponse::Forbidden => Rejection::forbidden("banned", detail),
+                    // A 403 still says when the ban ends.
+                    BanResponse::Forbidden => {
+                        Rejection::forbidden("banned", detail).with_retry_after(remaining)
+                    }
                     BanResponse::TooManyRequests => {
                         Rejection::too_many_requests("banned", detail, remaining)
                     }

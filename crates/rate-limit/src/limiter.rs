@@ -296,16 +296,15 @@ impl Smooth {
             Err(not_until) => {
                 let now = governor::clock::Clock::now(&self.clock);
                 let retry_after = not_until.wait_time_from(now);
-                let tolerance = self
-                    .interval
-                    .saturating_mul(u64::from(self.burst.saturating_sub(1)));
+                // On a refusal the reset the client is told is the moment it may
+                // retry: a `t` later than `Retry-After` would contradict it.
                 Measure {
                     allowed: false,
                     retry_after,
                     at_capacity: false,
                     state: State::Known {
                         remaining: 0,
-                        reset: retry_after + Duration::from_nanos(tolerance),
+                        reset: retry_after,
                     },
                 }
             }
@@ -408,7 +407,13 @@ impl Strict {
             at_capacity: false,
             state: State::Known {
                 remaining: self.count.saturating_sub(used),
-                reset: until(stamps.back()),
+                // Refused: the moment the oldest request leaves the window, which is
+                // when the client may retry, the same as `Retry-After`.
+                reset: if allowed {
+                    until(stamps.back())
+                } else {
+                    until(stamps.front())
+                },
             },
         }
     }

@@ -29,7 +29,8 @@ local function smooth(key, count, period, burst, charge)
   local tat = tonumber(redis.call('GET', key)) or now
   if tat < now then tat = now end
   if now < tat - tau then
-    return 0, 0, tat - tau - now, tat - now
+    -- Refused: the reset reported is the retry time, so `t` agrees with Retry-After.
+    return 0, 0, tat - tau - now, tat - tau - now
   end
   local basis = tat
   if charge then
@@ -46,8 +47,7 @@ local function strict(key, count, period, charge)
   local used = redis.call('ZCARD', key)
   if used >= count then
     local oldest = tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2])
-    local newest = tonumber(redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2])
-    return 0, 0, oldest + period - now, newest + period - now
+    return 0, 0, oldest + period - now, oldest + period - now
   end
   if charge then
     -- Within one microsecond `used` only grows, so the member is unique.

@@ -354,7 +354,12 @@ impl Attached {
                 }),
             };
             if let Some(refusal) = refusal {
-                if verdict.refusal.is_none() {
+                // The longest wait among the quotas that refuse.
+                if verdict
+                    .refusal
+                    .as_ref()
+                    .is_none_or(|earlier| refusal.wait() > earlier.wait())
+                {
                     verdict.refusal = Some(refusal);
                     verdict.reports = vec![report];
                 }
