@@ -436,7 +436,16 @@ pub enum ConfigError {
     ZeroCapacity(String),
     /// Two tiers of one quota with the same name.
     DuplicateTier(String, String),
+    /// A burst whose refill (`period / count × burst`) is longer than
+    /// [`MAX_BURST_REFILL`]: the quota's arithmetic would overflow.
+    BurstTooLarge(String),
+    /// A ban whose window or duration is zero or longer than [`Rate::MAX_PERIOD`].
+    InvalidBan(String),
 }
+
+/// The longest time a full burst may take to come back: 100 years. Longer ones cannot be
+/// meant, and would overflow the limiter's nanosecond arithmetic.
+pub const MAX_BURST_REFILL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -463,6 +472,14 @@ impl fmt::Display for ConfigError {
             Self::DuplicateTier(name, tier) => {
                 write!(f, "quota {name:?} has two tiers named {tier:?}")
             }
+            Self::BurstTooLarge(name) => write!(
+                f,
+                "quota {name:?} has a burst whose refill (period / count × burst) is longer than 100 years; lower the burst or shorten the period"
+            ),
+            Self::InvalidBan(name) => write!(
+                f,
+                "quota {name:?} has a ban whose window or duration is zero or longer than a year"
+            ),
         }
     }
 }
@@ -508,6 +525,28 @@ pub(crate) fn validate(quotas: &[Quota]) -> Result<(), ConfigError> {
         for (i, tier) in quota.tiers.iter().enumerate() {
             if quota.tiers[..i].iter().any(|t| t.0 == tier.0) {
                 return Err(ConfigError::DuplicateTier(name(), tier.0.clone()));
+            }
+        }
+        // Every (rate, burst) pair, the quota's own and each tier's: the refill of a
+        // full burst must fit the limiter's arithmetic.
+        let refill_fits = |rate: &Rate, burst: Option<u32>| {
+            let burst = burst.unwrap_or(rate.count());
+            rate.emission_interval()
+                .checked_mul(burst)
+                .is_some_and(|refill| refill <= MAX_BURST_REFILL)
+        };
+        if !refill_fits(&quota.rate, quota.burst)
+            || quota
+                .tiers
+                .iter()
+                .any(|t| !refill_fits(&t.1, t.2.or(quota.burst)))
+        {
+            return Err(ConfigError::BurstTooLarge(name()));
+        }
+        if let Some(ban) = &quota.ban {
+            let sane = |d: Duration| !d.is_zero() && d <= Rate::MAX_PERIOD;
+            if !sane(ban.window()) || !sane(ban.duration()) {
+                return Err(ConfigError::InvalidBan(name()));
             }
         }
     }
@@ -577,5 +616,65 @@ mod tests {
             Err(ConfigError::DuplicateTier("a".into(), "gold".into()))
         );
         assert_eq!(validate(&[quota("a"), quota("b.c_d-1")]), Ok(()));
+    }
+
+    /// Any numbers a host can give the builder: building never panics, and a layer
+    /// that builds decides requests without panicking.
+    mod numbers {
+        use super::*;
+        use crate::RateLimitLayer;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+            #[test]
+            fn any_numbers_build_or_are_refused_by_name(
+                count in 1u32..=u32::MAX,
+                period_ms in 1u64..=Rate::MAX_PERIOD.as_millis() as u64,
+                burst in proptest::option::of(0u32..=u32::MAX),
+                strict in any::<bool>(),
+                ban in proptest::option::of((0u32..100, 0u64..u64::MAX / 2, 0u64..u64::MAX / 2)),
+            ) {
+                let rate = Rate::new(count, Duration::from_millis(period_ms)).unwrap();
+                let mut quota = Quota::new("q", rate).semantics(if strict { Semantics::StrictWindow } else { Semantics::Smooth });
+                if let Some(burst) = burst {
+                    quota = quota.burst(burst);
+                }
+                if let Some((strikes, window, duration)) = ban {
+                    quota = quota.ban(Ban::after(strikes, Duration::from_nanos(window), Duration::from_nanos(duration)));
+                }
+                match RateLimitLayer::builder().quota(quota).build() {
+                    Ok(layer) => {
+                        let mut request = http::Request::new(());
+                        request.extensions_mut().insert(portcullis_core::PeerAddr("192.0.2.1:1".parse().unwrap()));
+                        let service = tower_layer::Layer::layer(&layer, tower::service_fn(|_: http::Request<()>| async {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(()))
+                        }));
+                        let response = futures::executor::block_on(tower::ServiceExt::oneshot(service, request)).unwrap();
+                        prop_assert!(response.status().is_success() || response.status() == http::StatusCode::TOO_MANY_REQUESTS);
+                    }
+                    Err(error) => prop_assert!(error.to_string().contains("\"q\""), "{error}"),
+                }
+            }
+        }
+
+        #[test]
+        fn the_reported_overflow_is_refused_by_name() {
+            let rate: Rate = "1 per 366d".parse().unwrap();
+            let error = RateLimitLayer::builder()
+                .quota(Quota::new("yearly", rate).burst(585))
+                .build()
+                .unwrap_err();
+            assert_eq!(error, ConfigError::BurstTooLarge("yearly".into()));
+            let error = RateLimitLayer::builder()
+                .quota(Quota::new("q", rate).ban(Ban::after(
+                    1,
+                    Duration::ZERO,
+                    Duration::from_secs(1),
+                )))
+                .build()
+                .unwrap_err();
+            assert_eq!(error, ConfigError::InvalidBan("q".into()));
+        }
     }
 }
