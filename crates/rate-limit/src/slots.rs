@@ -70,17 +70,28 @@ impl<V> Slots<V> {
         if !create {
             return Slot::Untracked;
         }
-        if self.tracked.load(Ordering::Relaxed) >= self.cap {
+        // A place is taken before the key is inserted, in one atomic step, so that keys
+        // arriving at once never push the count past the cap (checking, then inserting,
+        // let every concurrent arrival through).
+        let place = self.tracked.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < self.cap).then_some(n + 1)
+        });
+        if place.is_err() {
             return if self.share_overflow {
                 Slot::Overflow(&self.overflow)
             } else {
                 Slot::Full
             };
         }
+        let mut inserted = false;
         let entry = self.map.entry(key).or_insert_with(|| {
-            self.tracked.fetch_add(1, Ordering::Relaxed);
+            inserted = true;
             new()
         });
+        if !inserted {
+            // Another request inserted the same key meanwhile: give the place back.
+            self.tracked.fetch_sub(1, Ordering::AcqRel);
+        }
         Slot::Own(entry.downgrade())
     }
 
@@ -179,5 +190,38 @@ mod tests {
         assert!(slots.remove(9));
         assert!(!slots.remove(9));
         assert_eq!(slots.tracked(), 1);
+    }
+
+    /// Many threads bringing new keys at once: the count never passes the cap, and it
+    /// always equals the keys actually held.
+    #[test]
+    fn concurrent_arrivals_never_pass_the_cap() {
+        use std::sync::atomic::AtomicU64;
+        use std::sync::Arc;
+        for share in [false, true] {
+            let slots = Arc::new(Slots::new(100, share, AtomicU64::new(0)));
+            let threads: Vec<_> = (0..8u64)
+                .map(|t| {
+                    let slots = slots.clone();
+                    std::thread::spawn(move || {
+                        let mut peak = 0;
+                        for k in 0..2_000u64 {
+                            // Overlapping keys between threads, and new ones.
+                            let key = (k * 7 + t * 3) % 1_500;
+                            let _ = slots.slot(key, true, || AtomicU64::new(0));
+                            peak = peak.max(slots.tracked());
+                        }
+                        peak
+                    })
+                })
+                .collect();
+            for thread in threads {
+                assert!(thread.join().unwrap() <= 100, "share: {share}");
+            }
+            assert_eq!(slots.tracked(), 100);
+            let mut held = 0;
+            slots.for_each(|_, _| held += 1);
+            assert_eq!(held, 100);
+        }
     }
 }
