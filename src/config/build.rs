@@ -182,13 +182,15 @@ impl GatewayConfig {
                                 message: e.message().to_owned(),
                             }
                         })?;
-                    Built::RoleRouter(RoleRouterLayer::new(policy))
+                    // The matched rule is marked for per-route quotas (`key = ["route"]`),
+                    // which under `Gateway::layer` have no axum route to read.
+                    Built::RoleRouter(RoleRouterLayer::new(policy).mark_matched_route(true))
                 }
                 LayerConfig::RoleRouter(schema::RoleRouter::Inline(text)) => {
                     // Checked when the file was read.
                     let policy = portcullis_role_router::parse_policy(&entry.key, text)
                         .map_err(|e| at(e.message().to_owned()))?;
-                    Built::RoleRouter(RoleRouterLayer::new(policy))
+                    Built::RoleRouter(RoleRouterLayer::new(policy).mark_matched_route(true))
                 }
                 LayerConfig::RateLimit(c) => {
                     Built::RateLimit(self.rate_limit(c, &resolver).await.map_err(at)?)
@@ -495,6 +497,7 @@ impl GatewayConfig {
                     KeyPartName::Principal => KeyPart::Principal,
                     KeyPartName::Credential => KeyPart::Credential,
                     KeyPartName::Route => KeyPart::Route,
+                    KeyPartName::RawPath => KeyPart::RawPath,
                 }))
                 .charge(match q.charge {
                     schema::ChargeName::Every => Charge::Every,

@@ -261,7 +261,10 @@ pub(crate) enum KeyPartName {
     ClientIp,
     Principal,
     Credential,
+    /// The matched route pattern (axum's, or the role router's rule).
     Route,
+    /// The raw path: every distinct path is its own key.
+    RawPath,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]

@@ -378,3 +378,85 @@ async fn one_honest_wait_when_several_quotas_refuse() {
     assert_eq!(refused.headers["retry-after"], "300");
     assert_eq!(refused.headers["ratelimit"], "\"per-key\";r=0;t=300");
 }
+
+/// A per-route quota keys on the route pattern: walking ids (`/items/1`, `/items/2`, …)
+/// does not multiply it. axum's matched path is read as it is; elsewhere the role router
+/// marks the matched rule. The raw path stays available as `KeyPart::RawPath`, by name.
+#[tokio::test]
+async fn a_per_route_quota_keys_on_the_route_not_the_path() {
+    let per_route = |key: KeyPart| {
+        RateLimitLayer::builder()
+            .quota(
+                Quota::new("per-route", "2 per 1h".parse().unwrap())
+                    .key([key])
+                    .when_key_missing(MissingKey::Refuse),
+            )
+            .build()
+            .unwrap()
+    };
+    let items = |layer: RateLimitLayer| {
+        Router::new()
+            .route("/items/{id}", get(|| async { "item" }))
+            .layer(layer)
+    };
+    let server = serve_axum(items(per_route(KeyPart::Route))).await;
+    let statuses: Vec<StatusCode> = futures::future::join_all((1..=4).map(|id| async move {
+        fetch(server, "127.0.0.85", &format!("/items/{id}"), &[])
+            .await
+            .status
+    }))
+    .await;
+    let limited = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!(limited, 2, "{statuses:?}");
+
+    let server = serve_axum(items(per_route(KeyPart::RawPath))).await;
+    for id in 1..=4 {
+        let reply = fetch(server, "127.0.0.85", &format!("/items/{id}"), &[]).await;
+        assert_eq!(reply.status, StatusCode::OK, "raw paths are separate keys");
+    }
+
+    // Without axum's router: the role router marks the matched rule.
+    use portcullis::role_router::{Policy, Requirement, RoleRouterLayer, Rule};
+    use tower::ServiceExt;
+    let policy = Policy::builder()
+        .rule(Rule::new("/items/{id}", Requirement::public()))
+        .build()
+        .unwrap();
+    let stack = tower::ServiceBuilder::new()
+        .layer(RoleRouterLayer::new(policy).mark_matched_route(true))
+        .layer(per_route(KeyPart::Route))
+        .service(tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+        }));
+    let mut statuses = Vec::new();
+    for id in 1..=4 {
+        let mut request = http::Request::get(format!("/items/{id}")).body(()).unwrap();
+        request
+            .extensions_mut()
+            .insert(portcullis::core::PeerAddr("192.0.2.1:1".parse().unwrap()));
+        statuses.push(stack.clone().oneshot(request).await.unwrap().status());
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    // Nothing marked the route: the key part is missing, never the raw path.
+    let unmarked = tower::ServiceBuilder::new()
+        .layer(per_route(KeyPart::Route))
+        .service(tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+        }));
+    let response = unmarked
+        .oneshot(http::Request::get("/items/1").body(()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+}

@@ -36,6 +36,7 @@ mod headers;
 mod network;
 mod principal;
 mod rejection;
+mod route;
 
 pub use audit::{AuditNote, AuditRecord, Decision};
 pub use body::RejectOrBody;
@@ -55,3 +56,4 @@ pub use rejection::{
     grpc_response, problem_json_response, DefaultRenderer, Denial, GrpcCode, Rejection,
     RejectionContext, RenderRejection, Renderer,
 };
+pub use route::{matched_route, MatchedRoute};

@@ -41,6 +41,7 @@ enum Value<'a> {
     /// A header value: hashed into keys, shown only as a digest.
     Secretish(&'a [u8]),
     Route(&'a str, &'a str),
+    RawPath(&'a str, &'a str),
 }
 
 #[inline]
@@ -91,7 +92,11 @@ fn visit<'a>(
             KeyPart::Header(name) => {
                 Value::Secretish(source.head.headers.get(name).ok_or(missing)?.as_bytes())
             }
-            KeyPart::Route => Value::Route(source.head.method.as_str(), source.head.uri.path()),
+            KeyPart::Route => Value::Route(
+                source.head.method.as_str(),
+                portcullis_core::matched_route(source.head.extensions).ok_or(missing)?,
+            ),
+            KeyPart::RawPath => Value::RawPath(source.head.method.as_str(), source.head.uri.path()),
             KeyPart::Custom(custom) => Value::Owned((custom.extract)(&source.head).ok_or(missing)?),
         };
         each(part, value);
@@ -137,6 +142,10 @@ fn write_value(out: &mut impl Hasher, value: &Value<'_>) {
             write_bytes(out, 3, method.as_bytes());
             write_bytes(out, 3, path.as_bytes());
         }
+        Value::RawPath(method, path) => {
+            write_bytes(out, 4, method.as_bytes());
+            write_bytes(out, 4, path.as_bytes());
+        }
     }
 }
 
@@ -168,7 +177,9 @@ pub(crate) fn label(
                 hasher.write(bytes);
                 write!(label, "#{:016x}", hasher.finish())
             }
-            Value::Route(method, path) => write!(label, "{method} {}", path.escape_debug()),
+            Value::Route(method, path) | Value::RawPath(method, path) => {
+                write!(label, "{method} {}", path.escape_debug())
+            }
         };
     })?;
     Ok(label)
@@ -251,7 +262,8 @@ mod tests {
         let (method, uri) = (Method::POST, Uri::from_static("/v1/sign?x=1"));
         let mut headers = HeaderMap::new();
         headers.insert("x-tenant", HeaderValue::from_static("tenant-secret-ish"));
-        let extensions = Extensions::new();
+        let mut extensions = Extensions::new();
+        extensions.insert(portcullis_core::MatchedRoute("/v1/{action}".into()));
         let mut auth = Authentication::new();
         auth.insert(
             Principal::builder("acme-app", AuthMethod::ApiKey)
@@ -273,11 +285,20 @@ mod tests {
             KeyPart::Attribute("org".into()),
             KeyPart::Header("x-tenant".parse().unwrap()),
             KeyPart::Route,
+            KeyPart::RawPath,
         ];
         let label = label(&parts, 64, &source, &seed).unwrap();
         assert!(label
             .starts_with("ip=2001:db8::/64,principal=acme-app,credential=k1,org=acme,x-tenant=#"));
-        assert!(label.ends_with(",route=POST /v1/sign"), "{label}");
+        assert!(
+            label.ends_with(",route=POST /v1/{action},raw-path=POST /v1/sign"),
+            "{label}"
+        );
+        // The route and the raw path are different parts even when their texts agree.
+        assert_ne!(
+            hash(&[KeyPart::Route], 64, &source, &seed).unwrap(),
+            hash(&[KeyPart::RawPath], 64, &source, &seed).unwrap()
+        );
         assert!(!label.contains("tenant-secret-ish"));
         assert_eq!(
             hash(&parts, 64, &source, &seed).unwrap(),
@@ -287,6 +308,16 @@ mod tests {
             hash(&parts[..1], 64, &source, &seed).unwrap(),
             hash(&parts[..2], 64, &source, &seed).unwrap()
         );
+
+        // Without a matched route the route part is missing, never the raw path.
+        let bare = Extensions::new();
+        let unrouted = KeySource {
+            head: head(&method, &uri, &headers, &bare),
+            client: None,
+            auth: &auth,
+        };
+        assert!(hash(&[KeyPart::Route], 64, &unrouted, &seed).is_err());
+        assert!(hash(&[KeyPart::RawPath], 64, &unrouted, &seed).is_ok());
 
         let anonymous = Authentication::new();
         let source = KeySource {

@@ -102,7 +102,7 @@ pub use future::ResponseFuture;
 pub use layer::{RateLimit, RateLimitBuilder, RateLimitHandle, RateLimitLayer};
 pub use quota::{
     Ban, BanResponse, Charge, ConfigError, CustomKey, KeyPart, MissingKey, Overflow, Quota,
-    RequestHead, Semantics, MAX_STRICT_COUNT,
+    RequestHead, Semantics, MAX_BURST_REFILL, MAX_STRICT_COUNT,
 };
 pub use rate::{InvalidRate, Rate};
 #[cfg(feature = "redis")]

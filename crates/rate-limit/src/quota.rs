@@ -81,8 +81,16 @@ pub enum KeyPart {
     /// A request header's value, such as a tenant id. The value is never shown: ban
     /// listings name it by a digest.
     Header(HeaderName),
-    /// The method and path (without the query).
+    /// The method and the route the request matched, as a pattern (`GET /items/{id}`):
+    /// a [`MatchedRoute`](portcullis_core::MatchedRoute) put there by the role router
+    /// or the host, or axum's `MatchedPath`. `/items/1` and `/items/2` share the quota,
+    /// so walking ids does not multiply it. A request with no matched route lacks the
+    /// part (see [`Quota::when_key_missing`]).
     Route,
+    /// The method and the raw path (without the query): every distinct path is its own
+    /// key, so a client that can vary the path (ids, trailing segments) gets a fresh
+    /// quota for each. For fixed paths only.
+    RawPath,
     /// A part the host computes from the request, such as the key id a client claims
     /// before any layer has checked it.
     Custom(CustomKey),
@@ -109,6 +117,7 @@ impl KeyPart {
             Self::Attribute(name) => name,
             Self::Header(name) => name.as_str(),
             Self::Route => "route",
+            Self::RawPath => "raw-path",
             Self::Custom(custom) => custom.name,
         }
     }
@@ -131,6 +140,7 @@ impl fmt::Debug for KeyPart {
             Self::Attribute(name) => f.debug_tuple("Attribute").field(name).finish(),
             Self::Header(name) => f.debug_tuple("Header").field(name).finish(),
             Self::Route => f.write_str("Route"),
+            Self::RawPath => f.write_str("RawPath"),
             Self::Custom(custom) => f.debug_tuple("Custom").field(custom).finish(),
         }
     }

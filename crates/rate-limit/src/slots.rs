@@ -73,9 +73,11 @@ impl<V> Slots<V> {
         // A place is taken before the key is inserted, in one atomic step, so that keys
         // arriving at once never push the count past the cap (checking, then inserting,
         // let every concurrent arrival through).
-        let place = self.tracked.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < self.cap).then_some(n + 1)
-        });
+        let place = self
+            .tracked
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.cap).then_some(n + 1)
+            });
         if place.is_err() {
             return if self.share_overflow {
                 Slot::Overflow(&self.overflow)

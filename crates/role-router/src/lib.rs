@@ -111,6 +111,7 @@ pub const DEFAULT_MAX_PATH_LEN: usize = 8 * 1024;
 struct Config {
     policy: Arc<Policy>,
     max_path_len: usize,
+    mark_route: bool,
     shadow: bool,
     challenge: Option<HeaderValue>,
     renderer: Renderer,
@@ -129,6 +130,7 @@ impl RoleRouterLayer {
             config: Config {
                 policy: Arc::new(policy),
                 max_path_len: DEFAULT_MAX_PATH_LEN,
+                mark_route: false,
                 shadow: false,
                 challenge: None,
                 renderer: Renderer::default(),
@@ -158,6 +160,16 @@ impl RoleRouterLayer {
     /// path.
     pub fn max_path_len(mut self, bytes: usize) -> Self {
         self.config.max_path_len = bytes;
+        self
+    }
+
+    /// Puts the matched rule's pattern in each allowed request as a
+    /// [`MatchedRoute`](portcullis_core::MatchedRoute), so that a per-route rate limit
+    /// inside (`KeyPart::Route`) keys on `/items/{id}`, not on each id. Off by default:
+    /// it costs one extension per request, and axum already provides its own
+    /// `MatchedPath`; turn it on for tonic, hyper, or routes coarser than axum's.
+    pub fn mark_matched_route(mut self, mark: bool) -> Self {
+        self.config.mark_route = mark;
         self
     }
 
@@ -207,9 +219,17 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         match self.judge(&request) {
-            Ok(()) => DecisionFuture::inner(self.inner.call(request)),
+            Ok(rule) => {
+                if self.config.mark_route {
+                    if let Some(route) = rule.and_then(|index| self.config.policy.rule_route(index))
+                    {
+                        request.extensions_mut().insert(route.clone());
+                    }
+                }
+                DecisionFuture::inner(self.inner.call(request))
+            }
             Err(rejection) if self.config.shadow => {
                 tracing::warn!(
                     method = %request.method(),
@@ -229,8 +249,9 @@ where
 }
 
 impl<S> RoleRouter<S> {
-    /// Decides, writes the audit note, and returns the rejection if any.
-    fn judge<B>(&self, request: &Request<B>) -> Result<(), Rejection> {
+    /// Decides, writes the audit note, and returns the matched rule (none when the
+    /// default decided) or the rejection.
+    fn judge<B>(&self, request: &Request<B>) -> Result<Option<usize>, Rejection> {
         let config = &self.config;
         let refused = if config.shadow {
             Decision::ShadowDeny
@@ -273,7 +294,7 @@ impl<S> RoleRouter<S> {
             AuditRecord::note(request.extensions(), || {
                 AuditNote::allow(LAYER_NAME).rule(rule_name.to_owned())
             });
-            return Ok(());
+            return Ok(verdict.rule);
         };
         let rejection = if refusal.is_unauthenticated() {
             let rejection =

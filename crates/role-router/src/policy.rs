@@ -272,6 +272,9 @@ pub(crate) struct CompiledRule {
     pub(crate) name: String,
     pub(crate) methods: Option<Box<[Method]>>,
     pub(crate) pattern: PathPattern,
+    /// The pattern as a [`MatchedRoute`](portcullis_core::MatchedRoute), shared by
+    /// every request that matches the rule.
+    pub(crate) route: portcullis_core::MatchedRoute,
     pub(crate) requirement: Requirement,
     pub(crate) line: Option<usize>,
 }
@@ -362,6 +365,11 @@ impl Policy {
     /// The name of rule `index` (its given name, or `rule N` counting from 1).
     pub fn rule_name(&self, index: usize) -> Option<&str> {
         self.rules.get(index).map(|r| r.name.as_str())
+    }
+
+    /// Rule `index`'s pattern as a route, for per-route keys.
+    pub(crate) fn rule_route(&self, index: usize) -> Option<&portcullis_core::MatchedRoute> {
+        self.rules.get(index).map(|r| &r.route)
     }
 
     /// The source line of rule `index`, for policies read from a file.
@@ -523,6 +531,7 @@ impl PolicyBuilder {
             compiled.push(CompiledRule {
                 name,
                 methods: rule.methods.map(Vec::into_boxed_slice),
+                route: portcullis_core::MatchedRoute(pattern.as_str().into()),
                 pattern,
                 requirement: rule.requirement,
                 line: rule.line,
