@@ -126,7 +126,8 @@ struct XfccCert<'a> {
     hash: Option<&'a str>,
 }
 
-/// An XFCC element that gives `Cert` or `Hash` twice.
+/// An XFCC value that is not one reading: `Cert` or `Hash` given twice, or a quoted
+/// string left open.
 #[derive(Debug, PartialEq, Eq)]
 struct Repeated;
 
@@ -143,10 +144,11 @@ fn xfcc_cert(value: &str) -> Result<XfccCert<'_>, Repeated> {
         cert: None,
         hash: None,
     };
-    let Some(element) = split_outside_quotes(value, ',').pop() else {
+    let Some(element) = split_outside_quotes(value, ',').ok_or(Repeated)?.pop() else {
         return Ok(found);
     };
     for (key, value) in split_outside_quotes(element, ';')
+        .ok_or(Repeated)?
         .into_iter()
         .filter_map(|pair| pair.split_once('='))
     {
@@ -162,7 +164,9 @@ fn xfcc_cert(value: &str) -> Result<XfccCert<'_>, Repeated> {
     Ok(found)
 }
 
-fn split_outside_quotes(text: &str, separator: char) -> Vec<&str> {
+/// Splits at `separator` outside quoted strings. A quote left open (or an escape at the
+/// very end) makes the value malformed: `None`, never a guess at where it ends.
+fn split_outside_quotes(text: &str, separator: char) -> Option<Vec<&str>> {
     let mut parts = Vec::new();
     let (mut start, mut quoted, mut escaped) = (0, false, false);
     for (at, c) in text.char_indices() {
@@ -177,8 +181,11 @@ fn split_outside_quotes(text: &str, separator: char) -> Vec<&str> {
             _ => {}
         }
     }
+    if quoted || escaped {
+        return None;
+    }
     parts.push(&text[start..]);
-    parts
+    Some(parts)
 }
 
 #[cfg(test)]
@@ -202,6 +209,9 @@ mod tests {
         );
         assert_eq!(xfcc_cert("Cert=a;CERT=b"), Err(Repeated));
         assert_eq!(xfcc_cert("Hash=a;Cert=b;hash=a"), Err(Repeated));
+        // Found by fuzzing: a quote left open hid a later `Hash` inside "the value".
+        assert_eq!(xfcc_cert(r#"Cert=b;x="y;Hash=h"#), Err(Repeated));
+        assert_eq!(xfcc_cert(r#"Cert=b;x="y\"#), Err(Repeated));
     }
 
     #[test]
