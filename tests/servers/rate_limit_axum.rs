@@ -239,7 +239,7 @@ async fn grpc_clients_see_resource_exhausted() {
 /// An authenticator that counts the guesses it is asked about and answers after a
 /// pause, so that guesses sent together are all in flight at once. The password is
 /// `right`.
-fn slow_login(asked: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Router {
+pub(crate) fn slow_login(asked: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Router {
     use std::sync::atomic::Ordering;
     Router::new().route(
         "/login",

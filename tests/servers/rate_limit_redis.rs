@@ -373,23 +373,7 @@ async fn parallel_guesses_across_two_instances_cannot_outrun_the_throttle() {
                 )
                 .build()
                 .unwrap();
-            let asked = asked.clone();
-            let app = Router::new()
-                .route(
-                    "/login",
-                    get(move |headers: http::HeaderMap| {
-                        let asked = asked.clone();
-                        async move {
-                            asked.fetch_add(1, Ordering::SeqCst);
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                            match headers.get("x-password").map(|v| v.as_bytes()) {
-                                Some(b"right") => (StatusCode::OK, "welcome"),
-                                _ => (StatusCode::UNAUTHORIZED, "wrong password"),
-                            }
-                        }
-                    }),
-                )
-                .layer(layer);
+            let app = crate::rate_limit_axum::slow_login(asked.clone()).layer(layer);
             servers.push(serve_axum(app).await);
         }
         for i in 0..8 {
