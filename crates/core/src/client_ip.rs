@@ -330,10 +330,9 @@ impl ClientIpResolver {
 
     fn compute_identity(&self) -> u64 {
         use std::hash::{Hash, Hasher};
-        // SipHash with fixed keys: the same configuration gives the same value in every
-        // layer of the process.
-        #[allow(deprecated)]
-        let mut hasher = std::hash::SipHasher::new();
+        // `DefaultHasher::new` has fixed keys: the same configuration gives the same
+        // value in every layer of the process.
+        let mut hasher = std::hash::DefaultHasher::new();
         self.trusted_proxies.fingerprint(&mut hasher);
         self.header.map(|h| h as u8).hash(&mut hasher);
         self.max_elements.hash(&mut hasher);

@@ -100,7 +100,7 @@ impl ForwardedCertificate {
             CertificateHeaderFormat::EscapedPem => (Some(value.as_str()), None),
             CertificateHeaderFormat::EnvoyXfcc => match xfcc_cert(&value) {
                 Ok(XfccCert { cert, hash }) => (cert, hash),
-                Err(Repeated) => return FromHeader::Malformed,
+                Err(Ambiguous) => return FromHeader::Malformed,
             },
         };
         let Some(der) = escaped.and_then(pem_to_der) else {
@@ -129,7 +129,7 @@ struct XfccCert<'a> {
 /// An XFCC value that is not one reading: `Cert` or `Hash` given twice, or a quoted
 /// string left open.
 #[derive(Debug, PartialEq, Eq)]
-struct Repeated;
+struct Ambiguous;
 
 fn pem_to_der(escaped: &str) -> Option<Vec<u8>> {
     let pem = percent_decode_str(escaped).decode_utf8().ok()?;
@@ -139,16 +139,16 @@ fn pem_to_der(escaped: &str) -> Option<Vec<u8>> {
 
 /// The `Cert` and `Hash` values of the last XFCC element (the one the nearest proxy
 /// added). A key given twice in the element is refused rather than read either way.
-fn xfcc_cert(value: &str) -> Result<XfccCert<'_>, Repeated> {
+fn xfcc_cert(value: &str) -> Result<XfccCert<'_>, Ambiguous> {
     let mut found = XfccCert {
         cert: None,
         hash: None,
     };
-    let Some(element) = split_outside_quotes(value, ',').ok_or(Repeated)?.pop() else {
+    let Some(element) = split_outside_quotes(value, ',').ok_or(Ambiguous)?.pop() else {
         return Ok(found);
     };
     for (key, value) in split_outside_quotes(element, ';')
-        .ok_or(Repeated)?
+        .ok_or(Ambiguous)?
         .into_iter()
         .filter_map(|pair| pair.split_once('='))
     {
@@ -158,7 +158,7 @@ fn xfcc_cert(value: &str) -> Result<XfccCert<'_>, Repeated> {
             _ => continue,
         };
         if slot.replace(value.trim().trim_matches('"')).is_some() {
-            return Err(Repeated);
+            return Err(Ambiguous);
         }
     }
     Ok(found)
@@ -207,11 +207,11 @@ mod tests {
             xfcc_cert(r#"Subject="a,b";cert=c"#).unwrap().cert,
             Some("c")
         );
-        assert_eq!(xfcc_cert("Cert=a;CERT=b"), Err(Repeated));
-        assert_eq!(xfcc_cert("Hash=a;Cert=b;hash=a"), Err(Repeated));
+        assert_eq!(xfcc_cert("Cert=a;CERT=b"), Err(Ambiguous));
+        assert_eq!(xfcc_cert("Hash=a;Cert=b;hash=a"), Err(Ambiguous));
         // Found by fuzzing: a quote left open hid a later `Hash` inside "the value".
-        assert_eq!(xfcc_cert(r#"Cert=b;x="y;Hash=h"#), Err(Repeated));
-        assert_eq!(xfcc_cert(r#"Cert=b;x="y\"#), Err(Repeated));
+        assert_eq!(xfcc_cert(r#"Cert=b;x="y;Hash=h"#), Err(Ambiguous));
+        assert_eq!(xfcc_cert(r#"Cert=b;x="y\"#), Err(Ambiguous));
     }
 
     #[test]
