@@ -856,3 +856,105 @@ async fn a_crl_past_its_next_update_follows_the_stale_policy() {
         Some("revoked_cert")
     );
 }
+
+/// A CA certificate issued by `root`.
+fn intermediate(root: &Ca, name: &str) -> Ca {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let key = KeyPair::generate().unwrap();
+    let pem = params.signed_by(&key, &root.issuer).unwrap().pem();
+    Ca {
+        issuer: Issuer::new(params, key),
+        pem,
+    }
+}
+
+/// `verify_forwarded` accepts a leaf issued by an intermediate CA when the intermediate
+/// arrives in the XFCC `Chain` or is configured, and never lets an intermediate stand in
+/// for a root.
+#[tokio::test]
+async fn forwarded_leaves_of_an_intermediate_verify_through_the_chain() {
+    let root = Ca::new("Plant Root CA");
+    let issuing = intermediate(&root, "Plant Issuing CA");
+    let rogue = intermediate(&Ca::new("Another Root"), "Plant Issuing CA");
+    let leaf = issuing.issue("connector-7", Some(ExtendedKeyUsagePurpose::ClientAuth), 7);
+    let rogue_leaf = rogue.issue("connector-7", Some(ExtendedKeyUsagePurpose::ClientAuth), 7);
+    let registry = ConnectorRegistry::from_connectors([
+        Connector::new("connector-7").thumbprint(leaf.thumbprint),
+        Connector::new("rogue").thumbprint(rogue_leaf.thumbprint),
+    ])
+    .unwrap();
+    let escaped = |pem: &str| {
+        percent_encoding::utf8_percent_encode(pem, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let ask = |addr: std::net::SocketAddr, value: String| async move {
+        crate::client::get(
+            addr,
+            "127.0.0.1",
+            "/v1/versionInfo",
+            &[("x-forwarded-client-cert", &value)],
+        )
+        .await
+    };
+    let base = MtlsIdentityLayer::new(registry)
+        .forwarded(ForwardedCertificate::envoy("127.0.0.0/8".parse().unwrap()))
+        .verify_forwarded(root.pem.as_bytes())
+        .unwrap();
+    let plain = serve_behind_proxy(base.clone()).await;
+    let cert_only = format!("Cert=\"{}\"", escaped(&leaf.pem));
+    let with_chain = |chain: String| format!("{cert_only};Chain=\"{}\"", escaped(&chain));
+
+    assert_eq!(
+        ask(plain, cert_only.clone()).await.code().as_deref(),
+        Some("untrusted_client_cert"),
+        "no way to the root without the intermediate"
+    );
+    let reply = ask(plain, with_chain(format!("{}{}", leaf.pem, issuing.pem))).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body, "connector-7 header_seen=false");
+    // A chain that does not reach the root, or holds something else, is refused.
+    assert_eq!(
+        ask(plain, with_chain(format!("{}{}", leaf.pem, rogue.pem)))
+            .await
+            .code()
+            .as_deref(),
+        Some("untrusted_client_cert")
+    );
+    assert_eq!(
+        ask(
+            plain,
+            with_chain("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into())
+        )
+        .await
+        .code()
+        .as_deref(),
+        Some("untrusted_client_cert")
+    );
+    let rogue_value = format!(
+        "Cert=\"{}\";Chain=\"{}\"",
+        escaped(&rogue_leaf.pem),
+        escaped(&format!("{}{}", rogue_leaf.pem, rogue.pem))
+    );
+    assert_eq!(
+        ask(plain, rogue_value.clone()).await.code().as_deref(),
+        Some("untrusted_client_cert")
+    );
+
+    // Configured intermediates: no chain needed, and still no way for the rogue one.
+    let configured = serve_behind_proxy(
+        base.forwarded_intermediates(issuing.pem.as_bytes())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(ask(configured, cert_only).await.status, StatusCode::OK);
+    assert_eq!(
+        ask(configured, rogue_value).await.code().as_deref(),
+        Some("untrusted_client_cert")
+    );
+}

@@ -50,7 +50,9 @@ pub(crate) enum FromHeader {
     Untrusted,
     /// Present and from a trusted proxy, but not a certificate.
     Malformed,
-    Certificate(Vec<u8>),
+    /// The client's certificate, and the other certificates of the chain the proxy
+    /// forwarded (Envoy's `Chain`), which may hold intermediates.
+    Certificate(Vec<u8>, Vec<Vec<u8>>),
 }
 
 impl ForwardedCertificate {
@@ -96,10 +98,10 @@ impl ForwardedCertificate {
         let (Some(value), false) = (value, several) else {
             return FromHeader::Malformed;
         };
-        let (escaped, hash) = match self.format {
-            CertificateHeaderFormat::EscapedPem => (Some(value.as_str()), None),
+        let (escaped, hash, chain) = match self.format {
+            CertificateHeaderFormat::EscapedPem => (Some(value.as_str()), None, None),
             CertificateHeaderFormat::EnvoyXfcc => match xfcc_cert(&value) {
-                Ok(XfccCert { cert, hash }) => (cert, hash),
+                Ok(XfccCert { cert, hash, chain }) => (cert, hash, chain),
                 Err(Ambiguous) => return FromHeader::Malformed,
             },
         };
@@ -115,15 +117,40 @@ impl ForwardedCertificate {
                 return FromHeader::Malformed;
             }
         }
-        FromHeader::Certificate(der)
+        // `Chain`: the whole chain as PEM, leaf included. The other certificates may be
+        // intermediates for the CA check; a chain that cannot be read is refused.
+        let others = match chain {
+            None => Vec::new(),
+            Some(chain) => match pem_chain_to_der(chain) {
+                Some(chain) => chain.into_iter().filter(|cert| *cert != der).collect(),
+                None => return FromHeader::Malformed,
+            },
+        };
+        FromHeader::Certificate(der, others)
     }
 }
 
-/// The `Cert` and `Hash` of an XFCC element.
+/// Every certificate of a URL-escaped PEM chain, or `None` when it holds none or
+/// anything that is not a certificate.
+fn pem_chain_to_der(escaped: &str) -> Option<Vec<Vec<u8>>> {
+    let pem = percent_decode_str(escaped).decode_utf8().ok()?;
+    let mut certificates = Vec::new();
+    for block in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
+        let block = block.ok()?;
+        if block.label != "CERTIFICATE" {
+            return None;
+        }
+        certificates.push(block.contents);
+    }
+    (!certificates.is_empty()).then_some(certificates)
+}
+
+/// The `Cert`, `Hash` and `Chain` of an XFCC element.
 #[derive(Debug, PartialEq, Eq)]
 struct XfccCert<'a> {
     cert: Option<&'a str>,
     hash: Option<&'a str>,
+    chain: Option<&'a str>,
 }
 
 /// An XFCC value that is not one reading: `Cert` or `Hash` given twice, or a quoted
@@ -143,6 +170,7 @@ fn xfcc_cert(value: &str) -> Result<XfccCert<'_>, Ambiguous> {
     let mut found = XfccCert {
         cert: None,
         hash: None,
+        chain: None,
     };
     let Some(element) = split_outside_quotes(value, ',').ok_or(Ambiguous)?.pop() else {
         return Ok(found);
@@ -155,6 +183,7 @@ fn xfcc_cert(value: &str) -> Result<XfccCert<'_>, Ambiguous> {
         let slot = match key.trim() {
             key if key.eq_ignore_ascii_case("cert") => &mut found.cert,
             key if key.eq_ignore_ascii_case("hash") => &mut found.hash,
+            key if key.eq_ignore_ascii_case("chain") => &mut found.chain,
             _ => continue,
         };
         if slot.replace(value.trim().trim_matches('"')).is_some() {
@@ -199,9 +228,15 @@ mod tests {
             xfcc_cert(value),
             Ok(XfccCert {
                 cert: Some("second%2C;x"),
-                hash: Some("ab")
+                hash: Some("ab"),
+                chain: None
             })
         );
+        assert_eq!(
+            xfcc_cert(r#"Cert="c";Chain="a,b;c""#).unwrap().chain,
+            Some("a,b;c")
+        );
+        assert_eq!(xfcc_cert(r#"Chain=a;Cert=c;chain=b"#), Err(Ambiguous));
         assert_eq!(xfcc_cert("By=x;Hash=y").unwrap().cert, None);
         assert_eq!(
             xfcc_cert(r#"Subject="a,b";cert=c"#).unwrap().cert,

@@ -150,6 +150,8 @@ pub(crate) struct Config {
     ocsp: Option<Arc<OcspState>>,
     forwarded: Option<ForwardedCertificate>,
     forwarded_verifier: Option<Arc<dyn ClientCertVerifier>>,
+    /// Intermediates the host configured for forwarded certificates.
+    forwarded_intermediates: Arc<[CertificateDer<'static>]>,
     allow_unrestricted_usage: bool,
     clock: Clock,
     renderer: Renderer,
@@ -168,6 +170,7 @@ impl Clone for Config {
             ocsp: self.ocsp.clone(),
             forwarded: self.forwarded.clone(),
             forwarded_verifier: self.forwarded_verifier.clone(),
+            forwarded_intermediates: self.forwarded_intermediates.clone(),
             allow_unrestricted_usage: self.allow_unrestricted_usage,
             clock: self.clock.clone(),
             renderer: self.renderer.clone(),
@@ -263,6 +266,7 @@ impl MtlsIdentityLayer {
                 ocsp: None,
                 forwarded: None,
                 forwarded_verifier: None,
+                forwarded_intermediates: Arc::from(Vec::new()),
                 allow_unrestricted_usage: false,
                 clock: Clock::system(),
                 renderer: Renderer::default(),
@@ -311,8 +315,36 @@ impl MtlsIdentityLayer {
         self.change(|c| c.forwarded = Some(forwarded))
     }
 
+    /// Intermediate CA certificates (PEM) for [`verify_forwarded`](Self::verify_forwarded):
+    /// a forwarded leaf issued by one of them chains to the client CAs through it.
+    /// Envoy can forward the chain itself (`Chain=` in the XFCC header, with
+    /// `forward_client_cert_details` set to include `Chain`); its certificates are used
+    /// as intermediates too. Intermediates never stand in for a root: the chain must end
+    /// at one of the CAs given to `verify_forwarded`.
+    pub fn forwarded_intermediates(self, pem: &[u8]) -> Result<Self, crate::TlsConfigError> {
+        use rustls_pki_types::pem::PemObject;
+        let mut intermediates = Vec::new();
+        for certificate in CertificateDer::pem_slice_iter(pem) {
+            intermediates.push(
+                certificate.map_err(|e| {
+                    crate::TlsConfigError(format!("the forwarded intermediates: {e}"))
+                })?,
+            );
+        }
+        if intermediates.is_empty() {
+            return Err(crate::TlsConfigError(
+                "the forwarded intermediates hold no certificate".into(),
+            ));
+        }
+        let intermediates: Arc<[CertificateDer<'static>]> = intermediates.into();
+        Ok(self.change(|c| c.forwarded_intermediates = intermediates))
+    }
+
     /// Verifies forwarded certificates against these CAs (PEM) as well, for proxies that
-    /// pass on certificates they did not verify (nginx's `optional_no_ca`).
+    /// pass on certificates they did not verify (nginx's `optional_no_ca`). A leaf
+    /// issued by an intermediate CA verifies when the intermediate is configured
+    /// ([`forwarded_intermediates`](Self::forwarded_intermediates)) or arrives in the
+    /// XFCC header's `Chain`.
     pub fn verify_forwarded(self, client_cas_pem: &[u8]) -> Result<Self, crate::TlsConfigError> {
         use rustls_pki_types::pem::PemObject;
         let mut roots = rustls::RootCertStore::empty();
@@ -391,11 +423,20 @@ where
         };
         let der = match (connection_leaf(request.extensions()), forwarded) {
             (Some(der), _) => Some(der),
-            (None, FromHeader::Certificate(der)) => {
+            (None, FromHeader::Certificate(der, chain)) => {
                 let der = Bytes::from(der);
                 if let Some(verifier) = &config.forwarded_verifier {
                     let leaf = CertificateDer::from(der.as_ref());
-                    if let Err(error) = verifier.verify_client_cert(&leaf, &[], UnixTime::now()) {
+                    // Intermediates from the proxy's chain and from the configuration;
+                    // path building still has to end at a configured CA.
+                    let intermediates: Vec<CertificateDer<'_>> = chain
+                        .iter()
+                        .map(|cert| CertificateDer::from(cert.as_slice()))
+                        .chain(config.forwarded_intermediates.iter().cloned())
+                        .collect();
+                    if let Err(error) =
+                        verifier.verify_client_cert(&leaf, &intermediates, UnixTime::now())
+                    {
                         tracing::debug!(%error, "mtls: a forwarded certificate did not verify");
                         return config.refuse(&request, MtlsRefusal::Untrusted, None).into();
                     }
