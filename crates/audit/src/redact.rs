@@ -98,33 +98,24 @@ fn decode_once(text: &str) -> Option<String> {
     (next != text).then_some(next)
 }
 
-/// Percent-decodes `text` until it no longer changes (at most [`DECODE_ROUNDS`] times).
+/// `text`, then each round of percent-decoding that changes it (at most
+/// [`DECODE_ROUNDS`]), so that double encoding hides nothing.
+fn decodings(text: &str) -> impl Iterator<Item = Cow<'_, str>> {
+    std::iter::successors(Some(Cow::Borrowed(text)), |current| {
+        decode_once(current).map(Cow::Owned)
+    })
+    .take(DECODE_ROUNDS + 1)
+}
+
+/// Percent-decodes `text` until it no longer changes.
 fn decode(text: &str) -> Cow<'_, str> {
-    let mut current = Cow::Borrowed(text);
-    for _ in 0..DECODE_ROUNDS {
-        match decode_once(&current) {
-            Some(next) => current = Cow::Owned(next),
-            None => break,
-        }
-    }
-    current
+    decodings(text).last().unwrap_or(Cow::Borrowed(text))
 }
 
 /// Whether `text` holds, anywhere, something shaped like an API key or a compact JWS,
 /// as given or after any round of percent-decoding.
 pub(crate) fn looks_secret(text: &str) -> bool {
-    if shaped_secret(text) {
-        return true;
-    }
-    let mut current = Cow::Borrowed(text);
-    for _ in 0..DECODE_ROUNDS {
-        match decode_once(&current) {
-            Some(next) if shaped_secret(&next) => return true,
-            Some(next) => current = Cow::Owned(next),
-            None => break,
-        }
-    }
-    false
+    decodings(text).any(|text| shaped_secret(&text))
 }
 
 /// A byte that can be part of a key or a token: base64url and the dot.

@@ -91,14 +91,14 @@ impl PathPattern {
     pub fn matches(&self, path: &str) -> bool {
         // `Segments` is two words and cheap to clone, so backtracking over `**` needs no
         // allocation.
-        matches_segments(&self.segments, &mut Segments::of(path))
+        matches_counting(&self.segments, Segments::of(path), &mut 0)
     }
 
     /// Whether the path matches, given that its first `skip` segments are already known
     /// to equal this pattern's first `skip` (literal) segments and `rest` holds the
     /// path's remaining segments.
     pub(crate) fn matches_after(&self, skip: usize, rest: &Segments<'_>) -> bool {
-        matches_segments(&self.segments[skip..], &mut rest.clone())
+        matches_counting(&self.segments[skip..], rest.clone(), &mut 0)
     }
 
     /// Whether every path this pattern's `other` matches is matched by `self` too. Sound
@@ -185,10 +185,6 @@ impl<'a> Iterator for Segments<'a> {
             }
         }
     }
-}
-
-fn matches_segments(pattern: &[Segment], path: &mut Segments<'_>) -> bool {
-    matches_counting(pattern, path.clone(), &mut 0)
 }
 
 /// Matches with one backtracking point, the last `**` seen, as glob matchers do for `*`:
