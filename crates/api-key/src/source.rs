@@ -4,6 +4,7 @@ use std::fmt;
 
 use http::header::{HeaderName, AUTHORIZATION};
 use http::{HeaderMap, Request, Uri};
+use portcullis_core::{scheme_line, SchemeLine};
 
 use crate::key::{KeyPrefix, MalformedKey, PresentedKey, MAX_PRESENTED_LEN};
 
@@ -254,35 +255,21 @@ enum Claim<'a> {
 /// The credentials of an `Authorization` value that this source claims: its scheme,
 /// and on a shared scheme only keys with this deployment's prefix.
 fn claimed<'a>(value: &'a str, scheme: &str, shared: bool, prefix: &KeyPrefix) -> Claim<'a> {
-    let Some(rest) = after_scheme(value, scheme) else {
-        return Claim::Other;
+    let (credentials, exact) = match scheme_line(value.as_bytes(), scheme) {
+        SchemeLine::Other => return Claim::Other,
+        SchemeLine::Exact(credentials) => (credentials, true),
+        SchemeLine::Loose(credentials) => (credentials, false),
     };
-    let credentials = rest.trim_matches([' ', '\t']);
     let ours = !shared
         || credentials
-            .strip_prefix(prefix.as_str())
-            .is_some_and(|rest| rest.starts_with('_'));
-    if !ours {
-        return Claim::Other;
+            .strip_prefix(prefix.as_str().as_bytes())
+            .is_some_and(|rest| rest.starts_with(b"_"));
+    // A slice of `value` cut at ASCII bytes, so still text.
+    match (ours, exact, std::str::from_utf8(credentials)) {
+        (false, _, _) => Claim::Other,
+        (true, true, Ok(credentials)) => Claim::Ours(credentials),
+        (true, _, _) => Claim::Loose,
     }
-    match rest.strip_prefix(' ') {
-        Some(exact) if !exact.is_empty() && exact == credentials => Claim::Ours(exact),
-        _ => Claim::Loose,
-    }
-}
-
-/// What follows the scheme when `value`'s first word is `scheme` (any case).
-fn after_scheme<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
-    let head = value.get(..scheme.len())?;
-    if !head.eq_ignore_ascii_case(scheme) {
-        return None;
-    }
-    let rest = &value[scheme.len()..];
-    let continues_word = rest
-        .bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    (!continues_word).then_some(rest)
 }
 
 /// Whether a query parameter's name, percent-decoded, is `name`: `api%5Fkey` is

@@ -26,6 +26,7 @@
 //! Without them, hosts insert [`PeerAddr`] themselves.
 
 mod audit;
+mod authorization;
 mod body;
 mod certificate;
 mod client_ip;
@@ -39,6 +40,7 @@ mod rejection;
 mod route;
 
 pub use audit::{AuditNote, AuditRecord, Decision};
+pub use authorization::{scheme_line, SchemeLine};
 pub use body::RejectOrBody;
 pub use certificate::{connection_leaf, ClientCertThumbprint, TlsPeer};
 pub use client_ip::{

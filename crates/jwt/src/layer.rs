@@ -9,8 +9,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use http::header::{HeaderName, AUTHORIZATION};
 use http::{Request, Response};
 use portcullis_core::{
-    AuditNote, AuditRecord, Authentication, ClientCertThumbprint, Clock, Decision, DecisionFuture,
-    Principal, RejectOrBody, RenderRejection, Renderer,
+    scheme_line, AuditNote, AuditRecord, Authentication, ClientCertThumbprint, Clock, Decision,
+    DecisionFuture, Principal, RejectOrBody, RenderRejection, Renderer, SchemeLine,
 };
 use serde::de::DeserializeOwned;
 use tower_layer::Layer;
@@ -203,9 +203,9 @@ impl Config {
             (typed.insert)(parsed, request.extensions_mut());
         }
         if !self.keep_credentials {
-            let (header, scheme) = (&self.header, self.scheme.as_bytes());
+            let (header, scheme) = (&self.header, &*self.scheme);
             portcullis_core::remove_field_lines(request.headers_mut(), header, |value| {
-                scheme.is_empty() || is_ours(value.as_bytes(), scheme)
+                scheme.is_empty() || scheme_line(value.as_bytes(), scheme) != SchemeLine::Other
             });
         }
         AuditRecord::note(request.extensions(), || {
@@ -236,13 +236,10 @@ impl Config {
             let token = if self.scheme.is_empty() {
                 bytes
             } else {
-                let scheme = self.scheme.as_bytes();
-                if !is_ours(bytes, scheme) {
-                    continue;
-                }
-                match bytes[scheme.len()..].split_first() {
-                    Some((b' ', token)) => token,
-                    _ => return Err(Malformed::Authorization),
+                match scheme_line(bytes, &self.scheme) {
+                    SchemeLine::Other => continue,
+                    SchemeLine::Exact(token) => token,
+                    SchemeLine::Loose(_) => return Err(Malformed::Authorization),
                 }
             };
             // Only the ends are checked here: a space or any other byte a compact JWS
@@ -261,21 +258,6 @@ impl Config {
         }
         Ok(found)
     }
-}
-
-/// Whether an `Authorization`-style value's first word is `scheme` (lower-case),
-/// whatever follows it.
-fn is_ours(value: &[u8], scheme: &[u8]) -> bool {
-    value.len() >= scheme.len()
-        && value[..scheme.len()].eq_ignore_ascii_case(scheme)
-        && value
-            .get(scheme.len())
-            .is_none_or(|next| !is_token_char(*next))
-}
-
-/// `tchar` (RFC 9110 5.6.2): a byte that continues an authorization scheme's name.
-fn is_token_char(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }
 
 /// A byte of `token68` (RFC 9110 11.2).
