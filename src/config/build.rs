@@ -14,7 +14,9 @@ use portcullis_jwt::jsonwebtoken::Algorithm;
 use portcullis_jwt::{
     Binding, Issuer, JwtLayer, Revocations, SigningKey, TokenIssuer, VerifyingKey,
 };
-use portcullis_mtls_identity::{ClientAuth, ConnectorRegistry, Crls, MtlsIdentityLayer, ServerTls};
+use portcullis_mtls_identity::{
+    ClientAuth, ConnectorRegistry, Crls, MtlsIdentityLayer, ServerTls, StaleCrl,
+};
 use portcullis_rate_limit::{
     Ban, Charge, KeyPart, MissingKey, Quota, RateLimitLayer, RedisBackend,
 };
@@ -161,7 +163,13 @@ impl GatewayConfig {
                     if let Some(tls) = &self.file.tls {
                         if !tls.crls.is_empty() {
                             let crls = Crls::from_files(tls.crls.iter().map(|p| self.path(p)))
-                                .map_err(|e| self.error(None, "tls.crls", e))?;
+                                .map_err(|e| self.error(None, "tls.crls", e))?
+                                .stale_policy(match tls.stale_crls {
+                                    schema::StaleCrlName::Refuse => StaleCrl::Refuse,
+                                    schema::StaleCrlName::AcceptWithWarning => {
+                                        StaleCrl::AcceptWithWarning
+                                    }
+                                });
                             layer = layer.crls(crls);
                         }
                     }
@@ -172,25 +180,31 @@ impl GatewayConfig {
                 LayerConfig::Jwt(c) => {
                     Built::Jwt(self.jwt(c, token_routes.as_ref(), &revocations, entry)?)
                 }
-                LayerConfig::RoleRouter(schema::RoleRouter::File(path)) => {
-                    let policy =
-                        portcullis_role_router::read_policy(self.path(path)).map_err(|e| {
-                            ConfigError {
-                                source: self.path(path).display().to_string(),
-                                line: e.line(),
-                                key: format!("{} (policy)", entry.key),
-                                message: e.message().to_owned(),
-                            }
-                        })?;
+                LayerConfig::RoleRouter(c) => {
+                    let policy = match &c.policy {
+                        schema::PolicySource::File(path) => {
+                            portcullis_role_router::read_policy(self.path(path)).map_err(|e| {
+                                ConfigError {
+                                    source: self.path(path).display().to_string(),
+                                    line: e.line(),
+                                    key: format!("{} (policy)", entry.key),
+                                    message: e.message().to_owned(),
+                                }
+                            })?
+                        }
+                        // Checked when the file was read.
+                        schema::PolicySource::Inline(text) => {
+                            portcullis_role_router::parse_policy(&entry.key, text)
+                                .map_err(|e| at(e.message().to_owned()))?
+                        }
+                    };
                     // The matched rule is marked for per-route quotas (`key = ["route"]`),
                     // which under `Gateway::layer` have no axum route to read.
-                    Built::RoleRouter(RoleRouterLayer::new(policy).mark_matched_route(true))
-                }
-                LayerConfig::RoleRouter(schema::RoleRouter::Inline(text)) => {
-                    // Checked when the file was read.
-                    let policy = portcullis_role_router::parse_policy(&entry.key, text)
-                        .map_err(|e| at(e.message().to_owned()))?;
-                    Built::RoleRouter(RoleRouterLayer::new(policy).mark_matched_route(true))
+                    let mut layer = RoleRouterLayer::new(policy).mark_matched_route(true);
+                    if let Some(bytes) = c.max_path_len {
+                        layer = layer.max_path_len(bytes);
+                    }
+                    Built::RoleRouter(layer)
                 }
                 LayerConfig::RateLimit(c) => {
                     Built::RateLimit(self.rate_limit(c, &resolver).await.map_err(at)?)
@@ -318,6 +332,18 @@ impl GatewayConfig {
             issuer = issuer.lifetime(lifetime);
         }
         if let Some(max) = section.max_session {
+            let lifetime = section.lifetime.unwrap_or(TokenIssuer::DEFAULT_LIFETIME);
+            if max < lifetime {
+                return Err(self.error(
+                    None,
+                    "token_issuer.max_session",
+                    format!(
+                        "{} is shorter than a token's lifetime ({}), so no token could ever be extended: make it longer, or shorten lifetime",
+                        humantime::format_duration(max),
+                        humantime::format_duration(lifetime)
+                    ),
+                ));
+            }
             issuer = issuer.max_session(max);
         }
         issuer = issuer.binding(match section.binding {

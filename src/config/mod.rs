@@ -249,13 +249,46 @@ fn entry(
 
 /// A role-router entry: `policy = FILE`, or the policy's own keys inline.
 fn role_router(mut table: toml::Table, key: &str) -> Result<schema::RoleRouter, (String, String)> {
+    let max_path_len = match table.remove("max_path_len") {
+        None => None,
+        Some(toml::Value::Integer(bytes)) => Some(
+            usize::try_from(bytes)
+                .ok()
+                .and_then(std::num::NonZeroUsize::new)
+                .ok_or_else(|| {
+                    (
+                        format!("{key}.max_path_len"),
+                        format!(
+                            "{bytes} is not a length: give a positive number of bytes, e.g. 8192"
+                        ),
+                    )
+                })?,
+        ),
+        Some(_) => {
+            return Err((
+                format!("{key}.max_path_len"),
+                "a number of bytes, e.g. 8192".into(),
+            ))
+        }
+    };
+    let policy = policy_source(table, key)?;
+    Ok(schema::RoleRouter {
+        policy,
+        max_path_len,
+    })
+}
+
+fn policy_source(
+    mut table: toml::Table,
+    key: &str,
+) -> Result<schema::PolicySource, (String, String)> {
     match table.remove("policy") {
         Some(toml::Value::String(path)) => match table.keys().next() {
             Some(extra) => Err((
                 format!("{key}.{extra}"),
                 "the rules are in the policy file; give them there or inline here, not both".into(),
             )),
-            None => Ok(schema::RoleRouter::File(PathBuf::from(path))),
+            None => Ok(schema::PolicySource::File(PathBuf::from(path))),
         },
         Some(_) => Err((format!("{key}.policy"), "must be a file path".into())),
         None if !table.contains_key("rule") => Err((
@@ -265,7 +298,7 @@ fn role_router(mut table: toml::Table, key: &str) -> Result<schema::RoleRouter, 
         None => {
             let text = toml::to_string(&table).map_err(|e| (key.to_owned(), e.to_string()))?;
             match portcullis_role_router::parse_policy(key, &text) {
-                Ok(_) => Ok(schema::RoleRouter::Inline(text)),
+                Ok(_) => Ok(schema::PolicySource::Inline(text)),
                 Err(e) => {
                     // Name the rule: count the `[[rule]]` headers before the error's line
                     // in the text the table was written back to.

@@ -35,6 +35,21 @@ fn optional_duration<'de, D: Deserializer<'de>>(
     duration(deserializer).map(Some)
 }
 
+/// A token time (`lifetime`, `max_session`): `exp` and `auth_time` are whole seconds,
+/// so a fraction of a second, or less than one, cannot be what was meant.
+fn optional_token_seconds<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    let duration = duration(deserializer)?;
+    if duration.subsec_nanos() != 0 || duration < Duration::from_secs(1) {
+        return Err(serde::de::Error::custom(format!(
+            "{} is not a whole number of seconds of at least 1s: tokens carry their times in seconds",
+            humantime::format_duration(duration)
+        )));
+    }
+    Ok(Some(duration))
+}
+
 fn networks<'de, D: Deserializer<'de>>(deserializer: D) -> Result<NetworkSet, D::Error> {
     let items = Vec::<String>::deserialize(deserializer)?;
     NetworkSet::parse_list("the list", &items.join("\n")).map_err(serde::de::Error::custom)
@@ -87,8 +102,19 @@ pub(crate) struct Tls {
     pub(crate) client_ca: Option<PathBuf>,
     #[serde(default)]
     pub(crate) crls: Vec<PathBuf>,
+    /// What a CRL past its `nextUpdate` means for the certificates of its issuer.
+    #[serde(default)]
+    pub(crate) stale_crls: StaleCrlName,
     #[serde(default = "optional_certs")]
     pub(crate) client_certs: ClientCerts,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum StaleCrlName {
+    #[default]
+    Refuse,
+    AcceptWithWarning,
 }
 
 fn optional_certs() -> ClientCerts {
@@ -123,9 +149,9 @@ pub(crate) struct TokenIssuer {
     pub(crate) issuer: String,
     pub(crate) audience: String,
     pub(crate) secret_file: PathBuf,
-    #[serde(default, deserialize_with = "optional_duration")]
+    #[serde(default, deserialize_with = "optional_token_seconds")]
     pub(crate) lifetime: Option<Duration>,
-    #[serde(default, deserialize_with = "optional_duration")]
+    #[serde(default, deserialize_with = "optional_token_seconds")]
     pub(crate) max_session: Option<Duration>,
     #[serde(default = "issue_path")]
     pub(crate) issue_path: String,
@@ -240,7 +266,14 @@ pub(crate) struct JwtIssuer {
 /// reads it), or the same keys inline in the `[[layer]]` (`default`, `[[layer.rule]]`),
 /// checked when the configuration is read.
 #[derive(Debug)]
-pub(crate) enum RoleRouter {
+pub(crate) struct RoleRouter {
+    pub(crate) policy: PolicySource,
+    /// `max_path_len`: the longest path the router judges (its default when absent).
+    pub(crate) max_path_len: Option<std::num::NonZeroUsize>,
+}
+
+#[derive(Debug)]
+pub(crate) enum PolicySource {
     File(PathBuf),
     Inline(String),
 }

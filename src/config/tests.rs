@@ -293,3 +293,96 @@ fn trusting_every_address_is_refused_and_numbers_are_checked() {
     ))
     .is_ok());
 }
+
+#[tokio::test]
+async fn durations_and_lengths_are_checked_where_they_are_written() {
+    use base64::Engine as _;
+    use tower::ServiceExt as _;
+    // Token times are whole seconds, at least one.
+    for lifetime in ["\"0s\"", "\"500ms\"", "\"1s 500ms\""] {
+        let e = error(&format!(
+            "{SERVER}[token_issuer]\nissuer = \"i\"\naudience = \"a\"\nsecret_file = \"s\"\nlifetime = {lifetime}\n"
+        ));
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("token_issuer.lifetime", Some(7)),
+            "{e}"
+        );
+        assert!(e.message.contains("whole number of seconds"), "{e}");
+    }
+    // A session shorter than one token could never be extended.
+    let dir = std::env::temp_dir().join(format!("portcullis-config-times-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("s.secret"),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([7u8; 32]),
+    )
+    .unwrap();
+    let issuer = |times: &str| {
+        format!("{SERVER}[token_issuer]\nissuer = \"i\"\naudience = \"a\"\nsecret_file = \"s.secret\"\n{times}")
+    };
+    let build = |text: String| {
+        let dir = dir.clone();
+        async move {
+            GatewayConfig::parse("gateway.toml", &text, &dir)
+                .unwrap()
+                .build()
+                .await
+        }
+    };
+    let e = build(issuer("max_session = \"1h\"\n")).await.unwrap_err();
+    assert_eq!(e.key, "token_issuer.max_session", "{e}");
+    assert!(e.message.contains("10h"), "{e}");
+    let e = build(issuer("lifetime = \"2h\"\nmax_session = \"1h\"\n"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.key, "token_issuer.max_session", "{e}");
+    assert!(build(issuer("lifetime = \"1h\"\nmax_session = \"8h\"\n"))
+        .await
+        .is_ok());
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // The role router's path limit: a positive number of bytes, applied.
+    let router = |extra: &str| {
+        format!(
+            "{SERVER}[[layer]]\nkind = \"role-router\"\n{extra}default = \"public\"\n\
+             [[layer.rule]]\npath = \"/health\"\npublic = true\n"
+        )
+    };
+    for bad in [
+        "max_path_len = 0\n",
+        "max_path_len = -5\n",
+        "max_path_len = \"8k\"\n",
+    ] {
+        let e = error(&router(bad));
+        assert_eq!(e.key, "layer[0].max_path_len", "{bad}: {e}");
+    }
+    let gateway = parse(&router("max_path_len = 16\n"))
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let app = gateway.apply(axum::Router::new().fallback(|| async { "ok" }));
+    let status = |path: &str| {
+        let app = app.clone();
+        let request = http::Request::get(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        async move { app.oneshot(request).await.unwrap().status() }
+    };
+    assert_eq!(status("/health").await, http::StatusCode::OK);
+    assert_eq!(
+        status("/a-path-longer-than-16").await,
+        http::StatusCode::URI_TOO_LONG
+    );
+
+    // The stale-CRL policy is one of two names.
+    let tls = "[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
+    let e = error(&format!("{SERVER}{tls}stale_crls = \"ignore\"\n"));
+    assert_eq!(e.key, "tls.stale_crls", "{e}");
+    assert!(e.message.contains("accept-with-warning"), "{e}");
+    assert!(parse(&format!(
+        "{SERVER}{tls}stale_crls = \"accept-with-warning\"\n"
+    ))
+    .is_ok());
+}

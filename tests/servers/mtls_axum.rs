@@ -85,9 +85,14 @@ impl Ca {
     }
 
     pub(crate) fn crl(&self, serials: &[u64]) -> String {
+        self.crl_due(serials, 2036)
+    }
+
+    /// A CRL revoking `serials`, due again on 1 January of `year`.
+    pub(crate) fn crl_due(&self, serials: &[u64], year: i32) -> String {
         let params = CertificateRevocationListParams {
             this_update: rcgen::date_time_ymd(2026, 1, 1),
-            next_update: rcgen::date_time_ymd(2036, 1, 1),
+            next_update: rcgen::date_time_ymd(year, 1, 1),
             crl_number: SerialNumber::from(1u64),
             issuing_distribution_point: None,
             revoked_certs: serials
@@ -855,6 +860,151 @@ async fn a_crl_past_its_next_update_follows_the_stale_policy() {
         ask(lenient, eight.pem.clone()).await.code().as_deref(),
         Some("revoked_cert")
     );
+}
+
+/// Several CRLs of one issuer: the newest (due last) decides staleness whatever order
+/// the file lists them in, revocations of every list count, and a DER CRL followed by
+/// other bytes is refused when loaded rather than read in part.
+#[tokio::test]
+async fn several_crls_of_one_issuer_in_any_order() {
+    let pki = pki();
+    let seven = pki
+        .ca
+        .issue("connector-7", Some(ExtendedKeyUsagePurpose::ClientAuth), 7);
+    let eight = pki
+        .ca
+        .issue("connector-8", Some(ExtendedKeyUsagePurpose::ClientAuth), 8);
+    let registry = ConnectorRegistry::from_connectors([
+        Connector::new("connector-7").thumbprint(seven.thumbprint),
+        Connector::new("connector-8").thumbprint(eight.thumbprint),
+    ])
+    .unwrap();
+    // An old list due in 2028 that revokes 8, and a newer one due in 2036 that does not
+    // (an operator who appends rather than replaces).
+    let (old, new) = (pki.ca.crl_due(&[8], 2028), pki.ca.crl_due(&[], 2036));
+    let (clock, _) =
+        Clock::manual(std::time::UNIX_EPOCH + std::time::Duration::from_secs(60 * 365 * 24 * 3600));
+    for file in [format!("{old}{new}"), format!("{new}{old}")] {
+        let crls = Crls::from_bytes(file.as_bytes()).unwrap();
+        let layer = MtlsIdentityLayer::new(registry.clone())
+            .forwarded(ForwardedCertificate::envoy("127.0.0.0/8".parse().unwrap()))
+            .crls(crls)
+            .clock(clock.clone());
+        let addr = serve_behind_proxy(layer).await;
+        for (leaf, expected) in [(&seven, "200"), (&eight, "revoked_cert")] {
+            let escaped = percent_encoding::utf8_percent_encode(
+                &leaf.pem,
+                percent_encoding::NON_ALPHANUMERIC,
+            );
+            let reply = crate::client::get(
+                addr,
+                "127.0.0.1",
+                "/v1/versionInfo",
+                &[("x-forwarded-client-cert", &format!("Cert=\"{escaped}\""))],
+            )
+            .await;
+            let got = match reply.status {
+                StatusCode::OK => "200".to_owned(),
+                _ => reply.code().unwrap_or_default(),
+            };
+            assert_eq!(got, expected, "{}", reply.body);
+        }
+    }
+
+    let der = |pem: &str| {
+        use base64::Engine as _;
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap()
+    };
+    let mut trailing = der(&old);
+    assert!(Crls::from_bytes(&trailing).is_ok());
+    trailing.extend_from_slice(&der(&new));
+    let error = Crls::from_bytes(&trailing).unwrap_err().to_string();
+    assert!(error.contains("trailing bytes after the CRL"), "{error}");
+}
+
+/// nginx's `$ssl_client_escaped_cert`: exactly one PEM certificate and nothing else.
+/// Text before it, a second certificate after it, a block of another label, a mangled
+/// boundary or two header lines are all refused as `untrusted_client_cert`.
+#[tokio::test]
+async fn an_escaped_pem_header_is_exactly_one_certificate() {
+    let pki = pki();
+    let seven = pki
+        .ca
+        .issue("connector-7", Some(ExtendedKeyUsagePurpose::ClientAuth), 7);
+    let other = pki
+        .ca
+        .issue("connector-8", Some(ExtendedKeyUsagePurpose::ClientAuth), 8);
+    let registry = ConnectorRegistry::from_connectors([
+        Connector::new("connector-7").thumbprint(seven.thumbprint)
+    ])
+    .unwrap();
+    let layer = MtlsIdentityLayer::new(registry).forwarded(ForwardedCertificate::escaped_pem(
+        http::HeaderName::from_static("x-ssl-client-cert"),
+        "127.0.0.0/8".parse().unwrap(),
+    ));
+    let addr = serve_behind_proxy(layer).await;
+    let escape = |text: &str| {
+        percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let pem = seven.pem.trim().to_owned();
+    let ask = |values: Vec<String>| async move {
+        let headers: Vec<(&str, &str)> = values
+            .iter()
+            .map(|v| ("x-ssl-client-cert", v.as_str()))
+            .collect();
+        crate::client::get(addr, "127.0.0.1", "/v1/versionInfo", &headers).await
+    };
+    // Allowed: the certificate, escaped or plain, with surrounding whitespace.
+    for value in [
+        escape(&pem),
+        escape(&format!("\n{pem}\n\n")),
+        pem.replace('\n', "%0A"),
+    ] {
+        let reply = ask(vec![value]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+    let body_of = |pem: &str| {
+        pem.lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let refused = [
+        format!("junk\n{pem}"),
+        format!("{pem}\n{}", other.pem),
+        format!("{}\n{pem}", other.pem),
+        format!("{pem}\ntrailer"),
+        pem.replace("-----END CERTIFICATE-----", "-----END PRIVATE KEY-----"),
+        pem.replace(
+            "-----BEGIN CERTIFICATE-----",
+            "-----BEGIN CERTIFICATE-----x",
+        ),
+        format!(
+            "-----BEGIN X509 CRL-----\n{}\n-----END X509 CRL-----",
+            body_of(&pem)
+        ),
+        format!(
+            "-----BEGIN CERTIFICATE-----\nProc-Type: 4,ENCRYPTED\n{}\n-----END CERTIFICATE-----",
+            body_of(&pem)
+        ),
+        body_of(&pem),
+        String::new(),
+    ];
+    for text in refused {
+        let reply = ask(vec![escape(&text)]).await;
+        assert_eq!(
+            reply.code().as_deref(),
+            Some("untrusted_client_cert"),
+            "{text:?}: {} {}",
+            reply.status,
+            reply.body
+        );
+    }
+    let reply = ask(vec![escape(&pem), escape(&pem)]).await;
+    assert_eq!(reply.code().as_deref(), Some("untrusted_client_cert"));
 }
 
 /// A CA certificate issued by `root`.

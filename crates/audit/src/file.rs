@@ -91,7 +91,8 @@ impl FileSinkBuilder {
         self
     }
 
-    /// How many events may wait for the writer (8,192 by default).
+    /// How many events may wait for the writer (8,192 by default; at least 1, a zero
+    /// is taken as 1).
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity.max(1);
         self

@@ -81,11 +81,11 @@ fn when(flag: &str, text: &str, now: SystemTime) -> Result<SystemTime, String> {
     if let Ok(time) = humantime::parse_rfc3339(text) {
         return Ok(time);
     }
-    humantime::parse_duration(text)
-        .map(|duration: Duration| now + duration)
-        .map_err(|_| {
-            format!("--{flag} {text:?} is neither a duration (90d, 12h) nor an RFC 3339 time")
-        })
+    let duration: Duration = humantime::parse_duration(text).map_err(|_| {
+        format!("--{flag} {text:?} is neither a duration (90d, 12h) nor an RFC 3339 time")
+    })?;
+    now.checked_add(duration)
+        .ok_or_else(|| format!("--{flag} {text:?} is further away than any time can be written"))
 }
 
 fn new(args: NewArgs) -> Result<ExitCode, String> {

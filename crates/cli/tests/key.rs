@@ -117,8 +117,13 @@ fn revoke_marks_the_key_and_a_reload_sees_it() {
 fn bad_arguments_are_refused_and_nothing_is_written() {
     let file = key_file("bad.toml");
     let path = file.to_str().unwrap();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["--expires", "someday"], "--expires"),
+        // A duration too far away to add to the clock used to panic.
+        (
+            &["--expires", "500000000000y"],
+            "further away than any time",
+        ),
         (&["--networks", "10.0.0.1/8"], "--networks"),
         (&["--id", "a b"], "key id"),
         (&["--prefix", "Bad"], "--prefix"),

@@ -183,6 +183,9 @@ impl fmt::Debug for TokenIssuer {
 }
 
 impl TokenIssuer {
+    /// How long a token lasts unless [`lifetime`](Self::lifetime) says otherwise: 10 hours.
+    pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(10 * 3600);
+
     /// An issuer signing with `key`, naming itself `issuer` and the tokens' audience
     /// `audience`. Tokens last 10 hours; principals from client certificates and API
     /// keys are accepted.
@@ -211,7 +214,7 @@ impl TokenIssuer {
                 key,
                 issuer,
                 audience,
-                lifetime: Duration::from_secs(10 * 3600),
+                lifetime: Self::DEFAULT_LIFETIME,
                 max_session: None,
                 binding: Binding::Never,
                 methods: vec![AuthMethod::Certificate, AuthMethod::ApiKey],
@@ -231,13 +234,15 @@ impl TokenIssuer {
         self
     }
 
-    /// How long a token lasts (10 hours by default).
+    /// How long a token lasts (10 hours by default). `exp` is written in whole seconds,
+    /// so a lifetime is rounded up to the next second, and is at least one second.
     pub fn lifetime(self, lifetime: Duration) -> Self {
         self.with(|inner| inner.lifetime = lifetime)
     }
 
     /// The longest a client can keep extending: past `auth_time` plus this, extension is
-    /// refused and the client must authenticate again. Unlimited by default.
+    /// refused and the client must authenticate again. Unlimited by default; shorter
+    /// than the lifetime (zero included), no token can be extended.
     pub fn max_session(self, max: Duration) -> Self {
         self.with(|inner| inner.max_session = Some(max))
     }
@@ -319,7 +324,14 @@ impl TokenIssuer {
     ) -> Result<IssuedToken, IssueError> {
         let inner = &*self.inner;
         let now = now_secs(&inner.clock);
-        let lifetime = i64::try_from(inner.lifetime.as_secs()).unwrap_or(i64::MAX);
+        // Whole seconds, rounded up, at least one: a 1.5 s lifetime is not 1 s, and a
+        // zero one would issue tokens that are already expired.
+        let seconds = inner
+            .lifetime
+            .as_secs()
+            .saturating_add(u64::from(inner.lifetime.subsec_nanos() > 0))
+            .max(1);
+        let lifetime = i64::try_from(seconds).unwrap_or(i64::MAX);
         let expires_at = now.saturating_add(lifetime);
         let mut id = [0u8; 16];
         getrandom::fill(&mut id)

@@ -157,7 +157,8 @@ impl Issuer {
         self
     }
 
-    /// Clock skew tolerated for `exp`, `nbf` and `iat` (60 s by default).
+    /// Clock skew tolerated for `exp`, `nbf` and `iat` (60 s by default), to the
+    /// millisecond.
     pub fn leeway(mut self, leeway: Duration) -> Self {
         self.leeway = leeway;
         self
@@ -270,6 +271,19 @@ impl Issuer {
                 "no audience: add .audience(\"your-api\"), or .accept_any_audience() if every token of this issuer is meant for this service".into(),
             ));
         }
+        // Durations that would make the fetcher spin or never succeed.
+        for (setting, value) in [
+            ("refresh_every", self.refresh_every),
+            ("min_refresh_interval", self.min_refresh_interval),
+            ("fetch_timeout", self.fetch_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::Issuer(
+                    self.name.clone(),
+                    format!("{setting} is zero; give it a positive duration (see its default in the docs)"),
+                ));
+            }
+        }
         #[cfg(feature = "remote")]
         let remote = self.remote.is_some();
         #[cfg(not(feature = "remote"))]
@@ -318,7 +332,7 @@ impl Issuer {
             name,
             audiences: self.audiences.clone(),
             any_audience: self.any_audience,
-            leeway_secs: i64::try_from(self.leeway.as_secs()).unwrap_or(i64::MAX),
+            leeway_ms: u64::try_from(self.leeway.as_millis()).unwrap_or(u64::MAX),
             token_types: self.token_types.clone(),
             subject: self.subject.clone(),
             roles: self.roles.clone(),
@@ -355,7 +369,8 @@ pub(crate) struct CompiledIssuer {
     pub(crate) name: Arc<str>,
     pub(crate) audiences: Vec<String>,
     pub(crate) any_audience: bool,
-    pub(crate) leeway_secs: i64,
+    /// To the millisecond, as the clock is read: a leeway of 1.5 s is 1.5 s.
+    pub(crate) leeway_ms: u64,
     pub(crate) token_types: Vec<String>,
     pub(crate) subject: Vec<ClaimPath>,
     pub(crate) roles: Vec<ClaimPath>,

@@ -50,6 +50,8 @@ pub enum ConfigError {
     Issuer(String, String),
     /// The authorization scheme is not a token68-style word.
     InvalidScheme(String),
+    /// `max_token_size` is zero: every token would be refused as too large.
+    ZeroMaxTokenSize,
 }
 
 impl fmt::Display for ConfigError {
@@ -61,6 +63,9 @@ impl fmt::Display for ConfigError {
             Self::InvalidScheme(scheme) => write!(
                 f,
                 "{scheme:?} is not an authorization scheme: use letters, digits and -._~+"
+            ),
+            Self::ZeroMaxTokenSize => f.write_str(
+                "max_token_size is zero, so every token would be refused; leave the default (8 KiB) or give a size in bytes",
             ),
         }
     }
@@ -366,12 +371,13 @@ impl JwtHandle {
     /// Returns whether all have keys. For start-up, so the first requests are not
     /// refused while the key server is asked.
     pub async fn wait_for_keys(&self, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
+        // `None`: a timeout too long to add to the clock is no deadline at all.
+        let deadline = tokio::time::Instant::now().checked_add(timeout);
         for issuer in &self.config.validator.issuers {
             #[cfg(feature = "remote")]
             if let Some(remote) = &issuer.ring.remote {
                 while !remote.is_loaded() {
-                    if tokio::time::Instant::now() >= deadline {
+                    if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                         return false;
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -510,6 +516,9 @@ impl JwtLayerBuilder {
     pub fn build(self) -> Result<JwtLayer, ConfigError> {
         if self.issuers.is_empty() {
             return Err(ConfigError::NoIssuer);
+        }
+        if self.max_token_size == 0 {
+            return Err(ConfigError::ZeroMaxTokenSize);
         }
         let scheme_ok = self
             .scheme

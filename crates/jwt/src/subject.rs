@@ -177,7 +177,7 @@ impl SubjectCache {
             Entry {
                 issuer: subject.issuer.clone(),
                 id: subject.id.clone(),
-                until: now + self.ttl,
+                until: now.saturating_add(self.ttl),
                 answer,
             },
         );

@@ -1233,3 +1233,196 @@ mod properties {
         }
     }
 }
+
+/// Every duration and count the builders take: zero where it would make the layer spin
+/// or refuse everything is refused by name; huge values never panic; the leeway is
+/// kept to the millisecond; a token's lifetime is whole seconds, rounded up.
+mod numbers {
+    use super::*;
+
+    #[tokio::test]
+    async fn zero_settings_are_refused_by_name() {
+        for (setting, issuer) in [
+            ("refresh_every", issuer().refresh_every(Duration::ZERO)),
+            (
+                "min_refresh_interval",
+                issuer().min_refresh_interval(Duration::ZERO),
+            ),
+            ("fetch_timeout", issuer().fetch_timeout(Duration::ZERO)),
+        ] {
+            let error = JwtLayer::builder().issuer(issuer).build().unwrap_err();
+            assert!(
+                error.to_string().contains(&format!("{setting} is zero")),
+                "{error}"
+            );
+            assert!(error.to_string().contains(ISS), "{error}");
+        }
+        let error = JwtLayer::builder()
+            .issuer(issuer())
+            .max_token_size(0)
+            .build()
+            .unwrap_err();
+        assert_eq!(error, ConfigError::ZeroMaxTokenSize);
+    }
+
+    #[tokio::test]
+    async fn the_largest_durations_never_panic() {
+        let (clock, _) = clock();
+        let accounts = Accounts::default();
+        let layer = JwtLayer::builder()
+            .issuer(
+                issuer()
+                    .leeway(Duration::MAX)
+                    .refresh_every(Duration::MAX)
+                    .min_refresh_interval(Duration::MAX)
+                    .fetch_timeout(Duration::MAX)
+                    .max_key_age(Duration::MAX),
+            )
+            .subject_check(accounts.check(), Duration::MAX)
+            .max_token_size(usize::MAX)
+            .token_cache(usize::MAX)
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        // Used to add the timeout to the clock and panic.
+        assert!(layer.handle().wait_for_keys(Duration::MAX).await);
+        let service = service(layer);
+        assert_eq!(
+            send(&service, bearer(&token())).await.status(),
+            StatusCode::OK
+        );
+        // A second request reads the account answer cached "for ever".
+        assert_eq!(
+            send(&service, bearer(&token())).await.status(),
+            StatusCode::OK
+        );
+    }
+
+    #[tokio::test]
+    async fn the_leeway_is_kept_to_the_millisecond() {
+        let (clock, control) = clock();
+        let layer = JwtLayer::builder()
+            .issuer(issuer().leeway(Duration::from_millis(1500)))
+            .clock(clock.clone())
+            .token_cache(0)
+            .build()
+            .unwrap();
+        let service = service(layer);
+        let token = token();
+        // exp = NOW + 3600; with 1.5 s of leeway the token is good until NOW + 3601.5.
+        control.set(UNIX_EPOCH + Duration::from_millis((NOW + 3601) * 1000 + 499));
+        assert_eq!(
+            send(&service, bearer(&token)).await.status(),
+            StatusCode::OK
+        );
+        control.advance(Duration::from_millis(1));
+        assert_eq!(refused_with(&service, &token).await, "expired_token");
+        // And before nbf: 1.5 s early is fine, 1.501 s is not.
+        let early = mint(&hs_key(), header(&hs_key()), {
+            let mut c = claims();
+            c["nbf"] = json!(NOW + 10);
+            c
+        });
+        control.set(UNIX_EPOCH + Duration::from_millis((NOW + 10) * 1000 - 1500));
+        assert_eq!(
+            send(&service, bearer(&early)).await.status(),
+            StatusCode::OK
+        );
+        control.set(UNIX_EPOCH + Duration::from_millis((NOW + 10) * 1000 - 1501));
+        assert_eq!(refused_with(&service, &early).await, "token_not_yet_valid");
+    }
+
+    fn any_duration() -> impl proptest::strategy::Strategy<Value = Duration> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(Duration::ZERO),
+            Just(Duration::MAX),
+            (0u64..u64::MAX, 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
+            (0u64..10_000_000).prop_map(Duration::from_millis),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Any durations and counts: the layer builds or names the setting, and a
+        /// built layer answers a valid token with 200 or a 401 `expired_token` (a
+        /// leeway cannot make a token expire sooner), an issuer issues, never a panic.
+        #[test]
+        fn any_numbers_build_or_are_refused_by_name(
+            leeway in any_duration(),
+            refresh in any_duration(),
+            min_interval in any_duration(),
+            timeout in any_duration(),
+            key_age in any_duration(),
+            ttl in any_duration(),
+            lifetime in any_duration(),
+            max_session in any_duration(),
+            max_token_size in proptest::prop_oneof![proptest::strategy::Just(0usize), 1usize..100_000, proptest::strategy::Just(usize::MAX)],
+            cache in proptest::prop_oneof![proptest::strategy::Just(0usize), 1usize..100, proptest::strategy::Just(usize::MAX)],
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let (clock, _) = clock();
+                let accounts = Accounts::default();
+                let built = JwtLayer::builder()
+                    .issuer(
+                        issuer()
+                            .leeway(leeway)
+                            .refresh_every(refresh)
+                            .min_refresh_interval(min_interval)
+                            .fetch_timeout(timeout)
+                            .max_key_age(key_age),
+                    )
+                    .subject_check(accounts.check(), ttl)
+                    .max_token_size(max_token_size)
+                    .token_cache(cache)
+                    .clock(clock.clone())
+                    .build();
+                let zero = [refresh, min_interval, timeout].iter().any(Duration::is_zero);
+                match built {
+                    Ok(layer) => {
+                        assert!(!zero && max_token_size > 0);
+                        let service = service(layer);
+                        let status = send(&service, bearer(&token())).await.status();
+                        assert!(
+                            status == StatusCode::OK
+                                || (status == StatusCode::UNAUTHORIZED && max_token_size < token().len()),
+                            "{status}"
+                        );
+                    }
+                    Err(ConfigError::ZeroMaxTokenSize) => assert_eq!(max_token_size, 0),
+                    Err(error) => {
+                        assert!(zero, "{error}");
+                        assert!(error.to_string().contains("is zero"), "{error}");
+                    }
+                }
+                let app = Principal::builder("connector-7", AuthMethod::Certificate).build();
+                let issued = token_issuer(&clock)
+                    .lifetime(lifetime)
+                    .max_session(max_session)
+                    .issue(&app, None)
+                    .unwrap();
+                assert!(issued.expires_at() > NOW as i64);
+            });
+        }
+    }
+
+    #[test]
+    fn a_lifetime_is_whole_seconds_rounded_up() {
+        let (clock, _) = clock();
+        let app = Principal::builder("connector-7", AuthMethod::Certificate).build();
+        for (lifetime, seconds) in [
+            (Duration::ZERO, 1),
+            (Duration::from_millis(1), 1),
+            (Duration::from_millis(1500), 2),
+            (Duration::from_secs(60), 60),
+            (Duration::MAX, i64::MAX - NOW as i64),
+        ] {
+            let issued = token_issuer(&clock)
+                .lifetime(lifetime)
+                .issue(&app, None)
+                .unwrap();
+            assert_eq!(issued.expires_at() - NOW as i64, seconds, "{lifetime:?}");
+        }
+    }
+}

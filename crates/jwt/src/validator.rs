@@ -225,16 +225,16 @@ impl Validator {
         payload: &[u8],
         now_ms: u64,
     ) -> Outcome {
-        let leeway = issuer.leeway_secs;
+        let leeway_ms = issuer.leeway_ms;
         let Some(exp) = claims.exp else {
             return JwtRefusal::MissingExpiry.into();
         };
-        let valid_until_ms = seconds_to_ms(exp.saturating_add(leeway));
+        let valid_until_ms = seconds_to_ms(exp).saturating_add(leeway_ms);
         if now_ms >= valid_until_ms {
             return JwtRefusal::Expired.into();
         }
         for not_before in [claims.nbf, claims.iat].into_iter().flatten() {
-            if now_ms < seconds_to_ms(not_before.saturating_sub(leeway)) {
+            if now_ms.saturating_add(leeway_ms) < seconds_to_ms(not_before) {
                 return JwtRefusal::NotYetValid.into();
             }
         }

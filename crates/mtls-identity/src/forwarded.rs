@@ -5,7 +5,6 @@ use http::header::HeaderName;
 use http::Request;
 use percent_encoding::percent_decode_str;
 use portcullis_core::{socket_peer, NetworkSet};
-use x509_parser::pem::parse_x509_pem;
 
 /// How the proxy writes the certificate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,10 +157,25 @@ struct XfccCert<'a> {
 #[derive(Debug, PartialEq, Eq)]
 struct Ambiguous;
 
+/// The certificate of a URL-escaped PEM: exactly one `CERTIFICATE` block, with nothing
+/// but whitespace around it (RFC 7468's strict form), or `None`.
+///
+/// Read here rather than with x509-parser's PEM reader, which skips text before the
+/// block, ignores the `END` line's label and stops after the first block: a value with
+/// two certificates, or one glued to other text, would be read as whichever comes first.
 fn pem_to_der(escaped: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
     let pem = percent_decode_str(escaped).decode_utf8().ok()?;
-    let (_, pem) = parse_x509_pem(pem.as_bytes()).ok()?;
-    (pem.label == "CERTIFICATE").then_some(pem.contents)
+    let body = pem
+        .trim_matches(|c: char| c.is_ascii_whitespace())
+        .strip_prefix(BEGIN)?
+        .strip_suffix(END)?;
+    // Base64 lines only: another block's boundary, or anything else, is refused by the
+    // decoder.
+    let body: String = body.split_ascii_whitespace().collect();
+    base64::engine::general_purpose::STANDARD.decode(body).ok()
 }
 
 /// The `Cert` and `Hash` values of the last XFCC element (the one the nearest proxy

@@ -395,3 +395,49 @@ async fn builder_calls_on_a_clone_take_effect_and_leave_the_original_alone() {
     assert_eq!(run(uncached, request(Some(&der))).await.1, "connector-7");
     drop(base);
 }
+
+/// The OCSP durations and counts at their extremes: answers kept "for ever" (a century)
+/// instead of a panic when the duration cannot be added to the clock, failures that the
+/// policy decides on every request, and a zero timeout that takes only ready answers.
+#[tokio::test]
+async fn ocsp_durations_at_their_extremes_never_panic() {
+    let der = certificate(|_| {});
+    let table = Table::default();
+    let layer = MtlsIdentityLayer::new(registered(&der))
+        .parse_cache(usize::MAX)
+        .ocsp(
+            Ocsp::new(table.clone())
+                .max_age(Duration::MAX)
+                .recheck_after(Duration::MAX)
+                .timeout(Duration::MAX)
+                .capacity(usize::MAX),
+        );
+    for _ in 0..2 {
+        assert_eq!(
+            run(layer.clone(), request(Some(&der))).await.1,
+            "connector-7"
+        );
+    }
+    assert_eq!(table.asked.load(Ordering::SeqCst), 1);
+    *table.failing.lock().unwrap() = true;
+    let failing = MtlsIdentityLayer::new(registered(&der)).ocsp(
+        Ocsp::new(table.clone())
+            .recheck_after(Duration::MAX)
+            .capacity(0),
+    );
+    for _ in 0..2 {
+        let (status, code, _) = run(failing.clone(), request(Some(&der))).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "revocation_check_unavailable"
+            )
+        );
+    }
+    let instant = MtlsIdentityLayer::new(registered(&der))
+        .parse_cache(0)
+        .ocsp(Ocsp::new(Table::default()).timeout(Duration::ZERO));
+    // A zero timeout still takes an answer that is ready at once.
+    assert_eq!(run(instant, request(Some(&der))).await.1, "connector-7");
+}

@@ -202,16 +202,16 @@ impl OcspState {
         let settings = &self.settings;
         let (verdict, until) = match answer {
             Ok(answer) => {
-                let longest = now + settings.max_age;
+                let longest = later(now, settings.max_age);
                 let until = match answer.next_update {
                     Some(next) => next.min(longest),
-                    None => now + settings.recheck_after.min(settings.max_age),
+                    None => later(now, settings.recheck_after.min(settings.max_age)),
                 };
                 (Ok(answer.status), until)
             }
             Err(error) => {
                 tracing::warn!(%thumbprint, %error, "mtls: the OCSP check failed");
-                (Err(error), now + settings.recheck_after)
+                (Err(error), later(now, settings.recheck_after))
             }
         };
         if until > now {
@@ -254,4 +254,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `now + by`, or a century from now when `by` is too long to add: an answer cached
+/// "for ever" rather than a panic.
+fn later(now: SystemTime, by: Duration) -> SystemTime {
+    now.checked_add(by)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }

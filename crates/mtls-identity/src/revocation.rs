@@ -38,8 +38,8 @@ struct Index {
     /// Issuer name (DER) → revoked serial numbers (as encoded).
     revoked: HashMap<Vec<u8>, HashSet<Vec<u8>>>,
     /// Issuer name (DER) → when its newest CRL says the next one is due (seconds since
-    /// the epoch); absent when a CRL of the issuer names no `nextUpdate`.
-    next_update: HashMap<Vec<u8>, i64>,
+    /// the epoch); `None` when a CRL of the issuer names no `nextUpdate`.
+    next_update: HashMap<Vec<u8>, Option<i64>>,
 }
 
 /// What the layer does with a certificate whose issuer's CRL is past its `nextUpdate`:
@@ -146,7 +146,10 @@ impl Crls {
             .revoked
             .get(issuer)
             .is_some_and(|serials| serials.contains(certificate.serial()));
-        let stale = index.next_update.get(issuer).is_some_and(|due| now > *due);
+        let stale = index
+            .next_update
+            .get(issuer)
+            .is_some_and(|due| due.is_some_and(|due| now > due));
         match (stale, self.stale, revoked) {
             (true, StaleCrl::Refuse, _) => CrlVerdict::Stale,
             (true, StaleCrl::AcceptWithWarning, revoked) => {
@@ -186,19 +189,26 @@ fn add(index: &mut Index, source: &str, bytes: &[u8]) -> Result<(), CrlError> {
 }
 
 fn add_der(index: &mut Index, der: &[u8]) -> Result<(), String> {
-    let (_, crl) = CertificateRevocationList::from_der(der).map_err(|e| e.to_string())?;
-    let issuer = crl.issuer().as_raw().to_vec();
-    // Several CRLs of one issuer: the one due last is the newest.
-    match crl.next_update() {
-        Some(next) => {
-            let due = next.timestamp();
-            let entry = index.next_update.entry(issuer.clone()).or_insert(due);
-            *entry = (*entry).max(due);
-        }
-        None => {
-            index.next_update.remove(&issuer);
-        }
+    let (rest, crl) = CertificateRevocationList::from_der(der).map_err(|e| e.to_string())?;
+    // Bytes after the CRL are not part of it: a file that is more than one CRL, or a
+    // CRL and something else, is refused rather than read in part.
+    if !rest.is_empty() {
+        return Err("trailing bytes after the CRL".into());
     }
+    let issuer = crl.issuer().as_raw().to_vec();
+    // Several CRLs of one issuer: the one due last is the newest, and one that names no
+    // `nextUpdate` is never stale, whichever order the files list them in.
+    let due = crl.next_update().map(|next| next.timestamp());
+    index
+        .next_update
+        .entry(issuer.clone())
+        .and_modify(|entry| {
+            *entry = match (*entry, due) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            }
+        })
+        .or_insert(due);
     let serials = index.revoked.entry(issuer).or_default();
     for revoked in crl.iter_revoked_certificates() {
         serials.insert(revoked.raw_serial().to_vec());

@@ -80,7 +80,7 @@ impl RateLimitBuilder {
     /// How often idle keys are dropped, by a thread of the layer's own (every 60 s by
     /// default). `None` leaves it to the host, through [`RateLimitHandle::sweep`].
     pub fn sweep_every(mut self, every: Option<Duration>) -> Self {
-        self.sweep_every = every.filter(|d| !d.is_zero());
+        self.sweep_every = every;
         self
     }
 
@@ -96,6 +96,18 @@ impl RateLimitBuilder {
     /// one state.
     pub fn build(self) -> Result<RateLimitLayer, ConfigError> {
         quota::validate(&self.quotas)?;
+        // A zero interval would sweep without pause on the layer's thread.
+        if self.sweep_every.is_some_and(|every| every.is_zero()) {
+            return Err(ConfigError::ZeroDuration("sweep_every"));
+        }
+        #[cfg(feature = "redis")]
+        if self
+            .redis
+            .as_ref()
+            .is_some_and(|backend| backend.timeout.is_zero())
+        {
+            return Err(ConfigError::ZeroDuration("RedisBackend::timeout"));
+        }
         let needs_client_ip = self
             .quotas
             .iter()

@@ -451,6 +451,9 @@ pub enum ConfigError {
     BurstTooLarge(String),
     /// A ban whose window or duration is zero or longer than [`Rate::MAX_PERIOD`].
     InvalidBan(String),
+    /// A duration setting of the layer (named) is zero: `sweep_every` (to leave sweeping
+    /// to the host, pass `None`) or the Redis backend's `timeout`.
+    ZeroDuration(&'static str),
 }
 
 /// The longest time a full burst may take to come back: 100 years. Longer ones cannot be
@@ -489,6 +492,10 @@ impl fmt::Display for ConfigError {
             Self::InvalidBan(name) => write!(
                 f,
                 "quota {name:?} has a ban whose window or duration is zero or longer than a year"
+            ),
+            Self::ZeroDuration(setting) => write!(
+                f,
+                "{setting} is zero; give it a positive duration (sweep_every(None) leaves sweeping to the host)"
             ),
         }
     }
@@ -644,16 +651,34 @@ mod tests {
                 burst in proptest::option::of(0u32..=u32::MAX),
                 strict in any::<bool>(),
                 ban in proptest::option::of((0u32..100, 0u64..u64::MAX / 2, 0u64..u64::MAX / 2)),
+                tracked in prop_oneof![Just(0usize), 1usize..4, Just(usize::MAX)],
+                ipv6_prefix in any::<u8>(),
+                sweep in proptest::option::of(prop_oneof![Just(0u64), 1u64..u64::MAX]),
             ) {
-                let rate = Rate::new(count, Duration::from_millis(period_ms)).unwrap();
-                let mut quota = Quota::new("q", rate).semantics(if strict { Semantics::StrictWindow } else { Semantics::Smooth });
+                let period = Duration::from_millis(period_ms);
+                let rate = match Rate::new(count, period) {
+                    Ok(rate) => rate,
+                    Err(error) => {
+                        // Only a rate finer than one request per nanosecond is refused.
+                        prop_assert_eq!(error, crate::InvalidRate::TooFine);
+                        prop_assert!(period.as_nanos() < u128::from(count));
+                        return Ok(());
+                    }
+                };
+                let mut quota = Quota::new("q", rate)
+                    .semantics(if strict { Semantics::StrictWindow } else { Semantics::Smooth })
+                    .max_tracked_keys(tracked, Overflow::SharedBucket)
+                    .ipv6_prefix(ipv6_prefix);
                 if let Some(burst) = burst {
                     quota = quota.burst(burst);
                 }
                 if let Some((strikes, window, duration)) = ban {
                     quota = quota.ban(Ban::after(strikes, Duration::from_nanos(window), Duration::from_nanos(duration)));
                 }
-                match RateLimitLayer::builder().quota(quota).build() {
+                let builder = RateLimitLayer::builder()
+                    .quota(quota)
+                    .sweep_every(sweep.map(Duration::from_nanos));
+                match builder.build() {
                     Ok(layer) => {
                         let mut request = http::Request::new(());
                         request.extensions_mut().insert(portcullis_core::PeerAddr("192.0.2.1:1".parse().unwrap()));
@@ -662,6 +687,10 @@ mod tests {
                         }));
                         let response = futures::executor::block_on(tower::ServiceExt::oneshot(service, request)).unwrap();
                         prop_assert!(response.status().is_success() || response.status() == http::StatusCode::TOO_MANY_REQUESTS);
+                    }
+                    Err(ConfigError::ZeroDuration(setting)) => {
+                        prop_assert_eq!(setting, "sweep_every");
+                        prop_assert_eq!(sweep, Some(0));
                     }
                     Err(error) => prop_assert!(error.to_string().contains("\"q\""), "{error}"),
                 }
@@ -685,6 +714,14 @@ mod tests {
                 .build()
                 .unwrap_err();
             assert_eq!(error, ConfigError::InvalidBan("q".into()));
+            // A zero sweep interval used to mean "never sweep" without a word.
+            let error = RateLimitLayer::builder()
+                .quota(Quota::new("q", rate))
+                .sweep_every(Some(Duration::ZERO))
+                .build()
+                .unwrap_err();
+            assert_eq!(error, ConfigError::ZeroDuration("sweep_every"));
+            assert!(error.to_string().contains("sweep_every is zero"), "{error}");
         }
     }
 }

@@ -41,6 +41,11 @@ impl Rate {
         if period > Self::MAX_PERIOD {
             return Err(InvalidRate::PeriodTooLong);
         }
+        // The smooth semantics space requests `period / count` apart, in nanoseconds: a
+        // finer rate would be rounded to one per nanosecond, another rate than written.
+        if period.as_nanos() < u128::from(count.get()) {
+            return Err(InvalidRate::TooFine);
+        }
         Ok(Self { count, period })
     }
 
@@ -70,7 +75,8 @@ impl Rate {
     }
 
     /// The time one request's worth of quota takes to come back under the smooth
-    /// semantics: `period / count`, at least one nanosecond.
+    /// semantics: `period / count`, at least one nanosecond (a finer rate is refused
+    /// when it is made).
     pub fn emission_interval(&self) -> Duration {
         (self.period / self.count.get()).max(Duration::from_nanos(1))
     }
@@ -102,7 +108,12 @@ impl FromStr for Rate {
             Some(split) => split,
             None => text.split_once(" per ").ok_or(InvalidRate::Syntax)?,
         };
-        let count: u32 = count.trim().parse().map_err(|_| InvalidRate::Syntax)?;
+        // Digits only: `u32::from_str` would also take a sign (`+5/s`).
+        let count = count.trim();
+        if count.is_empty() || !count.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(InvalidRate::Syntax);
+        }
+        let count: u32 = count.parse().map_err(|_| InvalidRate::Syntax)?;
         let period = parse_period(period.trim())?;
         Self::new(count, period)
     }
@@ -136,6 +147,8 @@ pub enum InvalidRate {
     PeriodTooShort,
     /// The period is longer than [`Rate::MAX_PERIOD`].
     PeriodTooLong,
+    /// More than one request per nanosecond (`count` above the period in nanoseconds).
+    TooFine,
 }
 
 impl fmt::Display for InvalidRate {
@@ -148,6 +161,9 @@ impl fmt::Display for InvalidRate {
             Self::ZeroCount => "a rate must admit at least one request per period",
             Self::PeriodTooShort => "the period must be at least 1ms",
             Self::PeriodTooLong => "the period must be at most a year",
+            Self::TooFine => {
+                "a rate may admit at most one request per nanosecond; lower the count or lengthen the period"
+            }
         })
     }
 }
@@ -184,6 +200,19 @@ mod tests {
         assert_eq!("1/0s".parse::<Rate>(), Err(InvalidRate::PeriodTooShort));
         assert_eq!("1/500us".parse::<Rate>(), Err(InvalidRate::PeriodTooShort));
         assert_eq!("1/400days".parse::<Rate>(), Err(InvalidRate::PeriodTooLong));
+        assert_eq!("+5/s".parse::<Rate>(), Err(InvalidRate::Syntax));
+        assert_eq!("5 5/s".parse::<Rate>(), Err(InvalidRate::Syntax));
+        assert_eq!("99999999999/s".parse::<Rate>(), Err(InvalidRate::Syntax));
+        // One per nanosecond is the finest rate; anything finer would be rounded to it.
+        assert_eq!(
+            "1000000/1ms".parse::<Rate>().map(|r| r.emission_interval()),
+            Ok(Duration::from_nanos(1))
+        );
+        assert_eq!("1000001/1ms".parse::<Rate>(), Err(InvalidRate::TooFine));
+        assert_eq!(
+            Rate::new(u32::MAX, Duration::from_secs(1)),
+            Err(InvalidRate::TooFine)
+        );
     }
 
     #[test]

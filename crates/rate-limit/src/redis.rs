@@ -72,7 +72,7 @@ impl From<redis::RedisError> for RedisError {
 pub struct RedisBackend {
     manager: ConnectionManager,
     namespace: String,
-    timeout: Duration,
+    pub(crate) timeout: Duration,
     failure: RedisFailure,
     retry_after: Duration,
 }

@@ -670,3 +670,20 @@ fn the_sweeper_thread_drops_idle_keys_on_its_own() {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// A zero Redis timeout would fail every request: refused when the layer is built,
+/// before any connection (the backend connects lazily, so no server is needed here).
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn a_zero_redis_timeout_is_refused_by_name() {
+    let backend = crate::RedisBackend::connect("redis://127.0.0.1:1")
+        .await
+        .unwrap()
+        .timeout(Duration::ZERO);
+    let error = RateLimitLayer::builder()
+        .quota(Quota::new("q", Rate::per_second(1).unwrap()))
+        .redis(backend)
+        .build()
+        .unwrap_err();
+    assert_eq!(error, ConfigError::ZeroDuration("RedisBackend::timeout"));
+}

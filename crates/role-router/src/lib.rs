@@ -158,8 +158,8 @@ impl RoleRouterLayer {
     /// longer path is refused with 414 `path_too_long` before it is normalized or
     /// matched, so no request can make the router work in proportion to an unbounded
     /// path.
-    pub fn max_path_len(mut self, bytes: usize) -> Self {
-        self.config.max_path_len = bytes;
+    pub fn max_path_len(mut self, bytes: std::num::NonZeroUsize) -> Self {
+        self.config.max_path_len = bytes.get();
         self
     }
 
@@ -493,7 +493,8 @@ mod tests {
             assert_eq!(status, StatusCode::URI_TOO_LONG);
             assert_eq!(denial.unwrap().code(), "path_too_long");
         }
-        let short = RoleRouterLayer::new(policy()).max_path_len(10);
+        let short =
+            RoleRouterLayer::new(policy()).max_path_len(std::num::NonZeroUsize::new(10).unwrap());
         let (status, _, _) = call(&short, request(Method::GET, "/public/abcd", None));
         assert_eq!(status, StatusCode::URI_TOO_LONG);
     }
