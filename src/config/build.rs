@@ -6,9 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use http::HeaderName;
-use portcullis_api_key::{ApiKeyLayer, FileKeyStore, KeySource};
+use portcullis_api_key::{ApiKeyCredentials, ApiKeyLayer, FileKeyStore, KeySource};
 use portcullis_audit::{AuditLayer, FileSink};
-use portcullis_core::{ClientIpResolver, ForwardedHeader};
+use portcullis_core::{ClientIpResolver, CredentialChecks, ForwardedHeader};
 use portcullis_ip_allowlist::{IpAllowlistLayer, IpRules};
 use portcullis_jwt::jsonwebtoken::Algorithm;
 use portcullis_jwt::{
@@ -22,6 +22,7 @@ use portcullis_rate_limit::{
 };
 use portcullis_role_router::RoleRouterLayer;
 
+use super::reload::{IpLists, Reloadable};
 use super::schema::{self, BindingName, ClientCerts, ForwardedHeaderName, KeyPartName};
 use super::{ConfigError, Entry, GatewayConfig, LayerConfig};
 
@@ -63,6 +64,7 @@ pub struct Gateway {
     /// time.
     pub connectors: Option<ConnectorRegistry>,
     pub(crate) layers: Vec<(&'static str, Built)>,
+    pub(crate) reloadable: Arc<Reloadable>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -117,10 +119,39 @@ impl GatewayConfig {
             None => None,
         };
         let revocations = Revocations::new();
+        // Key stores and connector registries are opened first: the token issuer asks
+        // them whether the credential a session was opened with is still good.
+        let mut reloadable = Reloadable::default();
+        let mut checks = CredentialChecks::new();
+        for entry in &self.entries {
+            let at = |message: String| self.error(Some(entry.line), &entry.key, message);
+            match &entry.layer {
+                LayerConfig::ApiKey(c) => {
+                    let store = FileKeyStore::open(self.path(&c.key_file))
+                        .map_err(|e| at(format!("key_file: {e}")))?;
+                    let store = Arc::new(store);
+                    checks = checks.with(ApiKeyCredentials::new(store.clone()));
+                    reloadable.key_files.push(store);
+                }
+                LayerConfig::MtlsIdentity(c) => {
+                    let registry = ConnectorRegistry::open(self.path(&c.connectors))
+                        .map_err(|e| at(format!("connectors: {e}")))?;
+                    checks = checks.with(registry.clone());
+                    reloadable
+                        .connectors
+                        .push((self.path(&c.connectors), registry));
+                }
+                _ => {}
+            }
+        }
         let token_routes = match &self.file.token_issuer {
-            Some(section) => Some(self.token_issuer(section, &revocations)?),
+            Some(section) => Some(self.token_issuer(section, &revocations, &checks)?),
             None => None,
         };
+        let (mut key_files, mut registries) = (
+            reloadable.key_files.clone().into_iter(),
+            reloadable.connectors.clone().into_iter(),
+        );
         let mut layers = Vec::new();
         let mut connectors = None;
         for entry in &self.entries {
@@ -144,7 +175,15 @@ impl GatewayConfig {
                         rules = rules.allow(allow);
                     }
                     rules = rules.deny(deny);
-                    Built::IpAllowlist(IpAllowlistLayer::new(rules).client_ip(resolver.clone()))
+                    let layer = IpAllowlistLayer::new(rules).client_ip(resolver.clone());
+                    reloadable.ip_lists.push(IpLists {
+                        handle: layer.handle(),
+                        allow: c.allow.clone(),
+                        deny: c.deny.clone(),
+                        allow_file: c.allow_file.as_ref().map(|p| self.path(p)),
+                        deny_file: c.deny_file.as_ref().map(|p| self.path(p)),
+                    });
+                    Built::IpAllowlist(layer)
                 }
                 LayerConfig::MtlsIdentity(c) => {
                     if let Some(tls) = &self.file.tls {
@@ -154,8 +193,7 @@ impl GatewayConfig {
                             ));
                         }
                     }
-                    let registry = ConnectorRegistry::open(self.path(&c.connectors))
-                        .map_err(|e| at(format!("connectors: {e}")))?;
+                    let (_, registry) = registries.next().expect("opened above, in order");
                     let mut layer = MtlsIdentityLayer::new(registry.clone()).mode(match c.mode {
                         schema::Mode::Required => portcullis_mtls_identity::Mode::Required,
                         schema::Mode::Optional => portcullis_mtls_identity::Mode::Optional,
@@ -170,15 +208,24 @@ impl GatewayConfig {
                                         StaleCrl::AcceptWithWarning
                                     }
                                 });
+                            reloadable.crls.push((
+                                tls.crls.iter().map(|p| self.path(p)).collect(),
+                                crls.clone(),
+                            ));
                             layer = layer.crls(crls);
                         }
                     }
                     connectors = Some(registry);
                     Built::MtlsIdentity(layer)
                 }
-                LayerConfig::ApiKey(c) => Built::ApiKey(self.api_key(c, &resolver).map_err(at)?),
+                LayerConfig::ApiKey(c) => {
+                    let store = key_files.next().expect("opened above, in order");
+                    Built::ApiKey(self.api_key(c, &resolver, store).map_err(at)?)
+                }
                 LayerConfig::Jwt(c) => {
-                    Built::Jwt(self.jwt(c, token_routes.as_ref(), &revocations, entry)?)
+                    let layer = self.jwt(c, token_routes.as_ref(), &revocations, entry)?;
+                    reloadable.jwt.push(layer.handle());
+                    Built::Jwt(layer)
                 }
                 LayerConfig::RoleRouter(c) => {
                     let policy = match &c.policy {
@@ -203,6 +250,9 @@ impl GatewayConfig {
                     let mut layer = RoleRouterLayer::new(policy).mark_matched_route(true);
                     if let Some(bytes) = c.max_path_len {
                         layer = layer.max_path_len(bytes);
+                    }
+                    if let schema::PolicySource::File(path) = &c.policy {
+                        reloadable.policies.push((self.path(path), layer.handle()));
                     }
                     Built::RoleRouter(layer)
                 }
@@ -237,6 +287,7 @@ impl GatewayConfig {
             token_routes,
             connectors,
             layers,
+            reloadable: Arc::new(reloadable),
         })
     }
 
@@ -319,6 +370,7 @@ impl GatewayConfig {
         &self,
         section: &schema::TokenIssuer,
         revocations: &Revocations,
+        checks: &CredentialChecks,
     ) -> Result<TokenRoutes, ConfigError> {
         let key = "token_issuer.secret_file";
         let secret = portcullis_jwt::read_secret_file(&self.path(&section.secret_file))
@@ -328,6 +380,10 @@ impl GatewayConfig {
         let mut issuer = TokenIssuer::new(signing, &section.issuer, &section.audience)
             .map_err(|e| self.error(None, "token_issuer", e))?
             .revocations(revocations.clone());
+        // A token ends with the API key or client certificate it was issued to.
+        if !checks.is_empty() {
+            issuer = issuer.credential_check(checks.clone());
+        }
         if let Some(lifetime) = section.lifetime {
             issuer = issuer.lifetime(lifetime);
         }
@@ -362,9 +418,8 @@ impl GatewayConfig {
         &self,
         c: &schema::ApiKey,
         resolver: &ClientIpResolver,
+        store: Arc<FileKeyStore>,
     ) -> Result<ApiKeyLayer, String> {
-        let store =
-            FileKeyStore::open(self.path(&c.key_file)).map_err(|e| format!("key_file: {e}"))?;
         let header = |name: &String| {
             HeaderName::try_from(name.as_str())
                 .map_err(|_| format!("{name:?} is not a header name"))

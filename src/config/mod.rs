@@ -24,6 +24,7 @@
 //! `examples/gateway.toml`.
 
 mod build;
+mod reload;
 mod schema;
 mod stack;
 
@@ -31,6 +32,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use build::{Gateway, TokenRoutes};
+pub use reload::ReloadReport;
 pub use stack::{BoxError, GatewayBody, GatewayLayer, GatewayService};
 
 /// A configuration problem: where, which key, and what to do.

@@ -962,3 +962,204 @@ async fn the_built_example_binary_serves_the_file_it_is_given() {
     assert!(!log.contains(&token));
     child.kill().await.unwrap();
 }
+
+/// The `portcullis` command `cargo test --workspace` built beside the test binaries.
+fn cli_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let binary = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join(format!("portcullis{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "{} is missing: `cargo test --workspace` builds the portcullis command",
+        binary.display()
+    );
+    binary
+}
+
+/// Asks `request` again every 100 ms until `expected` or 2 s, and returns the last
+/// answer: a change to a file takes effect within 2 s.
+async fn within_two_seconds<F>(expected: (StatusCode, &str), request: F) -> (StatusCode, String)
+where
+    F: Fn() -> reqwest::RequestBuilder,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let got = send(request()).await;
+        if (got.0, got.1.as_str()) == expected || tokio::time::Instant::now() >= deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Revocation and change reach the running gateway binary: a key revoked with the CLI
+/// is refused within 2 s and ends the session (token) it opened; a key made with the CLI
+/// works; a connector blocked in its file is refused on its open keep-alive connection
+/// and its token ends too; a broken key file (on change, then on SIGHUP) keeps the keys
+/// in force and is logged with its file and line.
+#[cfg(unix)]
+#[tokio::test]
+async fn revocation_and_change_reach_the_running_gateway() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let (dir, pki, connector, _stranger, api_key) = write_setup(&FILE_ORDER);
+    let mut child = tokio::process::Command::new(crate::examples::binary("gateway"))
+        .arg("--config")
+        .arg(dir.join("gateway.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr: SocketAddr = loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), stderr.next_line())
+            .await
+            .expect("the gateway said nothing for a minute")
+            .unwrap()
+            .expect("the gateway exited before listening");
+        if let Some(addr) = line.strip_prefix("gateway: listening on https://") {
+            break addr.parse().unwrap();
+        }
+    };
+    let (log_tx, mut log) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            let _ = log_tx.send(line);
+        }
+    });
+    let ca = pki.ca_pem().to_owned();
+    let url = |path: &str| format!("https://localhost:{}{path}", addr.port());
+    let anyone = client(&ca, addr, None, "127.0.0.1");
+    let cert = client(&ca, addr, Some(&connector), "127.0.0.1");
+    let keys = dir.join("api-keys.toml");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(cli_binary())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+
+    // A session opened with the API key.
+    let (status, body) = send(anyone.post(url("/v1/token")).header("x-api-key", &api_key)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let key_token = format!(
+        "Bearer {}",
+        serde_json::from_str::<Value>(&body).unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+    );
+    let with_key = || anyone.get(url("/v1/key")).header("x-api-key", &api_key);
+    let with_key_token = || {
+        anyone
+            .get(url("/v1/key"))
+            .header("authorization", &key_token)
+    };
+    assert_eq!(send(with_key()).await.0, StatusCode::OK);
+    assert_eq!(send(with_key_token()).await.0, StatusCode::OK);
+
+    // Revoked with the CLI while the gateway serves: the key and its session end.
+    let text = std::fs::read_to_string(&keys).unwrap();
+    let id = text
+        .lines()
+        .find_map(|line| line.strip_prefix("id = \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .unwrap()
+        .to_owned();
+    cli(&["key", "revoke", "--file", keys.to_str().unwrap(), &id]);
+    assert_eq!(
+        within_two_seconds((StatusCode::UNAUTHORIZED, "revoked_api_key"), with_key).await,
+        (StatusCode::UNAUTHORIZED, "revoked_api_key".into())
+    );
+    assert_eq!(
+        within_two_seconds(
+            (StatusCode::UNAUTHORIZED, "credential_revoked"),
+            with_key_token
+        )
+        .await,
+        (StatusCode::UNAUTHORIZED, "credential_revoked".into())
+    );
+    // Nor can the session be extended.
+    assert_eq!(
+        send(
+            anyone
+                .post(url("/v1/token/extend"))
+                .header("authorization", &key_token)
+        )
+        .await,
+        (StatusCode::UNAUTHORIZED, "credential_revoked".into())
+    );
+
+    // A key made with the CLI works within 2 s.
+    let secret = cli(&[
+        "key",
+        "new",
+        "--file",
+        keys.to_str().unwrap(),
+        "--owner",
+        "ops",
+        "--roles",
+        "key-admin",
+    ]);
+    let secret = secret.trim().to_owned();
+    let with_new_key = || anyone.get(url("/v1/key")).header("x-api-key", &secret);
+    assert_eq!(
+        within_two_seconds((StatusCode::OK, ""), with_new_key)
+            .await
+            .0,
+        StatusCode::OK
+    );
+
+    // A broken key file, on change and on SIGHUP: the keys in force stay, and the log
+    // names the file and line.
+    let good = std::fs::read_to_string(&keys).unwrap();
+    std::fs::write(&keys, format!("{good}\n[[key]]\nid = 7\n")).unwrap();
+    let broken_line = good.lines().count() + 3;
+    let kill = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let wanted = format!("api-keys.toml:{broken_line}");
+    let logged = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(line) = log.recv().await {
+            if line.contains("the reload failed") && line.contains(&wanted) {
+                return line;
+            }
+        }
+        String::new()
+    })
+    .await
+    .expect("no reload error naming the line was logged");
+    assert!(logged.contains(&wanted), "{logged}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(send(with_new_key()).await.0, StatusCode::OK);
+    assert_eq!(send(with_key()).await.1, "revoked_api_key");
+    std::fs::write(&keys, &good).unwrap();
+
+    // A connector blocked in its file: its open keep-alive connection is refused on its
+    // next request.
+    assert_eq!(send(cert.get(url("/v1/key"))).await.0, StatusCode::OK);
+    let connectors = dir.join("connectors.toml");
+    let text = std::fs::read_to_string(&connectors).unwrap();
+    std::fs::write(
+        &connectors,
+        text.replace(
+            "id = \"connector-7\"",
+            "id = \"connector-7\"\nblocked = true",
+        ),
+    )
+    .unwrap();
+    let blocked = within_two_seconds((StatusCode::UNAUTHORIZED, "connector_blocked"), || {
+        cert.get(url("/v1/key"))
+    })
+    .await;
+    assert_eq!(blocked.1, "connector_blocked", "{blocked:?}");
+    drop(child);
+}

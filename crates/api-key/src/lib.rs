@@ -88,6 +88,7 @@
 //! told to a caller whose secret matched. No response, log line, audit note or `Debug`
 //! output holds the secret; they name the key by its id.
 
+mod credentials;
 mod file;
 mod future;
 mod key;
@@ -98,6 +99,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 
+pub use credentials::ApiKeyCredentials;
 pub use file::{parse_key_file, read_key_file, render_key_record, FileKeyStore, KeyFileError};
 pub use future::ResponseFuture;
 pub use key::{

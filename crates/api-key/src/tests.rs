@@ -834,3 +834,40 @@ fn loose_authorization_values_are_malformed_in_both_modes() {
         "another layer's token is not ours"
     );
 }
+
+/// The store answers for the keys that sessions were opened with: good while the key is
+/// there, owned by the same principal, not revoked and within its validity.
+#[test]
+fn the_store_says_whether_a_sessions_key_is_still_good() {
+    use portcullis_core::{Credential, CredentialCheck, CredentialStatus};
+    let key = GeneratedKey::with_id(&KeyPrefix::default(), "key-1").unwrap();
+    let store = Arc::new(MemoryKeyStore::new());
+    store
+        .insert(
+            KeyRecord::new(key.id(), "partner-acme", key.digest())
+                .unwrap()
+                .expires(UNIX_EPOCH + T0 + Duration::from_secs(60)),
+        )
+        .unwrap();
+    let (clock, control) = Clock::manual(UNIX_EPOCH + T0);
+    let check = ApiKeyCredentials::new(store.clone()).clock(clock);
+    assert!(check.checks(AuthMethod::ApiKey));
+    assert!(!check.checks(AuthMethod::Certificate));
+    let ask = |id: &str, principal: &str| {
+        futures::executor::block_on(check.check(&Credential {
+            method: AuthMethod::ApiKey,
+            id: id.into(),
+            principal: principal.into(),
+        }))
+    };
+    assert_eq!(ask("key-1", "partner-acme"), Ok(CredentialStatus::Good));
+    assert_eq!(ask("key-1", "someone-else"), Ok(CredentialStatus::Unknown));
+    assert_eq!(ask("key-9", "partner-acme"), Ok(CredentialStatus::Unknown));
+    control.advance(Duration::from_secs(60));
+    assert_eq!(ask("key-1", "partner-acme"), Ok(CredentialStatus::Revoked));
+    control.set(UNIX_EPOCH + T0);
+    assert!(store.revoke("key-1"));
+    assert_eq!(ask("key-1", "partner-acme"), Ok(CredentialStatus::Revoked));
+    assert!(store.remove("key-1"));
+    assert_eq!(ask("key-1", "partner-acme"), Ok(CredentialStatus::Unknown));
+}

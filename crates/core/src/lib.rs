@@ -16,6 +16,8 @@
 //! - [`Clock`]: the time layers check expiry against, controllable in tests.
 //! - [`ClientCertThumbprint`]: the verified client certificate's SHA-256, for
 //!   certificate-bound tokens.
+//! - [`CredentialCheck`]: whether the API key or certificate a session was opened with
+//!   is still good, asked by the JWT layer about the tokens it issued.
 //!
 //! # Features
 //!
@@ -31,6 +33,7 @@ mod body;
 mod certificate;
 mod client_ip;
 mod clock;
+mod credential;
 mod forwarded;
 mod future;
 mod headers;
@@ -48,6 +51,10 @@ pub use client_ip::{
     TrustsEveryone, DEFAULT_MAX_FORWARDED_ELEMENTS,
 };
 pub use clock::{Clock, ManualClock};
+pub use credential::{
+    Credential, CredentialCheck, CredentialCheckError, CredentialChecks, CredentialFuture,
+    CredentialStatus,
+};
 pub use future::DecisionFuture;
 pub use headers::remove_field_lines;
 pub use network::{InvalidNetwork, NetworkListError, NetworkSet};

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
-use portcullis_core::{ClientCertThumbprint, DecisionFuture, Principal, RejectOrBody};
+use portcullis_core::{
+    ClientCertThumbprint, CredentialStatus, DecisionFuture, Principal, RejectOrBody,
+};
 use tokio::sync::watch;
 use tower_service::Service;
 
@@ -50,13 +52,61 @@ impl Pending {
         }))
     }
 
-    /// Asks the account check about a verified token's subject.
+    /// Asks the account check about a verified token's subject (then, if the token
+    /// names one, the credential check about its credential).
     pub(crate) fn account_check(
         config: Arc<Config>,
         verified: Arc<Verified>,
         subject: Subject,
     ) -> Self {
         Self(Box::pin(ask(config, verified, subject)))
+    }
+
+    /// Asks the credential check about the credential a verified token was issued to.
+    pub(crate) fn credential_check(
+        config: Arc<Config>,
+        verified: Arc<Verified>,
+        principal: Principal,
+    ) -> Self {
+        Self(Box::pin(ask_credential(config, verified, principal)))
+    }
+}
+
+/// The last gate: the credential the token was issued to, if it names one and its
+/// issuer checks credentials. A cached answer decides at once.
+async fn ask_credential(
+    config: Arc<Config>,
+    verified: Arc<Verified>,
+    principal: Principal,
+) -> Step {
+    let (Some(credential), Some(check)) = (
+        verified.credential.clone(),
+        config.validator.issuers[verified.issuer]
+            .credentials
+            .as_ref()
+            .map(|c| c.0.clone()),
+    ) else {
+        return Step::Admit(verified, principal);
+    };
+    let id = verified.claims.0.subject.clone();
+    let cache = &config.credentials;
+    let status = match cache.cached(verified.issuer, &credential, &config.clock) {
+        Some(status) => status,
+        None if !check.checks(credential.method) => CredentialStatus::Good,
+        None => match check.check(&credential).await {
+            Ok(status) => {
+                cache.store(verified.issuer, &credential, status, &config.clock);
+                status
+            }
+            Err(error) => {
+                tracing::error!(subject = %id, %error, "jwt: the credential check failed");
+                return Step::Refuse(JwtRefusal::CredentialCheckUnavailable, Some(id));
+            }
+        },
+    };
+    match crate::credential::verdict(status) {
+        Ok(()) => Step::Admit(verified, principal),
+        Err(refusal) => Step::Refuse(refusal, Some(id)),
     }
 }
 
@@ -71,12 +121,12 @@ async fn after_verification(
     }
     let Some(subjects) = &config.subjects else {
         let principal = verified.principal.clone();
-        return Step::Admit(verified, principal);
+        return ask_credential(config, verified, principal).await;
     };
     let issuer = config.issuer_name(&verified);
     match subjects.cached(&issuer, &id, &config.clock) {
         Some(answer) => match config.apply(&verified, answer) {
-            Ok(principal) => Step::Admit(verified, principal),
+            Ok(principal) => ask_credential(config, verified, principal).await,
             Err(refusal) => Step::Refuse(refusal, Some(id)),
         },
         None => ask(config.clone(), verified, Subject { issuer, id }).await,
@@ -86,7 +136,7 @@ async fn after_verification(
 async fn ask(config: Arc<Config>, verified: Arc<Verified>, subject: Subject) -> Step {
     let Some(subjects) = &config.subjects else {
         let principal = verified.principal.clone();
-        return Step::Admit(verified, principal);
+        return ask_credential(config, verified, principal).await;
     };
     let id = subject.id.clone();
     match subjects.check.check(subject.clone()).await {
@@ -94,7 +144,7 @@ async fn ask(config: Arc<Config>, verified: Arc<Verified>, subject: Subject) -> 
             let answer = Answer::from(status);
             subjects.store(&subject, answer.clone(), &config.clock);
             match config.apply(&verified, answer) {
-                Ok(principal) => Step::Admit(verified, principal),
+                Ok(principal) => ask_credential(config, verified, principal).await,
                 Err(refusal) => Step::Refuse(refusal, Some(id)),
             }
         }

@@ -17,8 +17,9 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use portcullis_core::{
-    AuditNote, AuditRecord, AuthMethod, Authentication, ClientCertThumbprint, Clock, Principal,
-    RejectOrBody, Rejection, RenderRejection, Renderer,
+    AuditNote, AuditRecord, AuthMethod, Authentication, ClientCertThumbprint, Clock, Credential,
+    CredentialCheck, CredentialStatus, Principal, RejectOrBody, Rejection, RenderRejection,
+    Renderer,
 };
 use serde::Serialize;
 use tower_service::Service;
@@ -165,6 +166,7 @@ struct IssuerInner {
     methods: Vec<AuthMethod>,
     clock: Clock,
     check: Option<Arc<dyn SubjectCheck>>,
+    credentials: Option<Arc<dyn CredentialCheck>>,
     revocations: Option<Revocations>,
     renderer: Renderer,
     validator: Validator,
@@ -220,6 +222,7 @@ impl TokenIssuer {
                 methods: vec![AuthMethod::Certificate, AuthMethod::ApiKey],
                 clock: Clock::system(),
                 check: None,
+                credentials: None,
                 revocations: None,
                 renderer: Renderer::default(),
                 validator,
@@ -270,6 +273,43 @@ impl TokenIssuer {
         self.with(|inner| inner.check = Some(check))
     }
 
+    /// Sessions end with the credential they were opened with: a token records the id
+    /// of the API key or client certificate it was issued to (claim `cred`), and is
+    /// extended only while `check` says that credential is good (the key not revoked,
+    /// expired or removed, the connector not blocked). [`validating_issuer`](Self::validating_issuer)
+    /// carries the same check to the [`JwtLayer`](crate::JwtLayer), which asks it on
+    /// every request (cached briefly), refusing with `credential_revoked`.
+    ///
+    /// The API-key stores (`portcullis_api_key::ApiKeyCredentials`) and the connector
+    /// registry (`portcullis_mtls_identity::ConnectorRegistry`) are checks; combine them
+    /// with [`CredentialChecks`](portcullis_core::CredentialChecks). A check of your own:
+    ///
+    /// ```
+    /// use portcullis_core::{AuthMethod, Credential, CredentialCheck, CredentialFuture, CredentialStatus};
+    /// use portcullis_jwt::jsonwebtoken::Algorithm;
+    /// use portcullis_jwt::{JwtLayer, SigningKey, TokenIssuer};
+    ///
+    /// struct NoneRevoked;
+    /// impl CredentialCheck for NoneRevoked {
+    ///     fn checks(&self, method: AuthMethod) -> bool {
+    ///         method == AuthMethod::ApiKey
+    ///     }
+    ///     fn check(&self, _: &Credential) -> CredentialFuture {
+    ///         Box::pin(async { Ok(CredentialStatus::Good) })
+    ///     }
+    /// }
+    ///
+    /// let issuer = TokenIssuer::new(SigningKey::generate(Algorithm::EdDSA)?, "https://gw", "api")?
+    ///     .credential_check(NoneRevoked);
+    /// let layer = JwtLayer::builder().issuer(issuer.validating_issuer()).build()?;
+    /// # let _ = layer;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn credential_check(self, check: impl CredentialCheck) -> Self {
+        let check: Arc<dyn CredentialCheck> = Arc::new(check);
+        self.with(|inner| inner.credentials = Some(check))
+    }
+
     /// Revoked tokens cannot be extended, and an extended token's predecessor is revoked.
     pub fn revocations(self, revocations: Revocations) -> Self {
         self.with(|inner| inner.revocations = Some(revocations))
@@ -282,12 +322,17 @@ impl TokenIssuer {
     }
 
     /// The [`Issuer`] a [`JwtLayer`](crate::JwtLayer) needs to accept these tokens:
-    /// this issuer's name, audience and public key, and `typ: at+jwt`.
+    /// this issuer's name, audience and public key, `typ: at+jwt`, and the
+    /// [credential check](Self::credential_check) when one is set.
     pub fn validating_issuer(&self) -> Issuer {
-        Issuer::new(self.inner.issuer.clone())
+        let issuer = Issuer::new(self.inner.issuer.clone())
             .audience(self.inner.audience.clone())
             .key(self.inner.key.verifying_key())
-            .token_type(ACCESS_TOKEN_TYPE)
+            .token_type(ACCESS_TOKEN_TYPE);
+        match &self.inner.credentials {
+            Some(check) => issuer.credential_check(check.clone()),
+            None => issuer,
+        }
     }
 
     /// Signs a token for `principal`, bound to `certificate` as the binding policy says.
@@ -303,25 +348,27 @@ impl TokenIssuer {
             (Binding::WhenPresent, None) => None,
             (Binding::Required, None) => return Err(IssueError::NoClientCertificate),
         };
-        self.sign(
-            principal.id(),
-            principal.roles(),
-            principal.scopes(),
-            now,
-            principal.method().as_str(),
+        self.sign(&Grant {
+            subject: principal.id(),
+            roles: principal.roles(),
+            scopes: principal.scopes(),
+            auth_time: now,
+            auth_method: principal.method().as_str(),
+            credential: principal.credential_id(),
             binding,
-        )
+        })
     }
 
-    fn sign(
-        &self,
-        subject: &str,
-        roles: &[String],
-        scopes: &[String],
-        auth_time: i64,
-        auth_method: &str,
-        binding: Option<[u8; 32]>,
-    ) -> Result<IssuedToken, IssueError> {
+    fn sign(&self, grant: &Grant<'_>) -> Result<IssuedToken, IssueError> {
+        let Grant {
+            subject,
+            roles,
+            scopes,
+            auth_time,
+            auth_method,
+            credential,
+            binding,
+        } = *grant;
         let inner = &*self.inner;
         let now = now_secs(&inner.clock);
         // Whole seconds, rounded up, at least one: a 1.5 s lifetime is not 1 s, and a
@@ -354,6 +401,7 @@ impl TokenIssuer {
             scope: scope.as_deref(),
             auth_time,
             auth_method,
+            cred: credential,
             cnf: binding.map(|digest| Confirmation {
                 x5t_s256: URL_SAFE_NO_PAD.encode(digest),
             }),
@@ -453,15 +501,34 @@ impl TokenIssuer {
             None => "jwt",
             Some(value) => value.as_str().ok_or(JwtRefusal::InvalidClaims)?,
         };
+        let credential = match claims.get("cred") {
+            None => None,
+            Some(value) => Some(value.as_str().ok_or(JwtRefusal::InvalidClaims)?),
+        };
+        // The session ends with the key or certificate it was opened with.
+        if let (Some(check), Some(id)) = (&inner.credentials, credential) {
+            let credential = session_credential(claims.subject(), auth_method, id)?;
+            if check.checks(credential.method) {
+                match check.check(&credential).await {
+                    Ok(CredentialStatus::Good) => {}
+                    Ok(_) => return Err(JwtRefusal::CredentialRevoked),
+                    Err(error) => {
+                        tracing::error!(subject = principal.id(), %error, "jwt: the credential check failed during an extension");
+                        return Err(JwtRefusal::CredentialCheckUnavailable);
+                    }
+                }
+            }
+        }
         let issued = self
-            .sign(
-                claims.subject(),
-                &roles,
-                principal.scopes(),
+            .sign(&Grant {
+                subject: claims.subject(),
+                roles: &roles,
+                scopes: principal.scopes(),
                 auth_time,
                 auth_method,
+                credential,
                 binding,
-            )
+            })
             .map_err(|error| {
                 tracing::error!(%error, "jwt: signing an extended token failed");
                 JwtRefusal::AccountCheckUnavailable
@@ -676,8 +743,24 @@ struct TokenClaims<'a> {
     scope: Option<&'a str>,
     auth_time: i64,
     auth_method: &'a str,
+    /// The id of the credential the session was opened with (an API key's id, a client
+    /// certificate's thumbprint), for the credential check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cred: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cnf: Option<Confirmation>,
+}
+
+/// What one token grants, and to whom.
+#[derive(Clone, Copy)]
+struct Grant<'a> {
+    subject: &'a str,
+    roles: &'a [String],
+    scopes: &'a [String],
+    auth_time: i64,
+    auth_method: &'a str,
+    credential: Option<&'a str>,
+    binding: Option<[u8; 32]>,
 }
 
 #[derive(Serialize)]
@@ -699,4 +782,20 @@ mod erased {
             serde_json::to_vec(self).map_err(|e| IssueError::Signing(e.to_string()))
         }
     }
+}
+
+/// The credential a token of this issuer names: `cred` with the `auth_method` it was
+/// issued for, and the token's subject. An unknown method is a claim this issuer never
+/// writes: refused.
+pub(crate) fn session_credential(
+    subject: &str,
+    auth_method: &str,
+    id: &str,
+) -> Result<Credential, JwtRefusal> {
+    let method: AuthMethod = auth_method.parse().map_err(|_| JwtRefusal::InvalidClaims)?;
+    Ok(Credential {
+        method,
+        id: id.into(),
+        principal: subject.into(),
+    })
 }

@@ -1,9 +1,12 @@
 //! One trusted issuer: its name, audiences, keys, clock leeway and claim mapping.
 
+use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
+
+use portcullis_core::{AuthMethod, CredentialCheck};
 
 use crate::claims::{ClaimPath, InvalidClaimPath};
 use crate::key::VerifyingKey;
@@ -53,8 +56,27 @@ pub struct Issuer {
     pub(crate) tier: Option<ClaimPath>,
     pub(crate) alias: Option<String>,
     pub(crate) max_key_age: Option<Duration>,
+    pub(crate) credentials: Option<SessionCredentials>,
     /// Which of subject, roles and scopes still hold their defaults.
     defaults: [bool; 3],
+}
+
+/// The credential check of an issuer whose tokens name the credential they were issued
+/// to (claim `cred`, as [`TokenIssuer`](crate::TokenIssuer) writes it).
+#[derive(Clone)]
+pub(crate) struct SessionCredentials(pub(crate) Arc<dyn CredentialCheck>);
+
+impl fmt::Debug for SessionCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let methods: Vec<&str> = AuthMethod::ALL
+            .iter()
+            .filter(|method| self.0.checks(**method))
+            .map(|method| method.as_str())
+            .collect();
+        f.debug_struct("CredentialCheck")
+            .field("methods", &methods)
+            .finish()
+    }
 }
 
 impl Issuer {
@@ -84,6 +106,7 @@ impl Issuer {
             tier: None,
             alias: None,
             max_key_age: Some(DEFAULT_MAX_KEY_AGE),
+            credentials: None,
             defaults: [true; 3],
         }
     }
@@ -248,6 +271,18 @@ impl Issuer {
         self
     }
 
+    /// Asks `check`, on every request (each answer cached for the layer's
+    /// [`credential_cache`](crate::JwtLayerBuilder::credential_cache) time), whether the
+    /// credential a token was issued to is still good; refuses with 401
+    /// `credential_revoked` when it is not. Only tokens that name their credential
+    /// (`cred` and `auth_method`, as [`TokenIssuer`](crate::TokenIssuer) writes them) are
+    /// asked about; [`TokenIssuer::validating_issuer`](crate::TokenIssuer::validating_issuer)
+    /// sets this from the issuer's own check.
+    pub fn credential_check(mut self, check: impl CredentialCheck) -> Self {
+        self.credentials = Some(SessionCredentials(Arc::new(check)));
+        self
+    }
+
     /// Takes the principal's rate-limit tier from this string claim.
     pub fn tier_claim(mut self, path: &str) -> Result<Self, InvalidClaimPath> {
         self.tier = Some(ClaimPath::parse(path)?);
@@ -341,6 +376,7 @@ impl Issuer {
             tier: self.tier.clone(),
             alias: None,
             ring,
+            credentials: self.credentials.clone(),
         })
     }
 }
@@ -380,6 +416,7 @@ pub(crate) struct CompiledIssuer {
     /// Set when the layer trusts several issuers: principal ids are `alias#sub`.
     pub(crate) alias: Option<Arc<str>>,
     pub(crate) ring: Arc<KeyRing>,
+    pub(crate) credentials: Option<SessionCredentials>,
 }
 
 impl CompiledIssuer {

@@ -17,6 +17,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::claims::TypedClaims;
+use crate::credential::CredentialCache;
 use crate::future::{Pending, ResponseFuture};
 use crate::issuer::Issuer;
 use crate::refusal::JwtRefusal;
@@ -86,6 +87,7 @@ pub(crate) struct Config {
     required_scopes: Vec<String>,
     required_scopes_text: String,
     pub(crate) subjects: Option<SubjectCache>,
+    pub(crate) credentials: CredentialCache,
     revocations: Option<Revocations>,
 }
 
@@ -304,6 +306,7 @@ impl JwtLayer {
             cache_capacity: 10_000,
             typed: None,
             subject_check: None,
+            credential_ttl: crate::credential::DEFAULT_TTL,
             revocations: None,
             required_scopes: Vec::new(),
             clock: Clock::system(),
@@ -365,6 +368,7 @@ impl JwtHandle {
         if let Some(subjects) = &self.config.subjects {
             subjects.clear();
         }
+        self.config.credentials.clear();
     }
 
     /// Waits until every issuer that fetches its keys has them, or `timeout` passes.
@@ -401,6 +405,7 @@ pub struct JwtLayerBuilder {
     cache_capacity: usize,
     typed: Option<TypedClaims>,
     subject_check: Option<(Arc<dyn SubjectCheck>, Duration)>,
+    credential_ttl: Duration,
     revocations: Option<Revocations>,
     required_scopes: Vec<String>,
     clock: Clock,
@@ -466,6 +471,14 @@ impl JwtLayerBuilder {
     /// caches each answer for `ttl` (a zero `ttl` asks every time).
     pub fn subject_check(mut self, check: impl SubjectCheck, ttl: Duration) -> Self {
         self.subject_check = Some((Arc::new(check), ttl));
+        self
+    }
+
+    /// How long an issuer's [credential check](crate::Issuer::credential_check) answer
+    /// is kept (5 s by default; zero asks on every request): the longest a session goes
+    /// on after its API key is revoked or its connector blocked.
+    pub fn credential_cache(mut self, ttl: Duration) -> Self {
+        self.credential_ttl = ttl;
         self
     }
 
@@ -597,6 +610,7 @@ impl JwtLayerBuilder {
                 subjects: self
                     .subject_check
                     .map(|(check, ttl)| SubjectCache::new(check, ttl, 100_000)),
+                credentials: CredentialCache::new(self.credential_ttl),
                 revocations: self.revocations,
             }),
         })
@@ -710,6 +724,23 @@ where
                 }
             }
         };
+        if let Some(credential) = &verified.credential {
+            match config
+                .credentials
+                .cached(verified.issuer, credential, &config.clock)
+            {
+                Some(status) => {
+                    if let Err(refusal) = crate::credential::verdict(status) {
+                        let id = verified.principal.id();
+                        return ResponseFuture::decided(config.refuse(&request, refusal, Some(id)));
+                    }
+                }
+                None => {
+                    let work = Pending::credential_check(self.config.clone(), verified, principal);
+                    return pending(&mut self.inner, &self.config, request, work);
+                }
+            }
+        }
         ResponseFuture::decided(config.admit(&mut self.inner, request, &verified, principal))
     }
 }

@@ -108,6 +108,7 @@
 //! are tower services to mount as `POST` routes.
 
 mod claims;
+mod credential;
 mod future;
 mod issue;
 mod issuer;

@@ -54,6 +54,11 @@ pub enum JwtRefusal {
     UnknownAccount,
     /// The account check failed.
     AccountCheckUnavailable,
+    /// The API key or client certificate the token was issued to has been revoked,
+    /// removed, or its connector blocked: the session ended with its credential.
+    CredentialRevoked,
+    /// The credential check failed.
+    CredentialCheckUnavailable,
     /// The token lacks a scope the layer requires.
     InsufficientScope,
     /// Another layer already put a JWT principal on the request.
@@ -82,6 +87,8 @@ impl JwtRefusal {
             Self::AccountDisabled => "account_disabled",
             Self::UnknownAccount => "unknown_account",
             Self::AccountCheckUnavailable => "account_check_unavailable",
+            Self::CredentialRevoked => "credential_revoked",
+            Self::CredentialCheckUnavailable => "credential_check_unavailable",
             Self::InsufficientScope => "insufficient_scope",
             Self::DuplicatePrincipal => "duplicate_authentication",
         }
@@ -113,6 +120,10 @@ impl JwtRefusal {
             Self::AccountDisabled => "the subject's account is blocked",
             Self::UnknownAccount => "the subject's account does not exist",
             Self::AccountCheckUnavailable => "the account check failed",
+            Self::CredentialRevoked => {
+                "the credential the token was issued to is revoked, removed or blocked"
+            }
+            Self::CredentialCheckUnavailable => "the credential check failed",
             Self::InsufficientScope => "a required scope is missing",
             Self::DuplicatePrincipal => "a JWT principal was already present",
         }
@@ -143,6 +154,12 @@ impl JwtRefusal {
             Self::UnknownAccount => "the account does not exist",
             Self::AccountCheckUnavailable => {
                 "the account cannot be checked right now; try again later"
+            }
+            Self::CredentialRevoked => {
+                "the credential this token was issued to is no longer valid; authenticate again"
+            }
+            Self::CredentialCheckUnavailable => {
+                "the token's credential cannot be checked right now; try again later"
             }
             Self::InsufficientScope => "the token does not carry the scope this request needs",
             Self::DuplicatePrincipal => "the server is misconfigured: two JWT layers ran",
@@ -178,7 +195,9 @@ impl JwtRefusal {
                 Rejection::forbidden(self.code(), self.description()),
                 Some("insufficient_scope"),
             ),
-            Self::KeysUnavailable | Self::AccountCheckUnavailable => {
+            Self::KeysUnavailable
+            | Self::AccountCheckUnavailable
+            | Self::CredentialCheckUnavailable => {
                 Rejection::unavailable(self.code(), self.description())
             }
             Self::DuplicatePrincipal => Rejection::internal(self.code(), self.description()),

@@ -1426,3 +1426,242 @@ mod numbers {
         }
     }
 }
+
+/// Sessions end with their credential: a token issued to an API key records the key's
+/// id, and is refused (`credential_revoked`) once the check says the key is revoked or
+/// gone, within the cache time; it cannot be extended either. A check that fails is a
+/// 503; tokens of an issuer without a check, and tokens without `cred`, are not asked
+/// about.
+mod sessions {
+    use super::*;
+    use portcullis_core::{
+        Credential, CredentialCheck, CredentialCheckError, CredentialFuture, CredentialStatus,
+    };
+
+    /// Keys by id: good unless listed as revoked; fails when told to.
+    #[derive(Clone, Default)]
+    struct Keys {
+        revoked: Arc<Mutex<Vec<String>>>,
+        fail: Arc<std::sync::atomic::AtomicBool>,
+        asked: Arc<AtomicUsize>,
+        seen: Arc<Mutex<Vec<Credential>>>,
+    }
+
+    impl CredentialCheck for Keys {
+        fn checks(&self, method: AuthMethod) -> bool {
+            method == AuthMethod::ApiKey
+        }
+
+        fn check(&self, credential: &Credential) -> CredentialFuture {
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            self.seen.lock().unwrap().push(credential.clone());
+            let revoked = self
+                .revoked
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|id| **id == *credential.id);
+            let fail = self.fail.load(Ordering::SeqCst);
+            Box::pin(async move {
+                if fail {
+                    return Err(CredentialCheckError("store down".into()));
+                }
+                Ok(if revoked {
+                    CredentialStatus::Revoked
+                } else {
+                    CredentialStatus::Good
+                })
+            })
+        }
+    }
+
+    fn principal(method: AuthMethod, credential: &str) -> Principal {
+        Principal::builder("partner-acme", method)
+            .credential_id(credential)
+            .role("key-admin")
+            .build()
+    }
+
+    #[tokio::test]
+    async fn a_token_ends_with_the_key_it_was_issued_to() {
+        let (clock, control) = clock();
+        let keys = Keys::default();
+        let tokens = token_issuer(&clock).credential_check(keys.clone());
+        let layer = JwtLayer::builder()
+            .issuer(tokens.validating_issuer())
+            .credential_cache(Duration::from_secs(5))
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        let service = service(layer);
+        let issued = tokens
+            .issue(&principal(AuthMethod::ApiKey, "k-1"), None)
+            .unwrap();
+        // The claim names the key, never anything secret.
+        let payload: Value = serde_json::from_slice(
+            &URL_SAFE_NO_PAD
+                .decode(issued.expose().split('.').nth(1).unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (payload["cred"].as_str(), payload["auth_method"].as_str()),
+            (Some("k-1"), Some("api_key"))
+        );
+
+        assert_eq!(
+            send(&service, bearer(issued.expose())).await.status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            *keys.seen.lock().unwrap(),
+            [Credential {
+                method: AuthMethod::ApiKey,
+                id: "k-1".into(),
+                principal: "partner-acme".into()
+            }]
+        );
+        // Cached: the second request does not ask.
+        assert_eq!(
+            send(&service, bearer(issued.expose())).await.status(),
+            StatusCode::OK
+        );
+        assert_eq!(keys.asked.load(Ordering::SeqCst), 1);
+
+        keys.revoked.lock().unwrap().push("k-1".into());
+        // Within the cache time the old answer stands; after it, the session is over.
+        assert_eq!(
+            send(&service, bearer(issued.expose())).await.status(),
+            StatusCode::OK
+        );
+        control.advance(Duration::from_secs(5));
+        let response = send(&service, bearer(issued.expose())).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert!(
+            response.body().contains("credential_revoked"),
+            "{}",
+            response.body()
+        );
+        // Nor can it be extended, cache or not.
+        assert_eq!(
+            tokens.extend(issued.expose(), None).await.unwrap_err(),
+            JwtRefusal::CredentialRevoked
+        );
+
+        // A failing check refuses with 503, never lets the session on unchecked.
+        let other = tokens
+            .issue(&principal(AuthMethod::ApiKey, "k-2"), None)
+            .unwrap();
+        keys.fail.store(true, Ordering::SeqCst);
+        let response = send(&service, bearer(other.expose())).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.body().contains("credential_check_unavailable"));
+        assert_eq!(
+            tokens.extend(other.expose(), None).await.unwrap_err(),
+            JwtRefusal::CredentialCheckUnavailable
+        );
+        keys.fail.store(false, Ordering::SeqCst);
+
+        // An extended token keeps naming the key, and ends with it too.
+        let extended = tokens.extend(other.expose(), None).await.unwrap();
+        assert_eq!(
+            send(&service, bearer(extended.expose())).await.status(),
+            StatusCode::OK
+        );
+        keys.revoked.lock().unwrap().push("k-2".into());
+        control.advance(Duration::from_secs(5));
+        assert_eq!(
+            refused_with(&service, extended.expose()).await,
+            "credential_revoked"
+        );
+    }
+
+    #[tokio::test]
+    async fn only_the_credentials_the_check_knows_are_asked_about() {
+        let (clock, _) = clock();
+        let keys = Keys::default();
+        keys.revoked.lock().unwrap().push("sha256:ab".into());
+        let tokens = token_issuer(&clock).credential_check(keys.clone());
+        let layer = JwtLayer::builder()
+            .issuer(tokens.validating_issuer())
+            .issuer(
+                Issuer::new("https://idp.example")
+                    .audience(AUD)
+                    .key(hs_key().verifying_key()),
+            )
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        let service = service(layer);
+        // A certificate session: the check answers for API keys only.
+        let certificate = tokens
+            .issue(&principal(AuthMethod::Certificate, "sha256:ab"), None)
+            .unwrap();
+        assert_eq!(
+            send(&service, bearer(certificate.expose())).await.status(),
+            StatusCode::OK
+        );
+        // A principal without a credential id: the token has no `cred`.
+        let bare = tokens
+            .issue(
+                &Principal::builder("partner-acme", AuthMethod::ApiKey).build(),
+                None,
+            )
+            .unwrap();
+        assert_eq!(
+            send(&service, bearer(bare.expose())).await.status(),
+            StatusCode::OK
+        );
+        // Another issuer's token with a `cred` claim: that issuer checks nothing.
+        let foreign = mint(&hs_key(), header(&hs_key()), {
+            let mut c = claims();
+            c["iss"] = json!("https://idp.example");
+            c["cred"] = json!("sha256:ab");
+            c["auth_method"] = json!("api_key");
+            c
+        });
+        assert_eq!(
+            send(&service, bearer(&foreign)).await.status(),
+            StatusCode::OK
+        );
+        assert_eq!(keys.asked.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_mistyped_credential_claim_is_refused() {
+        let (clock, _) = clock();
+        let key = hs_key();
+        let checked = Issuer::new(ISS)
+            .audience(AUD)
+            .key(key.verifying_key())
+            .credential_check(Keys::default());
+        let layer = JwtLayer::builder()
+            .issuer(checked)
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        let service = service(layer);
+        for (cred, method) in [
+            (json!(7), json!("api_key")),
+            (json!(""), json!("api_key")),
+            (json!("k\u{1}"), json!("api_key")),
+            (json!("k-1"), json!("password")),
+            (json!("k-1"), json!(null)),
+            (json!("k-1"), json!(["api_key"])),
+        ] {
+            let token = mint(&key, header(&key), {
+                let mut c = claims();
+                c["cred"] = cred.clone();
+                if !method.is_null() {
+                    c["auth_method"] = method.clone();
+                }
+                c
+            });
+            assert_eq!(
+                refused_with(&service, &token).await,
+                "invalid_claims",
+                "{cred} {method}"
+            );
+        }
+    }
+}

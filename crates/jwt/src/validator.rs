@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use dashmap::DashMap;
 use jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER as AWS_LC;
-use portcullis_core::{AuthMethod, Principal};
+use portcullis_core::{AuthMethod, Credential, Principal};
 
 use crate::claims::{clean, ClaimsInner, JwtClaims, TypedClaims};
 use crate::issuer::CompiledIssuer;
@@ -27,6 +27,9 @@ pub(crate) struct Verified {
     pub(crate) valid_until_ms: u64,
     pub(crate) binding: Option<[u8; 32]>,
     pub(crate) typed: Option<Arc<dyn Any + Send + Sync>>,
+    /// The credential the token was issued to, when its issuer checks credentials and
+    /// the token names one.
+    pub(crate) credential: Option<Arc<Credential>>,
 }
 
 pub(crate) enum Outcome {
@@ -279,6 +282,15 @@ impl Validator {
         let Ok(principal) = principal(issuer, subject, &claims) else {
             return JwtRefusal::InvalidClaims.into();
         };
+        // Only a credential the issuer's check answers for is kept, so that a request
+        // never waits on a check that has nothing to say.
+        let credential = match &issuer.credentials {
+            None => None,
+            Some(check) => match session_credential(subject, &claims) {
+                Ok(credential) => credential.filter(|c| check.0.checks(c.method)),
+                Err(refusal) => return refusal.into(),
+            },
+        };
         let subject: Arc<str> = subject.into();
         let claims = JwtClaims(Arc::new(ClaimsInner {
             issuer: issuer.name.clone(),
@@ -296,8 +308,30 @@ impl Validator {
             valid_until_ms,
             binding,
             typed,
+            credential,
         }))
     }
+}
+
+/// `cred` and `auth_method` of a token whose issuer checks credentials: both strings,
+/// or `cred` absent (a token issued without a credential, never asked about).
+fn session_credential(
+    subject: &str,
+    claims: &token::RawClaims,
+) -> Result<Option<Arc<Credential>>, JwtRefusal> {
+    let Some(id) = claims.other.get("cred") else {
+        return Ok(None);
+    };
+    let id = id
+        .as_str()
+        .and_then(clean)
+        .ok_or(JwtRefusal::InvalidClaims)?;
+    let method = claims
+        .other
+        .get("auth_method")
+        .and_then(|value| value.as_str())
+        .ok_or(JwtRefusal::InvalidClaims)?;
+    crate::issue::session_credential(subject, method, id).map(|c| Some(Arc::new(c)))
 }
 
 /// A claim is present with the wrong type or a character it may not hold: the token's

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use portcullis_core::{AuthMethod, ClientCertThumbprint, Principal};
+use portcullis_core::{
+    AuthMethod, ClientCertThumbprint, Credential, CredentialCheck, CredentialFuture,
+    CredentialStatus, Principal,
+};
 use serde::Deserialize;
 
 /// A registered client: its id, roles, the certificates bound to it, and whether it is
@@ -456,5 +459,102 @@ mod tests {
             registry.block("a"),
             Err(RegistryError::UnknownId(_))
         ));
+    }
+}
+
+/// Sessions opened with a client certificate end with its connector: a token issued to
+/// a certificate is good while the certificate is still registered to the connector it
+/// named and the connector is not blocked. The credential's id is the certificate's
+/// thumbprint (`sha256:…`), as the layer writes it.
+impl CredentialCheck for ConnectorRegistry {
+    fn checks(&self, method: AuthMethod) -> bool {
+        method == AuthMethod::Certificate
+    }
+
+    fn check(&self, credential: &Credential) -> CredentialFuture {
+        let status = self.credential_status(credential);
+        Box::pin(async move { Ok(status) })
+    }
+}
+
+impl ConnectorRegistry {
+    fn credential_status(&self, credential: &Credential) -> CredentialStatus {
+        let Ok(thumbprint) = parse_thumbprint(&credential.id) else {
+            return CredentialStatus::Unknown;
+        };
+        let registered = match self.by_thumbprint(&thumbprint) {
+            Some(owner) => owner,
+            // A connector identified by name with no certificate bound to it.
+            None => match self.by_id(&credential.principal) {
+                Some(named) if named.connector.thumbprints().is_empty() => named,
+                _ => return CredentialStatus::Unknown,
+            },
+        };
+        if registered.connector.id() != &*credential.principal {
+            CredentialStatus::Unknown
+        } else if registered.connector.is_blocked() {
+            CredentialStatus::Revoked
+        } else {
+            CredentialStatus::Good
+        }
+    }
+}
+
+#[cfg(test)]
+mod credential_tests {
+    use super::*;
+
+    /// A certificate session is good while its certificate is registered to the
+    /// connector it named and that connector is not blocked.
+    #[tokio::test]
+    async fn the_registry_says_whether_a_sessions_certificate_is_still_good() {
+        let bound = ClientCertThumbprint::from_bytes([7; 32]);
+        let registry = ConnectorRegistry::from_connectors([
+            Connector::new("connector-7").thumbprint(bound),
+            Connector::new("by-name"),
+        ])
+        .unwrap();
+        assert!(registry.checks(AuthMethod::Certificate));
+        assert!(!registry.checks(AuthMethod::ApiKey));
+        let ask = |id: String, principal: &str| {
+            registry.check(&Credential {
+                method: AuthMethod::Certificate,
+                id: id.into(),
+                principal: principal.into(),
+            })
+        };
+        let other = ClientCertThumbprint::from_bytes([8; 32]).to_string();
+        assert_eq!(
+            ask(bound.to_string(), "connector-7").await,
+            Ok(CredentialStatus::Good)
+        );
+        assert_eq!(
+            ask(bound.to_string(), "by-name").await,
+            Ok(CredentialStatus::Unknown)
+        );
+        assert_eq!(
+            ask(other.clone(), "connector-7").await,
+            Ok(CredentialStatus::Unknown)
+        );
+        assert_eq!(
+            ask(other.clone(), "by-name").await,
+            Ok(CredentialStatus::Good)
+        );
+        assert_eq!(
+            ask("not a thumbprint".into(), "by-name").await,
+            Ok(CredentialStatus::Unknown)
+        );
+        registry.block("connector-7").unwrap();
+        registry.block("by-name").unwrap();
+        assert_eq!(
+            ask(bound.to_string(), "connector-7").await,
+            Ok(CredentialStatus::Revoked)
+        );
+        assert_eq!(ask(other, "by-name").await, Ok(CredentialStatus::Revoked));
+        registry.remove("connector-7").unwrap();
+        assert_eq!(
+            ask(bound.to_string(), "connector-7").await,
+            Ok(CredentialStatus::Unknown)
+        );
     }
 }

@@ -85,6 +85,7 @@ mod policy;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response};
 use portcullis_core::{
     AuditNote, AuditRecord, Authentication, Decision, DecisionFuture, RejectOrBody, Rejection,
@@ -109,7 +110,8 @@ pub const DEFAULT_MAX_PATH_LEN: usize = 8 * 1024;
 
 #[derive(Clone, Debug)]
 struct Config {
-    policy: Arc<Policy>,
+    /// Swapped whole by [`PolicyHandle::replace`]; a request decides under one policy.
+    policy: Arc<ArcSwap<Policy>>,
     max_path_len: usize,
     mark_route: bool,
     shadow: bool,
@@ -128,7 +130,7 @@ impl RoleRouterLayer {
     pub fn new(policy: Policy) -> Self {
         Self {
             config: Config {
-                policy: Arc::new(policy),
+                policy: Arc::new(ArcSwap::from_pointee(policy)),
                 max_path_len: DEFAULT_MAX_PATH_LEN,
                 mark_route: false,
                 shadow: false,
@@ -161,6 +163,13 @@ impl RoleRouterLayer {
     pub fn max_path_len(mut self, bytes: std::num::NonZeroUsize) -> Self {
         self.config.max_path_len = bytes.get();
         self
+    }
+
+    /// A handle to replace the policy while the layer serves (after reading the policy
+    /// file again, say): every service built from this layer, or a clone of it, decides
+    /// by the new policy from its next request on.
+    pub fn handle(&self) -> PolicyHandle {
+        PolicyHandle(self.config.policy.clone())
     }
 
     /// Puts the matched rule's pattern in each allowed request as a
@@ -197,6 +206,37 @@ impl<S> Layer<S> for RoleRouterLayer {
     }
 }
 
+/// Replaces the policy of a [`RoleRouterLayer`] and of every service built from it.
+/// Cheap to clone.
+///
+/// ```
+/// use portcullis_role_router::{Policy, Requirement, RoleRouterLayer, Rule};
+///
+/// let layer = RoleRouterLayer::new(Policy::builder().build()?);
+/// let handle = layer.handle();
+/// handle.replace(
+///     Policy::builder()
+///         .rule(Rule::new("/health", Requirement::public()))
+///         .build()?,
+/// );
+/// assert_eq!(handle.current().len(), 1);
+/// # Ok::<(), portcullis_role_router::PolicyError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct PolicyHandle(Arc<ArcSwap<Policy>>);
+
+impl PolicyHandle {
+    /// Decides every request from now on by `policy`.
+    pub fn replace(&self, policy: Policy) {
+        self.0.store(Arc::new(policy));
+    }
+
+    /// The policy in force.
+    pub fn current(&self) -> Arc<Policy> {
+        self.0.load_full()
+    }
+}
+
 /// The service built by [`RoleRouterLayer`].
 #[derive(Clone, Debug)]
 pub struct RoleRouter<S> {
@@ -221,12 +261,9 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         match self.judge(&request) {
-            Ok(rule) => {
-                if self.config.mark_route {
-                    if let Some(route) = rule.and_then(|index| self.config.policy.rule_route(index))
-                    {
-                        request.extensions_mut().insert(route.clone());
-                    }
+            Ok(route) => {
+                if let Some(route) = route {
+                    request.extensions_mut().insert(route);
                 }
                 DecisionFuture::inner(self.inner.call(request))
             }
@@ -249,9 +286,12 @@ where
 }
 
 impl<S> RoleRouter<S> {
-    /// Decides, writes the audit note, and returns the matched rule (none when the
-    /// default decided) or the rejection.
-    fn judge<B>(&self, request: &Request<B>) -> Result<Option<usize>, Rejection> {
+    /// Decides, writes the audit note, and returns the matched rule's route to mark
+    /// (none when the default decided or marking is off) or the rejection.
+    fn judge<B>(
+        &self,
+        request: &Request<B>,
+    ) -> Result<Option<portcullis_core::MatchedRoute>, Rejection> {
         let config = &self.config;
         let refused = if config.shadow {
             Decision::ShadowDeny
@@ -285,16 +325,21 @@ impl<S> RoleRouter<S> {
             .extensions()
             .get::<Authentication>()
             .unwrap_or(Authentication::empty());
-        let verdict = config.policy.decide(request.method(), &path, auth);
+        let policy = config.policy.load();
+        let verdict = policy.decide(request.method(), &path, auth);
         let rule_name = match verdict.rule {
-            Some(index) => config.policy.rule_name(index).unwrap_or("?"),
+            Some(index) => policy.rule_name(index).unwrap_or("?"),
             None => "default",
         };
         let Err(refusal) = verdict.result else {
             AuditRecord::note(request.extensions(), || {
                 AuditNote::allow(LAYER_NAME).rule(rule_name.to_owned())
             });
-            return Ok(verdict.rule);
+            let route = match (config.mark_route, verdict.rule) {
+                (true, Some(index)) => policy.rule_route(index).cloned(),
+                _ => None,
+            };
+            return Ok(route);
         };
         let rejection = if refusal.is_unauthenticated() {
             let rejection =
