@@ -118,7 +118,18 @@ impl GatewayConfig {
             Some(tls) => Some(self.tls(tls)?),
             None => None,
         };
-        let revocations = Revocations::new();
+        // Tokens revoked by an extension: in memory, or in a journal that a restart
+        // reads back.
+        let revocations = match self
+            .file
+            .token_issuer
+            .as_ref()
+            .and_then(|section| section.revocations_file.as_ref())
+        {
+            Some(path) => Revocations::open_journal(self.path(path))
+                .map_err(|e| self.error(None, "token_issuer.revocations_file", e))?,
+            None => Revocations::new(),
+        };
         // Key stores and connector registries are opened first: the token issuer asks
         // them whether the credential a session was opened with is still good.
         let mut reloadable = Reloadable::default();

@@ -159,6 +159,8 @@ pub(crate) struct TokenIssuer {
     pub(crate) extend_path: String,
     #[serde(default)]
     pub(crate) binding: BindingName,
+    /// An append-only journal of revoked tokens, read back at start.
+    pub(crate) revocations_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]

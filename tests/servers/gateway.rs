@@ -980,6 +980,97 @@ fn cli_binary() -> PathBuf {
     binary
 }
 
+/// The built example binary serving `dir/gateway.toml`: the process, its address, and
+/// its log lines (stderr) as they come.
+async fn spawn_gateway_binary(
+    dir: &Path,
+) -> (
+    tokio::process::Child,
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = tokio::process::Command::new(crate::examples::binary("gateway"))
+        .arg("--config")
+        .arg(dir.join("gateway.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr: SocketAddr = loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), stderr.next_line())
+            .await
+            .expect("the gateway said nothing for a minute")
+            .unwrap()
+            .expect("the gateway exited before listening");
+        if let Some(addr) = line.strip_prefix("gateway: listening on https://") {
+            break addr.parse().unwrap();
+        }
+    };
+    let (log_tx, log) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            let _ = log_tx.send(line);
+        }
+    });
+    (child, addr, log)
+}
+
+/// A token revoked by its extension stays revoked after the gateway restarts: the
+/// revocation journal (`revocations_file`) is read back.
+#[tokio::test]
+async fn a_revoked_token_stays_revoked_after_a_restart() {
+    let (dir, pki, connector, _stranger, _api_key) = write_setup(&FILE_ORDER);
+    let ca = pki.ca_pem().to_owned();
+    let (child, addr, _log) = spawn_gateway_binary(&dir).await;
+    let cert = client(&ca, addr, Some(&connector), "127.0.0.1");
+    let url = |addr: SocketAddr, path: &str| format!("https://localhost:{}{path}", addr.port());
+    let token = |body: &str| {
+        format!(
+            "Bearer {}",
+            serde_json::from_str::<Value>(body).unwrap()["access_token"]
+                .as_str()
+                .unwrap()
+        )
+    };
+    let (status, body) = send(cert.post(url(addr, "/v1/token"))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let first = token(&body);
+    let (status, body) = send(
+        cert.post(url(addr, "/v1/token/extend"))
+            .header("authorization", &first),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let second = token(&body);
+    drop(child);
+
+    let (_child, addr, _log) = spawn_gateway_binary(&dir).await;
+    let cert = client(&ca, addr, Some(&connector), "127.0.0.1");
+    let sign = |bearer: &str| {
+        cert.post(url(addr, "/v1/sign"))
+            .header("authorization", bearer.to_owned())
+            .json(&serde_json::json!({ "key": "default", "data": "aGVsbG8=" }))
+    };
+    assert_eq!(
+        send(sign(&first)).await,
+        (StatusCode::UNAUTHORIZED, "revoked_token".into())
+    );
+    assert_eq!(
+        send(
+            cert.post(url(addr, "/v1/token/extend"))
+                .header("authorization", &first)
+        )
+        .await,
+        (StatusCode::UNAUTHORIZED, "revoked_token".into())
+    );
+    assert_eq!(send(sign(&second)).await.0, StatusCode::OK);
+    let journal = std::fs::read_to_string(dir.join("revocations.journal")).unwrap();
+    assert_eq!(journal.lines().count(), 1, "{journal}");
+}
+
 /// Asks `request` again every 100 ms until `expected` or 2 s, and returns the last
 /// answer: a change to a file takes effect within 2 s.
 async fn within_two_seconds<F>(expected: (StatusCode, &str), request: F) -> (StatusCode, String)
@@ -1004,34 +1095,8 @@ where
 #[cfg(unix)]
 #[tokio::test]
 async fn revocation_and_change_reach_the_running_gateway() {
-    use tokio::io::{AsyncBufReadExt, BufReader};
-
     let (dir, pki, connector, _stranger, api_key) = write_setup(&FILE_ORDER);
-    let mut child = tokio::process::Command::new(crate::examples::binary("gateway"))
-        .arg("--config")
-        .arg(dir.join("gateway.toml"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr: SocketAddr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(60), stderr.next_line())
-            .await
-            .expect("the gateway said nothing for a minute")
-            .unwrap()
-            .expect("the gateway exited before listening");
-        if let Some(addr) = line.strip_prefix("gateway: listening on https://") {
-            break addr.parse().unwrap();
-        }
-    };
-    let (log_tx, mut log) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = stderr.next_line().await {
-            let _ = log_tx.send(line);
-        }
-    });
+    let (child, addr, mut log) = spawn_gateway_binary(&dir).await;
     let ca = pki.ca_pem().to_owned();
     let url = |path: &str| format!("https://localhost:{}{path}", addr.port());
     let anyone = client(&ca, addr, None, "127.0.0.1");

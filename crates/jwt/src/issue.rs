@@ -519,6 +519,14 @@ impl TokenIssuer {
                 }
             }
         }
+        // The old token is revoked (and, with a journal, on disk) before the new one is
+        // handed out: a revocation that cannot be kept gives no second token.
+        if let (Some(revocations), Some(jti)) = (&inner.revocations, claims.token_id()) {
+            if let Err(error) = revocations.revoke(jti, claims.expires_at()) {
+                tracing::error!(%error, "jwt: the extended token's revocation could not be kept; refusing the extension");
+                return Err(JwtRefusal::RevocationUnavailable);
+            }
+        }
         let issued = self
             .sign(&Grant {
                 subject: claims.subject(),
@@ -533,9 +541,6 @@ impl TokenIssuer {
                 tracing::error!(%error, "jwt: signing an extended token failed");
                 JwtRefusal::AccountCheckUnavailable
             })?;
-        if let (Some(revocations), Some(jti)) = (&inner.revocations, claims.token_id()) {
-            revocations.revoke(jti, claims.expires_at());
-        }
         Ok(issued)
     }
 

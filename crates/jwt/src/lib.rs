@@ -136,7 +136,7 @@ pub use key::{
 pub use keyset::JwksError;
 pub use layer::{ConfigError, Jwt, JwtHandle, JwtLayer, JwtLayerBuilder, Mode};
 pub use refusal::JwtRefusal;
-pub use revocation::Revocations;
+pub use revocation::{RevocationError, Revocations};
 pub use subject::{Subject, SubjectCheck, SubjectCheckError, SubjectFuture, SubjectStatus};
 pub use token::Malformed;
 

@@ -59,6 +59,9 @@ pub enum JwtRefusal {
     CredentialRevoked,
     /// The credential check failed.
     CredentialCheckUnavailable,
+    /// An extension's revocation of the old token could not be kept (the revocation
+    /// journal cannot be written).
+    RevocationUnavailable,
     /// The token lacks a scope the layer requires.
     InsufficientScope,
     /// Another layer already put a JWT principal on the request.
@@ -89,6 +92,7 @@ impl JwtRefusal {
             Self::AccountCheckUnavailable => "account_check_unavailable",
             Self::CredentialRevoked => "credential_revoked",
             Self::CredentialCheckUnavailable => "credential_check_unavailable",
+            Self::RevocationUnavailable => "revocation_unavailable",
             Self::InsufficientScope => "insufficient_scope",
             Self::DuplicatePrincipal => "duplicate_authentication",
         }
@@ -124,6 +128,7 @@ impl JwtRefusal {
                 "the credential the token was issued to is revoked, removed or blocked"
             }
             Self::CredentialCheckUnavailable => "the credential check failed",
+            Self::RevocationUnavailable => "the old token's revocation could not be kept",
             Self::InsufficientScope => "a required scope is missing",
             Self::DuplicatePrincipal => "a JWT principal was already present",
         }
@@ -161,6 +166,9 @@ impl JwtRefusal {
             Self::CredentialCheckUnavailable => {
                 "the token's credential cannot be checked right now; try again later"
             }
+            Self::RevocationUnavailable => {
+                "the token cannot be extended right now; try again later"
+            }
             Self::InsufficientScope => "the token does not carry the scope this request needs",
             Self::DuplicatePrincipal => "the server is misconfigured: two JWT layers ran",
         }
@@ -197,7 +205,8 @@ impl JwtRefusal {
             ),
             Self::KeysUnavailable
             | Self::AccountCheckUnavailable
-            | Self::CredentialCheckUnavailable => {
+            | Self::CredentialCheckUnavailable
+            | Self::RevocationUnavailable => {
                 Rejection::unavailable(self.code(), self.description())
             }
             Self::DuplicatePrincipal => Rejection::internal(self.code(), self.description()),

@@ -738,7 +738,7 @@ async fn revoked_tokens_are_refused_even_from_the_cache() {
         send(&service, bearer(&token())).await.status(),
         StatusCode::OK
     );
-    revocations.revoke("t-1", (NOW + 3600) as i64);
+    revocations.revoke("t-1", (NOW + 3600) as i64).unwrap();
     assert_eq!(refused_with(&service, &token()).await, "revoked_token");
 }
 

@@ -113,6 +113,37 @@
 //! # }
 //! ```
 //!
+//! # Sessions that end with their connector
+//!
+//! A token issued to a client certificate (`portcullis_jwt::TokenIssuer`) outlives the
+//! request that got it. The [`ConnectorRegistry`] is a
+//! [`CredentialCheck`](portcullis_core::CredentialCheck): given to the issuer, a token
+//! stays good only while its certificate is registered to the connector it named and
+//! the connector is not blocked, so blocking a connector (or reloading a connector file
+//! that blocks it) ends its sessions too.
+//!
+//! ```
+//! use portcullis_core::{AuthMethod, Credential, CredentialCheck, CredentialStatus};
+//! use portcullis_mtls_identity::{ClientCertificate, Connector, ConnectorRegistry};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let pki = portcullis_mtls_identity::DevPki::generate(&["localhost"])?;
+//! # let client = pki.client("connector-7")?;
+//! let registry = ConnectorRegistry::new();
+//! registry.insert(Connector::new("connector-7").thumbprint(client.thumbprint()))?;
+//! // issuer = TokenIssuer::new(..)?.credential_check(registry.clone());
+//! let session = Credential {
+//!     method: AuthMethod::Certificate,
+//!     id: client.thumbprint().to_string().into(),
+//!     principal: "connector-7".into(),
+//! };
+//! let ask = |registry: &ConnectorRegistry| futures::executor::block_on(registry.check(&session));
+//! assert_eq!(ask(&registry)?, CredentialStatus::Good);
+//! registry.block("connector-7")?;
+//! assert_eq!(ask(&registry)?, CredentialStatus::Revoked);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Refusals
 //!
 //! | situation | status | code |
