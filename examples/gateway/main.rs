@@ -78,6 +78,35 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let addr = tcp.local_addr()?;
     // Key files, connectors, role tables, lists and CRLs: read again when they change.
     let _reloads = gateway.reload_on_change(Duration::from_millis(200))?;
+    if let (Some(admin), Some(settings)) = (gateway.admin_router(), &gateway.admin) {
+        let tcp = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {} (admin): {e}", settings.listen))?;
+        let addr = tcp.local_addr()?;
+        match &gateway.tls {
+            Some(tls) => {
+                eprintln!("gateway: admin on https://{addr}");
+                let listener = TlsListener::new(tcp, tls.clone()).for_axum();
+                tokio::spawn(async move {
+                    let _ = axum::serve(
+                        listener,
+                        admin.into_make_service_with_connect_info::<TlsPeer>(),
+                    )
+                    .await;
+                });
+            }
+            None => {
+                eprintln!("gateway: admin on http://{addr}");
+                tokio::spawn(async move {
+                    let _ = axum::serve(
+                        tcp,
+                        admin.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+                    )
+                    .await;
+                });
+            }
+        }
+    }
     eprintln!(
         "gateway: {} with layers {:?}",
         config_path.display(),

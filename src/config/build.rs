@@ -65,6 +65,18 @@ pub struct Gateway {
     pub connectors: Option<ConnectorRegistry>,
     pub(crate) layers: Vec<(&'static str, Built)>,
     pub(crate) reloadable: Arc<Reloadable>,
+    /// `[admin]`, if the file has it.
+    pub admin: Option<AdminSettings>,
+    pub(crate) revocations: Revocations,
+}
+
+/// `[admin]`: where the admin routes listen, and the role they need.
+#[derive(Clone, Debug)]
+pub struct AdminSettings {
+    /// The admin listener's address (loopback unless `allow_remote`).
+    pub listen: SocketAddr,
+    /// The role a caller must have, from a client certificate or an API key.
+    pub role: String,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -268,7 +280,9 @@ impl GatewayConfig {
                     Built::RoleRouter(layer)
                 }
                 LayerConfig::RateLimit(c) => {
-                    Built::RateLimit(self.rate_limit(c, &resolver).await.map_err(at)?)
+                    let layer = self.rate_limit(c, &resolver).await.map_err(at)?;
+                    reloadable.rate_limits.push(layer.handle());
+                    Built::RateLimit(layer)
                 }
                 LayerConfig::Audit(c) => {
                     let mut layer = AuditLayer::new()
@@ -299,6 +313,8 @@ impl GatewayConfig {
             connectors,
             layers,
             reloadable: Arc::new(reloadable),
+            admin: self.admin()?,
+            revocations,
         })
     }
 
@@ -423,6 +439,39 @@ impl GatewayConfig {
             issue_path: section.issue_path.clone(),
             extend_path: section.extend_path.clone(),
         })
+    }
+
+    fn admin(&self) -> Result<Option<AdminSettings>, ConfigError> {
+        let Some(admin) = &self.file.admin else {
+            return Ok(None);
+        };
+        if !admin.listen.ip().is_loopback() && !admin.allow_remote {
+            return Err(self.error(
+                None,
+                "admin.listen",
+                format!(
+                    "{} is not a loopback address: the admin routes reload files and revoke tokens; listen on 127.0.0.1, or set allow_remote = true",
+                    admin.listen
+                ),
+            ));
+        }
+        let has_credentials = self.entries.iter().any(|entry| {
+            matches!(
+                entry.layer,
+                LayerConfig::ApiKey(_) | LayerConfig::MtlsIdentity(_)
+            )
+        });
+        if !has_credentials {
+            return Err(self.error(
+                None,
+                "admin",
+                "the admin routes take an API key or a client certificate with the admin role: add an api-key or mtls-identity layer",
+            ));
+        }
+        Ok(Some(AdminSettings {
+            listen: admin.listen,
+            role: admin.role.clone(),
+        }))
     }
 
     fn api_key(

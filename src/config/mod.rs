@@ -23,6 +23,7 @@
 //! of its own around or inside that. The complete schema, commented, is
 //! `examples/gateway.toml`.
 
+mod admin;
 mod build;
 mod reload;
 mod schema;
@@ -31,7 +32,7 @@ mod stack;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use build::{Gateway, TokenRoutes};
+pub use build::{AdminSettings, Gateway, TokenRoutes};
 pub use reload::ReloadReport;
 pub use stack::{BoxError, GatewayBody, GatewayLayer, GatewayService};
 

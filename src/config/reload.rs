@@ -36,10 +36,20 @@ pub(crate) struct Reloadable {
     pub(crate) ip_lists: Vec<IpLists>,
     pub(crate) policies: Vec<(PathBuf, PolicyHandle)>,
     pub(crate) jwt: Vec<JwtHandle>,
+    pub(crate) rate_limits: Vec<portcullis_rate_limit::RateLimitHandle>,
+    /// The last reload's outcome, for the admin status.
+    pub(crate) last: std::sync::Mutex<Option<LastReload>>,
+}
+
+/// When the last reload ran, and how it ended.
+#[derive(Clone, Debug)]
+pub(crate) struct LastReload {
+    pub(crate) at: std::time::SystemTime,
+    pub(crate) outcome: Result<ReloadReport, String>,
 }
 
 /// What a reload loaded: counts, never contents.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct ReloadReport {
     /// API keys in force, over every key file.
@@ -74,6 +84,19 @@ impl Gateway {
     /// The TLS handshake's own CRLs are those read at start; the mTLS identity layer
     /// checks the reloaded ones.
     pub fn reload(&self) -> Result<ReloadReport, ConfigError> {
+        let outcome = self.reload_files();
+        *self
+            .reloadable
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(LastReload {
+            at: std::time::SystemTime::now(),
+            outcome: outcome.clone().map_err(|e| e.to_string()),
+        });
+        outcome
+    }
+
+    fn reload_files(&self) -> Result<ReloadReport, ConfigError> {
         let files = &self.reloadable;
         // Read and check everything.
         for store in &files.key_files {

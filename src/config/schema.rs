@@ -75,6 +75,7 @@ pub(crate) struct File {
     #[serde(default)]
     pub(crate) client_ip: ClientIp,
     pub(crate) token_issuer: Option<TokenIssuer>,
+    pub(crate) admin: Option<Admin>,
     #[serde(default, rename = "layer")]
     pub(crate) layers: Vec<toml::Spanned<toml::Table>>,
 }
@@ -83,6 +84,23 @@ pub(crate) struct File {
 #[serde(deny_unknown_fields)]
 pub(crate) struct Server {
     pub(crate) listen: SocketAddr,
+}
+
+/// `[admin]`: the admin listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Admin {
+    pub(crate) listen: SocketAddr,
+    /// The role a caller needs (`admin` by default).
+    #[serde(default = "admin_role")]
+    pub(crate) role: String,
+    /// Listen on an address other than loopback.
+    #[serde(default)]
+    pub(crate) allow_remote: bool,
+}
+
+fn admin_role() -> String {
+    "admin".into()
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]

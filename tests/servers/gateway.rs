@@ -989,6 +989,19 @@ async fn spawn_gateway_binary(
     SocketAddr,
     tokio::sync::mpsc::UnboundedReceiver<String>,
 ) {
+    let (child, addr, _, log) = spawn_gateway_binary_with_admin(dir).await;
+    (child, addr, log)
+}
+
+/// [`spawn_gateway_binary`], with the admin listener's address when it has one.
+async fn spawn_gateway_binary_with_admin(
+    dir: &Path,
+) -> (
+    tokio::process::Child,
+    SocketAddr,
+    Option<SocketAddr>,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let mut child = tokio::process::Command::new(crate::examples::binary("gateway"))
         .arg("--config")
@@ -999,12 +1012,19 @@ async fn spawn_gateway_binary(
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut admin = None;
+    let mut said = String::new();
     let addr: SocketAddr = loop {
         let line = tokio::time::timeout(Duration::from_secs(60), stderr.next_line())
             .await
             .expect("the gateway said nothing for a minute")
             .unwrap()
-            .expect("the gateway exited before listening");
+            .unwrap_or_else(|| panic!("the gateway exited before listening: {said}"));
+        said.push_str(&line);
+        said.push('\n');
+        if let Some(addr) = line.strip_prefix("gateway: admin on https://") {
+            admin = Some(addr.parse().unwrap());
+        }
         if let Some(addr) = line.strip_prefix("gateway: listening on https://") {
             break addr.parse().unwrap();
         }
@@ -1015,7 +1035,141 @@ async fn spawn_gateway_binary(
             let _ = log_tx.send(line);
         }
     });
-    (child, addr, log)
+    (child, addr, admin, log)
+}
+
+/// The admin listener of the built gateway: only a caller with the admin role (here an
+/// API key made with the CLI) gets through; reload reports its counts, or names the
+/// broken file and changes nothing; status, revocations and ban lifting answer; the
+/// `portcullis admin` command drives the same routes.
+#[tokio::test]
+async fn the_admin_routes_need_the_admin_role_and_drive_the_gateway() {
+    let (dir, pki, connector, _stranger, api_key) = write_setup(&FILE_ORDER);
+    let config = std::fs::read_to_string(dir.join("gateway.toml")).unwrap();
+    std::fs::write(
+        dir.join("gateway.toml"),
+        format!("[admin]\nlisten = \"127.0.0.1:0\"\n\n{config}"),
+    )
+    .unwrap();
+    let keys = dir.join("api-keys.toml");
+    let out = std::process::Command::new(cli_binary())
+        .args([
+            "key",
+            "new",
+            "--file",
+            keys.to_str().unwrap(),
+            "--owner",
+            "ops",
+        ])
+        .args(["--roles", "admin"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let admin_key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let (_child, _addr, admin, _log) = spawn_gateway_binary_with_admin(&dir).await;
+    let admin = admin.expect("the gateway named its admin listener");
+    let ca = pki.ca_pem().to_owned();
+    let url = |path: &str| format!("https://localhost:{}{path}", admin.port());
+    let anyone = client(&ca, admin, None, "127.0.0.1");
+    let cert = client(&ca, admin, Some(&connector), "127.0.0.1");
+
+    // Who gets in.
+    assert_eq!(
+        send(anyone.get(url("/status"))).await,
+        (StatusCode::UNAUTHORIZED, "unauthenticated".into())
+    );
+    assert_eq!(
+        send(anyone.get(url("/status")).header("x-api-key", &api_key)).await,
+        (StatusCode::FORBIDDEN, "forbidden".into())
+    );
+    assert_eq!(
+        send(cert.get(url("/status"))).await,
+        (StatusCode::FORBIDDEN, "forbidden".into())
+    );
+    let as_admin = |request: reqwest::RequestBuilder| request.header("x-api-key", &admin_key);
+    let (status, body) = send(as_admin(anyone.get(url("/status")))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let status_body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status_body["api_keys"], 2, "{body}");
+    assert_eq!(status_body["connectors"], 1, "{body}");
+    assert!(!body.contains(&admin_key) && !body.contains(&api_key));
+
+    // Reload: counts, or the broken file and nothing changed.
+    let (status, body) = send(as_admin(anyone.post(url("/reload")))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["loaded"]["api_keys"],
+        2
+    );
+    let connectors = dir.join("connectors.toml");
+    let good = std::fs::read_to_string(&connectors).unwrap();
+    std::fs::write(&connectors, format!("{good}\n[[connector]]\nid = 7\n")).unwrap();
+    let (status, code) = send(as_admin(anyone.post(url("/reload")))).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "reload_failed")
+    );
+    let response = as_admin(anyone.post(url("/reload"))).send().await.unwrap();
+    let detail = response.json::<Value>().await.unwrap()["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(detail.contains("connectors.toml"), "{detail}");
+    std::fs::write(&connectors, &good).unwrap();
+
+    // Revocations and bans.
+    let revoke = |body: serde_json::Value| as_admin(anyone.post(url("/revocations")).json(&body));
+    assert_eq!(
+        send(revoke(
+            serde_json::json!({ "jti": "two words", "expires_at": 4_000_000_000u64 })
+        ))
+        .await,
+        (StatusCode::BAD_REQUEST, "invalid_revocation".into())
+    );
+    assert_eq!(
+        send(revoke(serde_json::json!({ "jti": "t-1" }))).await,
+        (StatusCode::BAD_REQUEST, "invalid_revocation".into())
+    );
+    let (status, body) = send(revoke(
+        serde_json::json!({ "jti": "t-1", "expires_at": 4_000_000_000u64 }),
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let journal = std::fs::read_to_string(dir.join("revocations.journal")).unwrap();
+    assert!(journal.contains("t-1 4000000000"), "{journal}");
+    let (status, body) = send(as_admin(
+        anyone.post(url("/bans/ip%3A192.0.2.1/lift?quota=per-ip")),
+    ))
+    .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "{\"lifted\":false}")
+    );
+
+    // The command drives the same routes.
+    let cli = |args: &[&str]| {
+        std::process::Command::new(cli_binary())
+            .args(["admin"])
+            .args(args)
+            .args(["--url", &url(""), "--cacert"])
+            .arg(dir.join("ca.pem"))
+            .env("PORTCULLIS_ADMIN_KEY", &admin_key)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["status"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"api_keys\":2"));
+    let out = cli(&["revoke", "--expires-at", "4000000000", "t-2"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = cli(&["reload"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = std::process::Command::new(cli_binary())
+        .args(["admin", "status", "--url", &url(""), "--cacert"])
+        .arg(dir.join("ca.pem"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
 }
 
 /// A token revoked by its extension stays revoked after the gateway restarts: the

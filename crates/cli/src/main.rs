@@ -9,8 +9,12 @@
 //! portcullis audit verify FILE...
 //! portcullis token secret --out FILE
 //! portcullis token mint --issuer I --audience A --subject S (--secret-file F | --key-file PEM --alg ALG) [--role R]... [--scope S]... [--ttl 10h] [--kid K]
+//! portcullis admin reload|status --url URL [--api-key K | --identity PEM] [--cacert CA]
+//! portcullis admin lift-ban --url URL --quota Q KEY
+//! portcullis admin revoke --url URL --expires-at SECONDS JTI
 //! ```
 
+mod admin;
 mod audit;
 mod key;
 mod token;
@@ -27,7 +31,7 @@ use portcullis_role_router::{normalize, read_policy, Policy};
 #[command(
     name = "portcullis",
     version,
-    about = "Portcullis: check and explain API security policies, make and revoke API keys, mint development tokens, verify audit logs"
+    about = "Portcullis: check and explain API security policies, make and revoke API keys, mint development tokens, verify audit logs, drive a running gateway"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -48,6 +52,9 @@ enum Command {
     /// Development JWTs and HMAC secrets.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// A running gateway's admin routes: reload, status, lift a ban, revoke a token.
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
 }
 
 #[derive(Subcommand)]
@@ -100,6 +107,7 @@ fn main() -> ExitCode {
         Command::Key(command) => key::run(command),
         Command::Audit(command) => audit::run(command),
         Command::Token(command) => token::run(command),
+        Command::Admin(command) => admin::run(command),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,198 @@
+//! The admin routes of `[admin]`: reload the files, report what is loaded, lift a ban,
+//! revoke a token. Behind the gateway's own audit, allow-list and credential layers, and
+//! a rule that asks for the admin role from a client certificate or an API key.
+
+use std::time::UNIX_EPOCH;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use portcullis_core::AuthMethod;
+use portcullis_role_router::{Policy, Requirement, RoleRouterLayer, Rule};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::build::{Built, Gateway};
+
+impl Gateway {
+    /// The admin routes, when the file has an `[admin]` section:
+    ///
+    /// | route | what it does |
+    /// |---|---|
+    /// | `POST /reload` | [`reload`](Self::reload): 200 with the counts, or 422 naming the broken file and line |
+    /// | `GET /status` | the layers, the watched files, the last reload, keys, connectors, revoked tokens |
+    /// | `POST /bans/{key}/lift?quota=NAME` | lifts a rate-limit ban in this process |
+    /// | `POST /revocations` with `{"jti": "…", "expires_at": SECONDS}` | revokes a token (kept in the journal when there is one) |
+    ///
+    /// Every route needs a principal with the configured role (`admin`) from a client
+    /// certificate or an API key; the gateway's audit, allow-list, mTLS and API-key
+    /// layers run in front, in the file's order, so admin calls are audited and
+    /// refused like any other.
+    pub fn admin_router(&self) -> Option<Router> {
+        let settings = self.admin.as_ref()?;
+        let policy = Policy::builder()
+            .rule(Rule::new(
+                "/**",
+                Requirement::authenticated()
+                    .any_role([settings.role.clone()])
+                    .any_method([AuthMethod::Certificate, AuthMethod::ApiKey]),
+            ))
+            .build()
+            .expect("a one-rule policy with a fixed pattern builds");
+        let mut router = Router::new()
+            .route("/reload", post(reload))
+            .route("/status", get(status))
+            .route("/bans/{key}/lift", post(lift_ban))
+            .route("/revocations", post(revoke))
+            .with_state(self.clone())
+            .layer(RoleRouterLayer::new(policy));
+        // axum's last `.layer` is the outermost: the file's list backwards.
+        for (_, layer) in self.layers.iter().rev() {
+            router = match layer.clone() {
+                Built::Audit(layer) => router.layer(layer),
+                Built::IpAllowlist(layer) => router.layer(layer),
+                Built::MtlsIdentity(layer) => router.layer(layer),
+                Built::ApiKey(layer) => router.layer(layer),
+                Built::Jwt(_) | Built::RoleRouter(_) | Built::RateLimit(_) => router,
+            };
+        }
+        Some(router)
+    }
+}
+
+fn problem(status: StatusCode, code: &str, detail: String) -> Response {
+    let body = json!({
+        "type": format!("urn:portcullis:problem:{code}"),
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+        "code": code,
+    });
+    let mut response = (status, Json(body)).into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/problem+json"),
+    );
+    response
+}
+
+async fn reload(State(gateway): State<Gateway>) -> Response {
+    // Reading files blocks; keep it off the runtime's workers.
+    let outcome = tokio::task::spawn_blocking(move || gateway.reload()).await;
+    match outcome {
+        Ok(Ok(report)) => Json(json!({ "reloaded": true, "loaded": report })).into_response(),
+        Ok(Err(error)) => problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "reload_failed",
+            format!("{error}; everything stays as it was"),
+        ),
+        Err(_) => problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "reload_failed",
+            "the reload task did not finish".into(),
+        ),
+    }
+}
+
+async fn status(State(gateway): State<Gateway>) -> Json<serde_json::Value> {
+    let files = &gateway.reloadable;
+    let last = files
+        .last
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone();
+    let last = last.map(|last| {
+        let at = last
+            .at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        match last.outcome {
+            Ok(report) => json!({ "at": at, "ok": true, "loaded": report }),
+            Err(error) => json!({ "at": at, "ok": false, "error": error }),
+        }
+    });
+    Json(json!({
+        "layers": gateway.layer_kinds(),
+        "files": gateway.watched_files(),
+        "last_reload": last,
+        "api_keys": files.key_files.iter().map(|store| store.len()).sum::<usize>(),
+        "connectors": files
+            .connectors
+            .iter()
+            .map(|(_, registry)| registry.connectors().len())
+            .sum::<usize>(),
+        "revoked_tokens": gateway.revocations.len(),
+        "bans": files
+            .rate_limits
+            .iter()
+            .map(|handle| handle.bans().len())
+            .sum::<usize>(),
+    }))
+}
+
+#[derive(Deserialize)]
+struct BanQuery {
+    quota: String,
+}
+
+async fn lift_ban(
+    State(gateway): State<Gateway>,
+    Path(key): Path<String>,
+    Query(query): Query<BanQuery>,
+) -> Json<serde_json::Value> {
+    let mut lifted = false;
+    for handle in &gateway.reloadable.rate_limits {
+        lifted |= handle.lift_ban(&query.quota, &key);
+    }
+    tracing::info!(quota = %query.quota, lifted, "gateway: an admin lifted a ban");
+    Json(json!({ "lifted": lifted }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Revocation {
+    jti: String,
+    expires_at: i64,
+}
+
+async fn revoke(
+    State(gateway): State<Gateway>,
+    body: Result<Json<Revocation>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(revocation)) = body else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "invalid_revocation",
+            "send {\"jti\": \"…\", \"expires_at\": SECONDS} as application/json".into(),
+        );
+    };
+    match tokio::task::spawn_blocking(move || {
+        gateway
+            .revocations
+            .revoke(&revocation.jti, revocation.expires_at)
+    })
+    .await
+    {
+        Ok(Ok(())) => Json(json!({ "revoked": true })).into_response(),
+        Ok(Err(portcullis_jwt::RevocationError::InvalidId)) => problem(
+            StatusCode::BAD_REQUEST,
+            "invalid_revocation",
+            "a token id is non-empty, without whitespace or control characters".into(),
+        ),
+        Ok(Err(error)) => {
+            tracing::error!(%error, "gateway: an admin revocation could not be kept");
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "revocation_unavailable",
+                "the token is refused by this process, but the journal could not keep it".into(),
+            )
+        }
+        Err(_) => problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "revocation_unavailable",
+            "the revocation task did not finish".into(),
+        ),
+    }
+}
