@@ -12,7 +12,8 @@ use portcullis_core::{ClientIpResolver, CredentialChecks, ForwardedHeader};
 use portcullis_ip_allowlist::{IpAllowlistLayer, IpRules};
 use portcullis_jwt::jsonwebtoken::Algorithm;
 use portcullis_jwt::{
-    Binding, Issuer, JwtLayer, Revocations, SigningKey, TokenIssuer, VerifyingKey,
+    Binding, Issuer, JwtLayer, RevocationFailure, Revocations, SigningKey, TokenIssuer,
+    VerifyingKey,
 };
 use portcullis_mtls_identity::{
     ClientAuth, ConnectorRegistry, Crls, MtlsIdentityLayer, ServerTls, StaleCrl,
@@ -132,16 +133,7 @@ impl GatewayConfig {
         };
         // Tokens revoked by an extension: in memory, or in a journal that a restart
         // reads back.
-        let revocations = match self
-            .file
-            .token_issuer
-            .as_ref()
-            .and_then(|section| section.revocations_file.as_ref())
-        {
-            Some(path) => Revocations::open_journal(self.path(path))
-                .map_err(|e| self.error(None, "token_issuer.revocations_file", e))?,
-            None => Revocations::new(),
-        };
+        let revocations = self.revocations().await?;
         // Key stores and connector registries are opened first: the token issuer asks
         // them whether the credential a session was opened with is still good.
         let mut reloadable = Reloadable::default();
@@ -439,6 +431,34 @@ impl GatewayConfig {
             issue_path: section.issue_path.clone(),
             extend_path: section.extend_path.clone(),
         })
+    }
+
+    /// Tokens revoked by an extension or an admin: in memory, in a journal that a
+    /// restart reads back, or shared by every instance through Redis.
+    async fn revocations(&self) -> Result<Revocations, ConfigError> {
+        let Some(section) = &self.file.token_issuer else {
+            return Ok(Revocations::new());
+        };
+        match (&section.revocations_file, &section.revocations_redis) {
+            (Some(_), Some(_)) => Err(self.error(
+                None,
+                "token_issuer.revocations_redis",
+                "give revocations_file (one instance) or revocations_redis (shared), not both",
+            )),
+            (Some(path), None) => Revocations::open_journal(self.path(path))
+                .map_err(|e| self.error(None, "token_issuer.revocations_file", e)),
+            (None, Some(url)) => Revocations::shared_through_redis(url.clone())
+                .on_failure(match section.revocations_on_redis_failure {
+                    schema::RevocationFailureName::Refuse => RevocationFailure::Refuse,
+                    schema::RevocationFailureName::DecideLocally => {
+                        RevocationFailure::DecideLocally
+                    }
+                })
+                .start()
+                .await
+                .map_err(|e| self.error(None, "token_issuer.revocations_redis", e)),
+            (None, None) => Ok(Revocations::new()),
+        }
     }
 
     fn admin(&self) -> Result<Option<AdminSettings>, ConfigError> {

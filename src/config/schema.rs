@@ -179,6 +179,19 @@ pub(crate) struct TokenIssuer {
     pub(crate) binding: BindingName,
     /// An append-only journal of revoked tokens, read back at start.
     pub(crate) revocations_file: Option<PathBuf>,
+    /// Revoked tokens shared by every instance through this Redis server.
+    pub(crate) revocations_redis: Option<String>,
+    /// While Redis cannot be read: refuse tokens (503), or decide by the local copy.
+    #[serde(default)]
+    pub(crate) revocations_on_redis_failure: RevocationFailureName,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum RevocationFailureName {
+    #[default]
+    Refuse,
+    DecideLocally,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]

@@ -1382,3 +1382,127 @@ async fn revocation_and_change_reach_the_running_gateway() {
     assert_eq!(blocked.1, "connector_blocked", "{blocked:?}");
     drop(child);
 }
+
+/// Two gateway binaries sharing their revocations through a real `redis-server`: a token
+/// revoked by its extension on one is refused on the other within two seconds; with
+/// Redis gone, tokens are refused with 503 `revocation_unavailable` (the default policy)
+/// until it is back.
+#[tokio::test]
+async fn revocations_are_shared_through_redis_between_two_gateways() {
+    let Some(mut redis) =
+        crate::redis_server::RedisServer::start("revocations_are_shared_through_redis").await
+    else {
+        return;
+    };
+    let (dir, pki, connector, _stranger, _api_key) = write_setup(&FILE_ORDER);
+    let config = std::fs::read_to_string(dir.join("gateway.toml")).unwrap();
+    // Polling below asks many times: a per-caller quota that polling cannot exhaust.
+    let shared = config
+        .replace(
+            "revocations_file = \"revocations.journal\"",
+            &format!("revocations_redis = \"{}\"", redis.url()),
+        )
+        .replace(
+            "rate = \"25 per 5m\"\nburst = 25",
+            "rate = \"1000 per 5m\"\nburst = 1000",
+        );
+    assert_ne!(
+        shared, config,
+        "the example's revocations_file line changed"
+    );
+    std::fs::write(dir.join("gateway.toml"), &shared).unwrap();
+    // The second instance: the same files, its own folder for its audit chain.
+    let second = dir.with_extension("second");
+    std::fs::create_dir_all(&second).unwrap();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, second.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let (_a, addr_a, _log_a) = spawn_gateway_binary(&dir).await;
+    let (_b, addr_b, _log_b) = spawn_gateway_binary(&second).await;
+    let ca = pki.ca_pem().to_owned();
+    let a = client(&ca, addr_a, Some(&connector), "127.0.0.1");
+    let b = client(&ca, addr_b, Some(&connector), "127.0.0.1");
+    let url = |addr: SocketAddr, path: &str| format!("https://localhost:{}{path}", addr.port());
+    let token = |body: &str| {
+        format!(
+            "Bearer {}",
+            serde_json::from_str::<Value>(body).unwrap()["access_token"]
+                .as_str()
+                .unwrap()
+        )
+    };
+    let sign_on_b = |bearer: String| {
+        let b = b.clone();
+        move || {
+            b.post(url(addr_b, "/v1/sign"))
+                .header("authorization", bearer.clone())
+                .json(&serde_json::json!({ "key": "default", "data": "aGVsbG8=" }))
+        }
+    };
+    let (status, body) = send(a.post(url(addr_a, "/v1/token"))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let first = token(&body);
+    // B has synced with Redis once it answers a token at all.
+    assert_eq!(
+        within_two_seconds((StatusCode::OK, ""), sign_on_b(first.clone()))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (status, body) = send(
+        a.post(url(addr_a, "/v1/token/extend"))
+            .header("authorization", &first),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let second_token = token(&body);
+    assert_eq!(
+        within_two_seconds(
+            (StatusCode::UNAUTHORIZED, "revoked_token"),
+            sign_on_b(first.clone())
+        )
+        .await,
+        (StatusCode::UNAUTHORIZED, "revoked_token".into())
+    );
+    assert_eq!(
+        send(sign_on_b(second_token.clone())()).await.0,
+        StatusCode::OK
+    );
+
+    // Redis gone: after the copy goes stale, B refuses rather than guess.
+    redis.kill();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let got = send(sign_on_b(second_token.clone())()).await;
+        if got.0 == StatusCode::SERVICE_UNAVAILABLE || tokio::time::Instant::now() >= deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(
+        refused,
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "revocation_unavailable".into()
+        )
+    );
+    // Back, empty (no persistence here): the copy is in sync again and the token works;
+    // the revocation B learned before the outage is still known to B.
+    redis.restart().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = send(sign_on_b(second_token.clone())()).await;
+        if got.0 == StatusCode::OK {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{got:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        send(sign_on_b(first)()).await,
+        (StatusCode::UNAUTHORIZED, "revoked_token".into())
+    );
+}

@@ -458,8 +458,10 @@ impl TokenIssuer {
             return Err(JwtRefusal::Expired);
         }
         if let (Some(revocations), Some(jti)) = (&inner.revocations, claims.token_id()) {
-            if revocations.is_revoked(jti) {
-                return Err(JwtRefusal::Revoked);
+            match revocations.check(jti) {
+                crate::RevocationStatus::NotRevoked => {}
+                crate::RevocationStatus::Revoked => return Err(JwtRefusal::Revoked),
+                crate::RevocationStatus::Unknown => return Err(JwtRefusal::RevocationUnavailable),
             }
         }
         if let Some(bound) = binding {

@@ -21,6 +21,7 @@ use crate::credential::CredentialCache;
 use crate::future::{Pending, ResponseFuture};
 use crate::issuer::Issuer;
 use crate::refusal::JwtRefusal;
+use crate::revocation::RevocationStatus;
 use crate::revocation::Revocations;
 use crate::subject::{Answer, Subject, SubjectCache, SubjectCheck};
 use crate::token::Malformed;
@@ -149,8 +150,10 @@ impl Config {
         thumbprint: Option<ClientCertThumbprint>,
     ) -> Result<(), JwtRefusal> {
         if let (Some(revocations), Some(jti)) = (&self.revocations, verified.claims.token_id()) {
-            if revocations.is_revoked(jti) {
-                return Err(JwtRefusal::Revoked);
+            match revocations.check(jti) {
+                RevocationStatus::NotRevoked => {}
+                RevocationStatus::Revoked => return Err(JwtRefusal::Revoked),
+                RevocationStatus::Unknown => return Err(JwtRefusal::RevocationUnavailable),
             }
         }
         if let Some(bound) = &verified.binding {

@@ -118,6 +118,8 @@ mod keyset;
 mod layer;
 mod refusal;
 mod revocation;
+#[cfg(feature = "redis")]
+mod revocation_redis;
 #[cfg(test)]
 mod strict_tests;
 mod subject;
@@ -136,7 +138,9 @@ pub use key::{
 pub use keyset::JwksError;
 pub use layer::{ConfigError, Jwt, JwtHandle, JwtLayer, JwtLayerBuilder, Mode};
 pub use refusal::JwtRefusal;
-pub use revocation::{RevocationError, Revocations};
+pub use revocation::{RevocationError, RevocationStatus, Revocations};
+#[cfg(feature = "redis")]
+pub use revocation_redis::{RedisRevocationsBuilder, RevocationFailure};
 pub use subject::{Subject, SubjectCheck, SubjectCheckError, SubjectFuture, SubjectStatus};
 pub use token::Malformed;
 

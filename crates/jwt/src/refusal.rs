@@ -59,8 +59,9 @@ pub enum JwtRefusal {
     CredentialRevoked,
     /// The credential check failed.
     CredentialCheckUnavailable,
-    /// An extension's revocation of the old token could not be kept (the revocation
-    /// journal cannot be written).
+    /// The revocation list cannot answer: an extension's revocation of the old token
+    /// could not be kept (the journal cannot be written), or the list shared through
+    /// Redis has been unreadable for a while and its policy refuses meanwhile.
     RevocationUnavailable,
     /// The token lacks a scope the layer requires.
     InsufficientScope,
@@ -128,7 +129,9 @@ impl JwtRefusal {
                 "the credential the token was issued to is revoked, removed or blocked"
             }
             Self::CredentialCheckUnavailable => "the credential check failed",
-            Self::RevocationUnavailable => "the old token's revocation could not be kept",
+            Self::RevocationUnavailable => {
+                "the revocation list cannot answer or cannot keep a revocation"
+            }
             Self::InsufficientScope => "a required scope is missing",
             Self::DuplicatePrincipal => "a JWT principal was already present",
         }

@@ -30,8 +30,23 @@ use dashmap::DashMap;
 /// ```
 #[derive(Clone, Default)]
 pub struct Revocations {
-    ids: Arc<DashMap<Box<str>, i64>>,
+    pub(crate) ids: Arc<DashMap<Box<str>, i64>>,
     journal: Option<Arc<Mutex<Journal>>>,
+    #[cfg(feature = "redis")]
+    shared: Option<Arc<crate::revocation_redis::Shared>>,
+}
+
+/// What the list knows about a token id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RevocationStatus {
+    /// Revoked.
+    Revoked,
+    /// Not revoked, as far as the list knows.
+    NotRevoked,
+    /// Not known to be revoked, but the shared list could not be read for a while and
+    /// its failure policy refuses meanwhile.
+    Unknown,
 }
 
 /// The file behind a journaled list: one `<jti> <exp>` line per revocation.
@@ -56,6 +71,8 @@ pub enum RevocationError {
     InvalidId,
     /// The journal file could not be read, written or synced.
     Journal(PathBuf, std::io::Error),
+    /// The shared (Redis) list could not be set up: why.
+    Shared(String),
 }
 
 impl fmt::Display for RevocationError {
@@ -67,6 +84,7 @@ impl fmt::Display for RevocationError {
             Self::Journal(path, error) => {
                 write!(f, "the revocation journal {}: {error}", path.display())
             }
+            Self::Shared(why) => write!(f, "the shared revocations: {why}"),
         }
     }
 }
@@ -157,6 +175,8 @@ impl Revocations {
         }
         Ok(Self {
             ids: Arc::new(ids),
+            #[cfg(feature = "redis")]
+            shared: None,
             journal: Some(Arc::new(Mutex::new(Journal {
                 path,
                 file,
@@ -176,6 +196,10 @@ impl Revocations {
             return Err(RevocationError::InvalidId);
         }
         self.ids.insert(jti.into(), expires_at);
+        #[cfg(feature = "redis")]
+        if let Some(shared) = &self.shared {
+            shared.push(jti, expires_at);
+        }
         let Some(journal) = &self.journal else {
             return Ok(());
         };
@@ -203,6 +227,28 @@ impl Revocations {
     /// Whether `jti` is revoked.
     pub fn is_revoked(&self, jti: &str) -> bool {
         self.ids.contains_key(jti)
+    }
+
+    /// What the list knows about `jti`: [`RevocationStatus::Unknown`] only for a list
+    /// shared through Redis whose copy is stale and whose policy refuses meanwhile.
+    pub fn check(&self, jti: &str) -> RevocationStatus {
+        if self.ids.contains_key(jti) {
+            return RevocationStatus::Revoked;
+        }
+        #[cfg(feature = "redis")]
+        if self.shared.as_ref().is_some_and(|s| s.refuses_unknown()) {
+            return RevocationStatus::Unknown;
+        }
+        RevocationStatus::NotRevoked
+    }
+
+    #[cfg(feature = "redis")]
+    pub(crate) fn with_shared(shared: Arc<crate::revocation_redis::Shared>) -> Self {
+        Self {
+            ids: Arc::default(),
+            journal: None,
+            shared: Some(shared),
+        }
     }
 
     /// Forgets ids of tokens expired at `now` (seconds since the epoch). The journal
