@@ -80,7 +80,7 @@ fn problem(status: StatusCode, code: &str, detail: String) -> Response {
 
 async fn reload(State(gateway): State<Gateway>) -> Response {
     // Reading files blocks; keep it off the runtime's workers.
-    let outcome = tokio::task::spawn_blocking(move || gateway.reload()).await;
+    let outcome = tokio::task::spawn_blocking(move || gateway.reload_for("admin")).await;
     match outcome {
         Ok(Ok(report)) => Json(json!({ "reloaded": true, "loaded": report })).into_response(),
         Ok(Err(error)) => problem(
@@ -124,6 +124,25 @@ async fn status(State(gateway): State<Gateway>) -> Json<serde_json::Value> {
             .map(|(_, registry)| registry.connectors().len())
             .sum::<usize>(),
         "revoked_tokens": gateway.revocations.len(),
+        "revocations_shared": gateway.revocations.is_shared(),
+        "revocations_sync_age_ms": gateway
+            .revocations
+            .shared_sync_age()
+            .map(|age| age.as_millis() as u64),
+        "key_sets": files
+            .jwt
+            .iter()
+            .flat_map(|handle| handle.key_sets())
+            .map(|keys| json!({
+                "issuer": keys.issuer,
+                "fetched": keys.fetched,
+                "last_fetch": keys
+                    .last_fetch
+                    .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
+                    .map(|since| since.as_secs()),
+                "stale": keys.stale,
+            }))
+            .collect::<Vec<_>>(),
         "bans": files
             .rate_limits
             .iter()

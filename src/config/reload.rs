@@ -84,7 +84,28 @@ impl Gateway {
     /// The TLS handshake's own CRLs are those read at start; the mTLS identity layer
     /// checks the reloaded ones.
     pub fn reload(&self) -> Result<ReloadReport, ConfigError> {
+        self.reload_for("api")
+    }
+
+    /// [`reload`](Self::reload), noting why in the audit event every audit layer of the
+    /// gateway records (`sighup`, `file change`, `admin`, `api`).
+    pub(crate) fn reload_for(&self, trigger: &str) -> Result<ReloadReport, ConfigError> {
         let outcome = self.reload_files();
+        let event = match &outcome {
+            Ok(report) => portcullis_audit::OperationEvent::new("reload", trigger, true)
+                .detail("api_keys", report.api_keys)
+                .detail("connectors", report.connectors)
+                .detail("policy_rules", report.policy_rules)
+                .detail("networks", report.networks)
+                .detail("crl_sets", report.crl_sets),
+            Err(error) => portcullis_audit::OperationEvent::new("reload", trigger, false)
+                .detail("error", error.to_string()),
+        };
+        for (_, layer) in &self.layers {
+            if let super::build::Built::Audit(audit) = layer {
+                audit.record_operation(&event);
+            }
+        }
         *self
             .reloadable
             .last
@@ -263,13 +284,13 @@ impl Gateway {
             loop {
                 #[cfg(unix)]
                 let reason = tokio::select! {
-                    Some(()) = changes.recv() => "a file changed",
-                    Some(()) = hangups.recv() => "SIGHUP",
+                    Some(()) = changes.recv() => "file change",
+                    Some(()) = hangups.recv() => "sighup",
                     else => return,
                 };
                 #[cfg(not(unix))]
                 let reason = match changes.recv().await {
-                    Some(()) => "a file changed",
+                    Some(()) => "file change",
                     None => return,
                 };
                 // Let the writes settle: one reload for a burst of changes.
@@ -281,7 +302,7 @@ impl Gateway {
                     }
                 }
                 tracing::info!(reason, "gateway: reloading its files");
-                if let Err(error) = gateway.reload() {
+                if let Err(error) = gateway.reload_for(reason) {
                     tracing::error!(%error, "gateway: the reload failed; everything stays as it was");
                 }
             }

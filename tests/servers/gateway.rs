@@ -1038,6 +1038,26 @@ async fn spawn_gateway_binary_with_admin(
     (child, addr, admin, log)
 }
 
+/// The `reload` operation events in `dir/audit`, once there are at least `count`.
+async fn loop_until_reloads(dir: &Path, count: usize) -> Vec<Value> {
+    for _ in 0..100 {
+        let mut reloads = Vec::new();
+        for entry in std::fs::read_dir(dir.join("audit")).into_iter().flatten() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
+            reloads.extend(
+                text.lines()
+                    .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                    .filter(|event| event["operation"] == "reload"),
+            );
+        }
+        if reloads.len() >= count {
+            return reloads;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("fewer than {count} reload events in the audit files");
+}
+
 /// The admin listener of the built gateway: only a caller with the admin role (here an
 /// API key made with the CLI) gets through; reload reports its counts, or names the
 /// broken file and changes nothing; status, revocations and ban lifting answer; the
@@ -1092,6 +1112,12 @@ async fn the_admin_routes_need_the_admin_role_and_drive_the_gateway() {
     let status_body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(status_body["api_keys"], 2, "{body}");
     assert_eq!(status_body["connectors"], 1, "{body}");
+    assert_eq!(
+        status_body["key_sets"][0]["issuer"],
+        "https://gateway.local"
+    );
+    assert_eq!(status_body["key_sets"][0]["stale"], false);
+    assert_eq!(status_body["revocations_shared"], false);
     assert!(!body.contains(&admin_key) && !body.contains(&api_key));
 
     // Reload: counts, or the broken file and nothing changed.
@@ -1116,6 +1142,28 @@ async fn the_admin_routes_need_the_admin_role_and_drive_the_gateway() {
         .to_owned();
     assert!(detail.contains("connectors.toml"), "{detail}");
     std::fs::write(&connectors, &good).unwrap();
+
+    // Each reload left an event of its own in the audit chain: who asked, what loaded,
+    // or what was broken; the chain still verifies.
+    let reloads = loop_until_reloads(&dir, 3).await;
+    assert_eq!(reloads[0]["trigger"], "admin");
+    assert_eq!(
+        (
+            reloads[0]["ok"].as_bool(),
+            reloads[0]["details"]["api_keys"].as_u64()
+        ),
+        (Some(true), Some(2))
+    );
+    assert!(reloads.iter().any(|event| event["ok"] == false
+        && event["details"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("connectors.toml"))));
+    let files: Vec<PathBuf> = std::fs::read_dir(dir.join("audit"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    let report = portcullis::audit::verify_files(&files).unwrap();
+    assert!(report.records >= reloads.len(), "{report:?}");
 
     // Revocations and bans.
     let revoke = |body: serde_json::Value| as_admin(anyone.post(url("/revocations")).json(&body));

@@ -14,6 +14,7 @@ use tracing_appender::rolling::{RollingFileAppender, Rotation as AppenderRotatio
 
 use crate::chain::{self, GENESIS};
 use crate::event::AuditEvent;
+use crate::operation::OperationEvent;
 use crate::sink::AuditSink;
 
 /// When a new file is started.
@@ -272,6 +273,11 @@ impl FileSink {
 
 impl AuditSink for FileSink {
     fn record(&self, event: &AuditEvent) {
+        self.send(event.to_json());
+    }
+
+    /// A line of its own, sealed into the chain like the requests' events.
+    fn record_operation(&self, event: &OperationEvent) {
         self.send(event.to_json());
     }
 }

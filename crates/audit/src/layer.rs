@@ -107,6 +107,23 @@ impl AuditLayer {
         }
     }
 
+    /// Records an event that is not a request (a reload of the gateway's files) in every
+    /// sink, and as a `tracing` event (target `portcullis::audit`) when those are on.
+    pub fn record_operation(&self, event: &crate::OperationEvent) {
+        for sink in &self.config.sinks {
+            sink.record_operation(event);
+        }
+        if self.config.tracing_event {
+            let line = event.to_json();
+            tracing::info!(
+                target: "portcullis::audit",
+                operation = event.operation(),
+                event = %String::from_utf8_lossy(&line),
+                "audit"
+            );
+        }
+    }
+
     /// Also hands every event to `sink` (a [`FileSink`](crate::FileSink), a
     /// [`MemorySink`](crate::MemorySink), or your own).
     pub fn sink(mut self, sink: impl AuditSink) -> Self {

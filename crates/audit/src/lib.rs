@@ -71,6 +71,7 @@ mod chain;
 mod event;
 mod file;
 mod layer;
+mod operation;
 mod redact;
 mod sink;
 #[cfg(test)]
@@ -80,4 +81,5 @@ pub use chain::{verify_files, ChainBreak, ChainProblem, ChainReport, VerifyError
 pub use event::{AuditEvent, Outcome, PrincipalEntry};
 pub use file::{FileSink, FileSinkBuilder, Overflow, Rotation};
 pub use layer::{Audit, AuditLayer, AuditLevel, ResponseFuture};
+pub use operation::OperationEvent;
 pub use sink::{AuditSink, MemorySink};

@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::event::AuditEvent;
+use crate::operation::OperationEvent;
 
 /// Receives every audit event the layer emits.
 ///
@@ -13,11 +14,22 @@ use crate::event::AuditEvent;
 pub trait AuditSink: Send + Sync + 'static {
     /// Takes one event.
     fn record(&self, event: &AuditEvent);
+
+    /// Takes an event that is not a request (a reload of the gateway's files). Ignored
+    /// unless the sink implements it; the sinks of this crate write it as a line of
+    /// its own.
+    fn record_operation(&self, event: &OperationEvent) {
+        let _ = event;
+    }
 }
 
 impl<T: AuditSink + ?Sized> AuditSink for Arc<T> {
     fn record(&self, event: &AuditEvent) {
         (**self).record(event)
+    }
+
+    fn record_operation(&self, event: &OperationEvent) {
+        (**self).record_operation(event)
     }
 }
 
@@ -69,6 +81,12 @@ impl AuditSink for MemorySink {
         let mut bytes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         // Serialize straight into the buffer: no intermediate copy.
         event.write_json(&mut bytes);
+        bytes.push(b'\n');
+    }
+
+    fn record_operation(&self, event: &OperationEvent) {
+        let mut bytes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        bytes.extend_from_slice(&event.to_json());
         bytes.push(b'\n');
     }
 }

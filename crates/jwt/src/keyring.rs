@@ -255,6 +255,11 @@ mod remote {
             self.loaded.load(Ordering::Acquire)
         }
 
+        /// When the last fetch succeeded (wall time), if one ever did.
+        pub(crate) fn last_success(&self) -> Option<std::time::SystemTime> {
+            lock(&self.last_success).map(|(_, wall)| wall)
+        }
+
         /// A request met a `kid` it does not know (or no keys yet). Returns what to wait
         /// on when a fetch is running or may start now; `None` when the last fetch was
         /// too recent, and the request should be refused at once.

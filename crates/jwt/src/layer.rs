@@ -327,6 +327,21 @@ impl JwtLayer {
     }
 }
 
+/// One issuer's keys, as [`JwtHandle::key_sets`] reports them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeySetStatus {
+    /// The issuer's name.
+    pub issuer: String,
+    /// Whether the keys come from a key server (JWKS URL or discovery), not files or
+    /// code.
+    pub fetched: bool,
+    /// When the last fetch succeeded.
+    pub last_fetch: Option<std::time::SystemTime>,
+    /// Whether every refresh has failed for longer than the maximum key age.
+    pub stale: bool,
+}
+
 /// Run-time operations on a built [`JwtLayer`]. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct JwtHandle {
@@ -372,6 +387,34 @@ impl JwtHandle {
             subjects.clear();
         }
         self.config.credentials.clear();
+    }
+
+    /// How fresh each issuer's keys are, for a status page: whether its keys are
+    /// fetched from a key server, when the last fetch succeeded, and whether they are
+    /// past the maximum key age (tokens refused with `keys_unavailable`).
+    pub fn key_sets(&self) -> Vec<KeySetStatus> {
+        self.config
+            .validator
+            .issuers
+            .iter()
+            .map(|issuer| {
+                #[cfg(feature = "remote")]
+                if let Some(remote) = &issuer.ring.remote {
+                    return KeySetStatus {
+                        issuer: issuer.name.to_string(),
+                        fetched: true,
+                        last_fetch: remote.last_success(),
+                        stale: remote.stale.load(std::sync::atomic::Ordering::Acquire),
+                    };
+                }
+                KeySetStatus {
+                    issuer: issuer.name.to_string(),
+                    fetched: false,
+                    last_fetch: None,
+                    stale: false,
+                }
+            })
+            .collect()
     }
 
     /// Waits until every issuer that fetches its keys has them, or `timeout` passes.

@@ -136,7 +136,7 @@ pub use key::{
     read_secret_file, KeyError, SigningKey, VerifyingKey, MIN_HMAC_SECRET_LEN, MIN_RSA_BITS,
 };
 pub use keyset::JwksError;
-pub use layer::{ConfigError, Jwt, JwtHandle, JwtLayer, JwtLayerBuilder, Mode};
+pub use layer::{ConfigError, Jwt, JwtHandle, JwtLayer, JwtLayerBuilder, KeySetStatus, Mode};
 pub use refusal::JwtRefusal;
 pub use revocation::{RevocationError, RevocationStatus, Revocations};
 #[cfg(feature = "redis")]

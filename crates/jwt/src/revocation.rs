@@ -267,6 +267,25 @@ impl Revocations {
         self.ids.is_empty()
     }
 
+    /// For a list shared through Redis: how long ago its local copy was last in sync
+    /// with Redis (`None` before the first sync). `None` for other lists.
+    pub fn shared_sync_age(&self) -> Option<std::time::Duration> {
+        #[cfg(feature = "redis")]
+        if let Some(shared) = &self.shared {
+            return shared.sync_age();
+        }
+        None
+    }
+
+    /// Whether the list is shared through Redis.
+    pub fn is_shared(&self) -> bool {
+        #[cfg(feature = "redis")]
+        if self.shared.is_some() {
+            return true;
+        }
+        false
+    }
+
     /// The journal's lines that could not be read when it was opened (1-based).
     pub fn skipped_lines(&self) -> Vec<usize> {
         match &self.journal {

@@ -57,6 +57,16 @@ impl Shared {
         synced == 0 || now.saturating_sub(synced) > self.stale_after.as_millis() as u64
     }
 
+    /// How long ago the last successful sync was, if there was one.
+    pub(crate) fn sync_age(&self) -> Option<Duration> {
+        let synced = self.synced_at.load(Ordering::Acquire);
+        if synced == 0 {
+            return None;
+        }
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Some(Duration::from_millis(now.saturating_sub(synced)))
+    }
+
     pub(crate) fn push(&self, jti: &str, expires_at: i64) {
         self.pending
             .lock()
