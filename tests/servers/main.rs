@@ -11,6 +11,7 @@ mod api_key_tonic;
 mod audit_axum;
 mod client;
 mod examples;
+mod extractors;
 mod gateway;
 mod ip_allowlist_axum;
 mod ip_allowlist_hyper;

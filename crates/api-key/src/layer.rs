@@ -307,7 +307,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let config = &*self.config;
         let found = source::find(&config.sources, &config.prefix, &request);
         let presented = match found {
@@ -315,6 +315,7 @@ where
                 AuditRecord::note(request.extensions(), || {
                     AuditNote::new(LAYER_NAME, Decision::Skip).detail("no API key")
                 });
+                Authentication::mark_checked(request.extensions_mut());
                 return ResponseFuture::decided(DecisionFuture::inner(self.inner.call(request)));
             }
             Found::None => {

@@ -21,7 +21,9 @@
 //!
 //! # Features
 //!
-//! - `axum`: read the socket peer from axum's `ConnectInfo<SocketAddr>`.
+//! - `axum`: read the socket peer from axum's `ConnectInfo<SocketAddr>`, and the
+//!   [`extract`] module's extractors (`Principal`, `Authenticated`, `PrincipalBy`,
+//!   `ClientIp`).
 //! - `tonic`: read the socket peer from tonic's `TcpConnectInfo`.
 //! - `tonic-tls`: also from `TlsConnectInfo<TcpConnectInfo>`, when tonic serves TLS.
 //!
@@ -34,6 +36,8 @@ mod certificate;
 mod client_ip;
 mod clock;
 mod credential;
+#[cfg(feature = "axum")]
+pub mod extract;
 mod forwarded;
 mod future;
 mod headers;

@@ -341,6 +341,16 @@ impl Authentication {
         }
     }
 
+    /// Leaves an empty `Authentication` in `extensions` when there is none: what an
+    /// authentication layer does with a request it lets through without credentials
+    /// (optional mode), so that extractors can tell "nobody authenticated" (401) from
+    /// "no authentication layer ran" (a misconfiguration).
+    pub fn mark_checked(extensions: &mut http::Extensions) {
+        if extensions.get::<Authentication>().is_none() {
+            extensions.insert(Authentication::new());
+        }
+    }
+
     /// The `Authentication` in `extensions`, or an empty one.
     pub fn from_extensions(extensions: &http::Extensions) -> Authentication {
         extensions

@@ -693,7 +693,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let config = &*self.config;
         let token = match config.token(&request) {
             Ok(Some(token)) => token,
@@ -701,6 +701,7 @@ where
                 AuditRecord::note(request.extensions(), || {
                     AuditNote::new(LAYER_NAME, Decision::Skip).detail("no bearer token")
                 });
+                Authentication::mark_checked(request.extensions_mut());
                 return ResponseFuture::decided(DecisionFuture::inner(self.inner.call(request)));
             }
             Ok(None) => {

@@ -109,6 +109,8 @@
 
 mod claims;
 mod credential;
+#[cfg(feature = "axum")]
+mod extract;
 mod future;
 mod issue;
 mod issuer;

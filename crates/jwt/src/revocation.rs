@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -129,17 +129,20 @@ impl Revocations {
         let failed = |error| RevocationError::Journal(path.clone(), error);
         let ids = DashMap::new();
         let (mut lines, mut skipped) = (0, Vec::new());
-        match File::open(&path) {
-            Ok(file) => {
+        match std::fs::read(&path) {
+            Ok(bytes) => {
                 let now = now_secs();
-                for (index, line) in BufReader::new(file).lines().enumerate() {
-                    let line = line.map_err(failed)?;
-                    if line.trim().is_empty() {
+                // Line by line as bytes: a line that is not UTF-8 (a flipped bit) is a
+                // broken line like any other, not a journal that cannot be opened.
+                for (index, line) in bytes.split(|b| *b == b'\n').enumerate() {
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    let text = std::str::from_utf8(line).ok();
+                    if text.is_some_and(|text| text.trim().is_empty()) {
                         continue;
                     }
                     lines += 1;
-                    let entry = line
-                        .split_once(' ')
+                    let entry = text
+                        .and_then(|text| text.split_once(' '))
                         .filter(|(jti, _)| valid_id(jti))
                         .and_then(|(jti, exp)| Some((jti, exp.parse::<i64>().ok()?)));
                     match entry {
@@ -365,7 +368,8 @@ mod tests {
         drop(revocations);
         // A line damaged by hand, and one written half by a crash.
         let mut file = OpenOptions::new().append(true).open(&path).unwrap();
-        file.write_all(b"garbage\nt-2 ").unwrap();
+        file.write_all(b"garbage\n\xff\xfe 4000000000\nt-crlf 4000000000\r\nt-2 ")
+            .unwrap();
         drop(file);
         let again = Revocations::open_journal(&path).unwrap();
         assert!(again.is_revoked("t-1"));
@@ -373,7 +377,10 @@ mod tests {
             !again.is_revoked("t-old"),
             "expired entries are not read back"
         );
-        assert_eq!(again.skipped_lines(), [3, 4]);
+        // The damaged line, the one that is not UTF-8 and the torn one; a CRLF line is
+        // read.
+        assert_eq!(again.skipped_lines(), [3, 4, 6]);
+        assert!(again.is_revoked("t-crlf"));
         again.revoke("t-3", far).unwrap();
         drop(again);
         let third = Revocations::open_journal(&path).unwrap();

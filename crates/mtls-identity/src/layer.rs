@@ -457,6 +457,7 @@ where
                 AuditRecord::note(request.extensions(), || {
                     AuditNote::new(LAYER_NAME, Decision::Skip).detail("no client certificate")
                 });
+                Authentication::mark_checked(request.extensions_mut());
                 return DecisionFuture::inner(self.inner.call(request)).into();
             }
             return config.refuse(&request, MtlsRefusal::Missing, None).into();
