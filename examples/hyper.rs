@@ -43,6 +43,14 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Logs on stderr (`RUST_LOG`, `info` by default); audit events stay on stdout.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let demo = match std::env::args().nth(1).as_deref() {
         None => false,
         Some("--demo") => true,

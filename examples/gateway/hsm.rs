@@ -1,6 +1,7 @@
 //! A small HSM-style key service: named Ed25519 keys held in memory, their attributes,
 //! signing, and approval tasks. It trusts the stack in front of it for who may call
-//! what; it only reads the principal to say who did it.
+//! what; it reads the principals (the `Authenticated` extractor) only to say who did it,
+//! in its answers and its log.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use portcullis::core::extract::Authenticated;
 use serde_json::{json, Value};
 
 struct Key {
@@ -84,7 +86,15 @@ async fn list(State(keys): State<Keys>) -> Json<Value> {
     Json(json!({ "keys": keys.lock().keys().collect::<Vec<_>>() }))
 }
 
-async fn create(State(keys): State<Keys>, Json(body): Json<Value>) -> Answer {
+/// Who the stack in front authenticated, for the answer and the log.
+fn who(auth: &Authenticated) -> Vec<String> {
+    auth.0
+        .principals()
+        .map(|p| format!("{}:{}", p.method().as_str(), p.id()))
+        .collect()
+}
+
+async fn create(State(keys): State<Keys>, auth: Authenticated, Json(body): Json<Value>) -> Answer {
     let Some(name) = body["name"].as_str().filter(|n| valid_name(n)) else {
         return answer(
             StatusCode::BAD_REQUEST,
@@ -112,9 +122,10 @@ async fn create(State(keys): State<Keys>, Json(body): Json<Value>) -> Answer {
             attributes: BTreeMap::new(),
         },
     );
+    tracing::info!(key = name, by = ?who(&auth), "hsm: key created");
     answer(
         StatusCode::CREATED,
-        json!({ "name": name, "algorithm": "Ed25519", "public_key": public }),
+        json!({ "name": name, "algorithm": "Ed25519", "public_key": public, "by": who(&auth) }),
     )
 }
 
@@ -128,9 +139,16 @@ async fn read(State(keys): State<Keys>, Path(name): Path<String>) -> Answer {
     }
 }
 
-async fn delete(State(keys): State<Keys>, Path(name): Path<String>) -> StatusCode {
+async fn delete(
+    State(keys): State<Keys>,
+    auth: Authenticated,
+    Path(name): Path<String>,
+) -> StatusCode {
     match keys.lock().remove(&name) {
-        Some(_) => StatusCode::NO_CONTENT,
+        Some(_) => {
+            tracing::info!(key = name, by = ?who(&auth), "hsm: key deleted");
+            StatusCode::NO_CONTENT
+        }
         None => StatusCode::NOT_FOUND,
     }
 }
@@ -156,7 +174,7 @@ async fn set_attributes(
     }
 }
 
-async fn sign(State(keys): State<Keys>, Json(body): Json<Value>) -> Answer {
+async fn sign(State(keys): State<Keys>, auth: Authenticated, Json(body): Json<Value>) -> Answer {
     let (Some(name), Some(data)) = (body["key"].as_str(), body["data"].as_str()) else {
         return answer(
             StatusCode::BAD_REQUEST,
@@ -172,7 +190,7 @@ async fn sign(State(keys): State<Keys>, Json(body): Json<Value>) -> Answer {
     match keys.lock().get(name) {
         Some(key) => answer(
             StatusCode::OK,
-            json!({ "key": name, "algorithm": "Ed25519", "signature": STANDARD.encode(key.pair.sign(&data).as_ref()) }),
+            json!({ "key": name, "algorithm": "Ed25519", "signature": STANDARD.encode(key.pair.sign(&data).as_ref()), "by": who(&auth) }),
         ),
         None => answer(StatusCode::NOT_FOUND, json!({ "error": "no such key" })),
     }

@@ -386,3 +386,36 @@ async fn durations_and_lengths_are_checked_where_they_are_written() {
     ))
     .is_ok());
 }
+
+/// Every role table the project ships lints clean: a shipped policy with a rule that can
+/// never match fails here (and so in CI), as `portcullis policy check` would warn.
+#[test]
+fn every_shipped_policy_lints_clean() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut checked = 0;
+    for dir in ["examples", "tests/policies"] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if path.extension().is_none_or(|e| e != "toml") || !text.contains("[[rule]]") {
+                continue;
+            }
+            let policy = portcullis_role_router::read_policy(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let shadowed: Vec<String> = policy
+                .lint()
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{:?} is covered by {:?}",
+                        policy.rule_name(s.rule),
+                        policy.rule_name(s.by)
+                    )
+                })
+                .collect();
+            assert!(shadowed.is_empty(), "{}: {shadowed:?}", path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "only {checked} policies found");
+}

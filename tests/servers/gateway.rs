@@ -912,10 +912,14 @@ async fn the_built_example_binary_serves_the_file_it_is_given() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let signature = serde_json::from_str::<Value>(&body).unwrap()["signature"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let signed = serde_json::from_str::<Value>(&body).unwrap();
+    // The key service reads who signed through the `Authenticated` extractor.
+    assert_eq!(
+        signed["by"],
+        serde_json::json!(["certificate:connector-7", "jwt:connector-7"]),
+        "{body}"
+    );
+    let signature = signed["signature"].as_str().unwrap().to_owned();
     assert!(signature.len() > 80, "{body}");
     assert_eq!(
         send(anyone.get(url("/v1/key"))).await,
