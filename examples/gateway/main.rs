@@ -28,7 +28,7 @@ use std::time::Duration;
 use portcullis::api_key::{render_key_record, GeneratedKey, KeyPrefix, KeyRecord};
 use portcullis::config::GatewayConfig;
 use portcullis::core::{AuthMethod, Principal, TlsPeer};
-use portcullis::mtls_identity::{DevPki, TlsListener};
+use portcullis::mtls_identity::{serve_hyper_with, DevPki, TlsListener};
 
 const CONFIG: &str = include_str!("../gateway.toml");
 const POLICY: &str = include_str!("../gateway-policy.toml");
@@ -122,11 +122,14 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                     config_path.display()
                 );
             }
-            axum::serve(
-                TlsListener::new(tcp, tls.clone()).for_axum(),
-                app.into_make_service_with_connect_info::<TlsPeer>(),
+            // hyper with the [server] limits: headers within 10 s, idle keep-alive
+            // closed after it, bounded headers and connections.
+            serve_hyper_with(
+                TlsListener::new(tcp, tls.clone()),
+                app,
+                gateway.serve_limits.clone(),
             )
-            .await?;
+            .await;
         }
         None => {
             eprintln!("gateway: listening on http://{addr}");

@@ -68,6 +68,9 @@ pub struct Gateway {
     pub(crate) reloadable: Arc<Reloadable>,
     /// `[admin]`, if the file has it.
     pub admin: Option<AdminSettings>,
+    /// `[server]`'s connection limits, for
+    /// [`serve_hyper_with`](portcullis_mtls_identity::serve_hyper_with).
+    pub serve_limits: portcullis_mtls_identity::ServeLimits,
     pub(crate) revocations: Revocations,
 }
 
@@ -307,6 +310,7 @@ impl GatewayConfig {
             reloadable: Arc::new(reloadable),
             admin: self.admin()?,
             revocations,
+            serve_limits: self.serve_limits(),
         })
     }
 
@@ -459,6 +463,24 @@ impl GatewayConfig {
                 .map_err(|e| self.error(None, "token_issuer.revocations_redis", e)),
             (None, None) => Ok(Revocations::new()),
         }
+    }
+
+    fn serve_limits(&self) -> portcullis_mtls_identity::ServeLimits {
+        let server = &self.file.server;
+        let mut limits = portcullis_mtls_identity::ServeLimits::default();
+        if let Some(timeout) = server.header_read_timeout {
+            limits = limits.header_read_timeout(timeout);
+        }
+        if let Some(count) = server.max_connections {
+            limits = limits.max_connections(count.get());
+        }
+        if let Some(count) = server.max_headers {
+            limits = limits.max_headers(count.get());
+        }
+        if let Some(bytes) = server.max_header_bytes {
+            limits = limits.max_header_bytes(bytes.get());
+        }
+        limits
     }
 
     fn admin(&self) -> Result<Option<AdminSettings>, ConfigError> {

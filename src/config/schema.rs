@@ -84,6 +84,24 @@ pub(crate) struct File {
 #[serde(deny_unknown_fields)]
 pub(crate) struct Server {
     pub(crate) listen: SocketAddr,
+    /// How long a client may take to send its headers, or idle between requests.
+    #[serde(default, deserialize_with = "optional_positive_duration")]
+    pub(crate) header_read_timeout: Option<Duration>,
+    pub(crate) max_connections: Option<std::num::NonZeroUsize>,
+    pub(crate) max_headers: Option<std::num::NonZeroUsize>,
+    pub(crate) max_header_bytes: Option<std::num::NonZeroUsize>,
+}
+
+fn optional_positive_duration<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    let duration = duration(deserializer)?;
+    if duration.is_zero() {
+        return Err(serde::de::Error::custom(
+            "must be longer than zero, e.g. \"10s\"",
+        ));
+    }
+    Ok(Some(duration))
 }
 
 /// `[admin]`: the admin listener.

@@ -25,4 +25,5 @@ mod rate_limit_redis;
 mod redis_server;
 mod role_router_axum;
 mod role_router_tonic;
+mod serving;
 mod stand_in;

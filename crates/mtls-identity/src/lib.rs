@@ -187,7 +187,7 @@ pub use dev::{DevClient, DevPki};
 pub use forwarded::{CertificateHeaderFormat, ForwardedCertificate};
 pub use future::ResponseFuture;
 #[cfg(feature = "hyper")]
-pub use hyper_serve::serve_hyper;
+pub use hyper_serve::{serve_hyper, serve_hyper_with, ServeLimits};
 pub use layer::{Identify, Mode, MtlsIdentity, MtlsIdentityLayer, MtlsRefusal};
 #[cfg(feature = "axum")]
 pub use listener::AxumTlsListener;

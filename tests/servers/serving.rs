@@ -1,0 +1,161 @@
+//! The serve loop's limits over real TLS sockets: a slowloris batch is closed after the
+//! header timeout while a normal client is served, too many headers get 431, and the
+//! connection limit holds (the next connection waits for a place).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use portcullis::mtls_identity::{serve_hyper_with, ClientAuth, DevPki, ServeLimits, TlsListener};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::client::TlsStream;
+
+async fn serve(limits: ServeLimits) -> (SocketAddr, String) {
+    let pki = DevPki::generate(&["localhost"]).unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let service = tower::service_fn(|_: http::Request<hyper::body::Incoming>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
+    });
+    let tls = pki
+        .server_tls()
+        .client_auth(ClientAuth::Optional)
+        .build()
+        .unwrap();
+    tokio::spawn(serve_hyper_with(
+        TlsListener::new(tcp, tls),
+        service,
+        limits,
+    ));
+    (addr, pki.ca_pem().to_owned())
+}
+
+async fn connect(addr: SocketAddr, ca: &str) -> TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// Sends `head` and reads until the server closes or 2 s pass; what it answered.
+async fn exchange(stream: &mut TlsStream<tokio::net::TcpStream>, head: &str) -> String {
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buffer)).await {
+            Ok(Ok(0)) => break,
+            Ok(Err(error)) => {
+                answer.extend_from_slice(format!("(read error: {error})").as_bytes());
+                break;
+            }
+            Ok(Ok(n)) => {
+                answer.extend_from_slice(&buffer[..n]);
+                if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"ok") {
+                    break;
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Whether the server closed the connection (EOF or reset) within `within`.
+async fn closed_within(stream: &mut TlsStream<tokio::net::TcpStream>, within: Duration) -> bool {
+    let mut buffer = [0u8; 64];
+    matches!(
+        tokio::time::timeout(within, stream.read(&mut buffer)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+#[tokio::test]
+async fn slow_clients_are_closed_and_limits_hold() {
+    let limits = ServeLimits::default()
+        .header_read_timeout(Duration::from_millis(500))
+        .max_headers(20)
+        .max_connections(40);
+    let (addr, ca) = serve(limits).await;
+
+    // Slowloris: headers never finished.
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut stream = connect(addr, &ca).await;
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n")
+            .await
+            .unwrap();
+        slow.push(stream);
+    }
+    // And one that completes the TLS handshake and then says nothing at all.
+    let mut silent = connect(addr, &ca).await;
+    // A normal client is served meanwhile.
+    let mut normal = connect(addr, &ca).await;
+    let answer = exchange(&mut normal, "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    for stream in &mut slow {
+        assert!(
+            closed_within(stream, Duration::from_secs(3)).await,
+            "a slow client was kept"
+        );
+    }
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(3)).await,
+        "a silent client was kept"
+    );
+    // An idle keep-alive connection is closed after the same time.
+    assert!(closed_within(&mut normal, Duration::from_secs(3)).await);
+
+    // Too many header fields: 431, not a reset.
+    let mut stream = connect(addr, &ca).await;
+    let mut head = String::from("GET / HTTP/1.1\r\nHost: localhost\r\n");
+    for n in 0..30 {
+        head.push_str(&format!("x-filler-{n}: {n}\r\n"));
+    }
+    head.push_str("\r\n");
+    let answer = exchange(&mut stream, &head).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+}
+
+#[tokio::test]
+async fn the_connection_limit_holds() {
+    let limits = ServeLimits::default()
+        .header_read_timeout(Duration::from_millis(800))
+        .max_connections(3);
+    let (addr, ca) = serve(limits).await;
+    // Three connections take the three places and say nothing.
+    let mut holders = Vec::new();
+    for _ in 0..3 {
+        holders.push(connect(addr, &ca).await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A fourth gets its TLS handshake (the listener's own task) but no service until a
+    // place frees, when the holders are closed for idling.
+    let started = Instant::now();
+    let mut fourth = connect(addr, &ca).await;
+    let answer = exchange(&mut fourth, "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "served before any place was free"
+    );
+    drop(holders);
+}
