@@ -25,6 +25,7 @@ impl Gateway {
     /// | `GET /status` | the layers, the watched files, the last reload, keys, connectors, revoked tokens |
     /// | `POST /bans/{key}/lift?quota=NAME` | lifts a rate-limit ban in this process |
     /// | `POST /revocations` with `{"jti": "…", "expires_at": SECONDS}` | revokes a token (kept in the journal when there is one) |
+    /// | `GET /healthz`, `GET /readyz` | the [probes](Self::health_router), without credentials |
     ///
     /// Every route needs a principal with the configured role (`admin`) from a client
     /// certificate or an API key; the gateway's audit, allow-list, mTLS and API-key
@@ -41,7 +42,7 @@ impl Gateway {
             ))
             .build()
             .expect("a one-rule policy with a fixed pattern builds");
-        let mut router = Router::new()
+        let mut admin = Router::new()
             .route("/reload", post(reload))
             .route("/status", get(status))
             .route("/bans/{key}/lift", post(lift_ban))
@@ -50,15 +51,63 @@ impl Gateway {
             .layer(RoleRouterLayer::new(policy));
         // axum's last `.layer` is the outermost: the file's list backwards.
         for (_, layer) in self.layers.iter().rev() {
-            router = match layer.clone() {
-                Built::Audit(layer) => router.layer(layer),
-                Built::IpAllowlist(layer) => router.layer(layer),
-                Built::MtlsIdentity(layer) => router.layer(layer),
-                Built::ApiKey(layer) => router.layer(layer),
-                Built::Jwt(_) | Built::RoleRouter(_) | Built::RateLimit(_) => router,
+            admin = match layer.clone() {
+                Built::Audit(layer) => admin.layer(layer),
+                Built::IpAllowlist(layer) => admin.layer(layer),
+                Built::MtlsIdentity(layer) => admin.layer(layer),
+                Built::ApiKey(layer) => admin.layer(layer),
+                Built::Jwt(_) | Built::RoleRouter(_) | Built::RateLimit(_) => admin,
             };
         }
-        Some(router)
+        // The probes, merged after the layers: outside them.
+        Some(admin.merge(self.health_router()))
+    }
+}
+
+impl Gateway {
+    /// `GET /healthz` (the process answers: 200) and `GET /readyz` (200 once every
+    /// issuer whose keys come from a key server has them and they are not past their
+    /// maximum age, and the revocations shared through Redis are in sync; 503 with what
+    /// it waits for otherwise), for an orchestrator's probes. Outside the security
+    /// layers, and they name no file, URL or key: put them on a port the orchestrator
+    /// reaches. The admin listener serves them without credentials; `[server] health =
+    /// true` adds them to the main listener.
+    pub fn health_router(&self) -> Router {
+        Router::new()
+            .route("/healthz", get(|| async { Json(json!({ "alive": true })) }))
+            .route("/readyz", get(ready))
+            .with_state(self.clone())
+    }
+
+    /// What keeps the gateway from being ready: nothing when it is.
+    pub fn not_ready(&self) -> Vec<&'static str> {
+        let mut waiting = Vec::new();
+        let keys_missing = self.reloadable.jwt.iter().any(|handle| {
+            handle
+                .key_sets()
+                .iter()
+                .any(|keys| keys.fetched && (keys.last_fetch.is_none() || keys.stale))
+        });
+        if keys_missing {
+            waiting.push("token signing keys");
+        }
+        if !self.revocations.is_available() {
+            waiting.push("shared revocations");
+        }
+        waiting
+    }
+}
+
+async fn ready(State(gateway): State<Gateway>) -> Response {
+    let waiting = gateway.not_ready();
+    if waiting.is_empty() {
+        Json(json!({ "ready": true })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "waiting_for": waiting })),
+        )
+            .into_response()
     }
 }
 

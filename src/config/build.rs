@@ -71,6 +71,7 @@ pub struct Gateway {
     /// `[server]`'s connection limits, for
     /// [`serve_hyper_with`](portcullis_mtls_identity::serve_hyper_with).
     pub serve_limits: portcullis_mtls_identity::ServeLimits,
+    pub(crate) health_on_main: bool,
     pub(crate) revocations: Revocations,
 }
 
@@ -101,7 +102,8 @@ impl Gateway {
 
     /// Puts the token routes (if any) into `router` and wraps it in the layers, the
     /// file's first `[[layer]]` outermost. Routes added to the returned router later
-    /// are not behind the stack.
+    /// are not behind the stack; with `[server] health = true`, `/healthz` and
+    /// `/readyz` are added that way.
     #[cfg(feature = "axum")]
     pub fn apply(&self, mut router: axum::Router) -> axum::Router {
         if let Some(routes) = &self.token_routes {
@@ -120,6 +122,9 @@ impl Gateway {
                 Built::RateLimit(layer) => router.layer(layer),
                 Built::Audit(layer) => router.layer(layer),
             };
+        }
+        if self.health_on_main {
+            router = router.merge(self.health_router());
         }
         router
     }
@@ -311,6 +316,7 @@ impl GatewayConfig {
             admin: self.admin()?,
             revocations,
             serve_limits: self.serve_limits(),
+            health_on_main: self.file.server.health,
         })
     }
 

@@ -90,6 +90,9 @@ pub(crate) struct Server {
     pub(crate) max_connections: Option<std::num::NonZeroUsize>,
     pub(crate) max_headers: Option<std::num::NonZeroUsize>,
     pub(crate) max_header_bytes: Option<std::num::NonZeroUsize>,
+    /// `/healthz` and `/readyz` on this listener too, outside the layers.
+    #[serde(default)]
+    pub(crate) health: bool,
 }
 
 fn optional_positive_duration<'de, D: Deserializer<'de>>(

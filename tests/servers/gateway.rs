@@ -1097,6 +1097,16 @@ async fn the_admin_routes_need_the_admin_role_and_drive_the_gateway() {
     let anyone = client(&ca, admin, None, "127.0.0.1");
     let cert = client(&ca, admin, Some(&connector), "127.0.0.1");
 
+    // The probes need no credentials, and name nothing of the configuration.
+    assert_eq!(
+        send(anyone.get(url("/healthz"))).await,
+        (StatusCode::OK, "{\"alive\":true}".into())
+    );
+    assert_eq!(
+        send(anyone.get(url("/readyz"))).await,
+        (StatusCode::OK, "{\"ready\":true}".into())
+    );
+
     // Who gets in.
     assert_eq!(
         send(anyone.get(url("/status"))).await,
@@ -1457,7 +1467,8 @@ async fn revocations_are_shared_through_redis_between_two_gateways() {
         .replace(
             "rate = \"25 per 5m\"\nburst = 25",
             "rate = \"1000 per 5m\"\nburst = 1000",
-        );
+        )
+        .replace("[server]\n", "[server]\nhealth = true\n");
     assert_ne!(
         shared, config,
         "the example's revocations_file line changed"
@@ -1541,6 +1552,11 @@ async fn revocations_are_shared_through_redis_between_two_gateways() {
             "revocation_unavailable".into()
         )
     );
+    // And says so to an orchestrator, on the main listener (`[server] health = true`).
+    let (status, body) = send(b.get(url(addr_b, "/readyz"))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("shared revocations"), "{body}");
+    assert_eq!(send(b.get(url(addr_b, "/healthz"))).await.0, StatusCode::OK);
     // Back, empty (no persistence here): the copy is in sync again and the token works;
     // the revocation B learned before the outage is still known to B.
     redis.restart().await;

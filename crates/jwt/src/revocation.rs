@@ -280,6 +280,17 @@ impl Revocations {
         None
     }
 
+    /// Whether the list can answer for every token: false only for a list shared
+    /// through Redis whose copy is stale while its policy refuses (the requests get 503
+    /// `revocation_unavailable`). For a readiness probe.
+    pub fn is_available(&self) -> bool {
+        #[cfg(feature = "redis")]
+        if self.shared.as_ref().is_some_and(|s| s.refuses_unknown()) {
+            return false;
+        }
+        true
+    }
+
     /// Whether the list is shared through Redis.
     pub fn is_shared(&self) -> bool {
         #[cfg(feature = "redis")]
