@@ -10,6 +10,9 @@
 //! request (`PeerAddr`): audit events to stdout, an address deny list, API keys, the
 //! role each route needs, and a per-key quota.
 
+#[path = "common/logging.rs"]
+mod logging;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -43,14 +46,7 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // Logs on stderr (`RUST_LOG`, `info` by default); audit events stay on stdout.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init();
     let demo = match std::env::args().nth(1).as_deref() {
         None => false,
         Some("--demo") => true,

@@ -20,6 +20,8 @@
 //! blocked connector end too.
 
 mod hsm;
+#[path = "../common/logging.rs"]
+mod logging;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -35,15 +37,8 @@ const POLICY: &str = include_str!("../gateway-policy.toml");
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // Logs (key fetches, reloads, refusals worth an operator's attention) on stderr;
-    // `RUST_LOG` chooses what, `info` by default. Audit events stay alone on stdout.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Logs (key fetches, reloads, refusals worth an operator's attention) on stderr.
+    logging::init();
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -14,6 +14,9 @@
 
 mod keys;
 
+#[path = "../common/logging.rs"]
+mod logging;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -35,14 +38,7 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // Logs on stderr (`RUST_LOG`, `info` by default); audit events stay on stdout.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init();
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

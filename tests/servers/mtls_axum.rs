@@ -784,17 +784,7 @@ async fn revocation_and_proxy_settings_on_a_clone_take_effect() {
 async fn a_crl_past_its_next_update_follows_the_stale_policy() {
     use portcullis::mtls_identity::StaleCrl;
     let pki = pki();
-    let seven = pki
-        .ca
-        .issue("connector-7", Some(ExtendedKeyUsagePurpose::ClientAuth), 7);
-    let eight = pki
-        .ca
-        .issue("connector-8", Some(ExtendedKeyUsagePurpose::ClientAuth), 8);
-    let registry = ConnectorRegistry::from_connectors([
-        Connector::new("connector-7").thumbprint(seven.thumbprint),
-        Connector::new("connector-8").thumbprint(eight.thumbprint),
-    ])
-    .unwrap();
+    let (seven, eight, registry) = seven_and_eight(&pki);
     // The helper's CRL is due again on 2036-01-01 and revokes serial 8.
     let crl = pki.ca.crl(&[8]);
     let at = |year: i32| {
@@ -862,12 +852,8 @@ async fn a_crl_past_its_next_update_follows_the_stale_policy() {
     );
 }
 
-/// Several CRLs of one issuer: the newest (due last) decides staleness whatever order
-/// the file lists them in, revocations of every list count, and a DER CRL followed by
-/// other bytes is refused when loaded rather than read in part.
-#[tokio::test]
-async fn several_crls_of_one_issuer_in_any_order() {
-    let pki = pki();
+/// Connectors 7 and 8, with certificates of serials 7 and 8, registered.
+fn seven_and_eight(pki: &Pki) -> (Leaf, Leaf, ConnectorRegistry) {
     let seven = pki
         .ca
         .issue("connector-7", Some(ExtendedKeyUsagePurpose::ClientAuth), 7);
@@ -879,6 +865,16 @@ async fn several_crls_of_one_issuer_in_any_order() {
         Connector::new("connector-8").thumbprint(eight.thumbprint),
     ])
     .unwrap();
+    (seven, eight, registry)
+}
+
+/// Several CRLs of one issuer: the newest (due last) decides staleness whatever order
+/// the file lists them in, revocations of every list count, and a DER CRL followed by
+/// other bytes is refused when loaded rather than read in part.
+#[tokio::test]
+async fn several_crls_of_one_issuer_in_any_order() {
+    let pki = pki();
+    let (seven, eight, registry) = seven_and_eight(&pki);
     // An old list due in 2028 that revokes 8, and a newer one due in 2036 that does not
     // (an operator who appends rather than replaces).
     let (old, new) = (pki.ca.crl_due(&[8], 2028), pki.ca.crl_due(&[], 2036));
