@@ -19,7 +19,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use http::{HeaderValue, Request, Response, StatusCode};
 use libfuzzer_sys::fuzz_target;
-use portcullis_core::{AuthMethod, Authentication, Clock, Denial};
+use portcullis_core::{
+    AuthMethod, Authentication, Clock, Credential, CredentialCheck, CredentialFuture,
+    CredentialStatus, Denial,
+};
 use portcullis_jwt::jsonwebtoken::Algorithm;
 use portcullis_jwt::{Issuer, JwtLayer, SigningKey};
 use tower::{Layer, ServiceExt};
@@ -28,6 +31,26 @@ const NOW: u64 = 1_900_000_000;
 
 /// What the inner service saw: the principal's id and scopes.
 type Seen = Arc<Mutex<Option<(String, Vec<String>)>>>;
+
+/// The credential check: every API key is good but the one with id `revoked`.
+struct Keys;
+
+impl CredentialCheck for Keys {
+    fn checks(&self, method: AuthMethod) -> bool {
+        method == AuthMethod::ApiKey
+    }
+
+    fn check(&self, credential: &Credential) -> CredentialFuture {
+        let revoked = &*credential.id == "revoked";
+        Box::pin(async move {
+            Ok(if revoked {
+                CredentialStatus::Revoked
+            } else {
+                CredentialStatus::Good
+            })
+        })
+    }
+}
 
 struct Setup {
     hmac: aws_lc_rs::hmac::Key,
@@ -51,7 +74,8 @@ fn setup() -> &'static Setup {
                         .attribute_claim("org", "org")
                         .unwrap()
                         .tier_claim("tier")
-                        .unwrap(),
+                        .unwrap()
+                        .credential_check(Keys),
                 )
                 .token_cache(cache)
                 .clock(clock.clone())
@@ -230,5 +254,22 @@ fuzz_target!(|data: &[u8]| {
         let sub = claims["sub"].as_str().expect("sub is a string");
         assert!(!sub.is_empty() && !sub.chars().any(char::is_control));
         assert_eq!(id, sub);
+        // A token that names the credential it was issued to is allowed only with a
+        // clean id, a known method, and a credential the check says is good.
+        if let Some(cred) = claims.get("cred") {
+            let cred = cred.as_str().expect("cred is a string");
+            assert!(!cred.is_empty() && !cred.chars().any(char::is_control));
+            let method = claims["auth_method"]
+                .as_str()
+                .expect("auth_method is a string");
+            assert!(
+                ["certificate", "api_key", "jwt"].contains(&method),
+                "auth_method {method:?}"
+            );
+            assert!(
+                !(method == "api_key" && cred == "revoked"),
+                "a session of a revoked key was allowed"
+            );
+        }
     }
 });
