@@ -245,6 +245,14 @@ impl Gateway {
         use notify::Watcher as _;
         let (changed, mut changes) = tokio::sync::mpsc::unbounded_channel::<()>();
         let watched = self.watched_files();
+        // Folders, not files: editors and `portcullis key` replace files by renaming,
+        // which a watch on the file itself would lose.
+        let mut directories: Vec<PathBuf> = watched
+            .iter()
+            .filter_map(|path| path.parent().map(Path::to_owned))
+            .collect();
+        directories.sort();
+        directories.dedup();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 if event.is_ok_and(|event| {
@@ -257,15 +265,6 @@ impl Gateway {
                 }
             })
             .map_err(std::io::Error::other)?;
-        // Directories, not files: editors and `portcullis key` replace files by renaming,
-        // which a watch on the file itself would lose.
-        let mut directories: Vec<PathBuf> = self
-            .watched_files()
-            .iter()
-            .filter_map(|path| path.parent().map(Path::to_owned))
-            .collect();
-        directories.sort();
-        directories.dedup();
         for directory in &directories {
             let directory = if directory.as_os_str().is_empty() {
                 Path::new(".")

@@ -83,15 +83,12 @@ fn status(
         Ok(None) => return Ok(CredentialStatus::Unknown),
         Err(error) => return Err(CredentialCheckError(error.to_string())),
     };
-    let record = stored.record();
     if stored.principal().id() != &*credential.principal {
         return Ok(CredentialStatus::Unknown);
     }
-    let expired = record.expires_at().is_some_and(|end| now >= end);
-    let early = record.not_before_time().is_some_and(|start| now < start);
-    Ok(if stored.is_revoked() || expired || early {
-        CredentialStatus::Revoked
-    } else {
-        CredentialStatus::Good
+    // The same state check the layer makes once the digest matched.
+    Ok(match stored.state(|| now) {
+        Ok(()) => CredentialStatus::Good,
+        Err(_) => CredentialStatus::Revoked,
     })
 }

@@ -304,6 +304,13 @@ impl StoredKey {
         if !self.record.digest.matches(digest) {
             return Err(KeyState::WrongSecret);
         }
+        self.state(now)
+    }
+
+    /// The key's own state at `now`, whoever asks: revoked, before its validity, past
+    /// it, or good. The layer asks after the digest matched; the credential check asks
+    /// for a session opened with the key.
+    pub(crate) fn state(&self, now: impl FnOnce() -> SystemTime) -> Result<(), KeyState> {
         if self.is_revoked() {
             return Err(KeyState::Revoked);
         }
