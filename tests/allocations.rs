@@ -105,6 +105,99 @@ fn allow_path_allocations() {
     jwt_allocations();
     mtls_identity_allocations();
     stack_allocations();
+    gateway_stack_allocations();
+}
+
+/// The same four layers built from a gateway file (`Gateway::layer`): each layer sits
+/// behind an `Arc` and its response future in a box; the stack is cloned per request
+/// by reference counts, and the host's body is boxed once.
+fn gateway_stack_allocations() {
+    use portcullis::config::GatewayConfig;
+    let dir = std::env::temp_dir().join(format!("portcullis-allocations-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let prefix = KeyPrefix::default();
+    let key = GeneratedKey::with_id(&prefix, "key-1").unwrap();
+    let record = KeyRecord::new(key.id(), "owner-1", key.digest())
+        .unwrap()
+        .roles(["svc500-reader"]);
+    std::fs::write(
+        dir.join("keys.toml"),
+        portcullis::api_key::render_key_record(&record),
+    )
+    .unwrap();
+    let file = r#"
+        [server]
+        listen = "127.0.0.1:0"
+
+        [[layer]]
+        kind = "ip-allowlist"
+        deny = ["10.0.0.0/8", "2001:db8::/32"]
+
+        [[layer]]
+        kind = "api-key"
+        key_file = "keys.toml"
+
+        [[layer]]
+        kind = "role-router"
+        default = "deny"
+        [[layer.rule]]
+        path = "/v1/svc500/items/{id}"
+        roles_any = ["svc500-reader"]
+
+        [[layer]]
+        kind = "rate-limit"
+        [[layer.quota]]
+        name = "per-credential"
+        rate = "1000000/s"
+        burst = 1000000
+        key = ["credential"]
+    "#;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let gateway = runtime
+        .block_on(async {
+            GatewayConfig::parse("allocations.toml", file, &dir)
+                .unwrap()
+                .build()
+                .await
+        })
+        .unwrap();
+    let mut service = gateway.layer().layer(tower::service_fn(noop));
+    let secret = key.expose_secret().to_owned();
+    let request = || {
+        let mut request = request_from("192.0.2.1:1");
+        *request.uri_mut() = "/v1/svc500/items/k1".parse().unwrap();
+        request
+            .headers_mut()
+            .insert("x-api-key", secret.parse().unwrap());
+        request
+    };
+    for _ in 0..3 {
+        allocations(&mut service, request());
+    }
+    // 9: the typed stack's 2 (the `ClientIp` and the `Authentication`), one boxed
+    // future per layer and for the host's service (5), and 2 more the boxed stack costs
+    // over the typed one (not yet traced; see issue 22's note). With no layers it is the
+    // host's boxed future alone (the host's body here has no size, so boxing it is free).
+    assert_eq!(allocations(&mut service, request()), (9, StatusCode::OK));
+    let empty = runtime
+        .block_on(async {
+            GatewayConfig::parse("empty.toml", "[server]\nlisten = \"127.0.0.1:0\"\n", &dir)
+                .unwrap()
+                .build()
+                .await
+        })
+        .unwrap();
+    let mut bare = empty.layer().layer(tower::service_fn(noop));
+    for _ in 0..3 {
+        allocations(&mut bare, request());
+    }
+    assert_eq!(allocations(&mut bare, request()), (1, StatusCode::OK));
+    drop(service);
+    drop(gateway);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 fn mtls_identity_allocations() {
@@ -507,18 +600,20 @@ fn stack_allocations() {
         (4, StatusCode::OK)
     );
 
-    // The audit layer alone: the captured request (id, path, client address…), its
-    // record in the extensions, the `x-request-id` response header. Serialising into
+    // The audit layer alone: its record and the record's box in the extensions, the
+    // generated request id (its bytes, and their shared form once cloned), the
+    // `ClientIp` box, the response's header map for `x-request-id`... The request's
+    // path and user agent are captured by reference count, not copied. Serialising into
     // the sink's buffer, which kept its capacity, allocates nothing.
     let mut alone = ServiceBuilder::new()
         .layer(audit.clone())
         .service(tower::service_fn(noop));
     assert_eq!(
         count(&mut |r| allocations(&mut alone, r), &with_key),
-        (9, StatusCode::OK)
+        (8, StatusCode::OK)
     );
-    // Outermost over the four: 9 + 2, and 4 more for what the layers note in the
-    // audit record (their notes and the principal).
+    // Outermost over the four: 8 + 2, and 4 more for what the layers note in the
+    // audit record (their notes, the principal's id and the key's id).
     let mut whole = ServiceBuilder::new()
         .layer(audit.clone())
         .layer(ip.clone())
@@ -528,7 +623,7 @@ fn stack_allocations() {
         .service(tower::service_fn(noop));
     assert_eq!(
         count(&mut |r| allocations(&mut whole, r), &with_key),
-        (15, StatusCode::OK)
+        (14, StatusCode::OK)
     );
     let mut whole_jwt = ServiceBuilder::new()
         .layer(audit.clone())
@@ -539,7 +634,7 @@ fn stack_allocations() {
         .service(tower::service_fn(noop));
     assert_eq!(
         count(&mut |r| allocations(&mut whole_jwt, r), &with_token),
-        (16, StatusCode::OK)
+        (15, StatusCode::OK)
     );
     assert_eq!(
         sink.lines().len(),

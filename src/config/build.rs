@@ -100,33 +100,23 @@ impl Gateway {
         self.layers.iter().map(|(kind, _)| *kind).collect()
     }
 
-    /// Puts the token routes (if any) into `router` and wraps it in the layers, the
-    /// file's first `[[layer]]` outermost. Routes added to the returned router later
-    /// are not behind the stack; with `[server] health = true`, `/healthz` and
-    /// `/readyz` are added that way.
+    /// Wraps `router` in the layers, the file's first `[[layer]]` outermost, with the
+    /// token routes (if any) answered inside the stack. Routes added to the returned
+    /// router later are not behind the stack; with `[server] health = true`,
+    /// `/healthz` and `/readyz` are added that way.
+    ///
+    /// The stack is applied once, around the whole router (as [`Gateway::layer`]
+    /// builds it), not to each route: axum clones a route's layered service for every
+    /// request, and a stack per route would be cloned, boxed and allocated again for
+    /// each one.
     #[cfg(feature = "axum")]
-    pub fn apply(&self, mut router: axum::Router) -> axum::Router {
-        if let Some(routes) = &self.token_routes {
-            router = router
-                .route_service(&routes.issue_path, routes.issuer.issue_service())
-                .route_service(&routes.extend_path, routes.issuer.extend_service());
-        }
-        // axum's last `.layer` is the outermost: apply the file's list backwards.
-        for (_, layer) in self.layers.iter().rev() {
-            router = match layer.clone() {
-                Built::IpAllowlist(layer) => router.layer(layer),
-                Built::MtlsIdentity(layer) => router.layer(layer),
-                Built::ApiKey(layer) => router.layer(layer),
-                Built::Jwt(layer) => router.layer(layer),
-                Built::RoleRouter(layer) => router.layer(layer),
-                Built::RateLimit(layer) => router.layer(layer),
-                Built::Audit(layer) => router.layer(layer),
-            };
-        }
+    pub fn apply(&self, router: axum::Router) -> axum::Router {
+        let stack = tower::Layer::layer(&self.layer::<axum::body::Body>(), router);
+        let mut app = axum::Router::new().fallback_service(stack);
         if self.health_on_main {
-            router = router.merge(self.health_router());
+            app = app.merge(self.health_router());
         }
-        router
+        app
     }
 }
 

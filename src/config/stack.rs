@@ -2,10 +2,11 @@
 //! any `tower::Service<http::Request<B>>`).
 //!
 //! The file chooses the layers and their order at run time, so the stack's type cannot
-//! be spelled at compile time: each layer's service is boxed, and each response body
-//! is boxed, once per layer. That costs a few small allocations per request; axum's
-//! `Router::layer` boxes the same way, which is why [`Gateway::apply`] uses it there.
-//! A host that wants no boxing composes the layers in code.
+//! be spelled at compile time. Each layer's service sits behind an `Arc` of its own, so
+//! a request clones the stack by reference counts alone; each layer's response future
+//! is boxed (one small allocation per layer and request), and the response body is
+//! boxed once, around the host's body, and passed through by every layer above it. A
+//! host that wants no boxing at all composes the layers in code.
 
 use std::convert::Infallible;
 use std::marker::PhantomData;
@@ -19,7 +20,6 @@ use http::{Request, Response};
 use http_body::Body;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt as _;
-use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt as _};
 
 use super::build::{Built, TokenRoutes};
@@ -33,8 +33,85 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type GatewayBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// The service [`GatewayLayer`] makes: the whole stack around the host's service.
-pub type GatewayService<ReqBody, E> =
-    BoxCloneSyncService<Request<ReqBody>, Response<GatewayBody>, E>;
+///
+/// Cloned by one reference count. It is always ready: each layer, and the host's
+/// service at the bottom, is made ready inside the request's future (the host's
+/// back-pressure makes the request wait there rather than in `poll_ready`).
+pub struct GatewayService<ReqBody, E> {
+    stack: Arc<dyn CallCloned<ReqBody, E>>,
+}
+
+impl<ReqBody, E> Clone for GatewayService<ReqBody, E> {
+    fn clone(&self) -> Self {
+        Self {
+            stack: self.stack.clone(),
+        }
+    }
+}
+
+impl<ReqBody, E> std::fmt::Debug for GatewayService<ReqBody, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayService").finish_non_exhaustive()
+    }
+}
+
+impl<ReqBody, E> Service<Request<ReqBody>> for GatewayService<ReqBody, E> {
+    type Response = Response<GatewayBody>;
+    type Error = E;
+    type Future = BoxFuture<'static, Result<Response<GatewayBody>, E>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), E>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        self.stack.call_cloned(request)
+    }
+}
+
+/// A service shared behind an `Arc`, called through a clone of itself (reference
+/// counts: every service of the stack holds only `Arc`s and the next `GatewayService`).
+trait CallCloned<ReqBody, E>: Send + Sync {
+    fn call_cloned(
+        &self,
+        request: Request<ReqBody>,
+    ) -> BoxFuture<'static, Result<Response<GatewayBody>, E>>;
+}
+
+impl<S, ReqBody, E> CallCloned<ReqBody, E> for S
+where
+    S: Service<Request<ReqBody>, Response = Response<GatewayBody>, Error = E>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+{
+    fn call_cloned(
+        &self,
+        request: Request<ReqBody>,
+    ) -> BoxFuture<'static, Result<Response<GatewayBody>, E>> {
+        // `oneshot` waits for readiness, then calls: the tower contract, inside the
+        // future.
+        Box::pin(self.clone().oneshot(request))
+    }
+}
+
+fn shared<S, ReqBody, E>(service: S) -> GatewayService<ReqBody, E>
+where
+    S: Service<Request<ReqBody>, Response = Response<GatewayBody>, Error = E>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+{
+    GatewayService {
+        stack: Arc::new(service),
+    }
+}
 
 /// Every layer of a [`Gateway`], in the file's order, as one tower `Layer`: the file's
 /// first `[[layer]]` is the outermost. The token routes of `[token_issuer]`, if any,
@@ -152,28 +229,66 @@ where
         }
         for (_, layer) in self.layers.iter().rev() {
             service = match layer {
-                Built::IpAllowlist(layer) => boxed(layer.layer(service)),
-                Built::MtlsIdentity(layer) => boxed(layer.layer(service)),
-                Built::ApiKey(layer) => boxed(layer.layer(service)),
-                Built::Jwt(layer) => boxed(layer.layer(service)),
-                Built::RoleRouter(layer) => boxed(layer.layer(service)),
-                Built::RateLimit(layer) => boxed(layer.layer(service)),
-                Built::Audit(layer) => boxed(layer.layer(service)),
+                Built::IpAllowlist(layer) => boxed_layer(layer.layer(service)),
+                Built::MtlsIdentity(layer) => boxed_layer(layer.layer(service)),
+                Built::ApiKey(layer) => boxed_layer(layer.layer(service)),
+                Built::Jwt(layer) => boxed_layer(layer.layer(service)),
+                Built::RoleRouter(layer) => boxed_layer(layer.layer(service)),
+                Built::RateLimit(layer) => boxed_layer(layer.layer(service)),
+                Built::Audit(layer) => boxed_layer(layer.layer(service)),
             };
         }
         service
     }
 }
 
+/// A layer's response body over an already boxed body, as the boxed body itself: the
+/// allow path passes the inner box through instead of boxing it once more per layer.
+trait IntoGatewayBody {
+    fn into_gateway_body(self) -> GatewayBody;
+}
+
+impl IntoGatewayBody for GatewayBody {
+    fn into_gateway_body(self) -> GatewayBody {
+        self
+    }
+}
+
+impl IntoGatewayBody for portcullis_core::RejectOrBody<GatewayBody> {
+    fn into_gateway_body(self) -> GatewayBody {
+        match self.into_inner() {
+            Ok(inner) => inner,
+            Err(rejection) => http_body_util::Full::new(rejection)
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        }
+    }
+}
+
+/// One of our layers' services over the boxed stack below it, boxed.
+fn boxed_layer<S, ReqBody, ResBody>(service: S) -> GatewayService<ReqBody, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+    ReqBody: Send + 'static,
+    ResBody: IntoGatewayBody + 'static,
+{
+    shared(service.map_response(|response: Response<ResBody>| {
+        response.map(IntoGatewayBody::into_gateway_body)
+    }))
+}
+
 fn boxed<S, ReqBody, ResBody>(service: S) -> GatewayService<ReqBody, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
-    ReqBody: 'static,
+    S::Error: 'static,
+    ReqBody: Send + 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    BoxCloneSyncService::new(service.map_response(box_body))
+    shared(service.map_response(box_body))
 }
 
 fn box_body<B>(response: Response<B>) -> Response<GatewayBody>

@@ -20,19 +20,7 @@ const POLICY: &str = include_str!("../../../examples/gateway-policy.toml");
 pub(crate) const DENIED_NETWORK: &str = "127.255.0.0/16";
 
 const ISSUER: &str = "https://gateway.local";
-const AUDIENCE: &str = "hsm";
-
-/// How hard the quotas bite.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Quotas {
-    /// The example's per-address and per-caller quotas, raised so that one client
-    /// address and one credential are never refused: every quota is still looked up
-    /// and charged on every request, which is the cost being measured.
-    Unreachable,
-    /// Per address 50/s (burst 100), 10 failed logins per 15 minutes with a ban after
-    /// three refusals, per caller 50/s (burst 100): what many clients meet.
-    Realistic,
-}
+pub(crate) const AUDIENCE: &str = "hsm";
 
 /// Credentials for the load, valid and not. Never printed.
 pub(crate) struct Credentials {
@@ -47,6 +35,9 @@ pub(crate) struct Credentials {
     pub(crate) forged_tokens: Vec<String>,
     /// Tokens of the right issuer whose `exp` has passed.
     pub(crate) expired_tokens: Vec<String>,
+    /// RS256 tokens of the identity provider whose key set is `idp-jwks.json`, each its
+    /// own subject, role `key-reader`.
+    pub(crate) rs256_tokens: Vec<String>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -71,6 +62,8 @@ pub(crate) fn write_common(dir: &Path, count: usize) -> Result<Credentials, Stri
     write("token.secret", &URL_SAFE_NO_PAD.encode(secret))?;
     write("policy.toml", POLICY)?;
     write("deny.txt", &deny_list(10_000))?;
+    write("policy-100.toml", &policy_100(false))?;
+    write("policy-100-public.toml", &policy_100(true))?;
 
     let mut key_file = String::new();
     let mut api_keys = Vec::with_capacity(count);
@@ -111,13 +104,60 @@ pub(crate) fn write_common(dir: &Path, count: usize) -> Result<Credentials, Stri
         forged_tokens.push(issue(&forger, i)?);
         expired_tokens.push(issue(&expired, i)?);
     }
+    let idp_key = SigningKey::generate(Algorithm::RS256)
+        .map_err(|e| format!("generating an RSA key: {e}"))?
+        .with_kid("load-1");
+    let jwks = serde_json::json!({ "keys": [idp_key.public_jwk()] });
+    write("idp-jwks.json", &jwks.to_string())?;
+    let idp = TokenIssuer::new(idp_key, IDP, AUDIENCE).map_err(|e| format!("{e}"))?;
+    let rs256_tokens = (0..count)
+        .map(|i| {
+            let principal = Principal::builder(format!("user-{i}"), AuthMethod::Jwt)
+                .roles(["key-reader"])
+                .build();
+            idp.issue(&principal, None)
+                .map(|token| token.expose().to_owned())
+                .map_err(|e| format!("issuing an RS256 token: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
     Ok(Credentials {
         api_keys,
         tokens,
         unknown_keys,
         forged_tokens,
         expired_tokens,
+        rs256_tokens,
     })
+}
+
+/// The identity provider whose RS256 tokens the CPU comparison sends to our JWT layer
+/// and to `jwt-authorizer` alike.
+pub(crate) const IDP: &str = "https://idp.load";
+
+/// A role table of 100 rules: 96 for other services, then the key service's. The
+/// request of every run, `GET /v1/key/default`, matches the last group; with `public`
+/// its rule admits anyone (for the role router measured alone, without credentials).
+fn policy_100(public: bool) -> String {
+    let mut out = String::from("# Written by portcullis-load: 100 rules.\ndefault = \"deny\"\n");
+    for i in 0..96 {
+        out.push_str(&format!(
+            "\n[[rule]]\nname = \"svc{i} read\"\nmethods = [\"GET\"]\npath = \"/v1/svc{i}/items/{{id}}\"\nroles_any = [\"svc{i}-reader\"]\n"
+        ));
+    }
+    out.push_str(
+        "\n[[rule]]\nname = \"health\"\nmethods = [\"GET\"]\npath = \"/health\"\npublic = true\n",
+    );
+    out.push_str("\n[[rule]]\nname = \"key write\"\nmethods = [\"PUT\", \"POST\", \"DELETE\"]\npath = \"/v1/key/**\"\nroles_any = [\"key-admin\"]\n");
+    out.push_str("\n[[rule]]\nname = \"key attributes\"\nmethods = [\"GET\"]\npath = \"/v1/key/*/attributes\"\nroles_any = [\"key-reader\"]\n");
+    let access = if public {
+        "public = true"
+    } else {
+        "roles_any = [\"key-reader\"]"
+    };
+    out.push_str(&format!(
+        "\n[[rule]]\nname = \"key read\"\nmethods = [\"GET\"]\npath = \"/v1/key/{{name}}\"\n{access}\n"
+    ));
+    out
 }
 
 fn generate_key() -> Result<GeneratedKey, String> {
@@ -145,34 +185,23 @@ fn deny_list(count: usize) -> String {
     out
 }
 
-/// The gateway's configuration: the layers of `examples/gateway.toml` in its order
-/// except mtls-identity (there is no TLS, as the bare server has none), audit to
-/// hash-chained files in `dir/audit`, the deny list, the key file and the role table.
-/// With `layers` false, the same file with no layers: the example's own routes bare.
-/// Returns the configuration's path.
-pub(crate) fn write_gateway(
-    dir: &Path,
-    name: &str,
-    layers: bool,
-    quotas: Quotas,
-) -> Result<PathBuf, String> {
-    let (per_ip, per_caller) = match quotas {
-        Quotas::Unreachable => (
-            "rate = \"1000000/s\"\nburst = 1000000",
-            "rate = \"1000000/s\"\nburst = 1000000",
-        ),
-        Quotas::Realistic => (
-            "rate = \"50/s\"\nburst = 100",
-            "rate = \"50/s\"\nburst = 100",
-        ),
-    };
+/// The soak's gateway configuration: the layers of `examples/gateway.toml` in its
+/// order except mtls-identity (there is no TLS), audit to hash-chained files in
+/// `dir/audit-NAME`, the deny list, the key file and the role table, and the quotas
+/// many clients meet: per address 50/s (burst 100), 10 failed logins per 15 minutes
+/// with a ban after three refusals, per caller 50/s (burst 100). Returns its path.
+pub(crate) fn write_gateway(dir: &Path, name: &str) -> Result<PathBuf, String> {
+    let (per_ip, per_caller) = (
+        "rate = \"50/s\"\nburst = 100",
+        "rate = \"50/s\"\nburst = 100",
+    );
     let mut text = format!(
         "# Written by portcullis-load for one run; see benches/README.md.\n\
          [server]\nlisten = \"127.0.0.1:0\"\n\n\
          [token_issuer]\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\n\
          secret_file = \"token.secret\"\nbinding = \"never\"\n"
     );
-    if layers {
+    {
         text.push_str(&format!(
             r#"
 [[layer]]
@@ -226,6 +255,90 @@ policy = "policy.toml"
     Ok(config)
 }
 
+/// One layer of the CPU comparison, as a `[[layer]]` table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Layer {
+    /// To hash-chained daily files.
+    Audit,
+    /// Over 10,000 networks.
+    IpAllowlist,
+    /// Over 1,000 keys, required.
+    ApiKey,
+    /// Optional, so that the stack takes either credential.
+    ApiKeyOptional,
+    /// RS256 tokens of [`IDP`] from a key-set file, with the verified-token cache.
+    Jwt,
+    /// Optional, as above.
+    JwtOptional,
+    /// Per client address.
+    RateLimitPerIp,
+    /// Per credential (skipped when there is none).
+    RateLimitPerCaller,
+    /// 100 rules; the request's rule needs role `key-reader`.
+    RoleRouter,
+    /// 100 rules; the request's rule is public.
+    RoleRouterPublic,
+}
+
+impl Layer {
+    fn table(self, name: &str) -> String {
+        let quota = "rate = \"1000000/s\"\nburst = 1000000";
+        let jwt = |mode: &str| {
+            format!(
+                "[[layer]]\nkind = \"jwt\"\nmode = \"{mode}\"\n[[layer.issuer]]\nissuer = \"{IDP}\"\naudiences = [\"{AUDIENCE}\"]\njwks_file = \"idp-jwks.json\"\n"
+            )
+        };
+        let api_key = |mode: &str| {
+            format!("[[layer]]\nkind = \"api-key\"\nkey_file = \"api-keys.toml\"\nmode = \"{mode}\"\nheaders = [\"x-api-key\"]\n")
+        };
+        match self {
+            Self::Audit => format!("[[layer]]\nkind = \"audit\"\ndirectory = \"audit-{name}\"\n"),
+            Self::IpAllowlist => "[[layer]]\nkind = \"ip-allowlist\"\ndeny_file = \"deny.txt\"\n".into(),
+            Self::ApiKey => api_key("required"),
+            Self::ApiKeyOptional => api_key("optional"),
+            Self::Jwt => jwt("required"),
+            Self::JwtOptional => jwt("optional"),
+            Self::RateLimitPerIp => format!(
+                "[[layer]]\nkind = \"rate-limit\"\n[[layer.quota]]\nname = \"per-ip\"\n{quota}\nkey = [\"client-ip\"]\n"
+            ),
+            Self::RateLimitPerCaller => format!(
+                "[[layer]]\nkind = \"rate-limit\"\n[[layer.quota]]\nname = \"per-caller\"\n{quota}\nkey = [\"principal\"]\nwhen_key_missing = \"skip\"\n"
+            ),
+            Self::RoleRouter => "[[layer]]\nkind = \"role-router\"\npolicy = \"policy-100.toml\"\n".into(),
+            Self::RoleRouterPublic => {
+                "[[layer]]\nkind = \"role-router\"\npolicy = \"policy-100-public.toml\"\n".into()
+            }
+        }
+    }
+}
+
+/// The stack the issue-22 goal names: audit to hash-chained files, ip-allowlist over
+/// 10,000 networks, an API key or an RS256 JWT, role-router over 100 rules, rate limit
+/// per credential.
+pub(crate) const FULL_STACK: &[Layer] = &[
+    Layer::Audit,
+    Layer::IpAllowlist,
+    Layer::ApiKeyOptional,
+    Layer::JwtOptional,
+    Layer::RoleRouter,
+    Layer::RateLimitPerCaller,
+];
+
+/// A configuration with `layers` in this order (outermost first) and nothing else, for
+/// the hello server. Returns its path.
+pub(crate) fn write_stack(dir: &Path, name: &str, layers: &[Layer]) -> Result<PathBuf, String> {
+    let mut text = String::from(
+        "# Written by portcullis-load for one run; see benches/README.md.\n[server]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    for layer in layers {
+        text.push('\n');
+        text.push_str(&layer.table(name));
+    }
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(&config, text).map_err(|e| format!("writing {}: {e}", config.display()))?;
+    Ok(config)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,32 +353,46 @@ mod tests {
         assert_eq!(credentials.api_keys.len(), 3);
         assert_eq!(credentials.tokens.len(), 3);
         assert!(!format!("{credentials:?}").contains(&credentials.api_keys[0]));
-        for (name, layers, quotas) in [
-            ("full", true, Quotas::Unreachable),
-            ("soak", true, Quotas::Realistic),
-            ("bare", false, Quotas::Unreachable),
-        ] {
-            let path = write_gateway(&dir, name, layers, quotas).unwrap();
+        let path = write_gateway(&dir, "soak").unwrap();
+        let config = portcullis::config::GatewayConfig::from_file(&path).unwrap();
+        assert_eq!(
+            config.layer_kinds(),
+            [
+                "audit",
+                "ip-allowlist",
+                "rate-limit",
+                "api-key",
+                "jwt",
+                "rate-limit",
+                "role-router",
+            ]
+        );
+        config.build().await.unwrap();
+        assert_eq!(credentials.rs256_tokens.len(), 3);
+        let every_layer = [
+            Layer::Audit,
+            Layer::IpAllowlist,
+            Layer::ApiKey,
+            Layer::Jwt,
+            Layer::RateLimitPerIp,
+            Layer::RateLimitPerCaller,
+            Layer::RoleRouter,
+            Layer::RoleRouterPublic,
+        ];
+        for (index, layers) in every_layer
+            .iter()
+            .map(std::slice::from_ref)
+            .chain([FULL_STACK])
+            .enumerate()
+        {
+            let path = write_stack(&dir, &format!("stack-{index}"), layers).unwrap();
             let config = portcullis::config::GatewayConfig::from_file(&path)
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
-            let expected: &[&str] = if layers {
-                &[
-                    "audit",
-                    "ip-allowlist",
-                    "rate-limit",
-                    "api-key",
-                    "jwt",
-                    "rate-limit",
-                    "role-router",
-                ]
-            } else {
-                &[]
-            };
-            assert_eq!(config.layer_kinds(), expected, "{name}");
+                .unwrap_or_else(|e| panic!("{layers:?}: {e}"));
+            assert_eq!(config.layer_kinds().len(), layers.len());
             config
                 .build()
                 .await
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
+                .unwrap_or_else(|e| panic!("{layers:?}: {e}"));
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -12,6 +12,11 @@ pub(crate) struct Target {
     pub(crate) name: &'static str,
     pub(crate) url: String,
     pub(crate) headers: Vec<String>,
+    /// The server's process, whose CPU time is read around each run.
+    pub(crate) pid: Option<u32>,
+    /// The least CPU-bound ratio to the baseline (baseline CPU per request over this
+    /// target's) the target must keep, if it is judged.
+    pub(crate) goal: Option<f64>,
 }
 
 impl std::fmt::Debug for Target {
@@ -43,12 +48,63 @@ pub(crate) struct Sample {
     pub(crate) socket_errors: u64,
     pub(crate) p50_us: f64,
     pub(crate) p99_us: f64,
+    /// The server's CPU time (user and system, all threads) during the run.
+    pub(crate) cpu_seconds: Option<f64>,
+    /// The one-minute load average when the run ended.
+    pub(crate) load_average: Option<f64>,
 }
 
 impl Sample {
     pub(crate) fn per_second(&self) -> f64 {
         self.requests as f64 / self.seconds
     }
+
+    /// The server's CPU time per request, in µs: what the server spent, whatever the
+    /// load generator on the other core could or could not send.
+    pub(crate) fn cpu_us_per_request(&self) -> Option<f64> {
+        let cpu = self.cpu_seconds?;
+        (self.requests > 0).then(|| cpu * 1e6 / self.requests as f64)
+    }
+}
+
+/// A process's CPU time so far (utime + stime of `/proc/PID/stat`, which count every
+/// thread), in seconds.
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_cpu_ticks(&stat).map(|ticks| ticks as f64 / ticks_per_second())
+}
+
+/// utime + stime from a `/proc/PID/stat` line. The command name is in parentheses and
+/// may hold spaces, so fields are counted after its closing one.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// `getconf CLK_TCK` (100 on Linux unless configured otherwise).
+fn ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// The one-minute load average.
+pub(crate) fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Prints the run's numbers as one line that [`parse`] reads back; `wrk`'s own text
@@ -90,6 +146,8 @@ pub(crate) fn parse(output: &str) -> Result<Sample, String> {
         socket_errors: (connect + read + write + timeout) as u64,
         p50_us: p50,
         p99_us: p99,
+        cpu_seconds: None,
+        load_average: None,
     })
 }
 
@@ -117,11 +175,13 @@ async fn run_wrk(
         args.extend(["-H", header]);
     }
     args.push(&target.url);
+    let cpu_before = target.pid.and_then(cpu_seconds);
     let output = command(shape.pin, CLIENT_CORE, Path::new("wrk"), &args)
         .stdin(Stdio::null())
         .output()
         .await
         .map_err(|e| format!("running wrk (apt-get install wrk): {e}"))?;
+    let cpu_after = target.pid.and_then(cpu_seconds);
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         return Err(format!(
@@ -131,7 +191,11 @@ async fn run_wrk(
             String::from_utf8_lossy(&output.stderr)
         ));
     }
-    let sample = parse(&stdout)?;
+    let mut sample = parse(&stdout)?;
+    sample.cpu_seconds = cpu_before
+        .zip(cpu_after)
+        .map(|(before, after)| after - before);
+    sample.load_average = load_average();
     // A refused request costs less than an answered one: a run with refusals measures
     // something else, so it is an error, not a number.
     if sample.non_2xx > 0 || sample.socket_errors > 0 {
@@ -162,12 +226,14 @@ pub(crate) async fn measure(
             let index = (round + step) % targets.len();
             let sample = run_wrk(&targets[index], shape, shape.seconds, &script).await?;
             eprintln!(
-                "load: round {} {:<28} {:>9.0} req/s  p50 {:>7.0} µs  p99 {:>7.0} µs",
+                "load: round {} {:<36} {:>9.0} req/s  CPU {:>5.1} µs/req  p50 {:>6.0} µs  p99 {:>6.0} µs  load {:.2}",
                 round + 1,
                 targets[index].name,
                 sample.per_second(),
+                sample.cpu_us_per_request().unwrap_or(f64::NAN),
                 sample.p50_us,
-                sample.p99_us
+                sample.p99_us,
+                sample.load_average.unwrap_or(f64::NAN),
             );
             samples[index].push(sample);
         }
@@ -184,43 +250,51 @@ pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-/// The table of medians and ratios to the first target, in Markdown, and whether each
-/// target other than the first two met the goal (≥ 90 % of the baseline's throughput,
-/// p99 ≤ 1.2× the baseline's).
+/// The table of medians and ratios to the first target, in Markdown, and whether every
+/// judged target kept its goal: a CPU-bound ratio (the baseline's CPU per request over
+/// the target's, medians of the rounds) at least its `goal`.
 pub(crate) fn report(targets: &[Target], samples: &[Vec<Sample>]) -> (String, bool) {
+    let median_of =
+        |runs: &[Sample], value: fn(&Sample) -> f64| median(runs.iter().map(value).collect());
+    let cpu = |s: &Sample| s.cpu_us_per_request().unwrap_or(f64::NAN);
     let baseline = &samples[0];
-    let base_rps = median(baseline.iter().map(Sample::per_second).collect());
-    let base_p50 = median(baseline.iter().map(|s| s.p50_us).collect());
-    let base_p99 = median(baseline.iter().map(|s| s.p99_us).collect());
+    let base_cpu = median_of(baseline, cpu);
+    let base_rps = median_of(baseline, Sample::per_second);
     let mut out = String::from(
-        "| target | requests/s | of baseline | p50 | of baseline | p99 | of baseline | throughput ratio, per round |\n\
-         |---|---:|---:|---:|---:|---:|---:|---|\n",
+        "| target | server CPU µs / request | CPU-bound ratio to baseline | goal | requests/s | of baseline | p50 | p99 | CPU ratio, per round |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
     let mut met = true;
-    for (i, (target, runs)) in targets.iter().zip(samples).enumerate() {
-        let rps = median(runs.iter().map(Sample::per_second).collect());
-        let p50 = median(runs.iter().map(|s| s.p50_us).collect());
-        let p99 = median(runs.iter().map(|s| s.p99_us).collect());
+    for (target, runs) in targets.iter().zip(samples) {
+        let target_cpu = median_of(runs, cpu);
+        let ratio = base_cpu / target_cpu;
+        let rps = median_of(runs, Sample::per_second);
         // Each round's ratio against the baseline of the same round.
         let per_round: Vec<String> = runs
             .iter()
             .zip(baseline)
-            .map(|(run, base)| format!("{:.2}", run.per_second() / base.per_second()))
+            .map(|(run, base)| format!("{:.2}", cpu(base) / cpu(run)))
             .collect();
+        let goal = match target.goal {
+            Some(goal) => {
+                let kept = ratio >= goal;
+                met &= kept;
+                format!("≥ {goal:.2} {}", if kept { "met" } else { "NOT met" })
+            }
+            None => "–".into(),
+        };
         out.push_str(&format!(
-            "| {} | {:.0} | {:.1} % | {:.0} µs | {:.2}× | {:.0} µs | {:.2}× | {} |\n",
+            "| {} | {:.1} | {:.2} | {} | {:.0} | {:.1} % | {:.0} µs | {:.0} µs | {} |\n",
             target.name,
+            target_cpu,
+            ratio,
+            goal,
             rps,
             100.0 * rps / base_rps,
-            p50,
-            p50 / base_p50,
-            p99,
-            p99 / base_p99,
+            median_of(runs, |s| s.p50_us),
+            median_of(runs, |s| s.p99_us),
             per_round.join(" ")
         ));
-        if i >= 2 {
-            met &= rps >= 0.9 * base_rps && p99 <= 1.2 * base_p99;
-        }
     }
     (out, met)
 }
@@ -252,49 +326,60 @@ mod tests {
     }
 
     #[test]
-    fn the_report_compares_medians_to_the_baseline() {
-        let sample = |rps: f64, p99: f64| Sample {
-            requests: rps as u64,
+    fn cpu_time_is_read_after_the_command_name() {
+        let stat =
+            "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 9 0 1 0 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(325));
+        assert_eq!(parse_cpu_ticks("4242 (cut short) S 1 2"), None);
+        assert_eq!(parse_cpu_ticks("no parenthesis"), None);
+        assert!(cpu_seconds(std::process::id()).is_some());
+    }
+
+    #[test]
+    fn the_report_compares_cpu_per_request_to_the_baseline() {
+        // `cpu_us` µs of CPU per request, 1,000 requests a run.
+        let sample = |cpu_us: f64| Sample {
+            requests: 1000,
             seconds: 1.0,
             non_2xx: 0,
             socket_errors: 0,
             p50_us: 100.0,
-            p99_us: p99,
+            p99_us: 200.0,
+            cpu_seconds: Some(cpu_us * 1000.0 / 1e6),
+            load_average: Some(1.0),
         };
-        let target = |name| Target {
+        let target = |name, goal| Target {
             name,
             url: String::new(),
             headers: vec!["x-api-key: secret".into()],
+            pid: None,
+            goal,
         };
-        let targets = [target("hello"), target("bare"), target("stack")];
+        let targets = [
+            target("hello", None),
+            target("peer", None),
+            target("stack", Some(0.75)),
+        ];
         let samples = vec![
-            vec![
-                sample(1000.0, 100.0),
-                sample(1200.0, 100.0),
-                sample(1100.0, 100.0),
-            ],
-            vec![sample(500.0, 300.0); 3],
-            vec![
-                sample(990.0, 110.0),
-                sample(1000.0, 119.0),
-                sample(1090.0, 100.0),
-            ],
+            vec![sample(10.0), sample(11.0), sample(10.0)],
+            vec![sample(40.0); 3],
+            vec![sample(13.0), sample(13.3), sample(12.0)],
         ];
         let (table, met) = report(&targets, &samples);
         assert!(met, "{table}");
-        assert!(table.contains("| stack | 1000 | 90.9 % |"), "{table}");
+        assert!(
+            table.contains("| stack | 13.0 | 0.77 | ≥ 0.75 met |"),
+            "{table}"
+        );
+        assert!(table.contains("| peer | 40.0 | 0.25 | – |"), "{table}");
         assert!(!format!("{:?}", targets[2]).contains("secret"));
         let slower = vec![
             samples[0].clone(),
             samples[1].clone(),
-            vec![sample(980.0, 100.0); 3],
+            vec![sample(13.5); 3],
         ];
-        assert!(!report(&targets, &slower).1);
-        let later = vec![
-            samples[0].clone(),
-            samples[1].clone(),
-            vec![sample(1100.0, 130.0); 3],
-        ];
-        assert!(!report(&targets, &later).1);
+        let (table, met) = report(&targets, &slower);
+        assert!(!met);
+        assert!(table.contains("NOT met"), "{table}");
     }
 }

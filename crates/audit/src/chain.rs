@@ -31,15 +31,23 @@ pub(crate) fn seal(line: &mut Vec<u8>, prev: &[u8; 32]) -> [u8; 32] {
     if line.len() > 1 {
         line.push(b',');
     }
+    let mut hex_digits = [0u8; 64];
     line.extend_from_slice(b"\"prev\":\"");
-    line.extend_from_slice(hex::encode(prev).as_bytes());
+    line.extend_from_slice(to_hex(prev, &mut hex_digits));
     line.extend_from_slice(b"\"}");
     let hash: [u8; 32] = Sha256::digest(&line[..]).into();
     line.pop();
     line.extend_from_slice(b",\"hash\":\"");
-    line.extend_from_slice(hex::encode(hash).as_bytes());
+    line.extend_from_slice(to_hex(&hash, &mut hex_digits));
     line.extend_from_slice(b"\"}");
     hash
+}
+
+/// `bytes` in lower-case hex, into `out` (no allocation per record).
+fn to_hex<'a>(bytes: &[u8; 32], out: &'a mut [u8; 64]) -> &'a [u8] {
+    // The lengths match, so encoding cannot fail.
+    let _ = hex::encode_to_slice(bytes, out);
+    &out[..]
 }
 
 /// The hash a sealed line claims, if the line is sealed.

@@ -1,12 +1,14 @@
 //! The audit event: one per request, built when the response is ready.
 
+use std::borrow::Cow;
+use std::fmt;
+use std::io::Write as _;
 use std::net::IpAddr;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::Method;
+use http::{HeaderValue, Method, Uri};
 use portcullis_core::{AuditNote, Decision};
-use serde::ser::SerializeStruct;
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 
 /// How a request ended, as the audit layer saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -52,61 +54,121 @@ pub struct PrincipalEntry<'a> {
     pub credential: Option<&'a str>,
 }
 
-/// One layer's note, as serialized.
-#[derive(Serialize)]
-struct NoteEntry<'a> {
-    layer: &'static str,
-    decision: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    code: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    credential: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rule: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    detail: Option<&'a str>,
-}
-
 /// Everything the audit layer records about one request.
 ///
 /// Headers are never recorded except the user agent: credentials (`Authorization`,
 /// `X-API-KEY`, `X-Auth-Token`, cookies, forwarded client certificates) cannot appear.
 ///
+/// The layer captures the request's parts as they are (shared, not copied) and
+/// redacts when the event is read: [`path`](Self::path) and
+/// [`user_agent`](Self::user_agent) never return a secret-shaped segment or word, and
+/// neither does `Debug`. A file sink reads them on its writer thread, not the request's.
+///
 /// Serialized (by sinks) as one JSON object: `time`, `request_id`, `client_ip`,
 /// `method`, `path`, `query` (when logged), `route`, `principals`, `decision`,
 /// `refused_by`, `reason`, `status`, `latency_us`, `user_agent`, `notes`.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
+#[derive(Clone)]
 pub struct AuditEvent {
-    /// When the request arrived.
-    pub time: SystemTime,
-    /// From the configured request-id header, or generated.
-    pub request_id: String,
-    /// The client address, when it could be resolved.
-    pub client_ip: Option<IpAddr>,
-    /// The HTTP method.
-    pub method: Method,
-    /// The path, without the query string.
-    pub path: String,
-    /// The query string with sensitive values redacted, when the host opted in.
-    pub query: Option<String>,
-    /// How the request ended.
-    pub decision: Outcome,
-    /// The layer that refused it.
-    pub refused_by: Option<&'static str>,
-    /// The refusal's code.
-    pub reason: Option<&'static str>,
-    /// The response status, when there was a response.
-    pub status: Option<u16>,
-    /// Time from the request reaching the audit layer to the response (or the end).
-    pub latency_us: u64,
-    /// The user agent, truncated.
-    pub user_agent: Option<String>,
-    /// Every layer's note, in order.
-    pub notes: Vec<AuditNote>,
+    pub(crate) time: SystemTime,
+    /// Visible ASCII (checked when it was taken from the request, or generated).
+    pub(crate) request_id: HeaderValue,
+    pub(crate) client_ip: Option<IpAddr>,
+    pub(crate) method: Method,
+    pub(crate) uri: Uri,
+    pub(crate) query: Option<String>,
+    pub(crate) decision: Outcome,
+    pub(crate) refused_by: Option<&'static str>,
+    pub(crate) reason: Option<&'static str>,
+    pub(crate) status: Option<u16>,
+    pub(crate) latency_us: u64,
+    pub(crate) user_agent: Option<HeaderValue>,
+    pub(crate) notes: Vec<AuditNote>,
 }
 
 impl AuditEvent {
+    /// When the request arrived.
+    pub fn time(&self) -> SystemTime {
+        self.time
+    }
+
+    /// From the configured request-id header, or generated.
+    pub fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or_default()
+    }
+
+    /// The client address, when it could be resolved.
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.client_ip
+    }
+
+    /// The HTTP method (an extension method shaped like a credential is `REDACTED`).
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// The path, without the query string, with secret-shaped segments replaced by
+    /// `REDACTED`.
+    pub fn path(&self) -> Cow<'_, str> {
+        crate::redact::redact_path(self.uri.path())
+    }
+
+    /// The query string with sensitive values redacted, when the host opted in.
+    pub fn query(&self) -> Option<&str> {
+        self.query.as_deref()
+    }
+
+    /// How the request ended.
+    pub fn decision(&self) -> Outcome {
+        self.decision
+    }
+
+    /// The layer that refused it.
+    pub fn refused_by(&self) -> Option<&'static str> {
+        self.refused_by
+    }
+
+    /// The refusal's code.
+    pub fn reason(&self) -> Option<&'static str> {
+        self.reason
+    }
+
+    /// The response status, when there was a response.
+    pub fn status(&self) -> Option<u16> {
+        self.status
+    }
+
+    /// Time from the request reaching the audit layer to the response (or the end).
+    pub fn latency_us(&self) -> u64 {
+        self.latency_us
+    }
+
+    /// The user agent: secret-shaped words replaced by `REDACTED`, cut to 256 bytes at a
+    /// character boundary, control characters removed.
+    pub fn user_agent(&self) -> Option<Cow<'_, str>> {
+        let value = self.user_agent.as_ref()?;
+        // Redacted before it is cut, so a cut never leaves half a secret.
+        Some(match value.to_str() {
+            // Visible ASCII, as nearly every client sends: borrowed unless a word is
+            // redacted or the text is cut.
+            Ok(text) => match crate::redact::redact_text(text) {
+                Cow::Borrowed(redacted) => truncate(redacted, USER_AGENT_MAX),
+                Cow::Owned(redacted) => {
+                    Cow::Owned(truncate(&redacted, USER_AGENT_MAX).into_owned())
+                }
+            },
+            Err(_) => {
+                let text = String::from_utf8_lossy(value.as_bytes());
+                let redacted = crate::redact::redact_text(&text);
+                Cow::Owned(truncate(&redacted, USER_AGENT_MAX).into_owned())
+            }
+        })
+    }
+
+    /// Every layer's note, in order.
+    pub fn notes(&self) -> &[AuditNote] {
+        &self.notes
+    }
+
     /// The route rule that matched, from the role router's note.
     pub fn route(&self) -> Option<&str> {
         self.notes.iter().find_map(AuditNote::rule_name)
@@ -135,9 +197,99 @@ impl AuditEvent {
     }
 
     /// Appends the event as one line of JSON, without the newline.
+    ///
+    /// Written by hand rather than through `serde`: the field names are constant
+    /// fragments, and only values that need it go through JSON escaping (most are
+    /// plain ASCII). The output is what `serde_json` would write for the same object.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        // Serializing strings, numbers and enums into a Vec cannot fail.
-        let _ = serde_json::to_writer(out, self);
+        out.extend_from_slice(b"{\"time\":\"");
+        write_rfc3339_millis(out, self.time);
+        out.extend_from_slice(b"\",\"request_id\":");
+        json::string(out, self.request_id());
+        out.extend_from_slice(b",\"client_ip\":");
+        match self.client_ip {
+            Some(ip) => {
+                out.push(b'"');
+                // An address's text is digits, letters, '.' and ':': nothing to escape.
+                let _ = write!(out, "{ip}");
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"method\":");
+        json::string(out, self.method.as_str());
+        out.extend_from_slice(b",\"path\":");
+        json::string(out, &self.path());
+        if let Some(query) = &self.query {
+            out.extend_from_slice(b",\"query\":");
+            json::string(out, query);
+        }
+        if let Some(route) = self.route() {
+            out.extend_from_slice(b",\"route\":");
+            json::string(out, route);
+        }
+        out.extend_from_slice(b",\"principals\":[");
+        for (index, principal) in self.principals().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"layer\":");
+            json::string(out, principal.layer);
+            out.extend_from_slice(b",\"id\":");
+            json::string(out, principal.id);
+            if let Some(credential) = principal.credential {
+                out.extend_from_slice(b",\"credential\":");
+                json::string(out, credential);
+            }
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"],\"decision\":\"");
+        out.extend_from_slice(self.decision.as_str().as_bytes());
+        out.push(b'"');
+        if let Some(layer) = self.refused_by {
+            out.extend_from_slice(b",\"refused_by\":");
+            json::string(out, layer);
+        }
+        if let Some(reason) = self.reason {
+            out.extend_from_slice(b",\"reason\":");
+            json::string(out, reason);
+        }
+        out.extend_from_slice(b",\"status\":");
+        match self.status {
+            Some(status) => json::number(out, u64::from(status)),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"latency_us\":");
+        json::number(out, self.latency_us);
+        if let Some(agent) = self.user_agent() {
+            out.extend_from_slice(b",\"user_agent\":");
+            json::string(out, &agent);
+        }
+        out.extend_from_slice(b",\"notes\":[");
+        for (index, note) in self.notes.iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"layer\":");
+            json::string(out, note.layer());
+            out.extend_from_slice(b",\"decision\":\"");
+            out.extend_from_slice(note.decision().as_str().as_bytes());
+            out.push(b'"');
+            let optional = [
+                (&b",\"code\":"[..], note.reason_code()),
+                (b",\"credential\":", note.credential()),
+                (b",\"rule\":", note.rule_name()),
+                (b",\"detail\":", note.detail_text()),
+            ];
+            for (name, value) in optional {
+                if let Some(value) = value {
+                    out.extend_from_slice(name);
+                    json::string(out, value);
+                }
+            }
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"]}");
     }
 
     /// The principals as `layer:id(credential)`, comma-separated, for one-line logs.
@@ -160,61 +312,185 @@ impl AuditEvent {
     }
 }
 
-impl Serialize for AuditEvent {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        struct Principals<'a>(&'a AuditEvent);
-        impl Serialize for Principals<'_> {
-            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.collect_seq(self.0.principals())
-            }
-        }
-        struct Notes<'a>(&'a [AuditNote]);
-        impl Serialize for Notes<'_> {
-            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.collect_seq(self.0.iter().map(|note| NoteEntry {
-                    layer: note.layer(),
-                    decision: note.decision().as_str(),
-                    code: note.reason_code(),
-                    credential: note.credential(),
-                    rule: note.rule_name(),
-                    detail: note.detail_text(),
-                }))
-            }
-        }
-        let mut event = serializer.serialize_struct("AuditEvent", 15)?;
-        event.serialize_field("time", &Rfc3339(self.time))?;
-        event.serialize_field("request_id", &self.request_id)?;
-        event.serialize_field("client_ip", &self.client_ip)?;
-        event.serialize_field("method", self.method.as_str())?;
-        event.serialize_field("path", &self.path)?;
-        if let Some(query) = &self.query {
-            event.serialize_field("query", query)?;
-        }
-        if let Some(route) = self.route() {
-            event.serialize_field("route", route)?;
-        }
-        event.serialize_field("principals", &Principals(self))?;
-        event.serialize_field("decision", &self.decision)?;
-        if let Some(layer) = self.refused_by {
-            event.serialize_field("refused_by", layer)?;
-        }
-        if let Some(reason) = self.reason {
-            event.serialize_field("reason", reason)?;
-        }
-        event.serialize_field("status", &self.status)?;
-        event.serialize_field("latency_us", &self.latency_us)?;
-        if let Some(agent) = &self.user_agent {
-            event.serialize_field("user_agent", agent)?;
-        }
-        event.serialize_field("notes", &Notes(&self.notes))?;
-        event.end()
+impl fmt::Debug for AuditEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Through the redacting accessors: the raw path and user agent may hold secrets.
+        f.debug_struct("AuditEvent")
+            .field("time", &self.time)
+            .field("request_id", &self.request_id())
+            .field("client_ip", &self.client_ip)
+            .field("method", &self.method)
+            .field("path", &self.path())
+            .field("query", &self.query)
+            .field("decision", &self.decision)
+            .field("refused_by", &self.refused_by)
+            .field("reason", &self.reason)
+            .field("status", &self.status)
+            .field("latency_us", &self.latency_us)
+            .field("user_agent", &self.user_agent())
+            .field("notes", &self.notes)
+            .finish()
     }
 }
 
-struct Rfc3339(SystemTime);
+/// Longest user agent recorded; longer ones are cut at a character boundary.
+const USER_AGENT_MAX: usize = 256;
 
-impl Serialize for Rfc3339 {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&humantime::format_rfc3339_millis(self.0))
+/// `text` cut to `max` bytes at a character boundary, without control characters.
+fn truncate(text: &str, max: usize) -> Cow<'_, str> {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = &text[..end];
+    // Most user agents are plain printable ASCII: borrow them as they are.
+    if cut.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Cow::Borrowed(cut);
+    }
+    Cow::Owned(cut.chars().filter(|c| !c.is_control()).collect())
+}
+
+thread_local! {
+    /// The last second written and its `YYYY-MM-DDTHH:MM:SS`: events of the same
+    /// second (nearly all of them, under load) copy it instead of formatting a date.
+    static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
+}
+
+/// `time` as RFC 3339 in UTC with milliseconds (`2026-11-30T14:05:09.123Z`), as
+/// `humantime::format_rfc3339_millis` writes it.
+fn write_rfc3339_millis(out: &mut Vec<u8>, time: SystemTime) {
+    let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let second = since_epoch.as_secs();
+    let (cached, mut prefix) = SECOND.get();
+    if cached != second {
+        let text =
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(second)).to_string();
+        match text.as_bytes().get(..19) {
+            Some(bytes) => prefix.copy_from_slice(bytes),
+            // Outside humantime's range: write it uncached.
+            None => {
+                out.extend_from_slice(
+                    humantime::format_rfc3339_millis(time)
+                        .to_string()
+                        .as_bytes(),
+                );
+                return;
+            }
+        }
+        SECOND.set((second, prefix));
+    }
+    out.extend_from_slice(&prefix);
+    let millis = since_epoch.subsec_millis();
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (millis / 100) as u8,
+        b'0' + (millis / 10 % 10) as u8,
+        b'0' + (millis % 10) as u8,
+        b'Z',
+    ]);
+}
+
+mod json {
+    //! The two JSON value writers the event needs.
+
+    /// `text` as a JSON string, escaped as `serde_json` escapes (`"`, `\\` and control
+    /// characters; everything else, non-ASCII included, as it is).
+    pub(super) fn string(out: &mut Vec<u8>, text: &str) {
+        out.push(b'"');
+        let bytes = text.as_bytes();
+        let mut start = 0;
+        for (index, &byte) in bytes.iter().enumerate() {
+            let escape: &[u8] = match byte {
+                b'"' => b"\\\"",
+                b'\\' => b"\\\\",
+                b'\n' => b"\\n",
+                b'\r' => b"\\r",
+                b'\t' => b"\\t",
+                0x08 => b"\\b",
+                0x0c => b"\\f",
+                0x00..=0x1f => b"",
+                _ => continue,
+            };
+            out.extend_from_slice(&bytes[start..index]);
+            if escape.is_empty() {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(byte >> 4)],
+                    HEX[usize::from(byte & 0xf)],
+                ]);
+            } else {
+                out.extend_from_slice(escape);
+            }
+            start = index + 1;
+        }
+        out.extend_from_slice(&bytes[start..]);
+        out.push(b'"');
+    }
+
+    /// A number, in decimal.
+    pub(super) fn number(out: &mut Vec<u8>, mut value: u64) {
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (value % 10) as u8;
+            value /= 10;
+            if value == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(&digits[at..]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them() {
+        for text in [
+            "",
+            "plain",
+            "quote \" and \\ backslash",
+            "\n\r\t\u{8}\u{c}\u{0}\u{1f}\u{7f}",
+            "é ü 日本 🦀",
+            "end\\",
+        ] {
+            let mut out = Vec::new();
+            json::string(&mut out, text);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                serde_json::to_string(text).unwrap(),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        for value in [0, 7, 10, 999, 1_000_000, u64::MAX] {
+            let mut out = Vec::new();
+            json::number(&mut out, value);
+            assert_eq!(String::from_utf8(out).unwrap(), value.to_string());
+        }
+    }
+
+    #[test]
+    fn times_match_humantime_across_seconds() {
+        let base = UNIX_EPOCH + Duration::from_millis(1_764_511_509_000);
+        for offset_ms in [0, 1, 999, 1000, 1001, 59_999, 86_400_000, 5] {
+            let time = base + Duration::from_millis(offset_ms);
+            let mut out = Vec::new();
+            write_rfc3339_millis(&mut out, time);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                humantime::format_rfc3339_millis(time).to_string()
+            );
+        }
     }
 }

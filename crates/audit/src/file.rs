@@ -176,7 +176,10 @@ fn open_writer(
 }
 
 enum Message {
+    /// A rendered line, without the newline.
     Line(Vec<u8>),
+    /// An event to render on the writer thread.
+    Event(Box<AuditEvent>),
     Flush(mpsc::Sender<()>),
 }
 
@@ -253,17 +256,17 @@ impl FileSink {
         }
     }
 
-    fn send(&self, line: Vec<u8>) {
+    fn send(&self, message: Message) {
         // `SyncSender` is shared by reference: no lock between requests.
         let Some(sender) = &self.inner.sender else {
             return;
         };
         match self.inner.overflow {
             Overflow::Block => {
-                let _ = sender.send(Message::Line(line));
+                let _ = sender.send(message);
             }
             Overflow::Drop => {
-                if let Err(TrySendError::Full(_)) = sender.try_send(Message::Line(line)) {
+                if let Err(TrySendError::Full(_)) = sender.try_send(message) {
                     self.inner.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -273,12 +276,17 @@ impl FileSink {
 
 impl AuditSink for FileSink {
     fn record(&self, event: &AuditEvent) {
-        self.send(event.to_json());
+        self.send(Message::Line(event.to_json()));
+    }
+
+    /// Rendered on the writer thread: the request's thread only queues it.
+    fn record_owned(&self, event: AuditEvent) {
+        self.send(Message::Event(Box::new(event)));
     }
 
     /// A line of its own, sealed into the chain like the requests' events.
     fn record_operation(&self, event: &OperationEvent) {
-        self.send(event.to_json());
+        self.send(Message::Line(event.to_json()));
     }
 }
 
@@ -313,12 +321,15 @@ fn write_loop(
     dropped: &AtomicU64,
 ) {
     let mut reported = 0u64;
-    let mut write = |writer: &mut Box<dyn Write + Send>, mut line: Vec<u8>| {
+    // One buffer for every event rendered here, so rendering allocates nothing once it
+    // has grown to the longest line.
+    let mut rendered = Vec::with_capacity(1024);
+    let mut write = |writer: &mut Box<dyn Write + Send>, line: &mut Vec<u8>| {
         if let Some(prev) = prev.as_mut() {
-            *prev = chain::seal(&mut line, prev);
+            *prev = chain::seal(line, prev);
         }
         line.push(b'\n');
-        if let Err(error) = writer.write_all(&line) {
+        if let Err(error) = writer.write_all(line) {
             tracing::error!(target: "portcullis::audit", %error, "the audit file sink cannot write");
         }
     };
@@ -334,11 +345,16 @@ fn write_loop(
                 "total": now,
             });
             tracing::warn!(target: "portcullis::audit", dropped = now - reported, total = now, "audit records dropped: the file sink fell behind");
-            write(writer, record.to_string().into_bytes());
+            write(writer, &mut record.to_string().into_bytes());
             reported = now;
         }
         match message {
-            Message::Line(line) => write(writer, line),
+            Message::Line(mut line) => write(writer, &mut line),
+            Message::Event(event) => {
+                rendered.clear();
+                event.write_json(&mut rendered);
+                write(writer, &mut rendered);
+            }
             Message::Flush(done) => {
                 let _ = writer.flush();
                 let _ = done.send(());

@@ -10,7 +10,7 @@ use std::task::{ready, Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use http::header::{HeaderName, HeaderValue, USER_AGENT};
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, Uri};
 use pin_project_lite::pin_project;
 use portcullis_core::{AuditRecord, ClientIpResolver, Decision, Denial};
 use tower_layer::Layer;
@@ -33,9 +33,6 @@ pub enum AuditLevel {
         one_in: u32,
     },
 }
-
-/// Longest user agent recorded; longer ones are cut at a character boundary.
-const USER_AGENT_MAX: usize = 256;
 
 /// Longest request id taken from a request header.
 const REQUEST_ID_MAX: usize = 128;
@@ -227,19 +224,14 @@ where
         }
         let record = AuditRecord::new();
         request.extensions_mut().insert(record.clone());
-        let header = request.headers().get(&config.request_id_header);
-        let (request_id, request_id_value) = match usable_request_id(header) {
-            Some(id) => (id.to_owned(), header.cloned()),
-            None => {
-                let counter = config.counters.request_ids.fetch_add(1, Ordering::Relaxed);
-                let id = format!("{}-{counter:x}", config.id_prefix);
-                let value = HeaderValue::from_str(&id).ok();
-                if let Some(value) = &value {
-                    request
-                        .headers_mut()
-                        .insert(config.request_id_header.clone(), value.clone());
-                }
-                (id, value)
+        let request_id = match request.headers().get(&config.request_id_header) {
+            Some(value) if usable_request_id(value) => value.clone(),
+            _ => {
+                let value = generated_request_id(config);
+                request
+                    .headers_mut()
+                    .insert(config.request_id_header.clone(), value.clone());
+                value
             }
         };
         // Resolving here also stores the `ClientIp` for the layers inside. A failure is
@@ -249,14 +241,16 @@ where
             .resolve_request(&mut request)
             .ok()
             .map(|client| client.ip());
+        // The parts are captured as they are, by reference count where the server
+        // parsed them into shared buffers; redaction and rendering happen when the
+        // event is read (on a file sink's writer thread).
         let started = Started {
             time: SystemTime::now(),
             at: Instant::now(),
             request_id,
-            request_id_value,
             client_ip,
             method: recorded_method(request.method()),
-            path: crate::redact::redact_path(request.uri().path()).into_owned(),
+            uri: request.uri().clone(),
             query: config
                 .log_query
                 .then(|| {
@@ -266,11 +260,7 @@ where
                         .map(|q| crate::redact::redact_query(q, &config.redact))
                 })
                 .flatten(),
-            user_agent: request.headers().get(USER_AGENT).map(|value| {
-                // Redacted before it is cut, so a cut never leaves half a secret.
-                let text = String::from_utf8_lossy(value.as_bytes());
-                truncate(&crate::redact::redact_text(&text), USER_AGENT_MAX)
-            }),
+            user_agent: request.headers().get(USER_AGENT).cloned(),
             record,
         };
         // The guard exists before the inner service is called, so a panic in `call`
@@ -293,16 +283,38 @@ fn anyone_listening(config: &Config) -> bool {
             && tracing::enabled!(target: "portcullis::audit", tracing::Level::WARN))
 }
 
-fn usable_request_id(value: Option<&HeaderValue>) -> Option<&str> {
-    let text = value?.to_str().ok()?;
-    let usable = !text.is_empty()
+fn usable_request_id(value: &HeaderValue) -> bool {
+    let Ok(text) = value.to_str() else {
+        return false;
+    };
+    !text.is_empty()
         && text.len() <= REQUEST_ID_MAX
         && text
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(&b))
         // A credential sent as a request id would be logged and echoed: make our own.
-        && !crate::redact::looks_secret(text);
-    usable.then_some(text)
+        && !crate::redact::looks_secret(text)
+}
+
+/// `<prefix>-<counter in hex>`, unique within the process.
+fn generated_request_id(config: &Config) -> HeaderValue {
+    let counter = config.counters.request_ids.fetch_add(1, Ordering::Relaxed);
+    let mut id = [0u8; 8 + 1 + 16];
+    let prefix = config.id_prefix.as_bytes();
+    let prefix_len = prefix.len().min(8);
+    id[..prefix_len].copy_from_slice(&prefix[..prefix_len]);
+    id[prefix_len] = b'-';
+    let digits = 16 - (counter.leading_zeros() as usize / 4).min(15);
+    for (index, slot) in id[prefix_len + 1..prefix_len + 1 + digits]
+        .iter_mut()
+        .enumerate()
+    {
+        let shift = 4 * (digits - 1 - index);
+        *slot = b"0123456789abcdef"[((counter >> shift) & 0xf) as usize];
+    }
+    // Hex digits, letters and '-': always a valid header value.
+    HeaderValue::from_bytes(&id[..prefix_len + 1 + digits])
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// The method as recorded: an extension method shaped like a credential is redacted.
@@ -313,29 +325,16 @@ fn recorded_method(method: &Method) -> Method {
     method.clone()
 }
 
-fn truncate(text: &str, max: usize) -> String {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let cut = &text[..end];
-    // Most user agents are plain printable ASCII: copy them in one go.
-    if cut.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-        return cut.to_owned();
-    }
-    cut.chars().filter(|c| !c.is_control()).collect()
-}
-
 struct Started {
     time: SystemTime,
     at: Instant,
-    request_id: String,
-    request_id_value: Option<HeaderValue>,
+    /// Checked or generated; echoed to the client on the response.
+    request_id: HeaderValue,
     client_ip: Option<IpAddr>,
     method: Method,
-    path: String,
+    uri: Uri,
     query: Option<String>,
-    user_agent: Option<String>,
+    user_agent: Option<HeaderValue>,
     record: AuditRecord,
 }
 
@@ -384,7 +383,7 @@ impl Guard {
             // proxies resolves again, and its address is the one that was judged.
             client_ip: started.record.client_ip().or(started.client_ip),
             method: started.method,
-            path: started.path,
+            uri: started.uri,
             query: started.query,
             decision: outcome,
             refused_by,
@@ -397,8 +396,13 @@ impl Guard {
         if self.config.tracing_event {
             emit_tracing(&event);
         }
-        for sink in &self.config.sinks {
-            sink.record(&event);
+        // The last sink takes the event itself: a file sink hands it to its writer
+        // thread whole, and renders it there.
+        if let Some((last, others)) = self.config.sinks.split_last() {
+            for sink in others {
+                sink.record(&event);
+            }
+            last.record_owned(event);
         }
     }
 
@@ -440,24 +444,24 @@ fn emit_tracing(event: &AuditEvent) {
             tracing::event!(
                 target: "portcullis::audit",
                 $level,
-                request_id = %event.request_id,
-                client_ip = event.client_ip.map(tracing::field::display),
-                method = %event.method,
-                path = %event.path,
-                query = event.query.as_deref(),
+                request_id = event.request_id(),
+                client_ip = event.client_ip().map(tracing::field::display),
+                method = %event.method(),
+                path = %event.path(),
+                query = event.query(),
                 route = event.route(),
                 principals = %event.principals_summary(),
-                decision = event.decision.as_str(),
-                refused_by = event.refused_by,
-                reason = event.reason,
-                status = event.status,
-                latency_us = event.latency_us,
-                user_agent = event.user_agent.as_deref(),
+                decision = event.decision().as_str(),
+                refused_by = event.refused_by(),
+                reason = event.reason(),
+                status = event.status(),
+                latency_us = event.latency_us(),
+                user_agent = event.user_agent().as_deref(),
                 "audit"
             )
         };
     }
-    if event.decision == Outcome::Allow {
+    if event.decision() == Outcome::Allow {
         emit!(tracing::Level::INFO);
     } else {
         emit!(tracing::Level::WARN);
@@ -484,15 +488,11 @@ where
         let mut result = ready!(this.inner.poll(cx));
         let ending = match &mut result {
             Ok(response) => {
-                if let Some(value) = this
-                    .guard
-                    .started
-                    .as_mut()
-                    .and_then(|started| started.request_id_value.take())
-                {
-                    response
-                        .headers_mut()
-                        .insert(this.guard.config.request_id_header.clone(), value);
+                if let Some(started) = &this.guard.started {
+                    response.headers_mut().insert(
+                        this.guard.config.request_id_header.clone(),
+                        started.request_id.clone(),
+                    );
                 }
                 Ending {
                     outcome: Outcome::Allow,
@@ -534,19 +534,33 @@ mod tests {
     #[test]
     fn request_ids_from_headers_are_checked() {
         let ok = HeaderValue::from_static("req-1.2:3");
-        assert_eq!(usable_request_id(Some(&ok)), Some("req-1.2:3"));
+        assert!(usable_request_id(&ok));
         for bad in ["", "has space", "quote\"", &"x".repeat(200)] {
             let value = HeaderValue::from_str(bad).unwrap();
-            assert_eq!(usable_request_id(Some(&value)), None, "{bad}");
+            assert!(!usable_request_id(&value), "{bad}");
         }
+        assert!(!usable_request_id(
+            &HeaderValue::from_bytes(b"\xff").unwrap()
+        ));
     }
 
     #[test]
-    fn user_agents_are_cut_at_a_character_boundary() {
-        let agent = "é".repeat(200);
-        let cut = truncate(&agent, USER_AGENT_MAX);
-        assert!(cut.len() <= USER_AGENT_MAX);
-        assert!(cut.chars().all(|c| c == 'é'));
-        assert_eq!(truncate("a\u{7}b", 10), "ab");
+    fn generated_request_ids_are_the_prefix_and_the_counter_in_hex() {
+        let layer = AuditLayer::new();
+        let config = &layer.config;
+        let prefix = config.id_prefix.clone();
+        for (counter, hex) in [
+            (0u64, "0"),
+            (1, "1"),
+            (0xabc, "abc"),
+            (u64::MAX, "ffffffffffffffff"),
+        ] {
+            config
+                .counters
+                .request_ids
+                .store(counter, Ordering::Relaxed);
+            let id = generated_request_id(config);
+            assert_eq!(id.to_str().unwrap(), format!("{prefix}-{hex}"));
+        }
     }
 }

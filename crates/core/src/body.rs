@@ -50,6 +50,16 @@ impl<B> RejectOrBody<B> {
     pub fn is_rejection(&self) -> bool {
         matches!(self.kind, Kind::Rejection { .. })
     }
+
+    /// The inner service's body, or a rejection's bytes (empty once they were read).
+    /// A host that boxes responses unwraps the allow path's body this way instead of
+    /// boxing it again.
+    pub fn into_inner(self) -> Result<B, Bytes> {
+        match self.kind {
+            Kind::Inner { body } => Ok(body),
+            Kind::Rejection { body } => Err(body.unwrap_or_default()),
+        }
+    }
 }
 
 impl<B> Body for RejectOrBody<B>
@@ -100,6 +110,14 @@ mod tests {
             .unwrap()
             .to_bytes();
         assert_eq!(bytes, "hello");
+    }
+
+    #[test]
+    fn unwraps_into_the_inner_body_or_the_rejection() {
+        let inner = RejectOrBody::inner(Full::new(Bytes::from_static(b"hello")));
+        assert!(inner.into_inner().is_ok());
+        let rejection = RejectOrBody::<Full<Bytes>>::rejection(Bytes::from_static(b"{}"));
+        assert_eq!(rejection.into_inner().unwrap_err(), "{}");
     }
 
     #[test]
