@@ -105,14 +105,18 @@ impl Gateway {
     /// router later are not behind the stack; with `[server] health = true`,
     /// `/healthz` and `/readyz` are added that way.
     ///
-    /// The stack is applied once, around the whole router (as [`Gateway::layer`]
-    /// builds it), not to each route: axum clones a route's layered service for every
-    /// request, and a stack per route would be cloned, boxed and allocated again for
-    /// each one.
+    /// The whole stack is one `Router::layer` ([`Gateway::layer`]): axum clones a
+    /// route's layered service for every request, and this one clones by reference
+    /// counts, where a `Router::layer` per layer would clone and box each layer again.
     #[cfg(feature = "axum")]
-    pub fn apply(&self, router: axum::Router) -> axum::Router {
-        let stack = tower::Layer::layer(&self.layer::<axum::body::Body>(), router);
-        let mut app = axum::Router::new().fallback_service(stack);
+    pub fn apply(&self, mut router: axum::Router) -> axum::Router {
+        if let Some(routes) = &self.token_routes {
+            router = router
+                .route_service(&routes.issue_path, routes.issuer.issue_service())
+                .route_service(&routes.extend_path, routes.issuer.extend_service());
+        }
+        // The token routes are routes of the router now: the stack need not look for them.
+        let mut app = router.layer(self.layer_without_token_routes::<axum::body::Body>());
         if self.health_on_main {
             app = app.merge(self.health_router());
         }

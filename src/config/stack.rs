@@ -18,8 +18,6 @@ use futures::future::{BoxFuture, Either};
 use futures::FutureExt as _;
 use http::{Request, Response};
 use http_body::Body;
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::BodyExt as _;
 use tower::{Layer, Service, ServiceExt as _};
 
 use super::build::{Built, TokenRoutes};
@@ -29,8 +27,10 @@ use super::Gateway;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The response body of [`GatewayLayer`]'s service: the inner service's body or a
-/// rejection, boxed.
-pub type GatewayBody = UnsyncBoxBody<Bytes, BoxError>;
+/// rejection, boxed once. It is axum's body type, so that under axum (where the host's
+/// body already is one) nothing is boxed again; tonic and hyper take it as any
+/// `http_body::Body`.
+pub type GatewayBody = axum::body::Body;
 
 /// The service [`GatewayLayer`] makes: the whole stack around the host's service.
 ///
@@ -78,7 +78,10 @@ trait CallCloned<ReqBody, E>: Send + Sync {
     ) -> BoxFuture<'static, Result<Response<GatewayBody>, E>>;
 }
 
-impl<S, ReqBody, E> CallCloned<ReqBody, E> for S
+/// The host's service at the bottom of the stack: made ready inside the future.
+struct Host<S>(S);
+
+impl<S, ReqBody, E> CallCloned<ReqBody, E> for Host<S>
 where
     S: Service<Request<ReqBody>, Response = Response<GatewayBody>, Error = E>
         + Clone
@@ -94,11 +97,16 @@ where
     ) -> BoxFuture<'static, Result<Response<GatewayBody>, E>> {
         // `oneshot` waits for readiness, then calls: the tower contract, inside the
         // future.
-        Box::pin(self.clone().oneshot(request))
+        Box::pin(self.0.clone().oneshot(request))
     }
 }
 
-fn shared<S, ReqBody, E>(service: S) -> GatewayService<ReqBody, E>
+/// One of our layers over the `GatewayService` below it. Every layer's `poll_ready`
+/// is its inner service's, and a `GatewayService` is always ready, so the layer is
+/// called at once: no readiness state, and the request is not moved through one.
+struct OurLayer<S>(S);
+
+impl<S, ReqBody, E> CallCloned<ReqBody, E> for OurLayer<S>
 where
     S: Service<Request<ReqBody>, Response = Response<GatewayBody>, Error = E>
         + Clone
@@ -108,8 +116,11 @@ where
     S::Future: Send + 'static,
     ReqBody: Send + 'static,
 {
-    GatewayService {
-        stack: Arc::new(service),
+    fn call_cloned(
+        &self,
+        request: Request<ReqBody>,
+    ) -> BoxFuture<'static, Result<Response<GatewayBody>, E>> {
+        Box::pin(self.0.clone().call(request))
     }
 }
 
@@ -206,6 +217,15 @@ impl Gateway {
             _body: PhantomData,
         }
     }
+
+    /// The layers alone, for a router that routes the token paths itself.
+    #[cfg(feature = "axum")]
+    pub(crate) fn layer_without_token_routes<ReqBody>(&self) -> GatewayLayer<ReqBody> {
+        GatewayLayer {
+            token_routes: None,
+            ..self.layer()
+        }
+    }
 }
 
 impl<S, ReqBody, ResBody> Layer<S> for GatewayLayer<ReqBody>
@@ -258,9 +278,7 @@ impl IntoGatewayBody for portcullis_core::RejectOrBody<GatewayBody> {
     fn into_gateway_body(self) -> GatewayBody {
         match self.into_inner() {
             Ok(inner) => inner,
-            Err(rejection) => http_body_util::Full::new(rejection)
-                .map_err(|never| match never {})
-                .boxed_unsync(),
+            Err(rejection) => GatewayBody::from(rejection),
         }
     }
 }
@@ -274,9 +292,12 @@ where
     ReqBody: Send + 'static,
     ResBody: IntoGatewayBody + 'static,
 {
-    shared(service.map_response(|response: Response<ResBody>| {
+    let service = service.map_response(|response: Response<ResBody>| {
         response.map(IntoGatewayBody::into_gateway_body)
-    }))
+    });
+    GatewayService {
+        stack: Arc::new(OurLayer(service)),
+    }
 }
 
 fn boxed<S, ReqBody, ResBody>(service: S) -> GatewayService<ReqBody, S::Error>
@@ -288,7 +309,9 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    shared(service.map_response(box_body))
+    GatewayService {
+        stack: Arc::new(Host(service.map_response(box_body))),
+    }
 }
 
 fn box_body<B>(response: Response<B>) -> Response<GatewayBody>
@@ -296,7 +319,8 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    response.map(|body| body.map_err(Into::into).boxed_unsync())
+    // `Body::new` keeps a body that already is one (axum's) as it is.
+    response.map(GatewayBody::new)
 }
 
 /// Sends the token issue and extend paths to the issuer, everything else inward.

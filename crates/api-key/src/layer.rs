@@ -444,9 +444,8 @@ where
         source::strip(&config.sources, &config.prefix, &mut request);
     }
     AuditRecord::note(request.extensions(), || {
-        AuditNote::allow(LAYER_NAME)
-            .principal_id(principal.id())
-            .credential_id(id)
+        // The principal carries the key's id as its credential id.
+        AuditNote::allow(LAYER_NAME).principal_of(principal)
     });
     DecisionFuture::inner(inner.call(request))
 }

@@ -211,7 +211,19 @@ impl AuditEvent {
             Some(ip) => {
                 out.push(b'"');
                 // An address's text is digits, letters, '.' and ':': nothing to escape.
-                let _ = write!(out, "{ip}");
+                match ip {
+                    IpAddr::V4(v4) => {
+                        for (index, octet) in v4.octets().into_iter().enumerate() {
+                            if index > 0 {
+                                out.push(b'.');
+                            }
+                            json::number(out, u64::from(octet));
+                        }
+                    }
+                    IpAddr::V6(v6) => {
+                        let _ = write!(out, "{v6}");
+                    }
+                }
                 out.push(b'"');
             }
             None => out.extend_from_slice(b"null"),
@@ -467,6 +479,40 @@ mod tests {
                 String::from_utf8(out).unwrap(),
                 serde_json::to_string(text).unwrap(),
                 "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn addresses_are_written_as_serde_json_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "192.0.2.1",
+            "255.255.255.255",
+            "10.20.0.9",
+            "::1",
+            "2001:db8::7",
+            "::ffff:192.0.2.1",
+        ] {
+            let event = AuditEvent {
+                time: UNIX_EPOCH,
+                request_id: HeaderValue::from_static("r"),
+                client_ip: Some(ip.parse().unwrap()),
+                method: Method::GET,
+                uri: Uri::from_static("/"),
+                query: None,
+                decision: Outcome::Allow,
+                refused_by: None,
+                reason: None,
+                status: None,
+                latency_us: 0,
+                user_agent: None,
+                notes: Vec::new(),
+            };
+            let value: serde_json::Value = serde_json::from_slice(&event.to_json()).unwrap();
+            assert_eq!(
+                value["client_ip"],
+                serde_json::json!(ip.parse::<IpAddr>().unwrap())
             );
         }
     }

@@ -115,8 +115,14 @@ fn decode(text: &str) -> Cow<'_, str> {
 /// Whether `text` holds, anywhere, something shaped like an API key or a compact JWS,
 /// as given or after any round of percent-decoding.
 pub(crate) fn looks_secret(text: &str) -> bool {
-    decodings(text).any(|text| shaped_secret(&text))
+    // Decoding never lengthens a text (`%XX` becomes one byte, or the three of U+FFFD),
+    // so a text shorter than the shortest secret cannot hold one after any round.
+    text.len() >= MIN_SECRET_LEN && decodings(text).any(|text| shaped_secret(&text))
 }
+
+/// The shortest word [`token_shaped`] accepts: eight header bytes, a dot, one payload
+/// byte and a dot. A key-shaped word needs `_` and [`KEY_TAIL`] more.
+const MIN_SECRET_LEN: usize = 11;
 
 /// A byte that can be part of a key or a token: base64url and the dot.
 fn word_byte(byte: u8) -> bool {
@@ -125,9 +131,14 @@ fn word_byte(byte: u8) -> bool {
 
 /// Whether some word of `text` is shaped like a key or a token.
 fn shaped_secret(text: &str) -> bool {
-    text.as_bytes()
-        .split(|b| !word_byte(*b))
-        .any(|word| key_shaped(word) || token_shaped(word))
+    let bytes = text.as_bytes();
+    // Cheap first looks: a key needs more than `KEY_TAIL` bytes, a token needs `eyJ`.
+    let may_be_key = bytes.len() > KEY_TAIL;
+    let may_be_token = find(bytes, b"eyJ").is_some();
+    (may_be_key || may_be_token)
+        && bytes
+            .split(|b| !word_byte(*b))
+            .any(|word| (may_be_key && key_shaped(word)) || (may_be_token && token_shaped(word)))
 }
 
 /// `<prefix>_<id>_<38 base62>` or `<prefix>_<38 base62>`: an underscore followed by at
@@ -205,7 +216,9 @@ pub(crate) fn redact_query(query: &str, extra: &[String]) -> String {
 
 /// The path with every secret-shaped segment replaced.
 pub(crate) fn redact_path(path: &str) -> Cow<'_, str> {
-    if !path.split('/').any(looks_secret) {
+    // One check of the whole path answers for every segment: `/` separates words, and
+    // percent-decoding never joins two segments.
+    if !looks_secret(path) {
         return Cow::Borrowed(path);
     }
     let segments: Vec<&str> = path
@@ -245,6 +258,35 @@ mod tests {
     const KEY: &str = "pck_4fT9kQ2mZx1B_Kr6qkmPkkvny1txH7Um6qAE3EgBW7oGC09vqjL";
     const SPLIT: &str = "pck_Kr6qkmPkkvny1txH7Um6qAE3EgBW7oGC09vqjL/4fT9kQ2mZx1B";
     const JWS: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJlLWJ5dGVz";
+
+    #[test]
+    fn the_shortest_secret_is_found_and_nothing_shorter_is_looked_at() {
+        let minimal = "eyJhbGci.e.";
+        assert_eq!(minimal.len(), MIN_SECRET_LEN);
+        assert!(looks_secret(minimal));
+        assert!(!looks_secret(&minimal[..MIN_SECRET_LEN - 1]));
+    }
+
+    proptest::proptest! {
+        /// The whole-path check in `redact_path` agrees with checking each segment.
+        #[test]
+        fn a_path_looks_secret_when_a_segment_does(
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "/", "eyJ", "hbGciOi", ".", "e", "_", "%2", "%", "F", "5", "x",
+                    "pck", "Kr6qkmPkkvny1txH7Um6qAE3EgBW7oGC09vqjL", "%2F", "%252F", "%5F",
+                ]),
+                0..16,
+            )
+        ) {
+            let path: String = parts.concat();
+            proptest::prop_assert_eq!(
+                looks_secret(&path),
+                path.split('/').any(looks_secret),
+                "{}", path
+            );
+        }
+    }
 
     #[test]
     fn names_are_normalized() {

@@ -30,16 +30,55 @@ impl Decision {
     }
 }
 
+/// A note's text: written by the layer, or shared with what it came from, so that a
+/// note costs no copy of a principal's id or a rule's name on every request.
+#[derive(Clone, PartialEq, Eq)]
+enum NoteText {
+    Own(Cow<'static, str>),
+    Shared(Arc<str>),
+}
+
+impl NoteText {
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Own(text) => text,
+            Self::Shared(text) => text,
+        }
+    }
+}
+
+impl fmt::Debug for NoteText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
 /// One layer's note about one request.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct AuditNote {
     layer: &'static str,
     decision: Decision,
     code: Option<&'static str>,
     principal_id: Option<String>,
     credential_id: Option<String>,
-    rule: Option<Cow<'static, str>>,
+    /// Set by [`AuditNote::principal_of`]: its id and credential id are read from it.
+    principal: Option<crate::Principal>,
+    rule: Option<NoteText>,
     detail: Option<Cow<'static, str>>,
+}
+
+impl fmt::Debug for AuditNote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditNote")
+            .field("layer", &self.layer)
+            .field("decision", &self.decision)
+            .field("code", &self.code)
+            .field("principal_id", &self.principal())
+            .field("credential_id", &self.credential())
+            .field("rule", &self.rule_name())
+            .field("detail", &self.detail)
+            .finish()
+    }
 }
 
 impl AuditNote {
@@ -51,6 +90,7 @@ impl AuditNote {
             code: None,
             principal_id: None,
             credential_id: None,
+            principal: None,
             rule: None,
             detail: None,
         }
@@ -58,13 +98,20 @@ impl AuditNote {
 
     /// The name of the route rule that decided (role-router sets it).
     pub fn rule(mut self, name: impl Into<Cow<'static, str>>) -> Self {
-        self.rule = Some(name.into());
+        self.rule = Some(NoteText::Own(name.into()));
+        self
+    }
+
+    /// The name of the route rule that decided, shared with the policy that holds it
+    /// (no copy per request).
+    pub fn shared_rule(mut self, name: Arc<str>) -> Self {
+        self.rule = Some(NoteText::Shared(name));
         self
     }
 
     /// The route rule that decided, if the layer matched one.
     pub fn rule_name(&self) -> Option<&str> {
-        self.rule.as_deref()
+        self.rule.as_ref().map(NoteText::as_str)
     }
 
     /// `layer` let the request through.
@@ -95,6 +142,15 @@ impl AuditNote {
         self
     }
 
+    /// Sets the principal id and the credential id to `principal`'s, sharing the
+    /// principal rather than copying its ids. Ids set with
+    /// [`principal_id`](Self::principal_id) and [`credential_id`](Self::credential_id)
+    /// take precedence.
+    pub fn principal_of(mut self, principal: &crate::Principal) -> Self {
+        self.principal = Some(principal.clone());
+        self
+    }
+
     /// Sets a short detail (a matched rule, a network, a quota).
     pub fn detail(mut self, detail: impl Into<Cow<'static, str>>) -> Self {
         self.detail = Some(detail.into());
@@ -118,12 +174,16 @@ impl AuditNote {
 
     /// The principal id.
     pub fn principal(&self) -> Option<&str> {
-        self.principal_id.as_deref()
+        self.principal_id
+            .as_deref()
+            .or_else(|| self.principal.as_ref().map(crate::Principal::id))
     }
 
     /// The credential id.
     pub fn credential(&self) -> Option<&str> {
-        self.credential_id.as_deref()
+        self.credential_id
+            .as_deref()
+            .or_else(|| self.principal.as_ref()?.credential_id())
     }
 
     /// The detail.
@@ -241,6 +301,37 @@ mod tests {
         assert_eq!(notes[1].detail_text(), Some("rule 3"));
         assert_eq!(record.take().len(), 2);
         assert!(record.notes().is_empty());
+    }
+
+    #[test]
+    fn a_note_shares_its_principal_and_rule_without_copying_them() {
+        let principal = crate::Principal::builder("partner-acme", crate::AuthMethod::ApiKey)
+            .credential_id("key-1")
+            .build();
+        let rule: Arc<str> = Arc::from("keys");
+        let note = AuditNote::allow("api-key")
+            .principal_of(&principal)
+            .shared_rule(rule.clone());
+        assert_eq!(note.principal(), Some("partner-acme"));
+        assert_eq!(note.credential(), Some("key-1"));
+        assert_eq!(note.rule_name(), Some("keys"));
+        assert_eq!(Arc::strong_count(&rule), 2, "shared, not copied");
+        let debug = format!("{note:?}");
+        assert!(
+            debug.contains("\"partner-acme\"") && debug.contains("\"keys\""),
+            "{debug}"
+        );
+        // Ids set explicitly take precedence over the principal's.
+        let explicit = note.clone().credential_id("key-2").principal_id("other");
+        assert_eq!(explicit.credential(), Some("key-2"));
+        assert_eq!(explicit.principal(), Some("other"));
+        let anonymous = crate::Principal::builder("x", crate::AuthMethod::Jwt).build();
+        assert_eq!(
+            AuditNote::allow("jwt")
+                .principal_of(&anonymous)
+                .credential(),
+            None
+        );
     }
 
     #[test]

@@ -219,11 +219,7 @@ impl Config {
             });
         }
         AuditRecord::note(request.extensions(), || {
-            let note = AuditNote::allow(LAYER_NAME).principal_id(noted.id());
-            match noted.credential_id() {
-                Some(jti) => note.credential_id(jti),
-                None => note,
-            }
+            AuditNote::allow(LAYER_NAME).principal_of(&noted)
         });
         DecisionFuture::inner(inner.call(request))
     }

@@ -333,7 +333,15 @@ impl<S> RoleRouter<S> {
         };
         let Err(refusal) = verdict.result else {
             AuditRecord::note(request.extensions(), || {
-                AuditNote::allow(LAYER_NAME).rule(rule_name.to_owned())
+                let note = AuditNote::allow(LAYER_NAME);
+                match verdict
+                    .rule
+                    .and_then(|index| policy.shared_rule_name(index))
+                {
+                    Some(name) => note.shared_rule(name.clone()),
+                    // No rule matched: the policy's default decided.
+                    None => note.rule("default"),
+                }
             });
             let route = match (config.mark_route, verdict.rule) {
                 (true, Some(index)) => policy.rule_route(index).cloned(),

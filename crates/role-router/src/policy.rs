@@ -269,7 +269,8 @@ pub enum DefaultAction {
 /// A compiled rule.
 #[derive(Debug)]
 pub(crate) struct CompiledRule {
-    pub(crate) name: String,
+    /// Shared with every audit note that names the rule.
+    pub(crate) name: std::sync::Arc<str>,
     pub(crate) methods: Option<Box<[Method]>>,
     pub(crate) pattern: PathPattern,
     /// The pattern as a [`MatchedRoute`](portcullis_core::MatchedRoute), shared by
@@ -364,7 +365,12 @@ impl Policy {
 
     /// The name of rule `index` (its given name, or `rule N` counting from 1).
     pub fn rule_name(&self, index: usize) -> Option<&str> {
-        self.rules.get(index).map(|r| r.name.as_str())
+        self.rules.get(index).map(|r| &*r.name)
+    }
+
+    /// The name of rule `index`, shared (an audit note keeps it without a copy).
+    pub(crate) fn shared_rule_name(&self, index: usize) -> Option<&std::sync::Arc<str>> {
+        self.rules.get(index).map(|r| &r.name)
     }
 
     /// Rule `index`'s pattern as a route, for per-route keys.
@@ -529,7 +535,7 @@ impl PolicyBuilder {
             }
             node.rules.push(u32::try_from(position).unwrap_or(u32::MAX));
             compiled.push(CompiledRule {
-                name,
+                name: name.into(),
                 methods: rule.methods.map(Vec::into_boxed_slice),
                 route: portcullis_core::MatchedRoute(pattern.as_str().into()),
                 pattern,
