@@ -96,6 +96,10 @@ struct ThroughputArgs {
     /// Connections `wrk` keeps open.
     #[arg(long, default_value_t = 50)]
     connections: u32,
+    /// Only the targets whose names contain one of these words (comma-separated);
+    /// bare axum, the baseline, always runs.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -344,6 +348,12 @@ async fn throughput(args: &ThroughputArgs) -> Result<bool, String> {
         None,
     ));
 
+    let wanted = |name: &str| {
+        name == "bare axum hello"
+            || args.only.is_empty()
+            || args.only.iter().any(|word| name.contains(word.as_str()))
+    };
+    plan.retain(|(name, ..)| wanted(name));
     let mut servers = Vec::with_capacity(plan.len());
     let mut targets = Vec::with_capacity(plan.len());
     for (name, server_args, headers, goal) in plan {

@@ -6,7 +6,7 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
@@ -124,11 +124,13 @@ impl FileSinkBuilder {
         let prev = self.hash_chain.then(|| last_hash.unwrap_or(GENESIS));
         let (sender, receiver) = mpsc::sync_channel(self.capacity);
         let dropped = Arc::new(AtomicU64::new(0));
+        let lines = Arc::new(LinePool::default());
         let thread = {
             let dropped = dropped.clone();
+            let lines = lines.clone();
             std::thread::Builder::new()
                 .name("portcullis-audit".into())
-                .spawn(move || write_loop(receiver, writer, prev, &dropped))?
+                .spawn(move || write_loop(receiver, writer, prev, &dropped, &lines))?
         };
         Ok(FileSink {
             inner: Arc::new(Inner {
@@ -137,6 +139,7 @@ impl FileSinkBuilder {
                 dropped,
                 overflow: self.overflow,
                 path: current,
+                lines,
             }),
         })
     }
@@ -184,9 +187,42 @@ fn open_writer(
 enum Message {
     /// A rendered line, without the newline.
     Line(Vec<u8>),
-    /// An event to render on the writer thread.
-    Event(Box<AuditEvent>),
     Flush(mpsc::Sender<()>),
+}
+
+/// Line buffers the writer thread has written, for requests to render into again.
+///
+/// Events are rendered on the request's thread into a buffer from here, and the writer
+/// returns the buffer when the line is written. In the steady state nothing is
+/// allocated or freed per event, and nothing allocated on one thread is freed on
+/// another: with the system allocator, handing each event's memory to the writer
+/// thread to free cost more than rendering it there saved.
+#[derive(Default)]
+struct LinePool(Mutex<Vec<Vec<u8>>>);
+
+impl LinePool {
+    /// Buffers kept at most; more are freed.
+    const KEEP: usize = 1024;
+    /// A buffer that grew past this (an unusually long event) is freed, not kept.
+    const LARGEST: usize = 16 * 1024;
+
+    fn take(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(1024))
+    }
+
+    fn give_back(&self, used: &mut Vec<Vec<u8>>) {
+        let mut pool = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        for mut line in used.drain(..) {
+            if pool.len() < Self::KEEP && line.capacity() <= Self::LARGEST {
+                line.clear();
+                pool.push(line);
+            }
+        }
+    }
 }
 
 /// Audit events as JSON lines in files, with rotation, written by a background thread
@@ -217,6 +253,7 @@ struct Inner {
     dropped: Arc<AtomicU64>,
     overflow: Overflow,
     path: PathBuf,
+    lines: Arc<LinePool>,
 }
 
 impl FileSink {
@@ -282,12 +319,9 @@ impl FileSink {
 
 impl AuditSink for FileSink {
     fn record(&self, event: &AuditEvent) {
-        self.send(Message::Line(event.to_json()));
-    }
-
-    /// Rendered on the writer thread: the request's thread only queues it.
-    fn record_owned(&self, event: AuditEvent) {
-        self.send(Message::Event(Box::new(event)));
+        let mut line = self.inner.lines.take();
+        event.write_json(&mut line);
+        self.send(Message::Line(line));
     }
 
     /// A line of its own, sealed into the chain like the requests' events.
@@ -329,11 +363,11 @@ fn write_loop(
     mut writer: Box<dyn Write + Send>,
     mut prev: Option<[u8; 32]>,
     dropped: &AtomicU64,
+    lines: &LinePool,
 ) {
     let mut reported = 0u64;
-    // One buffer for every event rendered here, so rendering allocates nothing once it
-    // has grown to the longest line.
-    let mut rendered = Vec::with_capacity(1024);
+    // The lines of the current batch, given back to the pool together.
+    let mut written: Vec<Vec<u8>> = Vec::new();
     let mut write = |writer: &mut Box<dyn Write + Send>, line: &mut Vec<u8>| {
         if let Some(prev) = prev.as_mut() {
             *prev = chain::seal(line, prev);
@@ -359,15 +393,14 @@ fn write_loop(
             reported = now;
         }
         match message {
-            Message::Line(mut line) => write(writer, &mut line),
-            Message::Event(event) => {
-                rendered.clear();
-                event.write_json(&mut rendered);
-                write(writer, &mut rendered);
+            Message::Line(mut line) => {
+                write(writer, &mut line);
+                Some(line)
             }
             Message::Flush(done) => {
                 let _ = writer.flush();
                 let _ = done.send(());
+                None
             }
         }
     };
@@ -376,10 +409,10 @@ fn write_loop(
     // enqueue: no wake-up of this thread and no context switch per event, which on a
     // host with one core cost more than the event itself.
     while let Ok(first) = receiver.recv() {
-        handle(&mut writer, first);
+        written.extend(handle(&mut writer, first));
         loop {
             match receiver.try_recv() {
-                Ok(message) => handle(&mut writer, message),
+                Ok(message) => written.extend(handle(&mut writer, message)),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     let _ = writer.flush();
@@ -390,6 +423,7 @@ fn write_loop(
         if let Err(error) = writer.flush() {
             tracing::error!(target: "portcullis::audit", %error, "the audit file sink cannot write");
         }
+        lines.give_back(&mut written);
         std::thread::sleep(BATCH_WINDOW);
     }
     let _ = writer.flush();

@@ -396,13 +396,8 @@ impl Guard {
         if self.config.tracing_event {
             emit_tracing(&event);
         }
-        // The last sink takes the event itself: a file sink hands it to its writer
-        // thread whole, and renders it there.
-        if let Some((last, others)) = self.config.sinks.split_last() {
-            for sink in others {
-                sink.record(&event);
-            }
-            last.record_owned(event);
+        for sink in &self.config.sinks {
+            sink.record(&event);
         }
     }
 

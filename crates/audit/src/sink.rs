@@ -15,14 +15,6 @@ pub trait AuditSink: Send + Sync + 'static {
     /// Takes one event.
     fn record(&self, event: &AuditEvent);
 
-    /// Takes an event the layer has no further use for: the last sink of a layer gets
-    /// each event this way. The default passes it to [`record`](Self::record); a sink
-    /// that works on a thread of its own takes it whole instead of rendering it on the
-    /// request's thread, as [`FileSink`](crate::FileSink) does.
-    fn record_owned(&self, event: AuditEvent) {
-        self.record(&event);
-    }
-
     /// Takes an event that is not a request (a reload of the gateway's files). Ignored
     /// unless the sink implements it; the sinks of this crate write it as a line of
     /// its own.
@@ -34,10 +26,6 @@ pub trait AuditSink: Send + Sync + 'static {
 impl<T: AuditSink + ?Sized> AuditSink for Arc<T> {
     fn record(&self, event: &AuditEvent) {
         (**self).record(event)
-    }
-
-    fn record_owned(&self, event: AuditEvent) {
-        (**self).record_owned(event)
     }
 
     fn record_operation(&self, event: &OperationEvent) {
