@@ -199,17 +199,116 @@ pub fn verify_files<P: AsRef<Path>>(files: &[P]) -> Result<ChainReport, VerifyEr
 
 /// The hash of the last sealed record of `path`, to continue its chain.
 pub(crate) fn last_hash_of(path: &Path) -> Option<[u8; 32]> {
-    let text = std::fs::read(path).ok()?;
-    let line = text
-        .split(|&b| b == b'\n')
-        .rev()
-        .find(|line| !line.is_empty())?;
-    claimed_hash(line)
+    use std::io::{Read, Seek, SeekFrom};
+    // Only the file's end is read: a day's audit file may be gigabytes, and reading it
+    // whole would hold up every start. The window doubles until it holds the whole
+    // last line (a newline before it, or the file's start).
+    let mut file = std::fs::File::open(path).ok()?;
+    let size = file.metadata().ok()?.len();
+    let mut window: u64 = 64 * 1024;
+    loop {
+        let start = size.saturating_sub(window);
+        file.seek(SeekFrom::Start(start)).ok()?;
+        let mut tail = Vec::new();
+        file.by_ref()
+            .take(size - start)
+            .read_to_end(&mut tail)
+            .ok()?;
+        let content_end = tail.iter().rposition(|&b| b != b'\n').map(|at| at + 1);
+        let Some(content_end) = content_end else {
+            // Only newlines here: look further back, unless this is the whole file.
+            if start == 0 {
+                return None;
+            }
+            window = window.saturating_mul(2);
+            continue;
+        };
+        match tail[..content_end].iter().rposition(|&b| b == b'\n') {
+            Some(newline) => return claimed_hash(&tail[newline + 1..content_end]),
+            None if start == 0 => return claimed_hash(&tail[..content_end]),
+            None => window = window.saturating_mul(2),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_hash_is_read_from_the_end_of_any_file() {
+        let dir = std::env::temp_dir().join(format!("portcullis-last-hash-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("chain.jsonl");
+        let mut prev = GENESIS;
+        let mut sealed = |text: String| {
+            let mut line = text.into_bytes();
+            prev = seal(&mut line, &prev);
+            (line, prev)
+        };
+        // Lines shorter than, as long as and longer than the first 64 KiB window, and
+        // trailing newlines, which are not a line.
+        for (lines, trailing) in [
+            (vec![10], "\n"),
+            (vec![10, 70_000], "\n"),
+            (vec![200_000], "\n\n\n"),
+            (vec![5; 20_000], "\n"),
+            (vec![65_000, 40], ""),
+        ] {
+            let mut file = Vec::new();
+            let mut last = GENESIS;
+            for (index, length) in lines.iter().enumerate() {
+                let (line, hash) = sealed(format!(
+                    "{{\"n\":{index},\"pad\":\"{}\"}}",
+                    "x".repeat(*length)
+                ));
+                file.extend_from_slice(&line);
+                file.push(b'\n');
+                last = hash;
+            }
+            file.pop();
+            file.extend_from_slice(trailing.as_bytes());
+            std::fs::write(&path, &file).unwrap();
+            assert_eq!(last_hash_of(&path), Some(last), "{lines:?}");
+        }
+        std::fs::write(&path, "\n\n").unwrap();
+        assert_eq!(last_hash_of(&path), None);
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(last_hash_of(&path), None);
+        assert_eq!(last_hash_of(&dir.join("missing.jsonl")), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Reading the tail finds what reading the whole file would: the claimed hash of
+        /// the last non-empty line, whatever the lines' lengths and the newlines.
+        #[test]
+        fn the_tail_agrees_with_the_whole_file(
+            parts in proptest::collection::vec((0usize..150_000, 0usize..3, proptest::bool::ANY), 0..6),
+        ) {
+            let dir = std::env::temp_dir().join(format!("portcullis-tail-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("tail.jsonl");
+            let mut file = Vec::new();
+            let mut prev = GENESIS;
+            for (length, newlines, is_sealed) in parts {
+                let mut line = format!("{{\"pad\":\"{}\"}}", "y".repeat(length)).into_bytes();
+                if is_sealed {
+                    prev = seal(&mut line, &prev);
+                }
+                file.extend_from_slice(&line);
+                file.extend(std::iter::repeat_n(b'\n', newlines));
+            }
+            std::fs::write(&path, &file).unwrap();
+            let whole = file
+                .split(|&b| b == b'\n')
+                .rev()
+                .find(|line| !line.is_empty())
+                .and_then(claimed_hash);
+            proptest::prop_assert_eq!(last_hash_of(&path), whole);
+        }
+    }
 
     fn write_chain(path: &Path, count: usize) -> Vec<Vec<u8>> {
         let mut prev = GENESIS;
