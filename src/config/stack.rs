@@ -78,35 +78,18 @@ trait CallCloned<ReqBody, E>: Send + Sync {
     ) -> BoxFuture<'static, Result<Response<GatewayBody>, E>>;
 }
 
-/// The host's service at the bottom of the stack: made ready inside the future.
-struct Host<S>(S);
-
-impl<S, ReqBody, E> CallCloned<ReqBody, E> for Host<S>
-where
-    S: Service<Request<ReqBody>, Response = Response<GatewayBody>, Error = E>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    ReqBody: Send + 'static,
-{
-    fn call_cloned(
-        &self,
-        request: Request<ReqBody>,
-    ) -> BoxFuture<'static, Result<Response<GatewayBody>, E>> {
-        // `oneshot` waits for readiness, then calls: the tower contract, inside the
-        // future.
-        Box::pin(self.0.clone().oneshot(request))
-    }
+/// One level of the stack: one of our layers over the `GatewayService` below it, or
+/// the host's service at the bottom.
+struct Level<S> {
+    service: S,
+    /// The host's service is made ready inside the future (`oneshot`), as tower asks.
+    /// Our layers are called at once: each one's `poll_ready` is its inner service's,
+    /// and a `GatewayService` is always ready, so there is no readiness state to keep
+    /// and the request is not moved through one.
+    make_ready: bool,
 }
 
-/// One of our layers over the `GatewayService` below it. Every layer's `poll_ready`
-/// is its inner service's, and a `GatewayService` is always ready, so the layer is
-/// called at once: no readiness state, and the request is not moved through one.
-struct OurLayer<S>(S);
-
-impl<S, ReqBody, E> CallCloned<ReqBody, E> for OurLayer<S>
+impl<S, ReqBody, E> CallCloned<ReqBody, E> for Level<S>
 where
     S: Service<Request<ReqBody>, Response = Response<GatewayBody>, Error = E>
         + Clone
@@ -120,7 +103,12 @@ where
         &self,
         request: Request<ReqBody>,
     ) -> BoxFuture<'static, Result<Response<GatewayBody>, E>> {
-        Box::pin(self.0.clone().call(request))
+        let mut service = self.service.clone();
+        if self.make_ready {
+            Box::pin(service.oneshot(request))
+        } else {
+            Box::pin(service.call(request))
+        }
     }
 }
 
@@ -296,7 +284,10 @@ where
         response.map(IntoGatewayBody::into_gateway_body)
     });
     GatewayService {
-        stack: Arc::new(OurLayer(service)),
+        stack: Arc::new(Level {
+            service,
+            make_ready: false,
+        }),
     }
 }
 
@@ -310,7 +301,10 @@ where
     ResBody::Error: Into<BoxError>,
 {
     GatewayService {
-        stack: Arc::new(Host(service.map_response(box_body))),
+        stack: Arc::new(Level {
+            service: service.map_response(box_body),
+            make_ready: true,
+        }),
     }
 }
 
