@@ -62,7 +62,7 @@ pub struct PrincipalEntry<'a> {
 /// The layer captures the request's parts as they are (shared, not copied) and
 /// redacts when the event is read: [`path`](Self::path) and
 /// [`user_agent`](Self::user_agent) never return a secret-shaped segment or word, and
-/// neither does `Debug`. A file sink reads them on its writer thread, not the request's.
+/// neither does `Debug`.
 ///
 /// Serialized (by sinks) as one JSON object: `time`, `request_id`, `client_ip`,
 /// `method`, `path`, `query` (when logged), `route`, `principals`, `decision`,

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::io::Write as _;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -242,8 +243,7 @@ where
             .ok()
             .map(|client| client.ip());
         // The parts are captured as they are, by reference count where the server
-        // parsed them into shared buffers; redaction and rendering happen when the
-        // event is read (on a file sink's writer thread).
+        // parsed them into shared buffers; redaction happens when the event is read.
         let started = Started {
             time: SystemTime::now(),
             at: Instant::now(),
@@ -299,22 +299,17 @@ fn usable_request_id(value: &HeaderValue) -> bool {
 /// `<prefix>-<counter in hex>`, unique within the process.
 fn generated_request_id(config: &Config) -> HeaderValue {
     let counter = config.counters.request_ids.fetch_add(1, Ordering::Relaxed);
+    // The prefix is eight hex digits and the counter at most sixteen: formatted on the
+    // stack, copied once into the header value.
     let mut id = [0u8; 8 + 1 + 16];
-    let prefix = config.id_prefix.as_bytes();
-    let prefix_len = prefix.len().min(8);
-    id[..prefix_len].copy_from_slice(&prefix[..prefix_len]);
-    id[prefix_len] = b'-';
-    let digits = 16 - (counter.leading_zeros() as usize / 4).min(15);
-    for (index, slot) in id[prefix_len + 1..prefix_len + 1 + digits]
-        .iter_mut()
-        .enumerate()
-    {
-        let shift = 4 * (digits - 1 - index);
-        *slot = b"0123456789abcdef"[((counter >> shift) & 0xf) as usize];
-    }
-    // Hex digits, letters and '-': always a valid header value.
-    HeaderValue::from_bytes(&id[..prefix_len + 1 + digits])
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    let capacity = id.len();
+    let mut free = &mut id[..];
+    let written = match write!(free, "{}-{counter:x}", config.id_prefix) {
+        Ok(()) => capacity - free.len(),
+        Err(_) => 0,
+    };
+    // Hex digits and '-': always a valid header value.
+    HeaderValue::from_bytes(&id[..written]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// The method as recorded: an extension method shaped like a credential is redacted.
