@@ -348,10 +348,17 @@ async fn throughput(args: &ThroughputArgs) -> Result<bool, String> {
         None,
     ));
 
+    // An empty word (`--only a,`) would match every name: it is ignored.
+    let words: Vec<&str> = args
+        .only
+        .iter()
+        .map(|word| word.trim())
+        .filter(|word| !word.is_empty())
+        .collect();
     let wanted = |name: &str| {
         name == "bare axum hello"
-            || args.only.is_empty()
-            || args.only.iter().any(|word| name.contains(word.as_str()))
+            || words.is_empty()
+            || words.iter().any(|word| name.contains(word))
     };
     plan.retain(|(name, ..)| wanted(name));
     let mut servers = Vec::with_capacity(plan.len());
