@@ -105,9 +105,10 @@ impl Gateway {
     /// router later are not behind the stack; with `[server] health = true`,
     /// `/healthz` and `/readyz` are added that way.
     ///
-    /// The whole stack is one `Router::layer` ([`Gateway::layer`]): axum clones a
-    /// route's layered service for every request, and this one clones by reference
-    /// counts, where a `Router::layer` per layer would clone and box each layer again.
+    /// Several layers are one `Router::layer` of the shared stack ([`Gateway::layer`]):
+    /// axum clones a route's layered service for every request, and this one clones by
+    /// reference counts, where a `Router::layer` per layer would clone and box each
+    /// layer again. A single layer is that layer's own `Router::layer`.
     #[cfg(feature = "axum")]
     pub fn apply(&self, mut router: axum::Router) -> axum::Router {
         if let Some(routes) = &self.token_routes {

@@ -34,9 +34,10 @@ pub type GatewayBody = axum::body::Body;
 
 /// The service [`GatewayLayer`] makes: the whole stack around the host's service.
 ///
-/// Cloned by one reference count. It is always ready: each layer, and the host's
-/// service at the bottom, is made ready inside the request's future (the host's
-/// back-pressure makes the request wait there rather than in `poll_ready`).
+/// Cloned by one reference count. It is always ready: our layers are ready whenever
+/// the stack below them is, and the host's service at the bottom is made ready inside
+/// the request's future (its back-pressure makes the request wait there rather than
+/// in `poll_ready`).
 pub struct GatewayService<ReqBody, E> {
     stack: Arc<dyn CallCloned<ReqBody, E>>,
 }
