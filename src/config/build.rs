@@ -73,6 +73,10 @@ pub struct Gateway {
     pub serve_limits: portcullis_mtls_identity::ServeLimits,
     pub(crate) health_on_main: bool,
     pub(crate) revocations: Revocations,
+    /// `[server] max_body_bytes` and `[[server.body_limit]]`, when the file has them.
+    pub(crate) body_limits: Option<super::body_limit::BodyLimits>,
+    /// The audit layers' file sinks, synced at shutdown.
+    pub(crate) audit_files: Vec<FileSink>,
 }
 
 /// `[admin]`: where the admin routes listen, and the role they need.
@@ -111,6 +115,9 @@ impl Gateway {
     /// layer again. A single layer is that layer's own `Router::layer`.
     #[cfg(feature = "axum")]
     pub fn apply(&self, mut router: axum::Router) -> axum::Router {
+        if let Some(limits) = &self.body_limits {
+            router = router.layer(limits.clone());
+        }
         if let Some(routes) = &self.token_routes {
             router = router
                 .route_service(&routes.issue_path, routes.issuer.issue_service())
@@ -186,6 +193,7 @@ impl GatewayConfig {
             reloadable.connectors.clone().into_iter(),
         );
         let mut layers = Vec::new();
+        let mut audit_files = Vec::new();
         let mut connectors = None;
         for entry in &self.entries {
             let at = |message: String| self.error(Some(entry.line), &entry.key, message);
@@ -302,6 +310,7 @@ impl GatewayConfig {
                         let sink = FileSink::to_writer(std::io::stdout())
                             .build()
                             .map_err(|e| at(format!("stdout: {e}")))?;
+                        audit_files.push(sink.clone());
                         layer = layer.sink(sink);
                     }
                     if let Some(dir) = &c.directory {
@@ -309,6 +318,7 @@ impl GatewayConfig {
                             .hash_chain(true)
                             .build()
                             .map_err(|e| at(format!("directory: {e}")))?;
+                        audit_files.push(sink.clone());
                         layer = layer.sink(sink);
                     }
                     Built::Audit(layer)
@@ -327,6 +337,8 @@ impl GatewayConfig {
             revocations,
             serve_limits: self.serve_limits(),
             health_on_main: self.file.server.health,
+            body_limits: self.body_limits()?,
+            audit_files,
         })
     }
 
@@ -496,7 +508,32 @@ impl GatewayConfig {
         if let Some(bytes) = server.max_header_bytes {
             limits = limits.max_header_bytes(bytes.get());
         }
+        if let Some(timeout) = server.idle_timeout {
+            limits = limits.idle_timeout(timeout);
+        }
+        if let Some(count) = server.max_connections_per_address {
+            limits = limits.max_connections_per_address(Some(count.get()));
+        }
+        if let Some(grace) = server.shutdown_grace {
+            limits = limits.shutdown_grace(grace);
+        }
         limits
+    }
+
+    fn body_limits(&self) -> Result<Option<super::body_limit::BodyLimits>, ConfigError> {
+        let server = &self.file.server;
+        if server.max_body_bytes.is_none() && server.body_limit.is_empty() {
+            // axum's extractors keep their own limit (2 MB).
+            return Ok(None);
+        }
+        let default = server.max_body_bytes.map_or(2_000_000, |max| max.get());
+        let mut routes = Vec::with_capacity(server.body_limit.len());
+        for (index, limit) in server.body_limit.iter().enumerate() {
+            let pattern = portcullis_role_router::PathPattern::new(&limit.path)
+                .map_err(|e| self.error(None, &format!("server.body_limit[{index}].path"), e))?;
+            routes.push((pattern, limit.max_bytes.get()));
+        }
+        Ok(Some(super::body_limit::BodyLimits::new(default, routes)))
     }
 
     fn admin(&self) -> Result<Option<AdminSettings>, ConfigError> {

@@ -24,9 +24,11 @@
 //! `examples/gateway.toml`.
 
 mod admin;
+mod body_limit;
 mod build;
 mod reload;
 mod schema;
+mod serve;
 mod stack;
 
 use std::fmt;
@@ -34,6 +36,7 @@ use std::path::{Path, PathBuf};
 
 pub use build::{AdminSettings, Gateway, TokenRoutes};
 pub use reload::ReloadReport;
+pub use serve::{GatewayServer, ServeError, ServeSummary};
 pub use stack::{BoxError, GatewayBody, GatewayLayer, GatewayService};
 
 /// A configuration problem: where, which key, and what to do.

@@ -90,9 +90,28 @@ pub(crate) struct Server {
     pub(crate) max_connections: Option<std::num::NonZeroUsize>,
     pub(crate) max_headers: Option<std::num::NonZeroUsize>,
     pub(crate) max_header_bytes: Option<std::num::NonZeroUsize>,
+    /// How long a connection may go without the client sending anything.
+    #[serde(default, deserialize_with = "optional_positive_duration")]
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) max_connections_per_address: Option<std::num::NonZeroUsize>,
+    /// How long a shutdown waits for requests in flight ("0s": not at all).
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub(crate) shutdown_grace: Option<Duration>,
+    /// The largest request body, unless a `[[server.body_limit]]` says otherwise.
+    pub(crate) max_body_bytes: Option<std::num::NonZeroUsize>,
+    #[serde(default)]
+    pub(crate) body_limit: Vec<BodyLimit>,
     /// `/healthz` and `/readyz` on this listener too, outside the layers.
     #[serde(default)]
     pub(crate) health: bool,
+}
+
+/// `[[server.body_limit]]`: the largest body on the paths a pattern matches.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BodyLimit {
+    pub(crate) path: String,
+    pub(crate) max_bytes: std::num::NonZeroUsize,
 }
 
 fn optional_positive_duration<'de, D: Deserializer<'de>>(

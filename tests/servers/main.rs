@@ -20,6 +20,7 @@ mod jwt_axum;
 mod mtls_axum;
 mod mtls_ocsp;
 mod ocsp_responder;
+mod production;
 mod rate_limit_axum;
 mod rate_limit_redis;
 mod redis_server;

@@ -1,6 +1,7 @@
 //! The serve loop's limits over real TLS sockets: a slowloris batch is closed after the
-//! header timeout while a normal client is served, too many headers get 431, and the
-//! connection limit holds (the next connection waits for a place).
+//! header timeout while a normal client is served, too many headers get 431, the
+//! connection limit holds (the next connection waits for a place), and HTTP/2 clients
+//! get a GOAWAY when idle and at shutdown, with the stream in flight finished.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use portcullis::mtls_identity::{serve_hyper_with, ClientAuth, DevPki, ServeLimits, TlsListener};
+use portcullis::mtls_identity::{
+    serve_hyper_until, serve_hyper_with, ClientAuth, DevPki, ServeLimits, TlsListener,
+};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,6 +38,10 @@ async fn serve(limits: ServeLimits) -> (SocketAddr, String) {
 }
 
 async fn connect(addr: SocketAddr, ca: &str) -> TlsStream<tokio::net::TcpStream> {
+    connect_with(addr, ca, b"http/1.1").await
+}
+
+async fn connect_with(addr: SocketAddr, ca: &str, alpn: &[u8]) -> TlsStream<tokio::net::TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
@@ -45,7 +52,7 @@ async fn connect(addr: SocketAddr, ca: &str) -> TlsStream<tokio::net::TcpStream>
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
@@ -158,4 +165,148 @@ async fn the_connection_limit_holds() {
         "served before any place was free"
     );
     drop(holders);
+}
+
+/// An HTTP/2 connection to `addr`: its request sender, and a task that ends when the
+/// server closes the connection.
+async fn h2(
+    addr: SocketAddr,
+    ca: &str,
+) -> (
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let stream = connect_with(addr, ca, b"h2").await;
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    (
+        sender,
+        tokio::spawn(async move {
+            let _ = connection.await;
+        }),
+    )
+}
+
+fn h2_get(path: &str) -> http::Request<Full<Bytes>> {
+    http::Request::get(format!("https://localhost{path}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn http2_clients_get_a_goaway_when_idle_and_at_shutdown() {
+    let pki = DevPki::generate(&["localhost"]).unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    // `/slow` answers after 700 ms: a stream in flight when the shutdown comes.
+    let service = tower::service_fn(|request: http::Request<hyper::body::Incoming>| async move {
+        if request.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
+    });
+    let tls = pki
+        .server_tls()
+        .client_auth(ClientAuth::Optional)
+        .build()
+        .unwrap();
+    let limits = ServeLimits::default()
+        .idle_timeout(Duration::from_millis(400))
+        .shutdown_grace(Duration::from_secs(5));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve_hyper_until(
+        TlsListener::new(tcp, tls),
+        service,
+        limits,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let ca = pki.ca_pem().to_owned();
+
+    // Idle: one request, then nothing; the server closes the connection (GOAWAY) after
+    // the idle timeout, not at once and not never.
+    let (mut sender, closed) = h2(addr, &ca).await;
+    let started = Instant::now();
+    assert_eq!(
+        sender.send_request(h2_get("/")).await.unwrap().status(),
+        200
+    );
+    tokio::time::timeout(Duration::from_secs(3), closed)
+        .await
+        .expect("an idle HTTP/2 connection was kept")
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(350));
+
+    // A busy connection is not idle: requests every 150 ms keep it open past 400 ms.
+    let (mut sender, closed) = h2(addr, &ca).await;
+    for _ in 0..6 {
+        assert_eq!(
+            sender.send_request(h2_get("/")).await.unwrap().status(),
+            200
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(!closed.is_finished());
+
+    // Shutdown with a stream in flight: it finishes, new streams are refused, the
+    // connection closes, nothing is cut.
+    let slow = tokio::spawn(sender.send_request(h2_get("/slow")));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.send(()).unwrap();
+    let answer = slow.await.unwrap().unwrap();
+    assert_eq!(answer.status(), 200);
+    tokio::time::timeout(Duration::from_secs(3), closed)
+        .await
+        .expect("the connection stayed open after the shutdown")
+        .unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(3), server)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (report.connections, report.open_at_shutdown, report.cut),
+        (2, 1, 0)
+    );
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn past_the_grace_period_what_is_left_is_cut_and_counted() {
+    let pki = DevPki::generate(&["localhost"]).unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let service = tower::service_fn(|_: http::Request<hyper::body::Incoming>| async move {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::new())))
+    });
+    let tls = pki
+        .server_tls()
+        .client_auth(ClientAuth::Optional)
+        .build()
+        .unwrap();
+    let limits = ServeLimits::default().shutdown_grace(Duration::from_millis(300));
+    let server = tokio::spawn(serve_hyper_until(
+        TlsListener::new(tcp, tls),
+        service,
+        limits,
+        tokio::time::sleep(Duration::from_millis(500)),
+    ));
+    let mut stream = connect(addr, pki.ca_pem()).await;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let report = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the grace period was not kept")
+        .unwrap();
+    assert_eq!((report.open_at_shutdown, report.cut), (1, 1));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(closed_within(&mut stream, Duration::from_secs(2)).await);
 }

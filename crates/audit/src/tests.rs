@@ -347,6 +347,41 @@ fn daily_rotation_writes_todays_file() {
     assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 3);
 }
 
+/// `sync` waits for every recorded event (the lines are in the file when it returns,
+/// for each kind of rotation), and says so when the files cannot be synced.
+#[test]
+fn sync_writes_every_recorded_event_and_reports_failures() {
+    for (name, rotation, file) in [
+        ("sync-daily", Rotation::Daily, None),
+        ("sync-size", Rotation::Size(1_000_000), Some("audit.jsonl")),
+        ("sync-never", Rotation::Never, Some("audit.jsonl")),
+    ] {
+        let dir = temp_dir(name);
+        let sink = FileSink::builder(&dir)
+            .rotation(rotation)
+            .hash_chain(true)
+            .build()
+            .unwrap();
+        record_many(&sink, 5);
+        sink.sync().unwrap();
+        let path = file.map_or_else(|| sink.path().to_owned(), |file| dir.join(file));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 5, "{name}");
+        assert!(text.ends_with('\n'), "{name}");
+        assert_eq!(verify_files(&[path]).unwrap().records, 5, "{name}");
+
+        // The directory is gone: the sync fails instead of claiming durability.
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(sink.sync().is_err(), "{name}");
+    }
+    let captured = Captured::default();
+    let sink = FileSink::to_writer(captured.clone()).build().unwrap();
+    record_many(&sink, 2);
+    sink.sync().unwrap();
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(text.lines().count(), 2);
+}
+
 /// A writer that takes 2 ms a record, standing in for a slow disk.
 #[derive(Clone, Default)]
 struct SlowWriter(Captured);

@@ -1,6 +1,7 @@
 //! `portcullis`: the command-line companion of the Portcullis layers.
 //!
 //! ```text
+//! portcullis serve (--config FILE | --dev [--dir DIR] [--fresh]) [--log-format text|json]
 //! portcullis policy check FILE [--deny-warnings]
 //! portcullis policy explain FILE METHOD PATH [--auth METHOD]... [--role ROLE]... [--scope SCOPE]...
 //! portcullis key new --file KEYS --owner OWNER [--roles R,..] [--expires 90d] [--networks N,..] ...
@@ -16,6 +17,7 @@
 
 mod admin;
 mod audit;
+mod gateway;
 mod key;
 mod token;
 
@@ -40,6 +42,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the gateway: the example key service behind the layers a file describes.
+    ///
+    /// Stops gracefully on SIGTERM or SIGINT (a second one stops it at once); reloads
+    /// its files when they change and on SIGHUP. Exit status: 0 after a clean
+    /// shutdown, 1 when the configuration is wrong, 2 when it cannot run or could not
+    /// finish (an address in use, audit files it cannot sync, a second signal).
+    Serve(ServeArgs),
     /// Role-router policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -55,6 +64,36 @@ enum Command {
     /// A running gateway's admin routes: reload, status, lift a ban, revoke a token.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The gateway's configuration (see examples/gateway.toml).
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "dev",
+        conflicts_with = "dev"
+    )]
+    config: Option<PathBuf>,
+    /// A development setup (a CA, certificates, an API key, a token secret, a
+    /// configuration), made in --dir where missing, with curl commands to try.
+    #[arg(long)]
+    dev: bool,
+    /// Where --dev keeps its files.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "portcullis-dev",
+        requires = "dev"
+    )]
+    dir: PathBuf,
+    /// With --dev: make every file anew.
+    #[arg(long, requires = "dev")]
+    fresh: bool,
+    /// The operational log on stderr: text for people, json for a collector.
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 #[derive(Subcommand)]
@@ -99,6 +138,20 @@ struct ExplainArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => {
+            let setup = match args.config {
+                Some(config) => gateway::Setup::Config(config),
+                None => gateway::Setup::Dev {
+                    dir: args.dir,
+                    fresh: args.fresh,
+                },
+            };
+            let log = match args.log_format.as_str() {
+                "json" => gateway::LogFormat::Json,
+                _ => gateway::LogFormat::Text,
+            };
+            return gateway::run(setup, log);
+        }
         Command::Policy(PolicyCommand::Check {
             file,
             deny_warnings,

@@ -187,7 +187,9 @@ pub use dev::{DevClient, DevPki};
 pub use forwarded::{CertificateHeaderFormat, ForwardedCertificate};
 pub use future::ResponseFuture;
 #[cfg(feature = "hyper")]
-pub use hyper_serve::{serve_hyper, serve_hyper_with, ServeLimits};
+pub use hyper_serve::{
+    serve_hyper, serve_hyper_until, serve_hyper_with, Listening, ServeLimits, ServeReport,
+};
 pub use layer::{Identify, Mode, MtlsIdentity, MtlsIdentityLayer, MtlsRefusal};
 #[cfg(feature = "axum")]
 pub use listener::AxumTlsListener;

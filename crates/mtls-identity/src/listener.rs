@@ -106,7 +106,13 @@ async fn accept_loop(
     sender: mpsc::Sender<(TlsStream<TcpStream>, TlsPeer)>,
 ) {
     loop {
-        let (stream, addr) = match tcp.accept().await {
+        // The listening socket closes as soon as the listener is dropped (a server
+        // shutting down), not at the next connection.
+        let accepted = tokio::select! {
+            () = sender.closed() => return,
+            accepted = tcp.accept() => accepted,
+        };
+        let (stream, addr) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 // Out of file descriptors and the like: wait rather than spin.

@@ -1,0 +1,125 @@
+//! The development setup of `portcullis serve --dev` (and `cargo run --example
+//! gateway`): a CA, server and client certificates, an API key, a token secret, the
+//! example configuration and its role table, made where missing and kept otherwise.
+
+use std::path::{Path, PathBuf};
+
+use portcullis::api_key::{render_key_record, GeneratedKey, KeyPrefix, KeyRecord};
+use portcullis::core::{AuthMethod, Principal};
+use portcullis::mtls_identity::DevPki;
+
+const CONFIG: &str = include_str!("../../../../examples/gateway.toml");
+const POLICY: &str = include_str!("../../../../examples/gateway-policy.toml");
+
+/// What the development setup made, for the printed commands.
+pub(crate) struct DevSetup {
+    dir: PathBuf,
+    /// The API key's secret, when it was made now (only its digest is kept).
+    api_key: Option<String>,
+    token: String,
+}
+
+impl DevSetup {
+    pub(crate) fn print_commands(&self, port: u16) {
+        let dir = self.dir.display();
+        let base = format!("https://localhost:{port}");
+        let ca = format!("--cacert {dir}/ca.pem");
+        println!("\nTry (each succeeds):");
+        println!("  curl {ca} --cert {dir}/connector-7.pem {base}/v1/key");
+        match &self.api_key {
+            Some(key) => println!("  curl {ca} -H 'x-api-key: {key}' -X POST -H 'content-type: application/json' -d '{{\"name\":\"k2\"}}' {base}/v1/key"),
+            None => println!("  (the API key was printed when it was made; another: portcullis key new --file {dir}/api-keys.toml --owner you --roles key-admin)"),
+        }
+        println!("  curl {ca} -H 'authorization: Bearer {}' -X POST -H 'content-type: application/json' -d '{{\"key\":\"default\",\"data\":\"aGVsbG8=\"}}' {base}/v1/sign", self.token);
+        println!("  curl {ca} --cert {dir}/connector-7.pem -X POST {base}/v1/token");
+        println!("Refused (401, no credentials):");
+        println!("  curl {ca} {base}/v1/key\n");
+    }
+}
+
+/// Makes what is missing of the development setup in `dir` (everything with `fresh`),
+/// and keeps the rest: the CA and certificates together, the key file, the token
+/// secret, the configuration and the role table each on their own.
+pub(crate) fn write_dev_setup(
+    dir: &Path,
+    fresh: bool,
+) -> Result<DevSetup, Box<dyn std::error::Error>> {
+    std::fs::create_dir_all(dir)?;
+    let missing = |names: &[&str]| fresh || names.iter().any(|name| !dir.join(name).exists());
+    let pki_files = [
+        "ca.pem",
+        "server.pem",
+        "server.key",
+        "connector-7.pem",
+        "connectors.toml",
+    ];
+    if missing(&pki_files) {
+        let pki = DevPki::generate(&["localhost", "127.0.0.1"])?;
+        pki.write_to(dir)?;
+        let connector = pki.client("connector-7")?;
+        connector.write_to(dir, "connector-7")?;
+        std::fs::write(
+            dir.join("connectors.toml"),
+            format!(
+                "# Registered connectors and their certificates' thumbprints.\n[[connector]]\nid = \"connector-7\"\nroles = [\"signer\", \"key-reader\"]\nthumbprints = [\"{}\"]\n",
+                connector.thumbprint()
+            ),
+        )?;
+    }
+
+    let api_key = if missing(&["api-keys.toml"]) {
+        let key = GeneratedKey::generate(&KeyPrefix::default())?;
+        let record = KeyRecord::new(key.id(), "partner-acme", key.digest())?.roles(["key-admin"]);
+        std::fs::write(dir.join("api-keys.toml"), render_key_record(&record))?;
+        Some(key.expose_secret().to_owned())
+    } else {
+        None
+    };
+
+    let secret = if missing(&["token.secret"]) {
+        let mut secret = [0u8; 64];
+        getrandom::fill(&mut secret)?;
+        let secret_text = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+        };
+        write_private(&dir.join("token.secret"), &secret_text)?;
+        secret.to_vec()
+    } else {
+        portcullis::jwt::read_secret_file(&dir.join("token.secret"))?
+    };
+    if missing(&["policy.toml"]) {
+        std::fs::write(dir.join("policy.toml"), POLICY)?;
+    }
+    if missing(&["gateway.toml"]) {
+        std::fs::write(dir.join("gateway.toml"), CONFIG)?;
+    }
+
+    // A token as the issue route would give connector-7, to paste.
+    let signing = portcullis::jwt::SigningKey::hmac(
+        portcullis::jwt::jsonwebtoken::Algorithm::HS256,
+        &secret,
+    )?;
+    let issuer = portcullis::jwt::TokenIssuer::new(signing, "https://gateway.local", "hsm")?;
+    let principal = Principal::builder("connector-7", AuthMethod::Certificate)
+        .roles(["signer", "key-reader"])
+        .build();
+    let token = issuer.issue(&principal, None)?.expose().to_owned();
+    Ok(DevSetup {
+        dir: dir.to_owned(),
+        api_key,
+        token,
+    })
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(contents.as_bytes())
+}

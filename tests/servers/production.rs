@@ -1,0 +1,437 @@
+//! `portcullis serve` as an operator runs it, through the built binary on loopback:
+//! graceful shutdown under load (nothing in flight is cut, one audit line per answered
+//! request, exit 0), a second signal, the exit codes, and the `[server]` limits on the
+//! plain-HTTP path (slow and idle clients, 431 and 413 with problem+json, connections per
+//! address).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+fn cli_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let binary = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join(format!("portcullis{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "{} is missing: `cargo test --workspace` builds the portcullis command",
+        binary.display()
+    );
+    binary
+}
+
+fn fresh_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "portcullis-production-{name}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A running `portcullis serve --config`.
+struct Served {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+    stderr: Arc<std::sync::Mutex<String>>,
+}
+
+impl Served {
+    async fn start(dir: &Path, server: &str) -> Self {
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n[[layer]]\nkind = \"audit\"\ndirectory = \"audit\"\n"
+        );
+        std::fs::write(dir.join("gateway.toml"), config).unwrap();
+        let mut child = tokio::process::Command::new(cli_binary())
+            .args(["serve", "--config"])
+            .arg(dir.join("gateway.toml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let stderr = Arc::new(std::sync::Mutex::new(String::new()));
+        let addr = loop {
+            let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+                .await
+                .expect("the gateway said nothing for a minute")
+                .unwrap()
+                .unwrap_or_else(|| panic!("the gateway exited: {}", stderr.lock().unwrap()));
+            stderr.lock().unwrap().push_str(&format!("{line}\n"));
+            if let Some(addr) = line.strip_prefix("gateway: listening on http://") {
+                break addr.parse().unwrap();
+            }
+        };
+        let log = stderr.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                log.lock().unwrap().push_str(&format!("{line}\n"));
+            }
+        });
+        Self {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([name, &self.child.id().unwrap().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    async fn exit(&mut self, within: Duration) -> ExitStatus {
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("still running: {}", self.log()))
+            .unwrap()
+    }
+
+    fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+/// The request events in `dir/audit`.
+fn audited_requests(dir: &Path) -> Vec<Value> {
+    let mut events = Vec::new();
+    for entry in std::fs::read_dir(dir.join("audit")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        events.extend(
+            text.lines()
+                .map(|line| serde_json::from_str::<Value>(line).unwrap())
+                .filter(|event| event.get("status").is_some()),
+        );
+    }
+    events
+}
+
+/// Reads what the server sends until it closes the connection or 5 s pass.
+async fn read_all(stream: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// SIGTERM under load: a request whose body is still arriving finishes, new connections
+/// are refused, keep-alive clients see their answers end with `connection: close`, the
+/// process exits 0, and the audit files hold exactly one event per answered request,
+/// in a chain that verifies.
+#[tokio::test]
+async fn sigterm_under_load_finishes_what_is_in_flight_and_audits_every_answer() {
+    let dir = fresh_dir("graceful");
+    let mut served = Served::start(&dir, "shutdown_grace = \"20s\"").await;
+    let addr = served.addr;
+
+    // A request in flight: its head and half its body are sent before the signal.
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"PUT /v1/key/default/attributes HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ncontent-length: 15\r\n\r\n{\"owner\":")
+        .await
+        .unwrap();
+
+    // Load: keep-alive clients asking as fast as they can until the gateway is gone.
+    let answered = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..8 {
+        let answered = answered.clone();
+        let stop = stop.clone();
+        let url = format!("http://{addr}/v1/key");
+        load.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            while !stop.load(Ordering::Relaxed) {
+                match client.get(&url).send().await {
+                    Ok(response) => {
+                        assert_eq!(response.status(), 200);
+                        if response.text().await.is_ok() {
+                            answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    // Refused once the listener is closed: the gateway never saw it.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(answered.load(Ordering::Relaxed) > 0, "{}", served.log());
+
+    served.signal("-TERM");
+    // The listener closes: a new connection is refused.
+    let refused = async {
+        loop {
+            if TcpStream::connect(addr).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), refused)
+        .await
+        .expect("the listener still accepts after SIGTERM");
+    // The request in flight is still served: the rest of its body, then its answer.
+    slow.write_all(b"\"ops\"}").await.unwrap();
+    let answer = read_all(&mut slow).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert!(answer.ends_with("{\"owner\":\"ops\"}"), "{answer}");
+
+    let status = served.exit(Duration::from_secs(15)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    assert_eq!(status.code(), Some(0), "{}", served.log());
+    let log = served.log();
+    assert!(log.contains("SIGTERM: shutting down gracefully"), "{log}");
+    assert!(
+        log.contains("0 cut") && log.contains("audit synced to disk"),
+        "{log}"
+    );
+
+    // One audit event per answer: every answered request is on disk, and nothing the
+    // clients did not get is claimed.
+    let events = audited_requests(&dir);
+    let answered = answered.load(Ordering::Relaxed) + 1;
+    assert_eq!(events.len() as u64, answered, "{log}");
+    assert!(events
+        .iter()
+        .any(|e| e["method"] == "PUT" && e["status"] == 200));
+    let files: Vec<PathBuf> = std::fs::read_dir(dir.join("audit"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let verify = std::process::Command::new(cli_binary())
+        .args(["audit", "verify"])
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{verify:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A second signal does not wait for the grace period: the process ends at once with 2.
+#[tokio::test]
+async fn a_second_signal_stops_at_once() {
+    let dir = fresh_dir("second");
+    let mut served = Served::start(&dir, "shutdown_grace = \"60s\"").await;
+    let mut slow = TcpStream::connect(served.addr).await.unwrap();
+    slow.write_all(b"PUT /v1/key/default/attributes HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ncontent-length: 13\r\n\r\n{")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    served.signal("-TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Still waiting for the request in flight.
+    assert!(
+        served.child.try_wait().unwrap().is_none(),
+        "{}",
+        served.log()
+    );
+    let started = Instant::now();
+    served.signal("-INT");
+    let status = served.exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(2), "{}", served.log());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        served.log().contains("SIGINT again: stopping now"),
+        "{}",
+        served.log()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// 1 for a configuration that is wrong (naming file, line and key), 2 for one that
+/// cannot run (its address is taken).
+#[tokio::test]
+async fn the_exit_status_says_what_went_wrong() {
+    let dir = fresh_dir("exit");
+    std::fs::write(
+        dir.join("typo.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\nheader_read_timout = \"5s\"\n",
+    )
+    .unwrap();
+    let output = tokio::process::Command::new(cli_binary())
+        .args(["serve", "--config"])
+        .arg(dir.join("typo.toml"))
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("typo.toml:3"), "{stderr}");
+    assert!(stderr.contains("header_read_timout"), "{stderr}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std::fs::write(
+        dir.join("taken.toml"),
+        format!("[server]\nlisten = \"{}\"\n", taken.local_addr().unwrap()),
+    )
+    .unwrap();
+    let output = tokio::process::Command::new(cli_binary())
+        .args(["serve", "--config"])
+        .arg(dir.join("taken.toml"))
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot listen on"), "{stderr}");
+
+    let output = tokio::process::Command::new(cli_binary())
+        .args(["serve"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "clap's usage error");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The plain-HTTP path has the same limits as TLS: trickled headers and idle clients
+/// are closed while a normal client is served, heads and bodies over the limits get
+/// problem+json, and an address holds at most its connections.
+#[tokio::test]
+async fn the_server_limits_hold_on_plain_http() {
+    let dir = fresh_dir("limits");
+    let served = Served::start(
+        &dir,
+        "header_read_timeout = \"1s\"\nidle_timeout = \"1s\"\nmax_headers = 20\nmax_header_bytes = 4096\nmax_body_bytes = 64\nmax_connections_per_address = 12\n[[server.body_limit]]\npath = \"/v1/sign\"\nmax_bytes = 16\n",
+    )
+    .await;
+    let addr = served.addr;
+
+    // Ten slowloris clients trickle a head that never ends; an idle one sends nothing.
+    let mut slow = Vec::new();
+    for _ in 0..10 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /v1/key HTTP/1.1\r\nhost: g\r\n")
+            .await
+            .unwrap();
+        slow.push(stream);
+    }
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    // A normal client is served meanwhile.
+    let answer = reqwest::get(format!("http://{addr}/v1/key")).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    for stream in &mut slow {
+        let _ = stream.write_all(b"x-more: 1\r\n").await;
+    }
+    // Each is closed after the header timeout: the read ends (EOF or a 408).
+    for mut stream in slow {
+        let answer = read_all(&mut stream).await;
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+            "{answer}"
+        );
+    }
+    assert_eq!(read_all(&mut idle).await, "");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // 431 with problem+json: too many fields, and a head too large.
+    let mut many = String::from("GET /v1/key HTTP/1.1\r\nhost: g\r\n");
+    for index in 0..25 {
+        many.push_str(&format!("x-field-{index}: 1\r\n"));
+    }
+    many.push_str("connection: close\r\n\r\n");
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(many.as_bytes()).await.unwrap();
+    let answer = read_all(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert!(answer.contains("\"code\":\"too_many_headers\""), "{answer}");
+    let big = format!(
+        "GET /v1/key HTTP/1.1\r\nhost: g\r\nx-big: {}\r\nconnection: close\r\n\r\n",
+        "a".repeat(5000)
+    );
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(big.as_bytes()).await.unwrap();
+    let answer = read_all(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert!(
+        answer.contains("\"code\":\"headers_too_large\""),
+        "{answer}"
+    );
+
+    // 413 with problem+json over the default and over the route's own limit.
+    let client = reqwest::Client::new();
+    let put = client
+        .put(format!("http://{addr}/v1/key/default/attributes"))
+        .header("content-type", "application/json")
+        .body(format!("{{\"a\":\"{}\"}}", "x".repeat(100)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 413);
+    assert!(put
+        .text()
+        .await
+        .unwrap()
+        .contains("\"code\":\"body_too_large\""));
+    let fits = client
+        .put(format!("http://{addr}/v1/key/default/attributes"))
+        .header("content-type", "application/json")
+        .body("{\"a\":\"b\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fits.status(), 200);
+    let sign = client
+        .post(format!("http://{addr}/v1/sign"))
+        .header("content-type", "application/json")
+        .body("{\"key\":\"default\",\"data\":\"aGVsbG8=\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sign.status(), 413, "the route's own limit is 16 bytes");
+
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Twelve connections from 127.0.0.1 at most: the thirteenth is closed at once,
+    // and one more is accepted when one of the twelve ends.
+    let mut held = Vec::new();
+    for _ in 0..12 {
+        held.push(TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut over = TcpStream::connect(addr).await.unwrap();
+    let _ = over
+        .write_all(b"GET /v1/key HTTP/1.1\r\nhost: g\r\n\r\n")
+        .await;
+    assert_eq!(read_all(&mut over).await, "");
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut again = TcpStream::connect(addr).await.unwrap();
+    again
+        .write_all(b"GET /v1/key HTTP/1.1\r\nhost: g\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_all(&mut again).await.starts_with("HTTP/1.1 200"));
+    assert!(
+        served.log().contains("the address holds its maximum"),
+        "{}",
+        served.log()
+    );
+    drop(served);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
