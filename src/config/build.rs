@@ -514,6 +514,9 @@ impl GatewayConfig {
         if let Some(count) = server.max_connections_per_address {
             limits = limits.max_connections_per_address(Some(count.get()));
         }
+        if let Some(streams) = server.h2_max_concurrent_streams {
+            limits = limits.h2_max_concurrent_streams(streams.get());
+        }
         if let Some(grace) = server.shutdown_grace {
             limits = limits.shutdown_grace(grace);
         }

@@ -419,3 +419,65 @@ fn every_shipped_policy_lints_clean() {
     }
     assert!(checked >= 3, "only {checked} policies found");
 }
+
+#[tokio::test]
+async fn the_server_limits_are_read_and_checked() {
+    let config = parse(&format!(
+        "{SERVER}idle_timeout = \"5s\"\nmax_connections_per_address = 20\nh2_max_concurrent_streams = 50\nshutdown_grace = \"0s\"\nmax_body_bytes = 1024\n[[server.body_limit]]\npath = \"/v1/upload/**\"\nmax_bytes = 1048576\n"
+    ))
+    .unwrap();
+    let gateway = config.build().await.unwrap();
+    let limits = format!("{:?}", gateway.serve_limits);
+    for expected in [
+        "idle_timeout: 5s",
+        "max_connections_per_address: Some(20)",
+        "h2_max_concurrent_streams: 50",
+        "shutdown_grace: 0ns",
+    ] {
+        assert!(limits.contains(expected), "{limits}");
+    }
+    assert!(gateway.body_limits.is_some());
+    // Without body limits in the file, nothing is added around the router.
+    let plain = parse(SERVER).unwrap().build().await.unwrap();
+    assert!(plain.body_limits.is_none());
+
+    for (text, key, line) in [
+        ("idle_timeout = \"0s\"\n", "server.idle_timeout", 3),
+        (
+            "max_connections_per_address = 0\n",
+            "server.max_connections_per_address",
+            3,
+        ),
+        (
+            "h2_max_concurrent_streams = 0\n",
+            "server.h2_max_concurrent_streams",
+            3,
+        ),
+        ("shutdown_grace = \"soon\"\n", "server.shutdown_grace", 3),
+        ("max_body_bytes = -1\n", "server.max_body_bytes", 3),
+        (
+            "[[server.body_limit]]\npath = \"/a\"\n",
+            "server.body_limit",
+            3,
+        ),
+        (
+            "[[server.body_limit]]\npath = \"/a\"\nmax_bytes = 1\nmax = 2\n",
+            "server.body_limit",
+            3,
+        ),
+    ] {
+        let e = error(&format!("{SERVER}{text}"));
+        assert!(e.key.starts_with(key), "{text}: {e}");
+        assert!(e.line.is_some_and(|l| l >= line), "{text}: {e}");
+    }
+    // A pattern that does not compile names its entry.
+    let e = parse(&format!(
+        "{SERVER}[[server.body_limit]]\npath = \"no-slash\"\nmax_bytes = 10\n"
+    ))
+    .unwrap()
+    .build()
+    .await
+    .unwrap_err();
+    assert_eq!(e.key, "server.body_limit[0].path", "{e}");
+    assert!(e.message.contains("starts with '/'"), "{e}");
+}

@@ -2,7 +2,7 @@
 //! graceful shutdown under load (nothing in flight is cut, one audit line per answered
 //! request, exit 0), a second signal, the exit codes, and the `[server]` limits on the
 //! plain-HTTP path (slow and idle clients, 431 and 413 with problem+json, connections per
-//! address).
+//! address, the probes).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -314,7 +314,7 @@ async fn the_server_limits_hold_on_plain_http() {
     let dir = fresh_dir("limits");
     let served = Served::start(
         &dir,
-        "header_read_timeout = \"1s\"\nidle_timeout = \"1s\"\nmax_headers = 20\nmax_header_bytes = 4096\nmax_body_bytes = 64\nmax_connections_per_address = 12\n[[server.body_limit]]\npath = \"/v1/sign\"\nmax_bytes = 16\n",
+        "health = true\nheader_read_timeout = \"1s\"\nidle_timeout = \"1s\"\nmax_headers = 20\nmax_header_bytes = 4096\nmax_body_bytes = 64\nmax_connections_per_address = 12\n[[server.body_limit]]\npath = \"/v1/sign\"\nmax_bytes = 16\n",
     )
     .await;
     let addr = served.addr;
@@ -347,6 +347,14 @@ async fn the_server_limits_hold_on_plain_http() {
     }
     assert_eq!(read_all(&mut idle).await, "");
     assert!(started.elapsed() < Duration::from_secs(5));
+
+    // The probes answer on the main listener with `health = true`.
+    for probe in ["healthz", "readyz"] {
+        let answer = reqwest::get(format!("http://{addr}/{probe}"))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "{probe}");
+    }
 
     // 431 with problem+json: too many fields, and a head too large.
     let mut many = String::from("GET /v1/key HTTP/1.1\r\nhost: g\r\n");
