@@ -77,6 +77,8 @@ pub struct Gateway {
     pub(crate) body_limits: Option<super::body_limit::BodyLimits>,
     /// The audit layers' file sinks, synced at shutdown.
     pub(crate) audit_files: Vec<FileSink>,
+    /// `[server] tls_handshake_timeout` (10 s).
+    pub(crate) tls_handshake_timeout: std::time::Duration,
 }
 
 /// `[admin]`: where the admin routes listen, and the role they need.
@@ -339,6 +341,11 @@ impl GatewayConfig {
             health_on_main: self.file.server.health,
             body_limits: self.body_limits()?,
             audit_files,
+            tls_handshake_timeout: self
+                .file
+                .server
+                .tls_handshake_timeout
+                .unwrap_or(std::time::Duration::from_secs(10)),
         })
     }
 

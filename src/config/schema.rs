@@ -95,6 +95,9 @@ pub(crate) struct Server {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) max_connections_per_address: Option<std::num::NonZeroUsize>,
     pub(crate) h2_max_concurrent_streams: Option<std::num::NonZeroU32>,
+    /// How long a client may take to finish its TLS handshake.
+    #[serde(default, deserialize_with = "optional_positive_duration")]
+    pub(crate) tls_handshake_timeout: Option<Duration>,
     /// How long a shutdown waits for requests in flight ("0s": not at all).
     #[serde(default, deserialize_with = "optional_duration")]
     pub(crate) shutdown_grace: Option<Duration>,

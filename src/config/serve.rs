@@ -169,7 +169,11 @@ impl Gateway {
         let tcp = TcpListener::bind(address).await.map_err(bind_error)?;
         let bound = tcp.local_addr().map_err(bind_error)?;
         let listening = match &self.tls {
-            Some(tls) => Listening::Tls(TlsListener::new(tcp, tls.clone())),
+            Some(tls) => Listening::Tls(TlsListener::with_handshake_timeout(
+                tcp,
+                tls.clone(),
+                self.tls_handshake_timeout,
+            )),
             None => Listening::Plain(tcp),
         };
         Ok((listening, bound))

@@ -423,7 +423,7 @@ fn every_shipped_policy_lints_clean() {
 #[tokio::test]
 async fn the_server_limits_are_read_and_checked() {
     let config = parse(&format!(
-        "{SERVER}idle_timeout = \"5s\"\nmax_connections_per_address = 20\nh2_max_concurrent_streams = 50\nshutdown_grace = \"0s\"\nmax_body_bytes = 1024\n[[server.body_limit]]\npath = \"/v1/upload/**\"\nmax_bytes = 1048576\n"
+        "{SERVER}idle_timeout = \"5s\"\ntls_handshake_timeout = \"3s\"\nmax_connections_per_address = 20\nh2_max_concurrent_streams = 50\nshutdown_grace = \"0s\"\nmax_body_bytes = 1024\n[[server.body_limit]]\npath = \"/v1/upload/**\"\nmax_bytes = 1048576\n"
     ))
     .unwrap();
     let gateway = config.build().await.unwrap();
@@ -436,6 +436,10 @@ async fn the_server_limits_are_read_and_checked() {
     ] {
         assert!(limits.contains(expected), "{limits}");
     }
+    assert_eq!(
+        gateway.tls_handshake_timeout,
+        std::time::Duration::from_secs(3)
+    );
     assert!(gateway.body_limits.is_some());
     // Without body limits in the file, nothing is added around the router.
     let plain = parse(SERVER).unwrap().build().await.unwrap();
@@ -443,6 +447,11 @@ async fn the_server_limits_are_read_and_checked() {
 
     for (text, key, line) in [
         ("idle_timeout = \"0s\"\n", "server.idle_timeout", 3),
+        (
+            "tls_handshake_timeout = \"0s\"\n",
+            "server.tls_handshake_timeout",
+            3,
+        ),
         (
             "max_connections_per_address = 0\n",
             "server.max_connections_per_address",

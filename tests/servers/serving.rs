@@ -310,3 +310,32 @@ async fn past_the_grace_period_what_is_left_is_cut_and_counted() {
     assert!(started.elapsed() < Duration::from_secs(3));
     assert!(closed_within(&mut stream, Duration::from_secs(2)).await);
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_handshake_is_closed() {
+    let pki = DevPki::generate(&["localhost"]).unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let tls = pki
+        .server_tls()
+        .client_auth(ClientAuth::Optional)
+        .build()
+        .unwrap();
+    let service = tower::service_fn(|_: http::Request<hyper::body::Incoming>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::new())))
+    });
+    let listener = TlsListener::with_handshake_timeout(tcp, tls, Duration::from_millis(300));
+    tokio::spawn(serve_hyper_with(listener, service, ServeLimits::default()));
+    // Half a ClientHello's record header, then nothing.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+    let started = Instant::now();
+    let mut buffer = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buffer)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    // A real client is served.
+    let mut normal = connect(addr, pki.ca_pem()).await;
+    let answer = exchange(&mut normal, "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

@@ -14,7 +14,8 @@ use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-/// How long a client may take to finish the handshake.
+/// How long a client may take to finish the handshake, unless
+/// [`TlsListener::with_handshake_timeout`] says otherwise.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A TLS listener: each accepted connection comes with a [`TlsPeer`], the socket peer
@@ -75,13 +76,23 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    /// Starts accepting on `tcp` (on the current tokio runtime).
+    /// Starts accepting on `tcp` (on the current tokio runtime); a client has 10 s to
+    /// finish its handshake.
     pub fn new(tcp: TcpListener, config: Arc<ServerConfig>) -> Self {
+        Self::with_handshake_timeout(tcp, config, HANDSHAKE_TIMEOUT)
+    }
+
+    /// [`TlsListener::new`] with another time limit for the handshake.
+    pub fn with_handshake_timeout(
+        tcp: TcpListener,
+        config: Arc<ServerConfig>,
+        timeout: Duration,
+    ) -> Self {
         let local = tcp
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (sender, incoming) = mpsc::channel(64);
-        tokio::spawn(accept_loop(tcp, TlsAcceptor::from(config), sender));
+        tokio::spawn(accept_loop(tcp, TlsAcceptor::from(config), sender, timeout));
         Self { incoming, local }
     }
 
@@ -104,6 +115,7 @@ async fn accept_loop(
     tcp: TcpListener,
     acceptor: TlsAcceptor,
     sender: mpsc::Sender<(TlsStream<TcpStream>, TlsPeer)>,
+    handshake_timeout: Duration,
 ) {
     loop {
         // The listening socket closes as soon as the listener is dropped (a server
@@ -127,7 +139,7 @@ async fn accept_loop(
         let acceptor = acceptor.clone();
         let sender = sender.clone();
         tokio::spawn(async move {
-            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+            let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
             let stream = match handshake.await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(error)) => {
