@@ -300,6 +300,9 @@ where
     };
     let (phase, phases) = watch::channel(Phase::Serving);
     let mut report = ServeReport::default();
+    // Under attack these happen per connection: logged once a second at most.
+    let mut refusal_warnings = Throttle::default();
+    let mut wait_warnings = Throttle::default();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         // A place first, then a connection: past the limit, connections wait in the
@@ -307,7 +310,7 @@ where
         let place = tokio::select! {
             biased;
             () = &mut shutdown => break,
-            place = take_place(&places, max_connections) => place,
+            place = take_place(&places, max_connections, &mut wait_warnings) => place,
         };
         let accepted = tokio::select! {
             biased;
@@ -322,10 +325,13 @@ where
                 Some(slot) => Some(slot),
                 None => {
                     report.refused_per_address += 1;
-                    tracing::warn!(
-                        peer = %address.ip(),
-                        "serve: the address holds its maximum of connections; a new one was closed"
-                    );
+                    if let Some(since) = refusal_warnings.due() {
+                        tracing::warn!(
+                            peer = %address.ip(),
+                            refused_since_last_warning = since,
+                            "serve: the address holds its maximum of connections; a new one was closed"
+                        );
+                    }
                     continue;
                 }
             },
@@ -380,15 +386,49 @@ where
 }
 
 /// A place among `max` connections, logging when the server has to wait for one.
-async fn take_place(places: &Arc<Semaphore>, max: usize) -> Option<OwnedSemaphorePermit> {
+async fn take_place(
+    places: &Arc<Semaphore>,
+    max: usize,
+    warnings: &mut Throttle,
+) -> Option<OwnedSemaphorePermit> {
     if let Ok(place) = places.clone().try_acquire_owned() {
         return Some(place);
     }
-    tracing::warn!(
-        max_connections = max,
-        "serve: at the connection limit; new connections wait"
-    );
+    if let Some(since) = warnings.due() {
+        tracing::warn!(
+            max_connections = max,
+            waited_since_last_warning = since,
+            "serve: at the connection limit; new connections wait"
+        );
+    }
     places.clone().acquire_owned().await.ok()
+}
+
+/// At most one warning a second, counting the occasions in between.
+#[derive(Default)]
+struct Throttle {
+    last: Option<std::time::Instant>,
+    occasions: u64,
+}
+
+impl Throttle {
+    /// `Some(occasions since the last warning, this one included)` when a warning is
+    /// due now.
+    fn due(&mut self) -> Option<u64> {
+        self.due_at(std::time::Instant::now())
+    }
+
+    fn due_at(&mut self, now: std::time::Instant) -> Option<u64> {
+        self.occasions += 1;
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1))
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.occasions))
+    }
 }
 
 /// The places a connection holds until it ends.
@@ -808,6 +848,18 @@ mod tests {
         let third = counts.take(address).unwrap();
         drop((second, third));
         assert!(counts.open.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn warnings_are_throttled_to_one_a_second_with_a_count() {
+        let start = std::time::Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        let mut throttle = Throttle::default();
+        assert_eq!(throttle.due_at(at(0)), Some(1));
+        assert_eq!(throttle.due_at(at(10)), None);
+        assert_eq!(throttle.due_at(at(999)), None);
+        assert_eq!(throttle.due_at(at(1001)), Some(3));
+        assert_eq!(throttle.due_at(at(1500)), None);
     }
 
     #[test]
