@@ -79,6 +79,8 @@ pub struct Gateway {
     pub(crate) audit_files: Vec<FileSink>,
     /// `[server] tls_handshake_timeout` (10 s).
     pub(crate) tls_handshake_timeout: std::time::Duration,
+    /// Every role-router layer's policy, with where it came from.
+    pub(crate) policies: Vec<(String, portcullis_role_router::PolicyHandle)>,
 }
 
 /// `[admin]`: where the admin routes listen, and the role they need.
@@ -104,6 +106,16 @@ impl Gateway {
     /// The layers' kinds, outermost first.
     pub fn layer_kinds(&self) -> Vec<&'static str> {
         self.layers.iter().map(|(kind, _)| *kind).collect()
+    }
+
+    /// The policy in force in each `role-router` layer, outermost first, with where it
+    /// came from (its file, or `layer[N] (inline)`): for `portcullis serve --check` to
+    /// lint them ([`Policy::lint`](portcullis_role_router::Policy::lint)).
+    pub fn policies(&self) -> Vec<(String, Arc<portcullis_role_router::Policy>)> {
+        self.policies
+            .iter()
+            .map(|(source, handle)| (source.clone(), handle.current()))
+            .collect()
     }
 
     /// Wraps `router` in the layers, the file's first `[[layer]]` outermost, with the
@@ -196,6 +208,7 @@ impl GatewayConfig {
         );
         let mut layers = Vec::new();
         let mut audit_files = Vec::new();
+        let mut policies = Vec::new();
         let mut connectors = None;
         for entry in &self.entries {
             let at = |message: String| self.error(Some(entry.line), &entry.key, message);
@@ -294,8 +307,14 @@ impl GatewayConfig {
                     if let Some(bytes) = c.max_path_len {
                         layer = layer.max_path_len(bytes);
                     }
-                    if let schema::PolicySource::File(path) = &c.policy {
-                        reloadable.policies.push((self.path(path), layer.handle()));
+                    match &c.policy {
+                        schema::PolicySource::File(path) => {
+                            reloadable.policies.push((self.path(path), layer.handle()));
+                            policies.push((self.path(path).display().to_string(), layer.handle()));
+                        }
+                        schema::PolicySource::Inline(_) => {
+                            policies.push((format!("{} (inline)", entry.key), layer.handle()));
+                        }
                     }
                     Built::RoleRouter(layer)
                 }
@@ -341,6 +360,7 @@ impl GatewayConfig {
             health_on_main: self.file.server.health,
             body_limits: self.body_limits()?,
             audit_files,
+            policies,
             tls_handshake_timeout: self
                 .file
                 .server

@@ -443,3 +443,60 @@ async fn the_server_limits_hold_on_plain_http() {
     drop(served);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `serve --check` builds what `serve` would, lints the role tables and exits without
+/// listening: 0 for a valid file, 1 for a dead rule with `--deny-warnings`, 1 for a
+/// file that names a missing policy. The shipped example, as `--dev` writes it, is clean.
+#[tokio::test]
+async fn serve_check_validates_without_listening() {
+    let dir = fresh_dir("check");
+    let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = listen.local_addr().unwrap();
+    // The address is taken: a check does not care, it never listens.
+    std::fs::write(
+        dir.join("gateway.toml"),
+        format!("[server]\nlisten = \"{taken}\"\n\n[[layer]]\nkind = \"role-router\"\npolicy = \"policy.toml\"\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("policy.toml"),
+        "[[rule]]\nname = \"all keys\"\npath = \"/v1/key/**\"\npublic = true\n\n[[rule]]\nname = \"one key\"\npath = \"/v1/key/default\"\npublic = true\n",
+    )
+    .unwrap();
+    let check = |extra: &[&str]| {
+        let mut command = std::process::Command::new(cli_binary());
+        command
+            .args(["serve", "--check", "--config"])
+            .arg(dir.join("gateway.toml"))
+            .args(extra);
+        command.output().unwrap()
+    };
+    let output = check(&[]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(
+        stdout.contains("valid: layers [\"role-router\"]"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("rule \"one key\" (line 6) can never match"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("2 rules, 1 warning(s)"), "{stdout}");
+    assert_eq!(check(&["--deny-warnings"]).status.code(), Some(1));
+
+    std::fs::remove_file(dir.join("policy.toml")).unwrap();
+    let output = check(&[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("policy.toml"), "{stderr}");
+
+    let output = std::process::Command::new(cli_binary())
+        .args(["serve", "--dev", "--check", "--deny-warnings", "--dir"])
+        .arg(dir.join("dev"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    drop(listen);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

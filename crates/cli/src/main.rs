@@ -1,7 +1,7 @@
 //! `portcullis`: the command-line companion of the Portcullis layers.
 //!
 //! ```text
-//! portcullis serve (--config FILE | --dev [--dir DIR] [--fresh]) [--log-format text|json]
+//! portcullis serve (--config FILE | --dev [--dir DIR] [--fresh]) [--log-format text|json] [--check [--deny-warnings]]
 //! portcullis policy check FILE [--deny-warnings]
 //! portcullis policy explain FILE METHOD PATH [--auth METHOD]... [--role ROLE]... [--scope SCOPE]...
 //! portcullis key new --file KEYS --owner OWNER [--roles R,..] [--expires 90d] [--networks N,..] ...
@@ -94,6 +94,13 @@ struct ServeArgs {
     /// The operational log on stderr: text for people, json for a collector.
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Check instead of serving: read the configuration and every file it names, build
+    /// the layers, lint the role tables, and exit (0 valid, 1 not) without listening.
+    #[arg(long)]
+    check: bool,
+    /// With --check: a role-table warning (a rule that can never match) fails it.
+    #[arg(long, requires = "check")]
+    deny_warnings: bool,
 }
 
 #[derive(Subcommand)]
@@ -146,6 +153,9 @@ fn main() -> ExitCode {
                     fresh: args.fresh,
                 },
             };
+            if args.check {
+                return check_gateway(setup, args.deny_warnings);
+            }
             let log = match args.log_format.as_str() {
                 "json" => gateway::LogFormat::Json,
                 _ => gateway::LogFormat::Text,
@@ -203,6 +213,53 @@ fn check(file: &PathBuf, deny_warnings: bool) -> Result<ExitCode, String> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `portcullis serve --check`: the gateway built as it would serve, its role tables
+/// linted; nothing listens.
+fn check_gateway(setup: gateway::Setup, deny_warnings: bool) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let (path, _, built) = match runtime.block_on(gateway::load(setup)) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    println!(
+        "{}: valid: layers {:?}, listening on {}{}",
+        path.display(),
+        built.layer_kinds(),
+        built.listen,
+        if built.tls.is_some() { " with TLS" } else { "" }
+    );
+    let mut warnings = 0;
+    for (source, policy) in built.policies() {
+        let findings = policy.lint();
+        for finding in &findings {
+            println!(
+                "warning: {source}: rule {} can never match: rule {} before it covers every request it would match",
+                rule_label(&policy, finding.rule),
+                rule_label(&policy, finding.by),
+            );
+        }
+        println!(
+            "{source}: {} rules, {} warning(s)",
+            policy.len(),
+            findings.len()
+        );
+        warnings += findings.len();
+    }
+    if deny_warnings && warnings > 0 {
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
 }
 
 fn explain(args: &ExplainArgs) -> Result<ExitCode, String> {

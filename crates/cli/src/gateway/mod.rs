@@ -59,7 +59,12 @@ pub(crate) fn run(setup: Setup, log: LogFormat) -> ExitCode {
     code
 }
 
-async fn serve(setup: Setup) -> ExitCode {
+/// The gateway a setup describes, built (every file it names read and checked), with
+/// the file's path and the development setup's commands; or the exit status and a
+/// message already printed.
+pub(crate) async fn load(
+    setup: Setup,
+) -> Result<(PathBuf, Option<dev::DevSetup>, portcullis::config::Gateway), ExitCode> {
     let (config_path, dev) = match setup {
         Setup::Config(path) => (path, None),
         Setup::Dev { dir, fresh } => match dev::write_dev_setup(&dir, fresh) {
@@ -69,22 +74,27 @@ async fn serve(setup: Setup) -> ExitCode {
                     "gateway: cannot make the development setup in {}: {error}",
                     dir.display()
                 );
-                return ExitCode::from(RUNTIME_FAILURE);
+                return Err(ExitCode::from(RUNTIME_FAILURE));
             }
         },
     };
-    let gateway = match GatewayConfig::from_file(&config_path) {
-        Ok(config) => match config.build().await {
-            Ok(gateway) => gateway,
-            Err(error) => {
-                eprintln!("gateway: {error}");
-                return ExitCode::from(CONFIG_ERROR);
-            }
-        },
+    let built = match GatewayConfig::from_file(&config_path) {
+        Ok(config) => config.build().await,
+        Err(error) => Err(error),
+    };
+    match built {
+        Ok(gateway) => Ok((config_path, dev, gateway)),
         Err(error) => {
             eprintln!("gateway: {error}");
-            return ExitCode::from(CONFIG_ERROR);
+            Err(ExitCode::from(CONFIG_ERROR))
         }
+    }
+}
+
+async fn serve(setup: Setup) -> ExitCode {
+    let (config_path, dev, gateway) = match load(setup).await {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
     };
     let server = match gateway.bind().await {
         Ok(server) => server,
