@@ -34,6 +34,8 @@ mod stack;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use portcullis_core::toml_lines::TomlLines;
+
 pub use build::{AdminSettings, Gateway, TokenRoutes};
 pub use reload::ReloadReport;
 pub use serve::{GatewayServer, ServeError, ServeSummary};
@@ -130,28 +132,29 @@ impl GatewayConfig {
             key,
             message,
         };
-        let deserializer = toml::de::Deserializer::parse(text).map_err(|e| {
-            error_at(
-                line_of(text, e.span()),
-                String::new(),
-                e.message().to_owned(),
-            )
-        })?;
+        let lines = TomlLines::new(text);
+        let line_of = |span: Option<std::ops::Range<usize>>| span.map(|s| lines.line_at(s.start));
+        let deserializer = toml::de::Deserializer::parse(text)
+            .map_err(|e| error_at(line_of(e.span()), String::new(), e.message().to_owned()))?;
         let file: schema::File = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
             error_at(
-                line_of(text, inner.span()),
+                line_of(inner.span()),
                 clean_path(&key),
                 inner.message().to_owned(),
             )
         })?;
         let mut entries = Vec::new();
         for (index, table) in file.layers.iter().enumerate() {
-            let line = line_of(text, Some(table.span())).unwrap_or(0);
+            let line = lines.line_at(table.span().start);
             let key = format!("layer[{index}]");
-            let entry = entry(table.get_ref().clone(), &key)
-                .map_err(|(key, message)| error_at(Some(line), key, message))?;
+            // The layer's values lost their spans in the table: the error's line is
+            // found again from its key's path.
+            let entry = entry(table.get_ref().clone(), &key).map_err(|(key, message)| {
+                let at = lines.line_of_error(&key, &message).unwrap_or(line);
+                error_at(Some(at), key, message)
+            })?;
             entries.push(Entry {
                 kind: entry.0,
                 line,
@@ -332,11 +335,6 @@ fn clean_path(path: &str) -> String {
     } else {
         path.to_owned()
     }
-}
-
-fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> Option<usize> {
-    let start = span?.start.min(text.len());
-    Some(text[..start].matches('\n').count() + 1)
 }
 
 #[cfg(test)]

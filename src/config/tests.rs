@@ -79,7 +79,7 @@ fn layer_errors_name_the_layer_entry_and_the_key_inside_it() {
     );
     let e = error(&text);
     assert_eq!(e.key, "layer[1].quota[0].rate", "{e}");
-    assert_eq!(e.line, Some(7), "{e}: the [[layer]] line");
+    assert_eq!(e.line, Some(11), "{e}: the key's own line");
 
     let e = error(&format!(
         "{SERVER}[[layer]]\nkind = \"api-key\"\nkey_file = \"k\"\nheader = [\"x\"]\n"
@@ -199,7 +199,7 @@ async fn the_role_table_may_be_inline() {
     let gateway = parse(&inline).unwrap().build().await.unwrap();
     assert_eq!(gateway.layer_kinds(), ["role-router"]);
 
-    // A bad rule is named by its index, at the [[layer]]'s line, when the file is read.
+    // A bad rule is named by its index, at its bad key's line, when the file is read.
     let e = error(&format!(
         "{SERVER}[[layer]]\nkind = \"role-router\"\n\
          [[layer.rule]]\npath = \"/health\"\npublic = true\n\
@@ -207,7 +207,7 @@ async fn the_role_table_may_be_inline() {
     ));
     assert_eq!(
         (e.key.as_str(), e.line),
-        ("layer[0].rule[1]", Some(3)),
+        ("layer[0].rule[1]", Some(10)),
         "{e}"
     );
     assert!(e.message.contains("roles_anyy"), "{e}");
@@ -489,4 +489,27 @@ async fn the_server_limits_are_read_and_checked() {
     .unwrap_err();
     assert_eq!(e.key, "server.body_limit[0].path", "{e}");
     assert!(e.message.contains("starts with '/'"), "{e}");
+}
+
+/// An error inside a `[[layer]]` names the line of its own key, not of the table.
+#[test]
+fn layer_errors_name_the_keys_own_line() {
+    let text = format!(
+        "{SERVER}\n[[layer]]\nkind = \"rate-limit\"\n\n[[layer.quota]]\nname = \"per-ip\"\nburst = 5\n\nrate = \"ten a second\"\n\n[[layer]]\nkind = \"audit\"\nstdout = true\n# a comment\nstdot = true\n"
+    );
+    // Line 11: the rate of the first layer's quota, three lines below its table.
+    let e = error(&text);
+    assert_eq!(
+        (e.line, e.key.as_str()),
+        (Some(11), "layer[0].quota[0].rate"),
+        "{e}"
+    );
+    // A typo in the second layer: the typo's own line.
+    let fixed = text.replace("\"ten a second\"", "\"10/s\"");
+    let e = error(&fixed);
+    assert_eq!(e.line, Some(17), "{e}");
+    assert!(e.message.contains("stdot"), "{e}");
+    // A missing key: the layer's line.
+    let e = error(&format!("{SERVER}\n\n[[layer]]\nstdout = true\n"));
+    assert_eq!((e.line, e.key.as_str()), (Some(5), "layer[0].kind"), "{e}");
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use portcullis_core::toml_lines::TomlLines;
 use portcullis_core::NetworkSet;
 use serde::Deserialize;
 
@@ -35,23 +36,30 @@ use crate::store::{KeyStore, Lookup, MemoryKeyStore};
 /// Only `id`, `owner` and `digest` are required. Unknown keys are errors, so a typo
 /// such as `expire` cannot silently make a key immortal. Errors name the line.
 pub fn parse_key_file(source: &str, text: &str) -> Result<Vec<KeyRecord>, KeyFileError> {
+    let lines = TomlLines::new(text);
     let file: KeyFile = toml::from_str(text).map_err(|error| KeyFileError {
         source: source.to_owned(),
-        line: error.span().map(|span| line_of(text, span.start)),
+        line: error.span().map(|span| lines.line_at(span.start)),
         message: error.message().to_owned(),
     })?;
     let mut records = Vec::with_capacity(file.key.len());
     let mut seen = std::collections::HashSet::new();
-    for spanned in file.key {
-        let line = line_of(text, spanned.span().start);
-        let error = |message: String| KeyFileError {
+    for (index, spanned) in file.key.into_iter().enumerate() {
+        let line = lines.line_at(spanned.span().start);
+        // The line of the field at fault, when the file has it.
+        let error = |(field, message): (&str, String)| KeyFileError {
             source: source.to_owned(),
-            line: Some(line),
+            line: lines
+                .line_of(&format!("key[{index}].{field}"))
+                .or(Some(line)),
             message,
         };
         let entry = spanned.into_inner();
         if !seen.insert(entry.id.clone()) {
-            return Err(error(format!("two keys have the id {:?}", entry.id)));
+            return Err(error((
+                "id",
+                format!("two keys have the id {:?}", entry.id),
+            )));
         }
         records.push(entry.into_record().map_err(error)?);
     }
@@ -266,18 +274,21 @@ struct KeyEntry {
 }
 
 impl KeyEntry {
-    fn into_record(self) -> Result<KeyRecord, String> {
+    /// The record, or the field at fault and why.
+    fn into_record(self) -> Result<KeyRecord, (&'static str, String)> {
         let id = self.id;
-        let digest =
-            KeyDigest::parse(&self.digest).map_err(|error| format!("key {id:?}: {error}"))?;
+        let digest = KeyDigest::parse(&self.digest)
+            .map_err(|error| ("digest", format!("key {id:?}: {error}")))?;
         let mut record = KeyRecord::new(id.clone(), self.owner, digest)
-            .map_err(|error| format!("key {id:?}: {error}"))?
+            .map_err(|error| ("id", format!("key {id:?}: {error}")))?
             .roles(self.roles)
             .scopes(self.scopes)
             .revoked(self.revoked);
-        let time = |field: &str, text: &str| -> Result<SystemTime, String> {
+        let time = |field: &'static str,
+                    text: &str|
+         -> Result<SystemTime, (&'static str, String)> {
             humantime::parse_rfc3339(text).map_err(|error| {
-                format!("key {id:?}: {field} {text:?} is not an RFC 3339 UTC time such as 2027-01-31T12:00:00Z ({error})")
+                (field, format!("key {id:?}: {field} {text:?} is not an RFC 3339 UTC time such as 2027-01-31T12:00:00Z ({error})"))
             })
         };
         if let Some(text) = &self.created {
@@ -291,10 +302,11 @@ impl KeyEntry {
         }
         if let Some(networks) = self.networks {
             let set = NetworkSet::parse_list(&format!("key {id:?} networks"), &networks.join("\n"))
-                .map_err(|error| error.to_string())?;
+                .map_err(|error| ("networks", error.to_string()))?;
             if set.is_empty() {
-                return Err(format!(
-                    "key {id:?}: networks is empty; leave it out to allow every network"
+                return Err((
+                    "networks",
+                    format!("key {id:?}: networks is empty; leave it out to allow every network"),
                 ));
             }
             record = record.networks(set);
@@ -307,10 +319,6 @@ impl KeyEntry {
         }
         Ok(record)
     }
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
 #[cfg(test)]
@@ -376,6 +384,37 @@ mod tests {
         let error =
             parse_key_file("keys.toml", &format!("# keys\n{}expire = 1\n", good)).unwrap_err();
         assert_eq!(error.line(), Some(2 + good.lines().count()));
+
+        // A value the record refuses: the line of its own key, not of `[[key]]`.
+        let line_of = |text: &str, key: &str| {
+            1 + text.lines().position(|line| line.starts_with(key)).unwrap()
+        };
+        for (text, key) in [
+            (
+                good.replace("digest = \"sha256:", "digest = \"md5:"),
+                "digest =",
+            ),
+            (
+                good.replace("203.0.113.0/24", "203.0.113.1/24"),
+                "networks =",
+            ),
+            (
+                good.replace("2026-11-02T09:00:00Z", "tomorrow"),
+                "expires =",
+            ),
+        ] {
+            // The second key has an id of its own.
+            let id = record.id();
+            let other: String = id.chars().rev().collect();
+            let text = format!(
+                "# keys\n{good}\n{}",
+                text.replace(&format!("id = \"{id}\""), &format!("id = \"{other}\""))
+            );
+            let error = parse_key_file("keys.toml", &text).unwrap_err();
+            let in_second = line_of(&text[text.rfind("[[key]]").unwrap()..], key);
+            let expected = text[..text.rfind("[[key]]").unwrap()].lines().count() + in_second;
+            assert_eq!(error.line(), Some(expected), "{error}");
+        }
     }
 
     #[test]

@@ -45,6 +45,8 @@ mod network;
 mod principal;
 mod rejection;
 mod route;
+#[cfg(feature = "toml")]
+pub mod toml_lines;
 
 pub use audit::{AuditNote, AuditRecord, Decision};
 pub use authorization::{scheme_line, SchemeLine};

@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::Path;
 
 use http::Method;
+use portcullis_core::toml_lines::TomlLines;
 use portcullis_core::AuthMethod;
 use serde::Deserialize;
 
@@ -44,9 +45,10 @@ use crate::policy::{DefaultAction, Policy, PolicyBuilder, Requirement, Rule};
 /// one of `roles_*`, `scopes_*`, `auth_*`. Unknown keys are errors, so a typo cannot
 /// silently open a route.
 pub fn parse_policy(source: &str, text: &str) -> Result<Policy, PolicyFileError> {
+    let lines = TomlLines::new(text);
     let file: PolicyFile = toml::from_str(text).map_err(|error| PolicyFileError {
         source: source.to_owned(),
-        line: error.span().map(|span| line_of(text, span.start)),
+        line: error.span().map(|span| lines.line_at(span.start)),
         message: error.message().to_owned(),
     })?;
     let default = match file.default.as_deref() {
@@ -56,7 +58,7 @@ pub fn parse_policy(source: &str, text: &str) -> Result<Policy, PolicyFileError>
         Some(other) => {
             return Err(PolicyFileError {
                 source: source.to_owned(),
-                line: line_of_key(text, "default"),
+                line: lines.line_of("default"),
                 message: format!(
                     "default is \"deny\", \"public\" or \"authenticated\", not {other:?}"
                 ),
@@ -65,7 +67,7 @@ pub fn parse_policy(source: &str, text: &str) -> Result<Policy, PolicyFileError>
     };
     let mut builder: PolicyBuilder = Policy::builder().default_action(default);
     for spanned in file.rule {
-        let line = line_of(text, spanned.span().start);
+        let line = lines.line_at(spanned.span().start);
         let error = |message: String| PolicyFileError {
             source: source.to_owned(),
             line: Some(line),
@@ -245,16 +247,6 @@ fn auth_methods(names: &[String]) -> Result<Vec<AuthMethod>, String> {
         .iter()
         .map(|name| name.parse::<AuthMethod>().map_err(|e| e.to_string()))
         .collect()
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
-}
-
-fn line_of_key(text: &str, key: &str) -> Option<usize> {
-    text.lines()
-        .position(|line| line.trim_start().starts_with(key))
-        .map(|i| i + 1)
 }
 
 #[cfg(test)]
