@@ -46,10 +46,16 @@ struct Served {
     child: tokio::process::Child,
     addr: SocketAddr,
     stderr: Arc<std::sync::Mutex<String>>,
+    /// Reads stderr until the process closes it.
+    reader: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Served {
     async fn start(dir: &Path, server: &str) -> Self {
+        Self::start_with(dir, server, &[]).await
+    }
+
+    async fn start_with(dir: &Path, server: &str, args: &[&str]) -> Self {
         let config = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n[[layer]]\nkind = \"audit\"\ndirectory = \"audit\"\n"
         );
@@ -57,6 +63,7 @@ impl Served {
         let mut child = tokio::process::Command::new(cli_binary())
             .args(["serve", "--config"])
             .arg(dir.join("gateway.toml"))
+            .args(args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -76,7 +83,7 @@ impl Served {
             }
         };
         let log = stderr.clone();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 log.lock().unwrap().push_str(&format!("{line}\n"));
             }
@@ -85,6 +92,7 @@ impl Served {
             child,
             addr,
             stderr,
+            reader: Some(reader),
         }
     }
 
@@ -96,11 +104,16 @@ impl Served {
         assert!(status.success());
     }
 
+    /// The exit status, once the process has ended and its last lines are read.
     async fn exit(&mut self, within: Duration) -> ExitStatus {
-        tokio::time::timeout(within, self.child.wait())
+        let status = tokio::time::timeout(within, self.child.wait())
             .await
             .unwrap_or_else(|_| panic!("still running: {}", self.log()))
-            .unwrap()
+            .unwrap();
+        if let Some(reader) = self.reader.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+        }
+        status
     }
 
     fn log(&self) -> String {
@@ -233,7 +246,8 @@ async fn sigterm_under_load_finishes_what_is_in_flight_and_audits_every_answer()
 #[tokio::test]
 async fn a_second_signal_stops_at_once() {
     let dir = fresh_dir("second");
-    let mut served = Served::start(&dir, "shutdown_grace = \"60s\"").await;
+    let mut served =
+        Served::start_with(&dir, "shutdown_grace = \"60s\"", &["--log-format", "json"]).await;
     let mut slow = TcpStream::connect(served.addr).await.unwrap();
     slow.write_all(b"PUT /v1/key/default/attributes HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ncontent-length: 13\r\n\r\n{")
         .await
@@ -257,6 +271,18 @@ async fn a_second_signal_stops_at_once() {
         "{}",
         served.log()
     );
+    // With --log-format json the operational log is one JSON object per line.
+    let log = served.log();
+    let event = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|event| event["target"] == "portcullis::serve")
+        .unwrap_or_else(|| panic!("no JSON line from portcullis::serve: {log}"));
+    assert_eq!(event["level"], "INFO", "{event}");
+    assert!(event["fields"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("shutting down"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -440,6 +466,29 @@ async fn the_server_limits_hold_on_plain_http() {
         "{}",
         served.log()
     );
+
+    // A flood of refusals is logged once a second, with the count held back. The
+    // twelve places are taken afresh (the idle ones close after a second).
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut held = Vec::new();
+    for _ in 0..12 {
+        held.push(TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let flood = Instant::now();
+    for _ in 0..30 {
+        let mut over = TcpStream::connect(addr).await.unwrap();
+        let _ = over.write_all(b"GET / HTTP/1.1\r\n\r\n").await;
+        assert_eq!(read_all(&mut over).await, "");
+    }
+    let seconds = flood.elapsed().as_secs() + 2;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = served.log();
+    let lines = log.matches("the address holds its maximum").count() as u64;
+    assert!(lines <= seconds + 1, "{lines} lines in {seconds} s: {log}");
+    assert!(log.contains("held_back"), "{log}");
+    drop(held);
     drop(served);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -387,7 +387,12 @@ pub(crate) fn judge(
         Ok(Some(key)) => key,
         Ok(None) => return Verdict::Refuse(ApiKeyRefusal::Unknown, Some(id.into())),
         Err(error) => {
-            tracing::error!(key_id = id, %error, "api-key: the key store failed");
+            portcullis_core::log_throttled!(
+                error,
+                key_id = id,
+                %error,
+                "api-key: the key store failed; requests with API keys get 503 until it answers: check the store"
+            );
             return Verdict::Refuse(ApiKeyRefusal::StoreUnavailable, Some(id.into()));
         }
     };

@@ -431,7 +431,7 @@ fn write_loop(
         }
         line.push(b'\n');
         if let Err(error) = writer.write_all(line) {
-            tracing::error!(target: "portcullis::audit", %error, "the audit file sink cannot write");
+            cannot_write(&error);
         }
     };
     let mut handle = |writer: &mut Box<dyn Write + Send>, message: Message| {
@@ -478,12 +478,25 @@ fn write_loop(
             }
         }
         if let Err(error) = writer.flush() {
-            tracing::error!(target: "portcullis::audit", %error, "the audit file sink cannot write");
+            cannot_write(&error);
         }
         lines.give_back(&mut written);
         std::thread::sleep(BATCH_WINDOW);
     }
     let _ = writer.flush();
+}
+
+/// Logs a write failure at most once a second: a full disk fails every line.
+fn cannot_write(error: &io::Error) {
+    static THROTTLE: portcullis_core::LogThrottle = portcullis_core::LogThrottle::new();
+    if let Some(held_back) = THROTTLE.admit() {
+        tracing::error!(
+            target: "portcullis::audit",
+            %error,
+            held_back,
+            "the audit file sink cannot write; events are lost until it can: check the disk's free space and the directory's permissions"
+        );
+    }
 }
 
 /// `<prefix>.jsonl`, renamed to `<prefix>.NNNNNN.jsonl` when the next line would make

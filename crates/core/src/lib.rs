@@ -41,6 +41,7 @@ pub mod extract;
 mod forwarded;
 mod future;
 mod headers;
+mod log_throttle;
 mod network;
 mod principal;
 mod rejection;
@@ -63,6 +64,7 @@ pub use credential::{
 };
 pub use future::DecisionFuture;
 pub use headers::remove_field_lines;
+pub use log_throttle::LogThrottle;
 pub use network::{InvalidNetwork, NetworkListError, NetworkSet};
 pub use principal::{
     AuthMethod, Authentication, DuplicateMethod, Principal, PrincipalBuilder, UnknownAuthMethod,

@@ -359,7 +359,10 @@ impl<S> IpAllowlist<S> {
     ) -> DecisionFuture<F, ResBody> {
         match error {
             ClientIpError::PeerUnavailable => {
-                tracing::error!("ip-allowlist refused a request: {error}")
+                portcullis_core::log_throttled!(
+                    error,
+                    "ip-allowlist refused a request: {error}; serve with the peer address in the request (axum's ConnectInfo, PeerAddr, or the TLS listener)"
+                )
             }
             _ => tracing::debug!("ip-allowlist refused a request: {error}"),
         }

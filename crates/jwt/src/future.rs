@@ -99,7 +99,12 @@ async fn ask_credential(
                 status
             }
             Err(error) => {
-                tracing::error!(subject = %id, %error, "jwt: the credential check failed");
+                portcullis_core::log_throttled!(
+                    error,
+                    subject = %id,
+                    %error,
+                    "jwt: the credential check failed; tokens that need it get 503 until it answers"
+                );
                 return Step::Refuse(JwtRefusal::CredentialCheckUnavailable, Some(id));
             }
         },
@@ -149,7 +154,12 @@ async fn ask(config: Arc<Config>, verified: Arc<Verified>, subject: Subject) -> 
             }
         }
         Err(error) => {
-            tracing::error!(subject = %id, %error, "jwt: the account check failed");
+            portcullis_core::log_throttled!(
+                error,
+                subject = %id,
+                %error,
+                "jwt: the account check failed; tokens that need it get 503 until it answers"
+            );
             Step::Refuse(JwtRefusal::AccountCheckUnavailable, Some(id))
         }
     }

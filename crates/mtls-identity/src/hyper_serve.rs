@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use pin_project_lite::pin_project;
-use portcullis_core::{problem_json_response, PeerAddr, Rejection, TlsPeer};
+use portcullis_core::{problem_json_response, LogThrottle, PeerAddr, Rejection, TlsPeer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -301,8 +301,8 @@ where
     let (phase, phases) = watch::channel(Phase::Serving);
     let mut report = ServeReport::default();
     // Under attack these happen per connection: logged once a second at most.
-    let mut refusal_warnings = Throttle::default();
-    let mut wait_warnings = Throttle::default();
+    let refusal_warnings = LogThrottle::new();
+    let wait_warnings = LogThrottle::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         // A place first, then a connection: past the limit, connections wait in the
@@ -310,7 +310,7 @@ where
         let place = tokio::select! {
             biased;
             () = &mut shutdown => break,
-            place = take_place(&places, max_connections, &mut wait_warnings) => place,
+            place = take_place(&places, max_connections, &wait_warnings) => place,
         };
         let accepted = tokio::select! {
             biased;
@@ -325,10 +325,10 @@ where
                 Some(slot) => Some(slot),
                 None => {
                     report.refused_per_address += 1;
-                    if let Some(since) = refusal_warnings.due() {
+                    if let Some(held_back) = refusal_warnings.admit() {
                         tracing::warn!(
                             peer = %address.ip(),
-                            refused_since_last_warning = since,
+                            held_back,
                             "serve: the address holds its maximum of connections; a new one was closed"
                         );
                     }
@@ -389,46 +389,19 @@ where
 async fn take_place(
     places: &Arc<Semaphore>,
     max: usize,
-    warnings: &mut Throttle,
+    warnings: &LogThrottle,
 ) -> Option<OwnedSemaphorePermit> {
     if let Ok(place) = places.clone().try_acquire_owned() {
         return Some(place);
     }
-    if let Some(since) = warnings.due() {
+    if let Some(held_back) = warnings.admit() {
         tracing::warn!(
             max_connections = max,
-            waited_since_last_warning = since,
+            held_back,
             "serve: at the connection limit; new connections wait"
         );
     }
     places.clone().acquire_owned().await.ok()
-}
-
-/// At most one warning a second, counting the occasions in between.
-#[derive(Default)]
-struct Throttle {
-    last: Option<std::time::Instant>,
-    occasions: u64,
-}
-
-impl Throttle {
-    /// `Some(occasions since the last warning, this one included)` when a warning is
-    /// due now.
-    fn due(&mut self) -> Option<u64> {
-        self.due_at(std::time::Instant::now())
-    }
-
-    fn due_at(&mut self, now: std::time::Instant) -> Option<u64> {
-        self.occasions += 1;
-        if self
-            .last
-            .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1))
-        {
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.occasions))
-    }
 }
 
 /// The places a connection holds until it ends.
@@ -472,7 +445,11 @@ impl Listening {
                 Ok((stream, address)) => Some((Connection::Plain(stream), address)),
                 Err(error) => {
                     // Out of file descriptors and the like: wait rather than spin.
-                    tracing::warn!(%error, "serve: accepting a connection failed");
+                    portcullis_core::log_throttled!(
+                        warn,
+                        %error,
+                        "serve: accepting a connection failed (out of file descriptors? raise the process's limit)"
+                    );
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     None
                 }
@@ -848,18 +825,6 @@ mod tests {
         let third = counts.take(address).unwrap();
         drop((second, third));
         assert!(counts.open.lock().unwrap().is_empty());
-    }
-
-    #[test]
-    fn warnings_are_throttled_to_one_a_second_with_a_count() {
-        let start = std::time::Instant::now();
-        let at = |ms| start + Duration::from_millis(ms);
-        let mut throttle = Throttle::default();
-        assert_eq!(throttle.due_at(at(0)), Some(1));
-        assert_eq!(throttle.due_at(at(10)), None);
-        assert_eq!(throttle.due_at(at(999)), None);
-        assert_eq!(throttle.due_at(at(1001)), Some(3));
-        assert_eq!(throttle.due_at(at(1500)), None);
     }
 
     #[test]

@@ -447,7 +447,10 @@ where
                 return config.refuse(&request, MtlsRefusal::Untrusted, None).into()
             }
             (None, FromHeader::Untrusted) => {
-                tracing::warn!("mtls: a client-certificate header from a peer that is not a trusted proxy was removed");
+                portcullis_core::log_throttled!(
+                    warn,
+                    "mtls: a client-certificate header from a peer that is not a trusted proxy was removed (a client sent it itself, or the proxy is missing from the trusted proxies)"
+                );
                 None
             }
             (None, FromHeader::Absent) => None,
@@ -517,7 +520,13 @@ impl Config {
         match ocsp.outcome(verdict) {
             Outcome::Allow => self.admit(inner, request, principal, thumbprint, None),
             Outcome::AllowDespite(why) => {
-                tracing::warn!(%thumbprint, principal = principal.id(), why, "mtls: admitted without a revocation answer");
+                portcullis_core::log_throttled!(
+                    warn,
+                    %thumbprint,
+                    principal = principal.id(),
+                    why,
+                    "mtls: admitted without a revocation answer; check that the OCSP responder is reachable"
+                );
                 self.admit(inner, request, principal, thumbprint, Some(why))
             }
             Outcome::Refuse(refusal) => self.refuse(&request, refusal, Some(thumbprint)),
@@ -601,7 +610,10 @@ fn identify(config: &Config, certificate: &ClientCertificate) -> Result<Principa
         CrlVerdict::Good => {}
         CrlVerdict::Revoked => return Err(MtlsRefusal::Revoked),
         CrlVerdict::Stale => {
-            tracing::error!("mtls: the client certificate's issuer has a CRL past its nextUpdate; refusing until a fresh CRL is loaded");
+            portcullis_core::log_throttled!(
+                error,
+                "mtls: the client certificate's issuer has a CRL past its nextUpdate; refusing until a fresh CRL is loaded"
+            );
             return Err(MtlsRefusal::RevocationUnavailable);
         }
     }

@@ -128,7 +128,11 @@ async fn accept_loop(
             Ok(accepted) => accepted,
             Err(error) => {
                 // Out of file descriptors and the like: wait rather than spin.
-                tracing::warn!(%error, "mtls: accepting a connection failed");
+                portcullis_core::log_throttled!(
+                    warn,
+                    %error,
+                    "mtls: accepting a connection failed (out of file descriptors? raise the process's limit)"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }

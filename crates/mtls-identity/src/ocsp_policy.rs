@@ -210,7 +210,12 @@ impl OcspState {
                 (Ok(answer.status), until)
             }
             Err(error) => {
-                tracing::warn!(%thumbprint, %error, "mtls: the OCSP check failed");
+                portcullis_core::log_throttled!(
+                    warn,
+                    %thumbprint,
+                    %error,
+                    "mtls: the OCSP check failed; the failure policy applies until the responder answers"
+                );
                 (Err(error), later(now, settings.recheck_after))
             }
         };

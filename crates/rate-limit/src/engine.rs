@@ -364,7 +364,8 @@ impl Engine {
                 .unwrap_or_default()
             };
             if let Some(duration) = bans.strike(one.key, label) {
-                tracing::warn!(
+                portcullis_core::log_throttled!(
+                    warn,
                     quota = compiled.quota.name,
                     key = %label(),
                     ban = %humantime::format_duration(duration),

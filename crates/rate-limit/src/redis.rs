@@ -338,7 +338,8 @@ impl Attached {
                     remaining: duration(answer[2]),
                 }),
                 3 => {
-                    tracing::warn!(
+                    portcullis_core::log_throttled!(
+                        warn,
                         quota = compiled.quota.name,
                         key = call.label,
                         "rate-limit: banned a key that kept exceeding its quota (shared through Redis)"
