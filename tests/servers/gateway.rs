@@ -336,7 +336,7 @@ async fn tokens_are_issued_to_certificates_and_keys_then_used_and_extended() {
     // ...not without it, nor with another registered-CA certificate...
     assert_eq!(
         send(sign(&anyone, &bearer)).await,
-        (StatusCode::UNAUTHORIZED, "certificate_mismatch".into())
+        (StatusCode::UNAUTHORIZED, "certificate_required".into())
     );
     let stranger = gw.client(Some(&gw.stranger), "127.0.0.1");
     let (status, code) = send(sign(&stranger, &bearer)).await;
@@ -368,7 +368,7 @@ async fn tokens_are_issued_to_certificates_and_keys_then_used_and_extended() {
     assert_eq!(send(sign(&cert, &extended)).await.0, StatusCode::OK);
     assert_eq!(
         send(sign(&anyone, &extended)).await,
-        (StatusCode::UNAUTHORIZED, "certificate_mismatch".into())
+        (StatusCode::UNAUTHORIZED, "certificate_required".into())
     );
     assert_eq!(
         send(sign(&cert, &bearer)).await,
@@ -561,7 +561,7 @@ const DECISIONS: &[(Caller, &str, &str, u16, &str)] = &[
         "POST",
         "/v1/sign",
         401,
-        "certificate_mismatch",
+        "certificate_required",
     ),
     (
         Caller::GarbageToken,
@@ -722,6 +722,21 @@ async fn every_request_leaves_one_audit_event_saying_who_what_and_why() {
     let issue = &events[0];
     assert_eq!(issue["path"], "/v1/token");
     assert_eq!(issue["decision"], "allow");
+    // The caller is its certificate's connector, once; the token issued is a note of
+    // the issuer's, not a JWT principal of the caller.
+    assert_eq!(
+        issue["principals"],
+        serde_json::json!([{"layer": "mtls-identity", "id": "connector-7", "credential": issue["principals"][0]["credential"]}]),
+        "{issue}"
+    );
+    let issued = issue["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|note| note["layer"] == "token-issuer")
+        .unwrap_or_else(|| panic!("{issue}"));
+    assert_eq!(issued["decision"], "allow", "{issue}");
+    assert!(issued["credential"].is_string(), "{issue}");
     for (event, (caller, method, path, status, code)) in events[1..].iter().zip(DECISIONS) {
         let what = format!("{caller:?} {method} {path}: {event}");
         assert_eq!(event["method"], *method, "{what}");

@@ -32,7 +32,9 @@ use crate::refusal::JwtRefusal;
 use crate::revocation::Revocations;
 use crate::subject::{Subject, SubjectCheck, SubjectStatus};
 use crate::validator::{Outcome, Validator};
-use crate::LAYER_NAME;
+/// The issue and extend routes' name in audit notes and refusals: they are not the
+/// `jwt` layer authenticating a caller.
+const ISSUER_NOTE: &str = "token-issuer";
 
 /// The `typ` of issued tokens: RFC 9068 access tokens, so an ID token or any other JWT
 /// signed with the same key is never taken for one.
@@ -467,7 +469,8 @@ impl TokenIssuer {
         if let Some(bound) = binding {
             match certificate {
                 Some(thumbprint) if thumbprint.matches(&bound) => {}
-                _ => return Err(JwtRefusal::CertificateMismatch),
+                Some(_) => return Err(JwtRefusal::CertificateMismatch),
+                None => return Err(JwtRefusal::CertificateRequired),
             }
         }
         // Both claims are this issuer's own; a value of another type is refused, never
@@ -587,9 +590,9 @@ impl TokenIssuer {
         rejection: &Rejection,
     ) -> Response<RejectOrBody<Full<Bytes>>> {
         AuditRecord::note(request.extensions(), || {
-            AuditNote::deny(LAYER_NAME, rejection.code()).detail(rejection.detail().to_owned())
+            AuditNote::deny(ISSUER_NOTE, rejection.code()).detail(rejection.detail().to_owned())
         });
-        self.inner.renderer.respond(LAYER_NAME, rejection, request)
+        self.inner.renderer.respond(ISSUER_NOTE, rejection, request)
     }
 }
 
@@ -635,9 +638,10 @@ impl<B> Service<Request<B>> for IssueService {
         let certificate = crate::layer::request_thumbprint(request.extensions());
         let response = match issuer.issue(principal, certificate) {
             Ok(issued) => {
+                // The caller is in the event already, as the layer that authenticated
+                // it noted it; this note names the token issued, not another principal.
                 AuditRecord::note(request.extensions(), || {
-                    AuditNote::allow(LAYER_NAME)
-                        .principal_id(principal.id())
+                    AuditNote::allow(ISSUER_NOTE)
                         .credential_id(issued.token_id())
                         .detail("token issued")
                 });
@@ -694,7 +698,7 @@ impl<B: Send + 'static> Service<Request<B>> for ExtendService {
             Ok(match result {
                 Ok(issued) => {
                     AuditRecord::note(request.extensions(), || {
-                        AuditNote::allow(LAYER_NAME)
+                        AuditNote::allow(ISSUER_NOTE)
                             .credential_id(issued.token_id())
                             .detail("token extended")
                     });

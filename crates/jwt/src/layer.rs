@@ -159,7 +159,8 @@ impl Config {
         if let Some(bound) = &verified.binding {
             match thumbprint {
                 Some(thumbprint) if thumbprint.matches(bound) => {}
-                _ => return Err(JwtRefusal::CertificateMismatch),
+                Some(_) => return Err(JwtRefusal::CertificateMismatch),
+                None => return Err(JwtRefusal::CertificateRequired),
             }
         }
         if !self

@@ -46,8 +46,10 @@ pub enum JwtRefusal {
     InvalidClaims,
     /// The token's `jti` is revoked.
     Revoked,
-    /// A certificate-bound token on a connection without that certificate.
+    /// A certificate-bound token on a connection with another client certificate.
     CertificateMismatch,
+    /// A certificate-bound token on a connection without any client certificate.
+    CertificateRequired,
     /// The subject's account is blocked.
     AccountDisabled,
     /// The subject's account no longer exists.
@@ -88,6 +90,7 @@ impl JwtRefusal {
             Self::InvalidAudience => "invalid_audience",
             Self::Revoked => "revoked_token",
             Self::CertificateMismatch => "certificate_mismatch",
+            Self::CertificateRequired => "certificate_required",
             Self::AccountDisabled => "account_disabled",
             Self::UnknownAccount => "unknown_account",
             Self::AccountCheckUnavailable => "account_check_unavailable",
@@ -122,6 +125,7 @@ impl JwtRefusal {
             }
             Self::Revoked => "jti is revoked",
             Self::CertificateMismatch => "cnf x5t#S256 does not match the client certificate",
+            Self::CertificateRequired => "cnf x5t#S256 is set and the connection has no client certificate",
             Self::AccountDisabled => "the subject's account is blocked",
             Self::UnknownAccount => "the subject's account does not exist",
             Self::AccountCheckUnavailable => "the account check failed",
@@ -158,6 +162,9 @@ impl JwtRefusal {
             Self::InvalidClaims => "the token's claims are not acceptable",
             Self::Revoked => "the token has been revoked",
             Self::CertificateMismatch => "the token is bound to another client certificate",
+            Self::CertificateRequired => {
+                "the token is bound to a client certificate; send it over a connection with that certificate"
+            }
             Self::AccountDisabled => "the account is disabled",
             Self::UnknownAccount => "the account does not exist",
             Self::AccountCheckUnavailable => {

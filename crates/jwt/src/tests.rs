@@ -677,7 +677,7 @@ async fn certificate_bound_tokens_need_their_certificate() {
     let mut bound = claims();
     bound["cnf"] = json!({"x5t#S256": URL_SAFE_NO_PAD.encode(thumbprint)});
     let token = mint(&hs_key(), header(&hs_key()), bound);
-    assert_eq!(refused_with(&service, &token).await, "certificate_mismatch");
+    assert_eq!(refused_with(&service, &token).await, "certificate_required");
     let mut wrong = bearer(&token);
     wrong
         .extensions_mut()
@@ -720,7 +720,7 @@ async fn certificate_bound_tokens_need_their_certificate() {
         });
     assert_eq!(
         code(&send(&service, no_certificate).await),
-        "certificate_mismatch"
+        "certificate_required"
     );
 }
 
@@ -1072,6 +1072,11 @@ async fn bound_tokens_are_issued_and_extended_only_with_the_certificate() {
             .await
             .unwrap_err(),
         JwtRefusal::CertificateMismatch
+    );
+    // Without any certificate, the refusal says so (not "another certificate").
+    assert_eq!(
+        tokens.extend(token.expose(), None).await.unwrap_err(),
+        JwtRefusal::CertificateRequired
     );
     assert!(tokens
         .extend(token.expose(), Some(certificate))
