@@ -983,7 +983,7 @@ async fn the_built_example_binary_serves_the_file_it_is_given() {
 }
 
 /// The `portcullis` command `cargo test --workspace` built beside the test binaries.
-fn cli_binary() -> PathBuf {
+pub(crate) fn cli_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let binary = exe
         .parent()

@@ -17,18 +17,30 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::client::TlsStream;
 
-async fn serve(limits: ServeLimits) -> (SocketAddr, String) {
+/// A development PKI, a loopback TCP listener, its address and a TLS server config
+/// taking optional client certificates.
+async fn tls_parts() -> (
+    DevPki,
+    tokio::net::TcpListener,
+    SocketAddr,
+    Arc<rustls::ServerConfig>,
+) {
     let pki = DevPki::generate(&["localhost"]).unwrap();
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
-    let service = tower::service_fn(|_: http::Request<hyper::body::Incoming>| async {
-        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
-    });
     let tls = pki
         .server_tls()
         .client_auth(ClientAuth::Optional)
         .build()
         .unwrap();
+    (pki, tcp, addr, tls)
+}
+
+async fn serve(limits: ServeLimits) -> (SocketAddr, String) {
+    let (pki, tcp, addr, tls) = tls_parts().await;
+    let service = tower::service_fn(|_: http::Request<hyper::body::Incoming>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
+    });
     tokio::spawn(serve_hyper_with(
         TlsListener::new(tcp, tls),
         service,
@@ -199,9 +211,7 @@ fn h2_get(path: &str) -> http::Request<Full<Bytes>> {
 
 #[tokio::test]
 async fn http2_clients_get_a_goaway_when_idle_and_at_shutdown() {
-    let pki = DevPki::generate(&["localhost"]).unwrap();
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = tcp.local_addr().unwrap();
+    let (pki, tcp, addr, tls) = tls_parts().await;
     // `/slow` answers after 700 ms: a stream in flight when the shutdown comes.
     let service = tower::service_fn(|request: http::Request<hyper::body::Incoming>| async move {
         if request.uri().path() == "/slow" {
@@ -209,11 +219,6 @@ async fn http2_clients_get_a_goaway_when_idle_and_at_shutdown() {
         }
         Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
     });
-    let tls = pki
-        .server_tls()
-        .client_auth(ClientAuth::Optional)
-        .build()
-        .unwrap();
     let limits = ServeLimits::default()
         .idle_timeout(Duration::from_millis(400))
         .shutdown_grace(Duration::from_secs(5));
@@ -277,18 +282,11 @@ async fn http2_clients_get_a_goaway_when_idle_and_at_shutdown() {
 
 #[tokio::test]
 async fn past_the_grace_period_what_is_left_is_cut_and_counted() {
-    let pki = DevPki::generate(&["localhost"]).unwrap();
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = tcp.local_addr().unwrap();
+    let (pki, tcp, addr, tls) = tls_parts().await;
     let service = tower::service_fn(|_: http::Request<hyper::body::Incoming>| async move {
         tokio::time::sleep(Duration::from_secs(60)).await;
         Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::new())))
     });
-    let tls = pki
-        .server_tls()
-        .client_auth(ClientAuth::Optional)
-        .build()
-        .unwrap();
     let limits = ServeLimits::default().shutdown_grace(Duration::from_millis(300));
     let server = tokio::spawn(serve_hyper_until(
         TlsListener::new(tcp, tls),
@@ -313,14 +311,7 @@ async fn past_the_grace_period_what_is_left_is_cut_and_counted() {
 
 #[tokio::test]
 async fn a_client_that_never_finishes_its_handshake_is_closed() {
-    let pki = DevPki::generate(&["localhost"]).unwrap();
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = tcp.local_addr().unwrap();
-    let tls = pki
-        .server_tls()
-        .client_auth(ClientAuth::Optional)
-        .build()
-        .unwrap();
+    let (pki, tcp, addr, tls) = tls_parts().await;
     let service = tower::service_fn(|_: http::Request<hyper::body::Incoming>| async {
         Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::new())))
     });

@@ -30,8 +30,9 @@ pub(crate) enum Front {
 const HELLO: &str = "Hello, World!";
 const ROUTE: &str = "/v1/key/default";
 
-/// Serves hello world behind `front` on `listen` until killed.
-pub(crate) fn serve(listen: SocketAddr, front: Front) -> Result<(), String> {
+/// Serves hello world behind `front` on `listen` until killed, with `axum::serve` or,
+/// with `serve_loop`, Portcullis's own serve loop (the one `portcullis serve` uses).
+pub(crate) fn serve(listen: SocketAddr, front: Front, serve_loop: bool) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -43,6 +44,15 @@ pub(crate) fn serve(listen: SocketAddr, front: Front) -> Result<(), String> {
             .map_err(|e| format!("binding {listen}: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         eprintln!("hello: listening on http://{addr}");
+        if serve_loop {
+            portcullis::mtls_identity::serve_hyper_with(
+                listener,
+                app,
+                portcullis::mtls_identity::ServeLimits::default(),
+            )
+            .await;
+            return Ok(());
+        }
         axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),

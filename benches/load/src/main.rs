@@ -82,6 +82,10 @@ enum Command {
         token: Option<String>,
         #[arg(long)]
         jwks: Option<PathBuf>,
+        /// Serve with Portcullis's serve loop (`serve_hyper_with`, plain TCP, default
+        /// limits) instead of `axum::serve`.
+        #[arg(long)]
+        serve_loop: bool,
     },
 }
 
@@ -127,6 +131,7 @@ fn main() -> ExitCode {
             peer,
             token,
             jwks,
+            serve_loop,
         }) => {
             let front = match (config, peer.as_deref(), token, jwks) {
                 (Some(config), None, _, _) => hello::Front::Gateway(config),
@@ -141,7 +146,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            return match hello::serve(listen, front) {
+            return match hello::serve(listen, front, serve_loop) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("hello: {error}");
@@ -280,6 +285,12 @@ async fn throughput(args: &ThroughputArgs) -> Result<bool, String> {
             None,
         ),
     ];
+    plan.push((
+        "bare axum hello, Portcullis serve loop",
+        vec!["--serve-loop".into()],
+        vec![],
+        None,
+    ));
     let alone: [(&'static str, Layer, Vec<String>, f64); 6] = [
         (
             "audit alone (hash-chained file)",
