@@ -81,6 +81,9 @@ pub struct Gateway {
     pub(crate) tls_handshake_timeout: std::time::Duration,
     /// Every role-router layer's policy, with where it came from.
     pub(crate) policies: Vec<(String, portcullis_role_router::PolicyHandle)>,
+    /// `[metrics]`: `None` without the section, `Some(None)` on the admin listener,
+    /// `Some(Some(address))` on a listener of its own.
+    pub(crate) metrics: Option<Option<SocketAddr>>,
 }
 
 /// `[admin]`: where the admin routes listen, and the role they need.
@@ -361,6 +364,7 @@ impl GatewayConfig {
             body_limits: self.body_limits()?,
             audit_files,
             policies,
+            metrics: self.metrics()?,
             tls_handshake_timeout: self
                 .file
                 .server
@@ -564,6 +568,26 @@ impl GatewayConfig {
             routes.push((pattern, limit.max_bytes.get()));
         }
         Ok(Some(super::body_limit::BodyLimits::new(default, routes)))
+    }
+
+    fn metrics(&self) -> Result<Option<Option<SocketAddr>>, ConfigError> {
+        let Some(metrics) = &self.file.metrics else {
+            return Ok(None);
+        };
+        match metrics.listen {
+            Some(listen) if !listen.ip().is_loopback() && !metrics.allow_remote => Err(self.error(
+                None,
+                "metrics.listen",
+                format!("{listen} is not a loopback address: the metrics tell how the gateway is used; listen on 127.0.0.1, or set allow_remote = true"),
+            )),
+            Some(listen) => Ok(Some(Some(listen))),
+            None if self.file.admin.is_some() => Ok(Some(None)),
+            None => Err(self.error(
+                None,
+                "metrics",
+                "without [admin], [metrics] needs listen = \"127.0.0.1:9090\" (or another address) to serve /metrics on",
+            )),
+        }
     }
 
     fn admin(&self) -> Result<Option<AdminSettings>, ConfigError> {

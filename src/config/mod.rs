@@ -26,6 +26,7 @@
 mod admin;
 mod body_limit;
 mod build;
+mod metrics;
 mod reload;
 mod schema;
 mod serve;

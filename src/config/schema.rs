@@ -76,6 +76,7 @@ pub(crate) struct File {
     pub(crate) client_ip: ClientIp,
     pub(crate) token_issuer: Option<TokenIssuer>,
     pub(crate) admin: Option<Admin>,
+    pub(crate) metrics: Option<Metrics>,
     #[serde(default, rename = "layer")]
     pub(crate) layers: Vec<toml::Spanned<toml::Table>>,
 }
@@ -138,6 +139,17 @@ pub(crate) struct Admin {
     /// The role a caller needs (`admin` by default).
     #[serde(default = "admin_role")]
     pub(crate) role: String,
+    /// Listen on an address other than loopback.
+    #[serde(default)]
+    pub(crate) allow_remote: bool,
+}
+
+/// `[metrics]`: Prometheus text at `GET /metrics`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Metrics {
+    /// A listener of its own (plain HTTP); without it, the admin listener serves them.
+    pub(crate) listen: Option<SocketAddr>,
     /// Listen on an address other than loopback.
     #[serde(default)]
     pub(crate) allow_remote: bool,

@@ -38,6 +38,7 @@ pub struct GatewayServer {
     main: Listening,
     main_addr: SocketAddr,
     admin: Option<(Listening, SocketAddr)>,
+    metrics: Option<(TcpListener, SocketAddr)>,
 }
 
 impl fmt::Debug for GatewayServer {
@@ -148,11 +149,25 @@ impl Gateway {
             }
             _ => None,
         };
+        let metrics = match self.metrics {
+            Some(Some(address)) => {
+                let bind_error = |source| ServeError::Bind {
+                    listener: "metrics",
+                    address,
+                    source,
+                };
+                let tcp = TcpListener::bind(address).await.map_err(bind_error)?;
+                let bound = tcp.local_addr().map_err(bind_error)?;
+                Some((tcp, bound))
+            }
+            _ => None,
+        };
         Ok(GatewayServer {
             gateway: self.clone(),
             main,
             main_addr,
             admin,
+            metrics,
         })
     }
 
@@ -211,6 +226,11 @@ impl GatewayServer {
         self.admin.as_ref().map(|(_, addr)| *addr)
     }
 
+    /// The metrics listener's address, with `[metrics] listen`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(_, addr)| *addr)
+    }
+
     /// Serves `app` behind the gateway's layers ([`Gateway::apply`]), and the admin
     /// routes, with the `[server]` limits, reloading the gateway's files when they
     /// change, until `shutdown` completes. Then it stops gracefully: both listeners
@@ -226,6 +246,7 @@ impl GatewayServer {
             gateway,
             main,
             admin,
+            metrics,
             ..
         } = self;
         let reloads = gateway
@@ -233,7 +254,31 @@ impl GatewayServer {
             .map_err(ServeError::Watch)?;
         let limits = gateway.serve_limits.clone();
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let admin = match (admin, gateway.admin_router()) {
+        let metrics_router = gateway.metrics_router();
+        let metrics = match (metrics, metrics_router.clone()) {
+            (Some((tcp, _)), Some(router)) => {
+                let mut stopped = stopped.clone();
+                let until = async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                };
+                Some(tokio::spawn(serve_hyper_until(
+                    tcp,
+                    router,
+                    limits.clone(),
+                    until,
+                )))
+            }
+            _ => None,
+        };
+        // Without a listener of its own, /metrics is on the admin listener, beside the
+        // probes and outside the admin routes' credentials.
+        let admin_router = match (gateway.admin_router(), metrics_router) {
+            (Some(admin), Some(metrics)) if gateway.metrics == Some(None) => {
+                Some(admin.merge(metrics))
+            }
+            (admin, _) => admin,
+        };
+        let admin = match (admin, admin_router) {
             (Some((listening, _)), Some(router)) => {
                 let mut stopped = stopped.clone();
                 let until = async move {
@@ -248,7 +293,7 @@ impl GatewayServer {
             }
             _ => None,
         };
-        let app = gateway.apply(app);
+        let app = gateway.with_request_metrics(gateway.apply(app));
         let main = serve_hyper_until(main, app, limits, async move {
             shutdown.await;
             tracing::info!(
@@ -262,6 +307,9 @@ impl GatewayServer {
             Some(task) => task.await.ok(),
             None => None,
         };
+        if let Some(task) = metrics {
+            let _ = task.await;
+        }
         reloads.abort();
         let audit_error = gateway.sync_audit().await.err();
         let summary = ServeSummary {

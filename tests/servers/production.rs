@@ -535,3 +535,119 @@ async fn serve_check_validates_without_listening() {
     drop(listen);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `[metrics]`: Prometheus text on a listener of its own; requests by status class and
+/// their latency, refusals by layer and code, and audit records written move with real
+/// requests through the built binary.
+#[tokio::test]
+async fn metrics_are_scraped_and_move_with_requests() {
+    let dir = fresh_dir("metrics");
+    let config = "[server]\nlisten = \"127.0.0.1:0\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[[layer]]\nkind = \"audit\"\ndirectory = \"audit\"\n\n[[layer]]\nkind = \"role-router\"\ndefault = \"deny\"\n[[layer.rule]]\npath = \"/v1/key/**\"\npublic = true\n";
+    std::fs::write(dir.join("gateway.toml"), config).unwrap();
+    let mut child = tokio::process::Command::new(cli_binary())
+        .args(["serve", "--config"])
+        .arg(dir.join("gateway.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut main, mut metrics) = (None, None);
+    while main.is_none() {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the gateway exited");
+        if let Some(addr) = line.strip_prefix("gateway: metrics on http://") {
+            metrics = Some(addr.trim_end_matches("/metrics").to_owned());
+        }
+        if let Some(addr) = line.strip_prefix("gateway: listening on http://") {
+            main = Some(addr.to_owned());
+        }
+    }
+    let (main, metrics) = (main.unwrap(), metrics.expect("no metrics address printed"));
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        let answer = client
+            .get(format!("http://{main}/v1/key"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    for _ in 0..2 {
+        let answer = client
+            .get(format!("http://{main}/v1/approval"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 403);
+    }
+    // The main listener does not serve /metrics.
+    let answer = client
+        .get(format!("http://{main}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(answer.status(), 200);
+
+    let scrape = || async {
+        let answer = client
+            .get(format!("http://{metrics}/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        answer.text().await.unwrap()
+    };
+    let value = |text: &str, series: &str| -> Option<f64> {
+        text.lines()
+            .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+    };
+    // The audit writer reports once per batch: wait for it.
+    let mut text = scrape().await;
+    for _ in 0..50 {
+        if value(&text, "portcullis_audit_records_written_total").unwrap_or(0.0) >= 6.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        text = scrape().await;
+    }
+    assert_eq!(
+        value(&text, "portcullis_requests_total{status=\"2xx\"}"),
+        Some(3.0),
+        "{text}"
+    );
+    // /metrics on the main listener is refused by the role table like any other route.
+    assert_eq!(
+        value(&text, "portcullis_requests_total{status=\"4xx\"}"),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "portcullis_refusals_total{layer=\"role-router\",code=\"forbidden\"}"
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert!(
+        text.contains("portcullis_request_duration_seconds_bucket{le=\"0.001\"}"),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "portcullis_request_duration_seconds_count"),
+        Some(6.0),
+        "{text}"
+    );
+    assert!(
+        value(&text, "portcullis_audit_records_written_total").unwrap() >= 6.0,
+        "{text}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -368,6 +368,7 @@ impl FileSink {
             Overflow::Drop => {
                 if let Err(TrySendError::Full(_)) = sender.try_send(message) {
                     self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("portcullis_audit_records_dropped_total").increment(1);
                 }
             }
         }
@@ -466,10 +467,14 @@ fn write_loop(
     // enqueue: no wake-up of this thread and no context switch per event, which on a
     // host with one core cost more than the event itself.
     while let Ok(first) = receiver.recv() {
+        let mut batch = 1u64;
         written.extend(handle(&mut writer, first));
         loop {
             match receiver.try_recv() {
-                Ok(message) => written.extend(handle(&mut writer, message)),
+                Ok(message) => {
+                    batch += 1;
+                    written.extend(handle(&mut writer, message));
+                }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     let _ = writer.flush();
@@ -481,6 +486,10 @@ fn write_loop(
             cannot_write(&error);
         }
         lines.give_back(&mut written);
+        // What the queue held when the writer woke, and what it wrote (no-ops unless
+        // the host installed a metrics recorder).
+        metrics::gauge!("portcullis_audit_queue_depth").set(batch as f64);
+        metrics::counter!("portcullis_audit_records_written_total").increment(batch);
         std::thread::sleep(BATCH_WINDOW);
     }
     let _ = writer.flush();

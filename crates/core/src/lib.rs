@@ -65,6 +65,23 @@ pub use credential::{
 pub use future::DecisionFuture;
 pub use headers::remove_field_lines;
 pub use log_throttle::LogThrottle;
+
+/// Whether refusals are counted (`portcullis_refusals_total{layer, code}`).
+static REFUSAL_METRICS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Counts every refusal, by layer and code, in the `metrics` facade's
+/// `portcullis_refusals_total` from now on. Call it after installing a `metrics`
+/// recorder (the gateway does, with `[metrics]`). Off by default: the counter's labels
+/// are built per call, an allocation per refusal that a process without a recorder
+/// should not pay. The layers' other metrics (audit records, bans, key fetches) are
+/// emitted whenever a recorder is installed; they are not per request.
+pub fn enable_refusal_metrics() {
+    REFUSAL_METRICS.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub(crate) fn refusal_metrics_enabled() -> bool {
+    REFUSAL_METRICS.load(std::sync::atomic::Ordering::Relaxed)
+}
 pub use network::{InvalidNetwork, NetworkListError, NetworkSet};
 pub use principal::{
     AuthMethod, Authentication, DuplicateMethod, Principal, PrincipalBuilder, UnknownAuthMethod,

@@ -335,6 +335,10 @@ impl Renderer {
         response
             .extensions_mut()
             .insert(Denial::new(layer, rejection.code()));
+        if crate::refusal_metrics_enabled() {
+            metrics::counter!("portcullis_refusals_total", "layer" => layer, "code" => rejection.code())
+                .increment(1);
+        }
         response.map(RejectOrBody::rejection)
     }
 }

@@ -220,6 +220,8 @@ mod remote {
         /// marks them stale (refusing the issuer's tokens) once they are older than
         /// `max_key_age`.
         fn check_age(&self, issuer: &str, error: &JwksError) {
+            metrics::counter!("portcullis_jwt_key_fetch_failures_total", "issuer" => issuer.to_owned())
+                .increment(1);
             let last = *lock(&self.last_success);
             let Some((at, wall)) = last else {
                 tracing::warn!(issuer, %error, "jwt: fetching keys failed; no keys were ever fetched");

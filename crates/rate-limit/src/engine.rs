@@ -364,6 +364,8 @@ impl Engine {
                 .unwrap_or_default()
             };
             if let Some(duration) = bans.strike(one.key, label) {
+                metrics::counter!("portcullis_rate_limit_bans_total", "quota" => compiled.quota.name.clone())
+                    .increment(1);
                 portcullis_core::log_throttled!(
                     warn,
                     quota = compiled.quota.name,

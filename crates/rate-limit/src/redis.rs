@@ -338,6 +338,8 @@ impl Attached {
                     remaining: duration(answer[2]),
                 }),
                 3 => {
+                    metrics::counter!("portcullis_rate_limit_bans_total", "quota" => compiled.quota.name.clone())
+                        .increment(1);
                     portcullis_core::log_throttled!(
                         warn,
                         quota = compiled.quota.name,

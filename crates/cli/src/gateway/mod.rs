@@ -111,6 +111,9 @@ async fn serve(setup: Setup) -> ExitCode {
     if let Some(admin) = server.admin_addr() {
         eprintln!("gateway: admin on {scheme}://{admin}");
     }
+    if let Some(metrics) = server.metrics_addr() {
+        eprintln!("gateway: metrics on http://{metrics}/metrics");
+    }
     eprintln!(
         "gateway: {} with layers {:?}",
         config_path.display(),
