@@ -513,3 +513,49 @@ fn layer_errors_name_the_keys_own_line() {
     let e = error(&format!("{SERVER}\n\n[[layer]]\nstdout = true\n"));
     assert_eq!((e.line, e.key.as_str()), (Some(5), "layer[0].kind"), "{e}");
 }
+
+#[tokio::test]
+async fn the_metrics_section_needs_a_place_to_serve() {
+    let with_listen = parse(&format!("{SERVER}[metrics]\nlisten = \"127.0.0.1:0\"\n"))
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(
+        with_listen.metrics,
+        Some(Some("127.0.0.1:0".parse().unwrap()))
+    );
+    assert!(parse(SERVER)
+        .unwrap()
+        .build()
+        .await
+        .unwrap()
+        .metrics
+        .is_none());
+
+    let e = parse(&format!("{SERVER}[metrics]\n"))
+        .unwrap()
+        .build()
+        .await
+        .unwrap_err();
+    assert_eq!(e.key, "metrics", "{e}");
+    assert!(e.message.contains("needs listen"), "{e}");
+    let e = parse(&format!("{SERVER}[metrics]\nlisten = \"0.0.0.0:9090\"\n"))
+        .unwrap()
+        .build()
+        .await
+        .unwrap_err();
+    assert_eq!(e.key, "metrics.listen", "{e}");
+    let remote = parse(&format!(
+        "{SERVER}[metrics]\nlisten = \"0.0.0.0:9090\"\nallow_remote = true\n"
+    ))
+    .unwrap()
+    .build()
+    .await
+    .unwrap();
+    assert!(remote.metrics.is_some());
+    let e = error(&format!(
+        "{SERVER}[metrics]\nlisten = \"127.0.0.1:0\"\nport = 1\n"
+    ));
+    assert_eq!(e.line, Some(5), "{e}");
+}
