@@ -16,10 +16,12 @@ use portcullis_jwt::{
     VerifyingKey,
 };
 use portcullis_mtls_identity::{
-    ClientAuth, ConnectorRegistry, Crls, MtlsIdentityLayer, ServerTls, StaleCrl,
+    ClientAuth, ConnectorRegistry, Crls, ForwardedCertificate, Identify, MtlsIdentityLayer,
+    ServerTls, StaleCrl,
 };
 use portcullis_rate_limit::{
-    Ban, Charge, KeyPart, MissingKey, Quota, RateLimitLayer, RedisBackend,
+    Ban, BanResponse, Charge, KeyPart, MissingKey, Overflow as KeyOverflow, Quota, RateLimitLayer,
+    RedisBackend, RedisFailure, Semantics,
 };
 use portcullis_role_router::RoleRouterLayer;
 
@@ -253,10 +255,24 @@ impl GatewayConfig {
                         }
                     }
                     let (_, registry) = registries.next().expect("opened above, in order");
-                    let mut layer = MtlsIdentityLayer::new(registry.clone()).mode(match c.mode {
-                        schema::Mode::Required => portcullis_mtls_identity::Mode::Required,
-                        schema::Mode::Optional => portcullis_mtls_identity::Mode::Optional,
-                    });
+                    let mut layer = MtlsIdentityLayer::new(registry.clone())
+                        .mode(match c.mode {
+                            schema::Mode::Required => portcullis_mtls_identity::Mode::Required,
+                            schema::Mode::Optional => portcullis_mtls_identity::Mode::Optional,
+                        })
+                        .identify(match c.identify {
+                            schema::IdentifyName::Thumbprint => Identify::Thumbprint,
+                            schema::IdentifyName::CommonName => Identify::CommonName,
+                            schema::IdentifyName::DnsName => Identify::DnsName,
+                            schema::IdentifyName::Uri => Identify::Uri,
+                            schema::IdentifyName::Email => Identify::Email,
+                        })
+                        .allow_unrestricted_usage(c.allow_unrestricted_usage);
+                    if let Some(forwarded) = &c.forwarded {
+                        layer = self.forwarded(layer, forwarded).map_err(|e| {
+                            self.error(Some(entry.line), &format!("{}.forwarded", entry.key), e)
+                        })?;
+                    }
                     if let Some(tls) = &self.file.tls {
                         if !tls.crls.is_empty() {
                             let crls = Crls::from_files(tls.crls.iter().map(|p| self.path(p)))
@@ -306,7 +322,9 @@ impl GatewayConfig {
                     };
                     // The matched rule is marked for per-route quotas (`key = ["route"]`),
                     // which under `Gateway::layer` have no axum route to read.
-                    let mut layer = RoleRouterLayer::new(policy).mark_matched_route(true);
+                    let mut layer = RoleRouterLayer::new(policy)
+                        .mark_matched_route(true)
+                        .shadow(c.shadow);
                     if let Some(bytes) = c.max_path_len {
                         layer = layer.max_path_len(bytes);
                     }
@@ -329,16 +347,27 @@ impl GatewayConfig {
                 LayerConfig::Audit(c) => {
                     let mut layer = AuditLayer::new()
                         .tracing_event(c.tracing)
+                        .log_query(c.log_query)
                         .client_ip(resolver.clone());
+                    let sink_options = |builder: portcullis_audit::FileSinkBuilder| {
+                        let builder = builder.overflow(match c.overflow {
+                            schema::AuditOverflowName::Block => portcullis_audit::Overflow::Block,
+                            schema::AuditOverflowName::Drop => portcullis_audit::Overflow::Drop,
+                        });
+                        match c.capacity {
+                            Some(capacity) => builder.capacity(capacity.get()),
+                            None => builder,
+                        }
+                    };
                     if c.stdout {
-                        let sink = FileSink::to_writer(std::io::stdout())
+                        let sink = sink_options(FileSink::to_writer(std::io::stdout()))
                             .build()
                             .map_err(|e| at(format!("stdout: {e}")))?;
                         audit_files.push(sink.clone());
                         layer = layer.sink(sink);
                     }
                     if let Some(dir) = &c.directory {
-                        let sink = FileSink::builder(self.path(dir))
+                        let sink = sink_options(FileSink::builder(self.path(dir)))
                             .hash_chain(true)
                             .build()
                             .map_err(|e| at(format!("directory: {e}")))?;
@@ -570,6 +599,58 @@ impl GatewayConfig {
         Ok(Some(super::body_limit::BodyLimits::new(default, routes)))
     }
 
+    /// `[layer.forwarded]` on an mtls-identity layer.
+    fn forwarded(
+        &self,
+        layer: MtlsIdentityLayer,
+        c: &schema::Forwarded,
+    ) -> Result<MtlsIdentityLayer, String> {
+        let header = c
+            .header
+            .as_deref()
+            .map(|name| {
+                HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| format!("header: {name:?} is not a header name"))
+            })
+            .transpose()?;
+        if c.trusted_proxies.is_empty() {
+            return Err(
+                "trusted_proxies is empty: name the proxies whose header is believed".into(),
+            );
+        }
+        let forwarded = match (c.format, header) {
+            (schema::ForwardedFormatName::EnvoyXfcc, None) => {
+                ForwardedCertificate::envoy(c.trusted_proxies.clone())
+            }
+            (schema::ForwardedFormatName::EnvoyXfcc, Some(header)) => {
+                ForwardedCertificate::envoy(c.trusted_proxies.clone()).header(header)
+            }
+            (schema::ForwardedFormatName::EscapedPem, Some(header)) => {
+                ForwardedCertificate::escaped_pem(header, c.trusted_proxies.clone())
+            }
+            (schema::ForwardedFormatName::EscapedPem, None) => {
+                return Err(
+                    "escaped-pem needs header = \"x-ssl-client-cert\" (the header nginx sets)"
+                        .into(),
+                )
+            }
+        };
+        let mut layer = layer.forwarded(forwarded);
+        if let Some(path) = &c.intermediates {
+            let pem = std::fs::read(self.path(path))
+                .map_err(|e| format!("intermediates: {}: {e}", self.path(path).display()))?;
+            layer = layer
+                .forwarded_intermediates(&pem)
+                .map_err(|e| e.to_string())?;
+        }
+        if let Some(path) = &c.verify_with {
+            let pem = std::fs::read(self.path(path))
+                .map_err(|e| format!("verify_with: {}: {e}", self.path(path).display()))?;
+            layer = layer.verify_forwarded(&pem).map_err(|e| e.to_string())?;
+        }
+        Ok(layer)
+    }
+
     fn metrics(&self) -> Result<Option<Option<SocketAddr>>, ConfigError> {
         let Some(metrics) = &self.file.metrics else {
             return Ok(None);
@@ -780,6 +861,9 @@ impl GatewayConfig {
         let mut builder = RateLimitLayer::builder()
             .client_ip(resolver.clone())
             .headers_on_allowed(c.headers_on_allowed);
+        if let Some(every) = c.sweep_every {
+            builder = builder.sweep_every(Some(every));
+        }
         for q in &c.quotas {
             let mut quota = Quota::new(q.name.clone(), q.rate)
                 .key(q.key.iter().map(|part| match part {
@@ -788,10 +872,17 @@ impl GatewayConfig {
                     KeyPartName::Credential => KeyPart::Credential,
                     KeyPartName::Route => KeyPart::Route,
                     KeyPartName::RawPath => KeyPart::RawPath,
+                    KeyPartName::Header(name) => KeyPart::Header(name.clone()),
+                    KeyPartName::Attribute(name) => KeyPart::Attribute(name.clone()),
                 }))
+                .semantics(match q.semantics {
+                    schema::SemanticsName::Smooth => Semantics::Smooth,
+                    schema::SemanticsName::StrictWindow => Semantics::StrictWindow,
+                })
                 .charge(match q.charge {
                     schema::ChargeName::Every => Charge::Every,
                     schema::ChargeName::Unauthenticated => Charge::Unauthenticated,
+                    schema::ChargeName::Never => Charge::Never,
                 })
                 .when_key_missing(match q.when_key_missing {
                     schema::MissingKeyName::Skip => MissingKey::Skip,
@@ -804,15 +895,59 @@ impl GatewayConfig {
                 quota = quota.paths(q.paths.clone());
             }
             if let Some(ban) = &q.ban {
-                quota = quota.ban(Ban::after(ban.strikes, ban.window, ban.duration));
+                quota = quota.ban(
+                    Ban::after(ban.strikes, ban.window, ban.duration).respond_with(
+                        match ban.status {
+                            schema::BanStatusName::Forbidden => BanResponse::Forbidden,
+                            schema::BanStatusName::TooManyRequests => BanResponse::TooManyRequests,
+                        },
+                    ),
+                );
+            }
+            if let Some(bits) = q.ipv6_prefix {
+                quota = quota.ipv6_prefix(bits);
+            }
+            if let Some(max) = q.max_tracked_keys {
+                quota = quota.max_tracked_keys(
+                    max.get(),
+                    match q.on_key_overflow {
+                        schema::KeyOverflowName::SharedBucket => KeyOverflow::SharedBucket,
+                        schema::KeyOverflowName::Refuse => KeyOverflow::Refuse,
+                    },
+                );
+            }
+            for tier in &q.tiers {
+                quota = match tier.burst {
+                    Some(burst) => quota.tier_with_burst(tier.name.clone(), tier.rate, burst),
+                    None => quota.tier(tier.name.clone(), tier.rate),
+                };
             }
             builder = builder.quota(quota);
         }
         if let Some(url) = &c.redis {
-            let backend = RedisBackend::connect(url)
+            let mut backend = RedisBackend::connect(url)
                 .await
-                .map_err(|e| format!("redis: {e}"))?;
+                .map_err(|e| format!("redis: {e}"))?
+                .on_failure(match c.redis_on_failure {
+                    schema::RedisFailureName::LocalFallback => RedisFailure::LocalFallback,
+                    schema::RedisFailureName::FailClosed => RedisFailure::FailClosed,
+                });
+            if let Some(timeout) = c.redis_timeout {
+                backend = backend.timeout(timeout);
+            }
+            if let Some(pause) = c.redis_retry_after {
+                backend = backend.retry_after(pause);
+            }
+            if let Some(namespace) = &c.redis_namespace {
+                backend = backend.namespace(namespace.clone());
+            }
             builder = builder.redis(backend);
+        } else if c.redis_timeout.is_some()
+            || c.redis_retry_after.is_some()
+            || c.redis_namespace.is_some()
+            || c.redis_on_failure != schema::RedisFailureName::LocalFallback
+        {
+            return Err("redis_timeout, redis_on_failure, redis_retry_after and redis_namespace need redis = \"redis://…\"".into());
         }
         builder.build().map_err(|e| e.to_string())
     }

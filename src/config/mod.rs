@@ -281,10 +281,16 @@ fn role_router(mut table: toml::Table, key: &str) -> Result<schema::RoleRouter, 
             ))
         }
     };
+    let shadow = match table.remove("shadow") {
+        None => false,
+        Some(toml::Value::Boolean(shadow)) => shadow,
+        Some(_) => return Err((format!("{key}.shadow"), "true or false".into())),
+    };
     let policy = policy_source(table, key)?;
     Ok(schema::RoleRouter {
         policy,
         max_path_len,
+        shadow,
     })
 }
 

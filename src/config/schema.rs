@@ -293,6 +293,50 @@ pub(crate) struct MtlsIdentity {
     pub(crate) connectors: PathBuf,
     #[serde(default)]
     pub(crate) mode: Mode,
+    /// How a certificate names its connector.
+    #[serde(default)]
+    pub(crate) identify: IdentifyName,
+    /// Accept client certificates whose extended key usage does not name clientAuth.
+    #[serde(default)]
+    pub(crate) allow_unrestricted_usage: bool,
+    /// The certificate a trusted proxy forwards in a header.
+    pub(crate) forwarded: Option<Forwarded>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum IdentifyName {
+    #[default]
+    Thumbprint,
+    CommonName,
+    DnsName,
+    Uri,
+    Email,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum ForwardedFormatName {
+    /// Envoy's `x-forwarded-client-cert`.
+    EnvoyXfcc,
+    /// nginx's `$ssl_client_escaped_cert` in a header of your choosing.
+    EscapedPem,
+}
+
+/// `[layer.forwarded]`: a proxy terminates TLS and forwards the client certificate.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Forwarded {
+    pub(crate) format: ForwardedFormatName,
+    /// The header (`x-forwarded-client-cert` for Envoy; required for escaped-pem).
+    pub(crate) header: Option<String>,
+    /// The proxies believed; the header is removed from everyone else's requests.
+    #[serde(deserialize_with = "trusted_networks")]
+    pub(crate) trusted_proxies: NetworkSet,
+    /// CAs (PEM) to verify forwarded certificates against, for a proxy that does not.
+    pub(crate) verify_with: Option<PathBuf>,
+    /// Intermediate CAs (PEM) for `verify_with`.
+    pub(crate) intermediates: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -359,6 +403,8 @@ pub(crate) struct RoleRouter {
     pub(crate) policy: PolicySource,
     /// `max_path_len`: the longest path the router judges (its default when absent).
     pub(crate) max_path_len: Option<std::num::NonZeroUsize>,
+    /// `shadow = true`: log and audit what would be refused, refuse nothing.
+    pub(crate) shadow: bool,
 }
 
 #[derive(Debug)]
@@ -371,14 +417,36 @@ pub(crate) enum PolicySource {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RateLimit {
     pub(crate) redis: Option<String>,
+    /// The whole budget of a request's Redis work.
+    #[serde(default, deserialize_with = "optional_positive_duration")]
+    pub(crate) redis_timeout: Option<Duration>,
+    #[serde(default)]
+    pub(crate) redis_on_failure: RedisFailureName,
+    /// How long Redis is left alone after it failed to answer.
+    #[serde(default, deserialize_with = "optional_positive_duration")]
+    pub(crate) redis_retry_after: Option<Duration>,
+    /// The prefix of this layer's Redis keys.
+    pub(crate) redis_namespace: Option<String>,
+    /// How often idle keys are forgotten ("60s" by default).
+    #[serde(default, deserialize_with = "optional_positive_duration")]
+    pub(crate) sweep_every: Option<Duration>,
     #[serde(default)]
     pub(crate) headers_on_allowed: bool,
     #[serde(rename = "quota")]
     pub(crate) quotas: Vec<Quota>,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
+pub(crate) enum RedisFailureName {
+    #[default]
+    LocalFallback,
+    FailClosed,
+}
+
+/// A part of a quota's key: `client-ip`, `principal`, `credential`, `route`,
+/// `raw-path`, `header:NAME` or `attribute:NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum KeyPartName {
     ClientIp,
     Principal,
@@ -387,6 +455,79 @@ pub(crate) enum KeyPartName {
     Route,
     /// The raw path: every distinct path is its own key.
     RawPath,
+    /// A request header's value (the first line).
+    Header(http::HeaderName),
+    /// An attribute of the principal (from the key file or a token claim).
+    Attribute(String),
+}
+
+impl FromStr for KeyPartName {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Ok(match text {
+            "client-ip" => Self::ClientIp,
+            "principal" => Self::Principal,
+            "credential" => Self::Credential,
+            "route" => Self::Route,
+            "raw-path" => Self::RawPath,
+            _ => match text.split_once(':') {
+                Some(("header", name)) => Self::Header(
+                    http::HeaderName::from_bytes(name.as_bytes())
+                        .map_err(|_| format!("{name:?} is not a header name"))?,
+                ),
+                Some(("attribute", name)) if !name.is_empty() => Self::Attribute(name.to_owned()),
+                _ => {
+                    return Err(format!(
+                        "{text:?} is not a key part: client-ip, principal, credential, route, raw-path, header:NAME or attribute:NAME"
+                    ))
+                }
+            },
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyPartName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        from_str(deserializer)
+    }
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum SemanticsName {
+    /// GCRA: the rate spread evenly, `burst` at once.
+    #[default]
+    Smooth,
+    /// At most `count` in each fixed window of `period`.
+    StrictWindow,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum KeyOverflowName {
+    #[default]
+    SharedBucket,
+    Refuse,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BanStatusName {
+    #[default]
+    #[serde(rename = "403")]
+    Forbidden,
+    #[serde(rename = "429")]
+    TooManyRequests,
+}
+
+/// `[[layer.quota.tier]]`: another rate for principals of this tier.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Tier {
+    pub(crate) name: String,
+    #[serde(deserialize_with = "from_str")]
+    pub(crate) rate: portcullis_rate_limit::Rate,
+    pub(crate) burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -395,6 +536,8 @@ pub(crate) enum ChargeName {
     #[default]
     Every,
     Unauthenticated,
+    /// Checked, never charged: a quota that only reports (the RateLimit headers).
+    Never,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -421,6 +564,17 @@ pub(crate) struct Quota {
     #[serde(default)]
     pub(crate) paths: Vec<String>,
     pub(crate) ban: Option<Ban>,
+    #[serde(default)]
+    pub(crate) semantics: SemanticsName,
+    /// IPv6 client addresses count by this prefix (64 by default).
+    pub(crate) ipv6_prefix: Option<u8>,
+    /// The most keys tracked at once.
+    pub(crate) max_tracked_keys: Option<std::num::NonZeroUsize>,
+    /// Past `max_tracked_keys`: new keys share one bucket, or are refused.
+    #[serde(default)]
+    pub(crate) on_key_overflow: KeyOverflowName,
+    #[serde(default, rename = "tier")]
+    pub(crate) tiers: Vec<Tier>,
 }
 
 fn by_ip() -> Vec<KeyPartName> {
@@ -435,6 +589,9 @@ pub(crate) struct Ban {
     pub(crate) window: Duration,
     #[serde(deserialize_with = "duration")]
     pub(crate) duration: Duration,
+    /// The status a banned key gets: "403" (default) or "429".
+    #[serde(default)]
+    pub(crate) status: BanStatusName,
 }
 
 #[derive(Debug, Deserialize)]
@@ -448,4 +605,20 @@ pub(crate) struct Audit {
     /// The `tracing` event as well.
     #[serde(default)]
     pub(crate) tracing: bool,
+    /// When the writer falls behind: wait ("block", lossless) or drop and count.
+    #[serde(default)]
+    pub(crate) overflow: AuditOverflowName,
+    /// Events queued for the writer at most.
+    pub(crate) capacity: Option<std::num::NonZeroUsize>,
+    /// The query string too (redacted), not only the path.
+    #[serde(default)]
+    pub(crate) log_query: bool,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum AuditOverflowName {
+    #[default]
+    Block,
+    Drop,
 }

@@ -559,3 +559,187 @@ async fn the_metrics_section_needs_a_place_to_serve() {
     ));
     assert_eq!(e.line, Some(5), "{e}");
 }
+
+/// Builds `text` and answers requests through `Gateway::apply` with a fallback handler;
+/// each request comes from `peer`, as the serve loop hands it over.
+async fn stack(text: &str) -> axum::Router {
+    let gateway = parse(text).unwrap().build().await.unwrap();
+    let app = gateway.apply(axum::Router::new().fallback(|| async { "ok" }));
+    std::mem::forget(gateway);
+    app
+}
+
+async fn call(
+    app: &axum::Router,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> http::Response<axum::body::Body> {
+    use tower::ServiceExt as _;
+    let mut request = http::Request::get(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut request = request.body(axum::body::Body::empty()).unwrap();
+    request
+        .extensions_mut()
+        .insert(portcullis_core::PeerAddr("192.0.2.7:5000".parse().unwrap()));
+    app.clone().oneshot(request).await.unwrap()
+}
+
+/// Each rate-limit key of the file changes what the built stack does.
+#[tokio::test]
+async fn every_rate_limit_key_reaches_the_stack() {
+    let quota = |keys: &str| {
+        format!("{SERVER}[[layer]]\nkind = \"rate-limit\"\nsweep_every = \"30s\"\n[[layer.quota]]\nname = \"q\"\n{keys}")
+    };
+    // semantics = "strict-window": 3 per minute, then 429 until the window ends.
+    let app = stack(&quota("rate = \"3/m\"\nsemantics = \"strict-window\"\n")).await;
+    for _ in 0..3 {
+        assert_eq!(call(&app, "/", &[]).await.status(), 200);
+    }
+    let refused = call(&app, "/", &[]).await;
+    assert_eq!(refused.status(), 429);
+    let wait: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+
+    // charge = "never": counted against, never refused.
+    let app = stack(&quota("rate = \"1/m\"\ncharge = \"never\"\n")).await;
+    for _ in 0..3 {
+        assert_eq!(call(&app, "/", &[]).await.status(), 200);
+    }
+
+    // key = ["header:x-tenant"]: each tenant its own bucket.
+    let app = stack(&quota("rate = \"1/m\"\nkey = [\"header:x-tenant\"]\n")).await;
+    assert_eq!(call(&app, "/", &[("x-tenant", "a")]).await.status(), 200);
+    assert_eq!(call(&app, "/", &[("x-tenant", "a")]).await.status(), 429);
+    assert_eq!(call(&app, "/", &[("x-tenant", "b")]).await.status(), 200);
+
+    // max_tracked_keys with on_key_overflow = "refuse": a third tenant is refused.
+    let app = stack(&quota(
+        "rate = \"10/m\"\nkey = [\"header:x-tenant\"]\nmax_tracked_keys = 2\non_key_overflow = \"refuse\"\n",
+    ))
+    .await;
+    assert_eq!(call(&app, "/", &[("x-tenant", "a")]).await.status(), 200);
+    assert_eq!(call(&app, "/", &[("x-tenant", "b")]).await.status(), 200);
+    assert_eq!(call(&app, "/", &[("x-tenant", "c")]).await.status(), 429);
+
+    // A ban answered 429 instead of 403.
+    let app = stack(&quota(
+        "rate = \"1/h\"\n[layer.quota.ban]\nstrikes = 1\nwindow = \"1m\"\nduration = \"1h\"\nstatus = \"429\"\n",
+    ))
+    .await;
+    assert_eq!(call(&app, "/", &[]).await.status(), 200);
+    let mut last = call(&app, "/", &[]).await;
+    for _ in 0..2 {
+        last = call(&app, "/", &[]).await;
+    }
+    assert_eq!(last.status(), 429);
+    let body = axum::body::to_bytes(last.into_body(), 10_000)
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&body).contains("banned"),
+        "{body:?}"
+    );
+
+    // Refused keys, each at its own line.
+    for (keys, key) in [
+        (
+            "rate = \"1/s\"\nkey = [\"header:bad header\"]\n",
+            "layer[0].quota[0].key[0]",
+        ),
+        (
+            "rate = \"1/s\"\nkey = [\"cookie\"]\n",
+            "layer[0].quota[0].key[0]",
+        ),
+        (
+            "rate = \"1/s\"\nsemantics = \"fixed\"\n",
+            "layer[0].quota[0].semantics",
+        ),
+        (
+            "rate = \"1/s\"\non_key_overflow = \"drop\"\n",
+            "layer[0].quota[0].on_key_overflow",
+        ),
+        (
+            "rate = \"1/s\"\ncharge = \"sometimes\"\n",
+            "layer[0].quota[0].charge",
+        ),
+    ] {
+        let e = error(&quota(keys));
+        assert_eq!(e.key, key, "{keys}: {e}");
+        assert_eq!(e.line, Some(9), "{keys}: {e}");
+    }
+    // Redis settings without Redis say what is missing.
+    let e = parse(&format!(
+        "{SERVER}[[layer]]\nkind = \"rate-limit\"\nredis_timeout = \"1s\"\n[[layer.quota]]\nname = \"q\"\nrate = \"1/s\"\n"
+    ))
+    .unwrap()
+    .build()
+    .await
+    .unwrap_err();
+    assert!(e.message.contains("need redis"), "{e}");
+}
+
+/// role-router `shadow = true` lets through what it would refuse; the audit layer's
+/// `log_query` writes the (redacted) query.
+#[tokio::test]
+async fn shadow_mode_and_audit_keys_reach_the_stack() {
+    let policy = "default = \"deny\"\n[[layer.rule]]\npath = \"/open\"\npublic = true\n";
+    let enforcing = stack(&format!(
+        "{SERVER}[[layer]]\nkind = \"role-router\"\n{policy}"
+    ))
+    .await;
+    assert_eq!(call(&enforcing, "/closed", &[]).await.status(), 403);
+    let shadow = stack(&format!(
+        "{SERVER}[[layer]]\nkind = \"role-router\"\nshadow = true\n{policy}"
+    ))
+    .await;
+    assert_eq!(call(&shadow, "/closed", &[]).await.status(), 200);
+    assert!(error(&format!(
+        "{SERVER}[[layer]]\nkind = \"role-router\"\nshadow = \"yes\"\n{policy}"
+    ))
+    .key
+    .ends_with("shadow"));
+
+    let dir = std::env::temp_dir().join(format!("portcullis-config-audit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = format!(
+        "{SERVER}[[layer]]\nkind = \"audit\"\ndirectory = \"audit\"\nlog_query = true\noverflow = \"drop\"\ncapacity = 100\n"
+    );
+    let gateway = GatewayConfig::parse("gateway.toml", &text, &dir)
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let app = gateway.apply(axum::Router::new().fallback(|| async { "ok" }));
+    assert_eq!(
+        call(&app, "/search?q=tea&api_key=s3cr3t", &[])
+            .await
+            .status(),
+        200
+    );
+    gateway.sync_audit().await.unwrap();
+    let file = std::fs::read_dir(dir.join("audit"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let line = std::fs::read_to_string(file).unwrap();
+    assert!(
+        line.contains("\"query\":\"q=tea&api_key=REDACTED\""),
+        "{line}"
+    );
+    assert!(!line.contains("s3cr3t"), "{line}");
+    assert!(error(&format!(
+        "{SERVER}[[layer]]\nkind = \"audit\"\nstdout = true\noverflow = \"sometimes\"\n"
+    ))
+    .key
+    .ends_with("overflow"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -651,3 +651,151 @@ async fn metrics_are_scraped_and_move_with_requests() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Starts `portcullis serve` on a copy of a shipped example whose `listen` is moved to
+/// a free port; the address it listens on.
+async fn serve_example(dir: &Path, example: &str) -> (tokio::process::Child, String) {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples")
+            .join(example),
+    )
+    .unwrap()
+    .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"");
+    std::fs::write(dir.join("gateway.toml"), text).unwrap();
+    let mut child = tokio::process::Command::new(cli_binary())
+        .args(["serve", "--config"])
+        .arg(dir.join("gateway.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut said = String::new();
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap_or_else(|| panic!("{example} did not start: {said}"));
+        said.push_str(&line);
+        if let Some(addr) = line.strip_prefix("gateway: listening on http://") {
+            let addr = addr.to_owned();
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            return (child, addr);
+        }
+    }
+}
+
+/// examples/gateway-strict-quota.toml: 25 calls per key in a fixed 5-minute window,
+/// the 26th refused with 429 and a Retry-After within the window; another key has its
+/// own 25.
+#[tokio::test]
+async fn the_strict_quota_example_allows_25_calls_per_key_and_window() {
+    let dir = fresh_dir("strict");
+    let new_key = |owner: &str| {
+        let output = std::process::Command::new(cli_binary())
+            .args(["key", "new", "--file"])
+            .arg(dir.join("api-keys.toml"))
+            .args(["--owner", owner])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        stdout
+            .split_whitespace()
+            .find(|word| word.starts_with("pck_"))
+            .unwrap_or_else(|| panic!("no key in {stdout}"))
+            .to_owned()
+    };
+    let (first, second) = (new_key("first"), new_key("second"));
+    let (_child, addr) = serve_example(&dir, "gateway-strict-quota.toml").await;
+    let client = reqwest::Client::new();
+    let call = |key: &str| {
+        client
+            .get(format!("http://{addr}/v1/key"))
+            .header("x-api-key", key)
+            .send()
+    };
+    for n in 1..=25 {
+        assert_eq!(call(&first).await.unwrap().status(), 200, "call {n}");
+    }
+    let refused = call(&first).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=300).contains(&retry_after), "{retry_after}");
+    assert!(refused
+        .text()
+        .await
+        .unwrap()
+        .contains("\"code\":\"rate_limited\""));
+    assert_eq!(call(&second).await.unwrap().status(), 200);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// examples/gateway-behind-envoy.toml: a certificate forwarded by the trusted proxy in
+/// XFCC names its connector; without it, with a certificate of another CA, or with the
+/// header from a client that is not the proxy, nothing passes.
+#[tokio::test]
+async fn the_envoy_example_believes_the_proxys_certificate_only() {
+    use portcullis::mtls_identity::DevPki;
+    let dir = fresh_dir("envoy");
+    let pki = DevPki::generate(&["localhost"]).unwrap();
+    let reader = pki.client("connector-7").unwrap();
+    std::fs::write(dir.join("ca.pem"), pki.ca_pem()).unwrap();
+    std::fs::write(
+        dir.join("connectors.toml"),
+        format!(
+            "[[connector]]\nid = \"connector-7\"\nroles = [\"key-reader\"]\nthumbprints = [\"{}\"]\n",
+            reader.thumbprint()
+        ),
+    )
+    .unwrap();
+    let (_child, addr) = serve_example(&dir, "gateway-behind-envoy.toml").await;
+    let xfcc = |pem: &str| {
+        format!(
+            "Cert=\"{}\"",
+            percent_encoding::utf8_percent_encode(pem, percent_encoding::NON_ALPHANUMERIC)
+        )
+    };
+    let client = reqwest::Client::new();
+    let get = |headers: Vec<(&'static str, String)>| {
+        let mut request = client.get(format!("http://{addr}/v1/key"));
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    let ok = get(vec![("x-forwarded-client-cert", xfcc(reader.cert_pem()))])
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(get(vec![]).await.unwrap().status(), 401);
+    // A certificate of another CA: the gateway verifies it itself.
+    let other = DevPki::generate(&["localhost"])
+        .unwrap()
+        .client("connector-7")
+        .unwrap();
+    let refused = get(vec![("x-forwarded-client-cert", xfcc(other.cert_pem()))])
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    // The same good header from an address that is not the proxy: removed, unheard.
+    let stranger = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let unheard = stranger
+        .get(format!("http://{addr}/v1/key"))
+        .header("x-forwarded-client-cert", xfcc(reader.cert_pem()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unheard.status(), 401);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
