@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use http::HeaderName;
 use portcullis_api_key::{ApiKeyCredentials, ApiKeyLayer, FileKeyStore, KeySource};
-use portcullis_audit::{AuditLayer, FileSink};
+use portcullis_audit::{AuditLayer, AuditLevel, FileSink};
 use portcullis_core::{ClientIpResolver, CredentialChecks, ForwardedHeader};
 use portcullis_ip_allowlist::{IpAllowlistLayer, IpRules};
 use portcullis_jwt::jsonwebtoken::Algorithm;
@@ -345,9 +345,24 @@ impl GatewayConfig {
                     Built::RateLimit(layer)
                 }
                 LayerConfig::Audit(c) => {
+                    let level = match (c.level, c.sample_allowed) {
+                        (schema::AuditLevelName::All, None) => AuditLevel::All,
+                        (schema::AuditLevelName::Refusals, None) => AuditLevel::RefusalsOnly,
+                        (schema::AuditLevelName::Refusals, Some(one_in)) => {
+                            AuditLevel::RefusalsAndSample {
+                                one_in: one_in.get(),
+                            }
+                        }
+                        (schema::AuditLevelName::All, Some(_)) => {
+                            return Err(at(
+                                "sample_allowed needs level = \"refusals\": with \"all\" every request is recorded".into(),
+                            ))
+                        }
+                    };
                     let mut layer = AuditLayer::new()
                         .tracing_event(c.tracing)
                         .log_query(c.log_query)
+                        .level(level)
                         .client_ip(resolver.clone());
                     let sink_options = |builder: portcullis_audit::FileSinkBuilder| {
                         let builder = builder.overflow(match c.overflow {
@@ -769,6 +784,12 @@ impl GatewayConfig {
         }
         for scope in &c.require_scopes {
             builder = builder.require_scope(scope.clone());
+        }
+        if let Some(capacity) = c.token_cache {
+            builder = builder.token_cache(capacity);
+        }
+        if let Some(bytes) = c.max_token_size {
+            builder = builder.max_token_size(bytes.get());
         }
         builder
             .build()

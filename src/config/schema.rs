@@ -367,6 +367,10 @@ pub(crate) struct Jwt {
     pub(crate) issuers: Vec<JwtIssuer>,
     #[serde(default)]
     pub(crate) require_scopes: Vec<String>,
+    /// Verified tokens remembered (10,000 by default; 0 turns the cache off).
+    pub(crate) token_cache: Option<usize>,
+    /// The largest token accepted, in bytes.
+    pub(crate) max_token_size: Option<std::num::NonZeroUsize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -613,6 +617,19 @@ pub(crate) struct Audit {
     /// The query string too (redacted), not only the path.
     #[serde(default)]
     pub(crate) log_query: bool,
+    /// Which requests get an event.
+    #[serde(default)]
+    pub(crate) level: AuditLevelName,
+    /// With `level = "refusals"`: one allowed request in this many is recorded too.
+    pub(crate) sample_allowed: Option<std::num::NonZeroU32>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum AuditLevelName {
+    #[default]
+    All,
+    Refusals,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]

@@ -741,5 +741,105 @@ async fn shadow_mode_and_audit_keys_reach_the_stack() {
     ))
     .key
     .ends_with("overflow"));
+
+    // level = "refusals": an allowed request leaves no event, a refused one does.
+    let text = format!(
+        "{SERVER}[[layer]]\nkind = \"audit\"\ndirectory = \"refusals\"\nlevel = \"refusals\"\n[[layer]]\nkind = \"role-router\"\n{policy}"
+    );
+    let gateway = GatewayConfig::parse("gateway.toml", &text, &dir)
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let app = gateway.apply(axum::Router::new().fallback(|| async { "ok" }));
+    assert_eq!(call(&app, "/open", &[]).await.status(), 200);
+    assert_eq!(call(&app, "/closed", &[]).await.status(), 403);
+    gateway.sync_audit().await.unwrap();
+    let file = std::fs::read_dir(dir.join("refusals"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let text = std::fs::read_to_string(file).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("\"path\":\"/closed\""), "{text}");
+    let e = parse(&format!(
+        "{SERVER}[[layer]]\nkind = \"audit\"\nstdout = true\nsample_allowed = 10\n"
+    ))
+    .unwrap()
+    .build()
+    .await
+    .unwrap_err();
+    assert!(e.message.contains("needs level"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// jwt `token_cache` and `max_token_size` reach the built layer: a verified token is
+/// remembered unless the cache is off, and a token over the size is refused.
+#[tokio::test]
+async fn jwt_cache_and_size_keys_reach_the_stack() {
+    use base64::Engine as _;
+    let dir = std::env::temp_dir().join(format!("portcullis-config-jwt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("s.secret"),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([9u8; 32]),
+    )
+    .unwrap();
+    let build = |jwt_keys: &str| {
+        let text = format!(
+            "{SERVER}[token_issuer]\nissuer = \"i\"\naudience = \"a\"\nsecret_file = \"s.secret\"\n\n[[layer]]\nkind = \"jwt\"\ntrust_token_issuer = true\n{jwt_keys}"
+        );
+        let dir = dir.clone();
+        async move {
+            GatewayConfig::parse("gateway.toml", &text, &dir)
+                .unwrap()
+                .build()
+                .await
+                .unwrap()
+        }
+    };
+    let principal =
+        portcullis_core::Principal::builder("app", portcullis_core::AuthMethod::ApiKey).build();
+    for (keys, cached) in [("", 1), ("token_cache = 0\n", 0)] {
+        let gateway = build(keys).await;
+        let token = gateway
+            .token_routes
+            .as_ref()
+            .unwrap()
+            .issuer
+            .issue(&principal, None)
+            .unwrap();
+        let app = gateway.apply(axum::Router::new().fallback(|| async { "ok" }));
+        let bearer = format!("Bearer {}", token.expose());
+        assert_eq!(
+            call(&app, "/", &[("authorization", &bearer)])
+                .await
+                .status(),
+            200
+        );
+        assert_eq!(
+            gateway.reloadable.jwt[0].cached_tokens(),
+            cached,
+            "{keys:?}"
+        );
+    }
+    let gateway = build("max_token_size = 64\n").await;
+    let token = gateway
+        .token_routes
+        .as_ref()
+        .unwrap()
+        .issuer
+        .issue(&principal, None)
+        .unwrap();
+    let app = gateway.apply(axum::Router::new().fallback(|| async { "ok" }));
+    let bearer = format!("Bearer {}", token.expose());
+    assert_eq!(
+        call(&app, "/", &[("authorization", &bearer)])
+            .await
+            .status(),
+        401
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
