@@ -273,6 +273,11 @@ impl GatewayConfig {
                             self.error(Some(entry.line), &format!("{}.forwarded", entry.key), e)
                         })?;
                     }
+                    if let Some(ocsp) = &c.ocsp {
+                        layer = layer.ocsp(self.ocsp(ocsp).map_err(|e| {
+                            self.error(Some(entry.line), &format!("{}.ocsp", entry.key), e)
+                        })?);
+                    }
                     if let Some(tls) = &self.file.tls {
                         if !tls.crls.is_empty() {
                             let crls = Crls::from_files(tls.crls.iter().map(|p| self.path(p)))
@@ -612,6 +617,34 @@ impl GatewayConfig {
             routes.push((pattern, limit.max_bytes.get()));
         }
         Ok(Some(super::body_limit::BodyLimits::new(default, routes)))
+    }
+
+    /// `[layer.ocsp]` on an mtls-identity layer.
+    fn ocsp(&self, c: &schema::OcspSection) -> Result<portcullis_mtls_identity::Ocsp, String> {
+        let path = self.path(&c.issuers);
+        let pem = std::fs::read(&path).map_err(|e| format!("issuers: {}: {e}", path.display()))?;
+        let mut client = portcullis_mtls_identity::OcspClient::new(&pem)
+            .map_err(|e| format!("issuers: {}: {e}", path.display()))?;
+        if let Some(url) = &c.responder {
+            client = client.responder(url.clone());
+        }
+        let mut ocsp = portcullis_mtls_identity::Ocsp::new(client).on_failure(match c.on_failure {
+            schema::OcspFailureName::Refuse => portcullis_mtls_identity::OcspFailure::Refuse,
+            schema::OcspFailureName::Allow => portcullis_mtls_identity::OcspFailure::Allow,
+        });
+        if let Some(timeout) = c.timeout {
+            ocsp = ocsp.timeout(timeout);
+        }
+        if let Some(max_age) = c.max_age {
+            ocsp = ocsp.max_age(max_age);
+        }
+        if let Some(recheck) = c.recheck_after {
+            ocsp = ocsp.recheck_after(recheck);
+        }
+        if let Some(capacity) = c.capacity {
+            ocsp = ocsp.capacity(capacity.get());
+        }
+        Ok(ocsp)
     }
 
     /// `[layer.forwarded]` on an mtls-identity layer.

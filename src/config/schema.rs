@@ -301,6 +301,36 @@ pub(crate) struct MtlsIdentity {
     pub(crate) allow_unrestricted_usage: bool,
     /// The certificate a trusted proxy forwards in a header.
     pub(crate) forwarded: Option<Forwarded>,
+    /// Revocation checks with OCSP, after every other check passed.
+    pub(crate) ocsp: Option<OcspSection>,
+}
+
+/// `[layer.ocsp]`: ask an OCSP responder whether client certificates are revoked.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OcspSection {
+    /// The CAs (PEM) that issue client certificates, intermediates included.
+    pub(crate) issuers: PathBuf,
+    /// Ask this responder, whatever the certificates name (their AIA by default).
+    pub(crate) responder: Option<String>,
+    /// A responder that fails or does not answer: "refuse" (503) or "allow".
+    #[serde(default)]
+    pub(crate) on_failure: OcspFailureName,
+    #[serde(default, deserialize_with = "optional_positive_duration")]
+    pub(crate) timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "optional_positive_duration")]
+    pub(crate) max_age: Option<Duration>,
+    #[serde(default, deserialize_with = "optional_positive_duration")]
+    pub(crate) recheck_after: Option<Duration>,
+    pub(crate) capacity: Option<std::num::NonZeroUsize>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum OcspFailureName {
+    #[default]
+    Refuse,
+    Allow,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]

@@ -843,3 +843,104 @@ async fn jwt_cache_and_size_keys_reach_the_stack() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Rate-limit tiers and `attribute:NAME` keys, read from an API key file's `tier` and
+/// labels; `ipv6_prefix` counting a /64 as one client.
+#[tokio::test]
+async fn tiers_attributes_and_ipv6_prefixes_reach_the_stack() {
+    use portcullis_api_key::{render_key_record, GeneratedKey, KeyPrefix, KeyRecord};
+    let dir = std::env::temp_dir().join(format!("portcullis-config-tiers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut file = String::new();
+    let mut secrets = Vec::new();
+    for (owner, tier, team) in [
+        ("gold", Some("gold"), "red"),
+        ("plain", None, "red"),
+        ("other", None, "blue"),
+    ] {
+        let key = GeneratedKey::generate(&KeyPrefix::default()).unwrap();
+        let mut record = KeyRecord::new(key.id(), owner, key.digest())
+            .unwrap()
+            .label("team", team);
+        if let Some(tier) = tier {
+            record = record.tier(tier);
+        }
+        file.push_str(&render_key_record(&record));
+        file.push('\n');
+        secrets.push(key.expose_secret().to_owned());
+    }
+    std::fs::write(dir.join("keys.toml"), file).unwrap();
+    let build = |quota: &str| {
+        let text = format!(
+            "{SERVER}[[layer]]\nkind = \"api-key\"\nkey_file = \"keys.toml\"\nmode = \"optional\"\n\n[[layer]]\nkind = \"rate-limit\"\n[[layer.quota]]\nname = \"q\"\n{quota}"
+        );
+        let dir = dir.clone();
+        async move {
+            let gateway = GatewayConfig::parse("gateway.toml", &text, &dir)
+                .unwrap()
+                .build()
+                .await
+                .unwrap();
+            let app = gateway.apply(axum::Router::new().fallback(|| async { "ok" }));
+            std::mem::forget(gateway);
+            app
+        }
+    };
+    let with_key = |secret: &str| vec![("x-api-key", secret.to_owned())];
+    let status = |app: &axum::Router, headers: Vec<(&'static str, String)>| {
+        let app = app.clone();
+        async move {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            call(&app, "/", &headers).await.status().as_u16()
+        }
+    };
+
+    // A tier gets its own rate: gold 3 a minute, everyone else 1.
+    let app = build("rate = \"1/m\"\nkey = [\"principal\"]\n[[layer.quota.tier]]\nname = \"gold\"\nrate = \"3/m\"\n").await;
+    for _ in 0..3 {
+        assert_eq!(status(&app, with_key(&secrets[0])).await, 200);
+    }
+    assert_eq!(status(&app, with_key(&secrets[0])).await, 429);
+    assert_eq!(status(&app, with_key(&secrets[1])).await, 200);
+    assert_eq!(status(&app, with_key(&secrets[1])).await, 429);
+
+    // attribute:team: the red team shares one bucket, the blue team has its own.
+    let app = build("rate = \"1/m\"\nkey = [\"attribute:team\"]\n").await;
+    assert_eq!(status(&app, with_key(&secrets[0])).await, 200);
+    assert_eq!(status(&app, with_key(&secrets[1])).await, 429);
+    assert_eq!(status(&app, with_key(&secrets[2])).await, 200);
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // ipv6_prefix = 48: two addresses of one /48 are one client; 64 (the default) two.
+    for (prefix, second) in [("ipv6_prefix = 48\n", 429), ("", 200)] {
+        let gateway = parse(&format!(
+            "{SERVER}[[layer]]\nkind = \"rate-limit\"\n[[layer.quota]]\nname = \"q\"\nrate = \"1/m\"\n{prefix}"
+        ))
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+        let app = gateway.apply(axum::Router::new().fallback(|| async { "ok" }));
+        let from = |peer: &str| {
+            use tower::ServiceExt as _;
+            let mut request = http::Request::get("/")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            request
+                .extensions_mut()
+                .insert(portcullis_core::PeerAddr(peer.parse().unwrap()));
+            app.clone().oneshot(request)
+        };
+        assert_eq!(from("[2001:db8:1:1::1]:5000").await.unwrap().status(), 200);
+        assert_eq!(
+            from("[2001:db8:1:2::1]:5000")
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+            second,
+            "{prefix:?}"
+        );
+    }
+}

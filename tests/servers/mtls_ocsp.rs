@@ -396,3 +396,138 @@ async fn many_requests_for_one_certificate_make_one_query() {
     );
     assert_eq!(responder.queries(), 1);
 }
+
+/// `[layer.ocsp]` in a gateway file, behind a proxy forwarding the certificate (XFCC):
+/// a good certificate passes, a revoked one is refused, and with the responder gone
+/// `on_failure` decides (refuse: 503; allow: admitted).
+#[tokio::test]
+async fn the_gateway_file_configures_ocsp() {
+    let pki = pki();
+    let responder = Responder::start(ca_key(&pki.ca), vec![], Clock::system()).await;
+    let good = pki.ca.issue("connector-1", CLIENT, 41);
+    let revoked = pki.ca.issue("connector-2", CLIENT, 42);
+    responder.set(&good.pem, Status::Good);
+    responder.set(&revoked.pem, Status::Revoked);
+    let dir = std::env::temp_dir().join(format!("portcullis-ocsp-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ca.pem"), &pki.ca.pem).unwrap();
+    std::fs::write(
+        dir.join("connectors.toml"),
+        format!(
+            "[[connector]]\nid = \"one\"\nroles = [\"r\"]\nthumbprints = [\"{}\"]\n\n[[connector]]\nid = \"two\"\nroles = [\"r\"]\nthumbprints = [\"{}\"]\n",
+            good.thumbprint,
+            revoked.thumbprint
+        ),
+    )
+    .unwrap();
+    let serve_file = |on_failure: &str, responder: &str| {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[[layer]]\nkind = \"mtls-identity\"\nconnectors = \"connectors.toml\"\n[layer.forwarded]\nformat = \"envoy-xfcc\"\ntrusted_proxies = [\"127.0.0.1/32\"]\nverify_with = \"ca.pem\"\n[layer.ocsp]\nissuers = \"ca.pem\"\nresponder = \"{responder}\"\non_failure = \"{on_failure}\"\ntimeout = \"2s\"\n"
+        );
+        let dir = dir.clone();
+        async move {
+            let gateway = portcullis::config::GatewayConfig::parse("gateway.toml", &text, &dir)
+                .unwrap()
+                .build()
+                .await
+                .unwrap();
+            let server = gateway.bind().await.unwrap();
+            let addr = server.local_addr();
+            let app = axum::Router::new().fallback(|| async { "ok" });
+            tokio::spawn(server.serve(app, std::future::pending()));
+            addr
+        }
+    };
+    let xfcc = |leaf: &Leaf| {
+        format!(
+            "Cert=\"{}\"",
+            percent_encoding::utf8_percent_encode(&leaf.pem, percent_encoding::NON_ALPHANUMERIC)
+        )
+    };
+    let client = reqwest::Client::new();
+    let ask = |addr: std::net::SocketAddr, leaf: &Leaf| {
+        client
+            .get(format!("http://{addr}/"))
+            .header("x-forwarded-client-cert", xfcc(leaf))
+            .send()
+    };
+    let addr = serve_file("refuse", &responder.url).await;
+    assert_eq!(ask(addr, &good).await.unwrap().status(), StatusCode::OK);
+    let answer = ask(addr, &revoked).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+    assert!(answer.text().await.unwrap().contains("revoked_cert"));
+    assert!(responder.queries() >= 2);
+
+    // No responder at this address: refuse, or admit, as the file says.
+    let gone = "http://127.0.0.1:9/";
+    let addr = serve_file("refuse", gone).await;
+    assert_eq!(
+        ask(addr, &good).await.unwrap().status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let addr = serve_file("allow", gone).await;
+    assert_eq!(ask(addr, &good).await.unwrap().status(), StatusCode::OK);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Behind nginx (`format = "escaped-pem"`, `header = "x-ssl-client-cert"`), with
+/// connectors identified by the certificate's common name (`identify = "common-name"`)
+/// and certificates without the clientAuth usage accepted only with
+/// `allow_unrestricted_usage = true`: all from the gateway file.
+#[tokio::test]
+async fn the_gateway_file_configures_nginx_and_identification_by_name() {
+    let pki = pki();
+    let named = pki.ca.issue("connector-5", CLIENT, 51);
+    let no_eku = pki.ca.issue("connector-6", None, 52);
+    let dir = std::env::temp_dir().join(format!("portcullis-nginx-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ca.pem"), &pki.ca.pem).unwrap();
+    std::fs::write(
+        dir.join("connectors.toml"),
+        "[[connector]]\nid = \"connector-5\"\nroles = [\"r\"]\n\n[[connector]]\nid = \"connector-6\"\nroles = [\"r\"]\n",
+    )
+    .unwrap();
+    let serve_file = |extra: &str| {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[[layer]]\nkind = \"mtls-identity\"\nconnectors = \"connectors.toml\"\nidentify = \"common-name\"\n{extra}[layer.forwarded]\nformat = \"escaped-pem\"\nheader = \"x-ssl-client-cert\"\ntrusted_proxies = [\"127.0.0.1/32\"]\nverify_with = \"ca.pem\"\n"
+        );
+        let dir = dir.clone();
+        async move {
+            let gateway = portcullis::config::GatewayConfig::parse("gateway.toml", &text, &dir)
+                .unwrap()
+                .build()
+                .await
+                .unwrap();
+            let server = gateway.bind().await.unwrap();
+            let addr = server.local_addr();
+            let app = axum::Router::new().fallback(crate::mtls_axum::who);
+            tokio::spawn(server.serve(app, std::future::pending()));
+            addr
+        }
+    };
+    let client = reqwest::Client::new();
+    let ask = |addr: std::net::SocketAddr, leaf: &Leaf| {
+        let escaped = percent_encoding::utf8_percent_encode(
+            leaf.pem.trim(),
+            percent_encoding::NON_ALPHANUMERIC,
+        )
+        .to_string();
+        client
+            .get(format!("http://{addr}/"))
+            .header("x-ssl-client-cert", escaped)
+            .send()
+    };
+    let addr = serve_file("").await;
+    let answer = ask(addr, &named).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert!(answer.text().await.unwrap().starts_with("connector-5 "));
+    assert_eq!(
+        ask(addr, &no_eku).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let addr = serve_file("allow_unrestricted_usage = true\n").await;
+    let answer = ask(addr, &no_eku).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert!(answer.text().await.unwrap().starts_with("connector-6 "));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -465,3 +465,50 @@ async fn through_redis_the_longest_wait_is_sent_and_t_agrees() {
         );
     }
 }
+
+/// The gateway file's Redis keys: `redis_namespace` prefixes the keys, and with Redis
+/// gone `redis_on_failure = "fail-closed"` answers 503 where the default falls back to
+/// local quotas.
+#[tokio::test]
+async fn the_gateway_file_sets_the_redis_namespace_and_failure_policy() {
+    let Some(mut redis) = RedisServer::start("gateway_file_redis_keys").await else {
+        return;
+    };
+    let serve_file = |policy: &str| {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[[layer]]\nkind = \"rate-limit\"\nredis = \"{}\"\nredis_namespace = \"from-file\"\nredis_timeout = \"200ms\"\nredis_retry_after = \"5s\"\n{policy}[[layer.quota]]\nname = \"q\"\nrate = \"100/s\"\n",
+            redis.url()
+        );
+        async move {
+            let gateway = portcullis::config::GatewayConfig::parse(
+                "gateway.toml",
+                &text,
+                &std::env::temp_dir(),
+            )
+            .unwrap()
+            .build()
+            .await
+            .unwrap();
+            let server = gateway.bind().await.unwrap();
+            let addr = server.local_addr();
+            let app = axum::Router::new().fallback(|| async { "ok" });
+            tokio::spawn(server.serve(app, std::future::pending()));
+            addr
+        }
+    };
+    let fallback = serve_file("").await;
+    let closed = serve_file("redis_on_failure = \"fail-closed\"\n").await;
+    let get = |addr: std::net::SocketAddr| async move {
+        reqwest::get(format!("http://{addr}/"))
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(get(fallback).await, StatusCode::OK);
+    assert_eq!(get(closed).await, StatusCode::OK);
+    assert!(!keys(&redis, "from-file:*").await.is_empty());
+
+    redis.kill();
+    assert_eq!(get(fallback).await, StatusCode::OK);
+    assert_eq!(get(closed).await, StatusCode::SERVICE_UNAVAILABLE);
+}

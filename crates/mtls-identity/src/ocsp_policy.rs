@@ -157,8 +157,18 @@ impl OcspState {
         thumbprint: &ClientCertThumbprint,
         now: SystemTime,
     ) -> Option<Verdict> {
-        let entry = self.answers.get(thumbprint)?;
-        (now < entry.until).then(|| entry.verdict.clone())
+        let fresh = self
+            .answers
+            .get(thumbprint)
+            .filter(|entry| now < entry.until)
+            .map(|entry| entry.verdict.clone());
+        // Literal labels: a static key, no allocation per request.
+        if fresh.is_some() {
+            metrics::counter!("portcullis_ocsp_cache_total", "result" => "hit").increment(1);
+        } else {
+            metrics::counter!("portcullis_ocsp_cache_total", "result" => "miss").increment(1);
+        }
+        fresh
     }
 
     /// Asks the check about a certificate, or joins the query already out for it.
@@ -210,6 +220,7 @@ impl OcspState {
                 (Ok(answer.status), until)
             }
             Err(error) => {
+                metrics::counter!("portcullis_ocsp_failures_total").increment(1);
                 portcullis_core::log_throttled!(
                     warn,
                     %thumbprint,

@@ -399,6 +399,10 @@ impl Engine {
         for compiled in &self.quotas {
             dropped += compiled.limiters.iter().map(Limiter::sweep).sum::<usize>();
             dropped += compiled.bans.as_ref().map_or(0, BanList::sweep);
+            // Reported once a sweep (every minute by default), not per request.
+            let tracked: usize = compiled.limiters.iter().map(Limiter::tracked).sum();
+            metrics::gauge!("portcullis_rate_limit_tracked_keys", "quota" => compiled.quota.name.clone())
+                .set(tracked as f64);
         }
         dropped
     }

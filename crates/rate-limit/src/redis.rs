@@ -1,7 +1,7 @@
 //! Quotas and bans shared by many instances through Redis.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -144,6 +144,7 @@ impl RedisBackend {
             backend: self,
             script: Script::new(include_str!("redis.lua")),
             down_until: AtomicU64::new(0),
+            reported_down: AtomicBool::new(false),
         }))
     }
 }
@@ -158,6 +159,8 @@ struct Inner {
     script: Script,
     /// Monotonic nanoseconds until which Redis is not asked.
     down_until: AtomicU64,
+    /// Whether the `portcullis_rate_limit_redis_down` gauge says down.
+    reported_down: AtomicBool,
     send_time: bool,
 }
 
@@ -191,6 +194,10 @@ impl Attached {
             .saturating_add(crate::ticker::nanos(self.0.backend.retry_after));
         let previous = self.0.down_until.swap(until, Ordering::Relaxed);
         if previous <= self.now_nanos() {
+            metrics::counter!("portcullis_rate_limit_redis_failures_total").increment(1);
+            if !self.0.reported_down.swap(true, Ordering::Relaxed) {
+                metrics::gauge!("portcullis_rate_limit_redis_down").set(1.0);
+            }
             tracing::warn!(
                 %error,
                 pause = ?self.0.backend.retry_after,
@@ -248,7 +255,15 @@ impl Attached {
         let this = self.clone();
         Route::Redis(Box::pin(async move {
             match this.run(&calls).await {
-                Ok(answers) => this.verdict(&calls, &answers, want_reports),
+                Ok(answers) => {
+                    // Answering again after an outage.
+                    if this.0.reported_down.load(Ordering::Relaxed)
+                        && this.0.reported_down.swap(false, Ordering::Relaxed)
+                    {
+                        metrics::gauge!("portcullis_rate_limit_redis_down").set(0.0);
+                    }
+                    this.verdict(&calls, &answers, want_reports)
+                }
                 Err(error) => {
                     this.mark_down(&error);
                     Verdict {
