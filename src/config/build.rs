@@ -367,8 +367,15 @@ impl GatewayConfig {
                     let mut layer = AuditLayer::new()
                         .tracing_event(c.tracing)
                         .log_query(c.log_query)
+                        .redact_query_keys(c.redact_query_keys.iter().cloned())
                         .level(level)
                         .client_ip(resolver.clone());
+                    if let Some(name) = &c.request_id_header {
+                        let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                            at(format!("request_id_header: {name:?} is not a header name"))
+                        })?;
+                        layer = layer.request_id_header(header);
+                    }
                     let sink_options = |builder: portcullis_audit::FileSinkBuilder| {
                         let builder = builder.overflow(match c.overflow {
                             schema::AuditOverflowName::Block => portcullis_audit::Overflow::Block,

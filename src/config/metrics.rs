@@ -38,7 +38,7 @@ fn recorder() -> Option<&'static PrometheusHandle> {
                 .ok()?;
             match builder.install_recorder() {
                 Ok(handle) => {
-                    portcullis_core::enable_refusal_metrics();
+                    portcullis_core::enable_decision_metrics();
                     Some(handle)
                 }
                 Err(error) => {

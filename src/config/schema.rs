@@ -652,6 +652,11 @@ pub(crate) struct Audit {
     pub(crate) level: AuditLevelName,
     /// With `level = "refusals"`: one allowed request in this many is recorded too.
     pub(crate) sample_allowed: Option<std::num::NonZeroU32>,
+    /// The header carrying request ids (`x-request-id`).
+    pub(crate) request_id_header: Option<String>,
+    /// More query parameters whose values are redacted.
+    #[serde(default)]
+    pub(crate) redact_query_keys: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]

@@ -709,7 +709,7 @@ async fn shadow_mode_and_audit_keys_reach_the_stack() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let text = format!(
-        "{SERVER}[[layer]]\nkind = \"audit\"\ndirectory = \"audit\"\nlog_query = true\noverflow = \"drop\"\ncapacity = 100\n"
+        "{SERVER}[[layer]]\nkind = \"audit\"\ndirectory = \"audit\"\nlog_query = true\noverflow = \"drop\"\ncapacity = 100\nredact_query_keys = [\"q\"]\nrequest_id_header = \"x-trace\"\n"
     );
     let gateway = GatewayConfig::parse("gateway.toml", &text, &dir)
         .unwrap()
@@ -717,12 +717,14 @@ async fn shadow_mode_and_audit_keys_reach_the_stack() {
         .await
         .unwrap();
     let app = gateway.apply(axum::Router::new().fallback(|| async { "ok" }));
-    assert_eq!(
-        call(&app, "/search?q=tea&api_key=s3cr3t", &[])
-            .await
-            .status(),
-        200
-    );
+    let answer = call(
+        &app,
+        "/search?q=tea&api_key=s3cr3t",
+        &[("x-trace", "trace-1")],
+    )
+    .await;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers()["x-trace"], "trace-1");
     gateway.sync_audit().await.unwrap();
     let file = std::fs::read_dir(dir.join("audit"))
         .unwrap()
@@ -732,9 +734,10 @@ async fn shadow_mode_and_audit_keys_reach_the_stack() {
         .path();
     let line = std::fs::read_to_string(file).unwrap();
     assert!(
-        line.contains("\"query\":\"q=tea&api_key=REDACTED\""),
+        line.contains("\"query\":\"q=REDACTED&api_key=REDACTED\""),
         "{line}"
     );
+    assert!(line.contains("\"request_id\":\"trace-1\""), "{line}");
     assert!(!line.contains("s3cr3t"), "{line}");
     assert!(error(&format!(
         "{SERVER}[[layer]]\nkind = \"audit\"\nstdout = true\noverflow = \"sometimes\"\n"

@@ -636,6 +636,11 @@ async fn metrics_are_scraped_and_move_with_requests() {
         Some(3.0),
         "{text}"
     );
+    assert_eq!(
+        value(&text, "portcullis_allowed_total{layer=\"role-router\"}"),
+        Some(3.0),
+        "{text}"
+    );
     assert!(
         text.contains("portcullis_request_duration_seconds_bucket{le=\"0.001\"}"),
         "{text}"

@@ -448,6 +448,7 @@ where
     if !config.keep_credentials {
         source::strip(&config.sources, &config.prefix, &mut request);
     }
+    portcullis_core::count_allowed(LAYER_NAME);
     AuditRecord::note(request.extensions(), || {
         // The principal carries the key's id as its credential id.
         AuditNote::allow(LAYER_NAME).principal_of(principal)

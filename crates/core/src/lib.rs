@@ -66,21 +66,52 @@ pub use future::DecisionFuture;
 pub use headers::remove_field_lines;
 pub use log_throttle::LogThrottle;
 
-/// Whether refusals are counted (`portcullis_refusals_total{layer, code}`).
-static REFUSAL_METRICS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Whether decisions are counted (`portcullis_refusals_total{layer, code}`,
+/// `portcullis_allowed_total{layer}`).
+static DECISION_METRICS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Counts every refusal, by layer and code, in the `metrics` facade's
-/// `portcullis_refusals_total` from now on. Call it after installing a `metrics`
-/// recorder (the gateway does, with `[metrics]`). Off by default: the counter's labels
-/// are built per call, an allocation per refusal that a process without a recorder
-/// should not pay. The layers' other metrics (audit records, bans, key fetches) are
-/// emitted whenever a recorder is installed; they are not per request.
-pub fn enable_refusal_metrics() {
-    REFUSAL_METRICS.store(true, std::sync::atomic::Ordering::Relaxed);
+/// Counts every layer's decisions in the `metrics` facade from now on: refusals by layer
+/// and code (`portcullis_refusals_total`), allowed requests by layer
+/// (`portcullis_allowed_total`). Call it after installing a `metrics` recorder (the
+/// gateway does, with `[metrics]`). Off by default, so that a process without a
+/// recorder pays one relaxed load per decision and nothing else: the refusal counter's
+/// labels are built per call. The layers' other metrics (audit records, bans, key
+/// fetches, OCSP answers) are emitted whenever a recorder is installed; they are not
+/// per decision.
+pub fn enable_decision_metrics() {
+    DECISION_METRICS.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 pub(crate) fn refusal_metrics_enabled() -> bool {
-    REFUSAL_METRICS.load(std::sync::atomic::Ordering::Relaxed)
+    DECISION_METRICS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Counts a request `layer` let through (`portcullis_allowed_total{layer}`), when
+/// [`enable_decision_metrics`] was called. The layers of this project call it.
+pub fn count_allowed(layer: &'static str) {
+    if !DECISION_METRICS.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    // Literal labels make static keys: no allocation per request.
+    match layer {
+        "ip-allowlist" => {
+            metrics::counter!("portcullis_allowed_total", "layer" => "ip-allowlist").increment(1)
+        }
+        "mtls-identity" => {
+            metrics::counter!("portcullis_allowed_total", "layer" => "mtls-identity").increment(1)
+        }
+        "api-key" => {
+            metrics::counter!("portcullis_allowed_total", "layer" => "api-key").increment(1)
+        }
+        "jwt" => metrics::counter!("portcullis_allowed_total", "layer" => "jwt").increment(1),
+        "role-router" => {
+            metrics::counter!("portcullis_allowed_total", "layer" => "role-router").increment(1)
+        }
+        "rate-limit" => {
+            metrics::counter!("portcullis_allowed_total", "layer" => "rate-limit").increment(1)
+        }
+        other => metrics::counter!("portcullis_allowed_total", "layer" => other).increment(1),
+    }
 }
 pub use network::{InvalidNetwork, NetworkListError, NetworkSet};
 pub use principal::{

@@ -323,6 +323,7 @@ where
         let verdict = self.config.rules.0.load().check(client.ip());
         match verdict {
             Ok(()) => {
+                portcullis_core::count_allowed(LAYER_NAME);
                 AuditRecord::note(request.extensions(), || AuditNote::allow(LAYER_NAME));
                 DecisionFuture::inner(self.inner.call(request))
             }

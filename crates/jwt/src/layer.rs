@@ -219,6 +219,7 @@ impl Config {
                 scheme.is_empty() || scheme_line(value.as_bytes(), scheme) != SchemeLine::Other
             });
         }
+        portcullis_core::count_allowed(LAYER_NAME);
         AuditRecord::note(request.extensions(), || {
             AuditNote::allow(LAYER_NAME).principal_of(&noted)
         });

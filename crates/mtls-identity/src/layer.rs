@@ -551,6 +551,7 @@ impl Config {
             return self.refuse(&request, MtlsRefusal::DuplicatePrincipal, Some(thumbprint));
         }
         request.extensions_mut().insert(thumbprint);
+        portcullis_core::count_allowed(LAYER_NAME);
         AuditRecord::note(request.extensions(), || {
             let note = AuditNote::allow(LAYER_NAME)
                 .principal_id(noted.id())

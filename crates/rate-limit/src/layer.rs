@@ -499,6 +499,7 @@ where
     if let Some(refusal) = verdict.refusal {
         return ResponseFuture::rejected(shared.refuse(&request, refusal, &verdict.reports));
     }
+    portcullis_core::count_allowed(LAYER_NAME);
     AuditRecord::note(request.extensions(), || {
         AuditNote::new(LAYER_NAME, Decision::Allow)
     });

@@ -332,6 +332,7 @@ impl<S> RoleRouter<S> {
             None => "default",
         };
         let Err(refusal) = verdict.result else {
+            portcullis_core::count_allowed(LAYER_NAME);
             AuditRecord::note(request.extensions(), || {
                 let note = AuditNote::allow(LAYER_NAME);
                 match verdict
