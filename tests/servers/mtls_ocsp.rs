@@ -489,7 +489,7 @@ async fn the_gateway_file_configures_nginx_and_identification_by_name() {
     .unwrap();
     let serve_file = |extra: &str| {
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\n[[layer]]\nkind = \"mtls-identity\"\nconnectors = \"connectors.toml\"\nidentify = \"common-name\"\n{extra}[layer.forwarded]\nformat = \"escaped-pem\"\nheader = \"x-ssl-client-cert\"\ntrusted_proxies = [\"127.0.0.1/32\"]\nverify_with = \"ca.pem\"\n"
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[[layer]]\nkind = \"mtls-identity\"\nconnectors = \"connectors.toml\"\n{extra}[layer.forwarded]\nformat = \"escaped-pem\"\nheader = \"x-ssl-client-cert\"\ntrusted_proxies = [\"127.0.0.1/32\"]\nverify_with = \"ca.pem\"\n"
         );
         let dir = dir.clone();
         async move {
@@ -517,15 +517,24 @@ async fn the_gateway_file_configures_nginx_and_identification_by_name() {
             .header("x-ssl-client-cert", escaped)
             .send()
     };
+    // By common name or by DNS name (the test CA writes the name in both).
+    for identify in ["common-name", "dns-name"] {
+        let addr = serve_file(&format!("identify = \"{identify}\"\n")).await;
+        let answer = ask(addr, &named).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::OK, "{identify}");
+        assert!(answer.text().await.unwrap().starts_with("connector-5 "));
+        assert_eq!(
+            ask(addr, &no_eku).await.unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // By thumbprint (the default), a connector with no bound certificate names none.
     let addr = serve_file("").await;
-    let answer = ask(addr, &named).await.unwrap();
-    assert_eq!(answer.status(), StatusCode::OK);
-    assert!(answer.text().await.unwrap().starts_with("connector-5 "));
     assert_eq!(
-        ask(addr, &no_eku).await.unwrap().status(),
+        ask(addr, &named).await.unwrap().status(),
         StatusCode::UNAUTHORIZED
     );
-    let addr = serve_file("allow_unrestricted_usage = true\n").await;
+    let addr = serve_file("identify = \"common-name\"\nallow_unrestricted_usage = true\n").await;
     let answer = ask(addr, &no_eku).await.unwrap();
     assert_eq!(answer.status(), StatusCode::OK);
     assert!(answer.text().await.unwrap().starts_with("connector-6 "));
