@@ -105,3 +105,21 @@ pub async fn grpc_health_check(
     }
     HealthClient::new(channel).check(request).await.map(|_| ())
 }
+
+/// Builds the gateway file `text` (relative paths from `dir`) and serves `app` behind it
+/// with `GatewayServer::serve`, as `portcullis serve` does, on a free loopback port.
+pub(crate) async fn serve_gateway_file(
+    text: &str,
+    dir: &std::path::Path,
+    app: axum::Router,
+) -> std::net::SocketAddr {
+    let gateway = portcullis::config::GatewayConfig::parse("gateway.toml", text, dir)
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let server = gateway.bind().await.unwrap();
+    let addr = server.local_addr();
+    tokio::spawn(server.serve(app, std::future::pending()));
+    addr
+}

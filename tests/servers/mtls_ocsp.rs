@@ -426,16 +426,12 @@ async fn the_gateway_file_configures_ocsp() {
         );
         let dir = dir.clone();
         async move {
-            let gateway = portcullis::config::GatewayConfig::parse("gateway.toml", &text, &dir)
-                .unwrap()
-                .build()
-                .await
-                .unwrap();
-            let server = gateway.bind().await.unwrap();
-            let addr = server.local_addr();
-            let app = axum::Router::new().fallback(|| async { "ok" });
-            tokio::spawn(server.serve(app, std::future::pending()));
-            addr
+            crate::client::serve_gateway_file(
+                &text,
+                &dir,
+                axum::Router::new().fallback(|| async { "ok" }),
+            )
+            .await
         }
     };
     let xfcc = |leaf: &Leaf| {
@@ -493,16 +489,12 @@ async fn the_gateway_file_configures_nginx_and_identification_by_name() {
         );
         let dir = dir.clone();
         async move {
-            let gateway = portcullis::config::GatewayConfig::parse("gateway.toml", &text, &dir)
-                .unwrap()
-                .build()
-                .await
-                .unwrap();
-            let server = gateway.bind().await.unwrap();
-            let addr = server.local_addr();
-            let app = axum::Router::new().fallback(crate::mtls_axum::who);
-            tokio::spawn(server.serve(app, std::future::pending()));
-            addr
+            crate::client::serve_gateway_file(
+                &text,
+                &dir,
+                axum::Router::new().fallback(crate::mtls_axum::who),
+            )
+            .await
         }
     };
     let client = reqwest::Client::new();

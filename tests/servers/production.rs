@@ -277,42 +277,34 @@ async fn a_second_signal_stops_at_once() {
 #[tokio::test]
 async fn the_exit_status_says_what_went_wrong() {
     let dir = fresh_dir("exit");
-    std::fs::write(
-        dir.join("typo.toml"),
-        "[server]\nlisten = \"127.0.0.1:0\"\nheader_read_timout = \"5s\"\n",
-    )
-    .unwrap();
-    let output = tokio::process::Command::new(cli_binary())
-        .args(["serve", "--config"])
-        .arg(dir.join("typo.toml"))
-        .output()
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    // `portcullis serve --config NAME` on `text`: its exit status and stderr.
+    let serve = |name: &str, text: String| {
+        std::fs::write(dir.join(name), text).unwrap();
+        let output = std::process::Command::new(cli_binary())
+            .args(["serve", "--config"])
+            .arg(dir.join(name))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.code(), stderr)
+    };
+    let (code, stderr) = serve(
+        "typo.toml",
+        "[server]\nlisten = \"127.0.0.1:0\"\nheader_read_timout = \"5s\"\n".into(),
+    );
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("typo.toml:3"), "{stderr}");
     assert!(stderr.contains("header_read_timout"), "{stderr}");
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    std::fs::write(
-        dir.join("taken.toml"),
-        format!("[server]\nlisten = \"{}\"\n", taken.local_addr().unwrap()),
-    )
-    .unwrap();
-    let output = tokio::process::Command::new(cli_binary())
-        .args(["serve", "--config"])
-        .arg(dir.join("taken.toml"))
-        .output()
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let address = taken.local_addr().unwrap();
+    let (code, stderr) = serve("taken.toml", format!("[server]\nlisten = \"{address}\"\n"));
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("cannot listen on"), "{stderr}");
 
-    let output = tokio::process::Command::new(cli_binary())
-        .args(["serve"])
+    let output = std::process::Command::new(cli_binary())
+        .arg("serve")
         .output()
-        .await
         .unwrap();
     assert_eq!(output.status.code(), Some(2), "clap's usage error");
     std::fs::remove_dir_all(&dir).unwrap();

@@ -480,20 +480,8 @@ async fn the_gateway_file_sets_the_redis_namespace_and_failure_policy() {
             redis.url()
         );
         async move {
-            let gateway = portcullis::config::GatewayConfig::parse(
-                "gateway.toml",
-                &text,
-                &std::env::temp_dir(),
-            )
-            .unwrap()
-            .build()
-            .await
-            .unwrap();
-            let server = gateway.bind().await.unwrap();
-            let addr = server.local_addr();
             let app = axum::Router::new().fallback(|| async { "ok" });
-            tokio::spawn(server.serve(app, std::future::pending()));
-            addr
+            crate::client::serve_gateway_file(&text, &std::env::temp_dir(), app).await
         }
     };
     let fallback = serve_file("").await;
