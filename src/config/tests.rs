@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::{ConfigError, GatewayConfig};
+use super::{ConfigError, Gateway, GatewayConfig};
 
 fn parse(text: &str) -> Result<GatewayConfig, ConfigError> {
     GatewayConfig::parse("gateway.toml", text, Path::new("."))
@@ -236,12 +236,7 @@ async fn jwt_issuer_aliases_and_key_age_are_checked() {
     let layer = |issuers: String| format!("{SERVER}[[layer]]\nkind = \"jwt\"\n{issuers}");
     let build = |text: String| {
         let dir = dir.clone();
-        async move {
-            GatewayConfig::parse("gateway.toml", &text, &dir)
-                .unwrap()
-                .build()
-                .await
-        }
+        async move { build_in(&dir, &text).await }
     };
     let same =
         layer(issuer("https://a", "alias = \"x\"\n") + &issuer("https://b", "alias = \"x\"\n"));
@@ -323,12 +318,7 @@ async fn durations_and_lengths_are_checked_where_they_are_written() {
     };
     let build = |text: String| {
         let dir = dir.clone();
-        async move {
-            GatewayConfig::parse("gateway.toml", &text, &dir)
-                .unwrap()
-                .build()
-                .await
-        }
+        async move { build_in(&dir, &text).await }
     };
     let e = build(issuer("max_session = \"1h\"\n")).await.unwrap_err();
     assert_eq!(e.key, "token_issuer.max_session", "{e}");
@@ -560,6 +550,14 @@ async fn the_metrics_section_needs_a_place_to_serve() {
     assert_eq!(e.line, Some(5), "{e}");
 }
 
+/// Reads `text` as a file in `dir` and builds it.
+async fn build_in(dir: &Path, text: &str) -> Result<Gateway, ConfigError> {
+    GatewayConfig::parse("gateway.toml", text, dir)
+        .unwrap()
+        .build()
+        .await
+}
+
 /// Builds `text` and answers requests through `Gateway::apply` with a fallback handler;
 /// each request comes from `peer`, as the serve loop hands it over.
 async fn stack(text: &str) -> axum::Router {
@@ -711,11 +709,7 @@ async fn shadow_mode_and_audit_keys_reach_the_stack() {
     let text = format!(
         "{SERVER}[[layer]]\nkind = \"audit\"\ndirectory = \"audit\"\nlog_query = true\noverflow = \"drop\"\ncapacity = 100\nredact_query_keys = [\"q\"]\nrequest_id_header = \"x-trace\"\n"
     );
-    let gateway = GatewayConfig::parse("gateway.toml", &text, &dir)
-        .unwrap()
-        .build()
-        .await
-        .unwrap();
+    let gateway = build_in(&dir, &text).await.unwrap();
     let app = gateway.apply(axum::Router::new().fallback(|| async { "ok" }));
     let answer = call(
         &app,
@@ -749,11 +743,7 @@ async fn shadow_mode_and_audit_keys_reach_the_stack() {
     let text = format!(
         "{SERVER}[[layer]]\nkind = \"audit\"\ndirectory = \"refusals\"\nlevel = \"refusals\"\n[[layer]]\nkind = \"role-router\"\n{policy}"
     );
-    let gateway = GatewayConfig::parse("gateway.toml", &text, &dir)
-        .unwrap()
-        .build()
-        .await
-        .unwrap();
+    let gateway = build_in(&dir, &text).await.unwrap();
     let app = gateway.apply(axum::Router::new().fallback(|| async { "ok" }));
     assert_eq!(call(&app, "/open", &[]).await.status(), 200);
     assert_eq!(call(&app, "/closed", &[]).await.status(), 403);
@@ -795,13 +785,7 @@ async fn jwt_cache_and_size_keys_reach_the_stack() {
             "{SERVER}[token_issuer]\nissuer = \"i\"\naudience = \"a\"\nsecret_file = \"s.secret\"\n\n[[layer]]\nkind = \"jwt\"\ntrust_token_issuer = true\n{jwt_keys}"
         );
         let dir = dir.clone();
-        async move {
-            GatewayConfig::parse("gateway.toml", &text, &dir)
-                .unwrap()
-                .build()
-                .await
-                .unwrap()
-        }
+        async move { build_in(&dir, &text).await.unwrap() }
     };
     let principal =
         portcullis_core::Principal::builder("app", portcullis_core::AuthMethod::ApiKey).build();
@@ -856,11 +840,7 @@ async fn tiers_attributes_and_ipv6_prefixes_reach_the_stack() {
         );
         let dir = dir.clone();
         async move {
-            let gateway = GatewayConfig::parse("gateway.toml", &text, &dir)
-                .unwrap()
-                .build()
-                .await
-                .unwrap();
+            let gateway = build_in(&dir, &text).await.unwrap();
             let app = gateway.apply(axum::Router::new().fallback(|| async { "ok" }));
             std::mem::forget(gateway);
             app

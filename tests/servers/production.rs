@@ -46,9 +46,14 @@ impl Served {
             "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n[[layer]]\nkind = \"audit\"\ndirectory = \"audit\"\n"
         );
         std::fs::write(dir.join("gateway.toml"), config).unwrap();
+        Self::spawn(&dir.join("gateway.toml"), args).await
+    }
+
+    /// `portcullis serve --config FILE ARGS…`, once it listens; its stderr is kept.
+    async fn spawn(config: &Path, args: &[&str]) -> Self {
         let mut child = tokio::process::Command::new(cli_binary())
             .args(["serve", "--config"])
-            .arg(dir.join("gateway.toml"))
+            .arg(config)
             .args(args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -80,6 +85,13 @@ impl Served {
             stderr,
             reader: Some(reader),
         }
+    }
+
+    /// The address a line of the log names after `prefix`, if the gateway printed one.
+    fn printed(&self, prefix: &str) -> Option<String> {
+        self.log()
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix).map(str::to_owned))
     }
 
     fn signal(&self, name: &str) {
@@ -536,30 +548,13 @@ async fn metrics_are_scraped_and_move_with_requests() {
     let dir = fresh_dir("metrics");
     let config = "[server]\nlisten = \"127.0.0.1:0\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[[layer]]\nkind = \"audit\"\ndirectory = \"audit\"\n\n[[layer]]\nkind = \"role-router\"\ndefault = \"deny\"\n[[layer.rule]]\npath = \"/v1/key/**\"\npublic = true\n";
     std::fs::write(dir.join("gateway.toml"), config).unwrap();
-    let mut child = tokio::process::Command::new(cli_binary())
-        .args(["serve", "--config"])
-        .arg(dir.join("gateway.toml"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (mut main, mut metrics) = (None, None);
-    while main.is_none() {
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .expect("the gateway exited");
-        if let Some(addr) = line.strip_prefix("gateway: metrics on http://") {
-            metrics = Some(addr.trim_end_matches("/metrics").to_owned());
-        }
-        if let Some(addr) = line.strip_prefix("gateway: listening on http://") {
-            main = Some(addr.to_owned());
-        }
-    }
-    let (main, metrics) = (main.unwrap(), metrics.expect("no metrics address printed"));
+    let served = Served::spawn(&dir.join("gateway.toml"), &[]).await;
+    let main = served.addr;
+    let metrics = served
+        .printed("gateway: metrics on http://")
+        .expect("no metrics address printed")
+        .trim_end_matches("/metrics")
+        .to_owned();
     let client = reqwest::Client::new();
     for _ in 0..3 {
         let answer = client
@@ -650,8 +645,8 @@ async fn metrics_are_scraped_and_move_with_requests() {
 }
 
 /// Starts `portcullis serve` on a copy of a shipped example whose `listen` is moved to
-/// a free port; the address it listens on.
-async fn serve_example(dir: &Path, example: &str) -> (tokio::process::Child, String) {
+/// a free port.
+async fn serve_example(dir: &Path, example: &str) -> Served {
     let text = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("examples")
@@ -660,29 +655,7 @@ async fn serve_example(dir: &Path, example: &str) -> (tokio::process::Child, Str
     .unwrap()
     .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"");
     std::fs::write(dir.join("gateway.toml"), text).unwrap();
-    let mut child = tokio::process::Command::new(cli_binary())
-        .args(["serve", "--config"])
-        .arg(dir.join("gateway.toml"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut said = String::new();
-    loop {
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap_or_else(|| panic!("{example} did not start: {said}"));
-        said.push_str(&line);
-        if let Some(addr) = line.strip_prefix("gateway: listening on http://") {
-            let addr = addr.to_owned();
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            return (child, addr);
-        }
-    }
+    Served::spawn(&dir.join("gateway.toml"), &[]).await
 }
 
 /// examples/gateway-strict-quota.toml: 25 calls per key in a fixed 5-minute window,
@@ -707,7 +680,8 @@ async fn the_strict_quota_example_allows_25_calls_per_key_and_window() {
             .to_owned()
     };
     let (first, second) = (new_key("first"), new_key("second"));
-    let (_child, addr) = serve_example(&dir, "gateway-strict-quota.toml").await;
+    let served = serve_example(&dir, "gateway-strict-quota.toml").await;
+    let addr = served.addr;
     let client = reqwest::Client::new();
     let call = |key: &str| {
         client
@@ -753,7 +727,8 @@ async fn the_envoy_example_believes_the_proxys_certificate_only() {
         ),
     )
     .unwrap();
-    let (_child, addr) = serve_example(&dir, "gateway-behind-envoy.toml").await;
+    let served = serve_example(&dir, "gateway-behind-envoy.toml").await;
+    let addr = served.addr;
     let xfcc = |pem: &str| {
         format!(
             "Cert=\"{}\"",
