@@ -79,8 +79,8 @@ pub struct Gateway {
     pub(crate) body_limits: Option<super::body_limit::BodyLimits>,
     /// The audit layers' file sinks, synced at shutdown.
     pub(crate) audit_files: Vec<FileSink>,
-    /// `[server] tls_handshake_timeout` (10 s).
-    pub(crate) tls_handshake_timeout: std::time::Duration,
+    /// `[server] tls_handshake_timeout`; the listener's own default without it.
+    pub(crate) tls_handshake_timeout: Option<std::time::Duration>,
     /// Every role-router layer's policy, with where it came from.
     pub(crate) policies: Vec<(String, portcullis_role_router::PolicyHandle)>,
     /// `[metrics]`: `None` without the section, `Some(None)` on the admin listener,
@@ -421,11 +421,7 @@ impl GatewayConfig {
             audit_files,
             policies,
             metrics: self.metrics()?,
-            tls_handshake_timeout: self
-                .file
-                .server
-                .tls_handshake_timeout
-                .unwrap_or(std::time::Duration::from_secs(10)),
+            tls_handshake_timeout: self.file.server.tls_handshake_timeout,
         })
     }
 

@@ -143,23 +143,13 @@ impl Gateway {
     /// file has `[tls]`. Nothing is served until [`GatewayServer::serve`].
     pub async fn bind(&self) -> Result<GatewayServer, ServeError> {
         let (main, main_addr) = self.listen_on("main", self.listen).await?;
+        // `admin_router()` is `Some` exactly when `[admin]` is.
         let admin = match &self.admin {
-            Some(settings) if self.admin_router().is_some() => {
-                Some(self.listen_on("admin", settings.listen).await?)
-            }
-            _ => None,
+            Some(settings) => Some(self.listen_on("admin", settings.listen).await?),
+            None => None,
         };
         let metrics = match self.metrics {
-            Some(Some(address)) => {
-                let bind_error = |source| ServeError::Bind {
-                    listener: "metrics",
-                    address,
-                    source,
-                };
-                let tcp = TcpListener::bind(address).await.map_err(bind_error)?;
-                let bound = tcp.local_addr().map_err(bind_error)?;
-                Some((tcp, bound))
-            }
+            Some(Some(address)) => Some(bind_tcp("metrics", address).await?),
             _ => None,
         };
         Ok(GatewayServer {
@@ -176,20 +166,15 @@ impl Gateway {
         listener: &'static str,
         address: SocketAddr,
     ) -> Result<(Listening, SocketAddr), ServeError> {
-        let bind_error = |source| ServeError::Bind {
-            listener,
-            address,
-            source,
-        };
-        let tcp = TcpListener::bind(address).await.map_err(bind_error)?;
-        let bound = tcp.local_addr().map_err(bind_error)?;
-        let listening = match &self.tls {
-            Some(tls) => Listening::Tls(TlsListener::with_handshake_timeout(
+        let (tcp, bound) = bind_tcp(listener, address).await?;
+        let listening = match (&self.tls, self.tls_handshake_timeout) {
+            (Some(tls), Some(timeout)) => Listening::Tls(TlsListener::with_handshake_timeout(
                 tcp,
                 tls.clone(),
-                self.tls_handshake_timeout,
+                timeout,
             )),
-            None => Listening::Plain(tcp),
+            (Some(tls), None) => Listening::Tls(TlsListener::new(tcp, tls.clone())),
+            (None, _) => Listening::Plain(tcp),
         };
         Ok((listening, bound))
     }
@@ -213,6 +198,22 @@ impl Gateway {
             Err(error) => Err(io::Error::other(error)),
         }
     }
+}
+
+/// Binds `address` for the `listener` named in errors; the socket and its bound address
+/// (port `0` picks one).
+async fn bind_tcp(
+    listener: &'static str,
+    address: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), ServeError> {
+    let bind_error = |source| ServeError::Bind {
+        listener,
+        address,
+        source,
+    };
+    let tcp = TcpListener::bind(address).await.map_err(bind_error)?;
+    let bound = tcp.local_addr().map_err(bind_error)?;
+    Ok((tcp, bound))
 }
 
 impl GatewayServer {

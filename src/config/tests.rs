@@ -428,7 +428,7 @@ async fn the_server_limits_are_read_and_checked() {
     }
     assert_eq!(
         gateway.tls_handshake_timeout,
-        std::time::Duration::from_secs(3)
+        Some(std::time::Duration::from_secs(3))
     );
     assert!(gateway.body_limits.is_some());
     // Without body limits in the file, nothing is added around the router.

@@ -467,14 +467,10 @@ fn write_loop(
     // enqueue: no wake-up of this thread and no context switch per event, which on a
     // host with one core cost more than the event itself.
     while let Ok(first) = receiver.recv() {
-        let mut batch = 1u64;
         written.extend(handle(&mut writer, first));
         loop {
             match receiver.try_recv() {
-                Ok(message) => {
-                    batch += 1;
-                    written.extend(handle(&mut writer, message));
-                }
+                Ok(message) => written.extend(handle(&mut writer, message)),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     let _ = writer.flush();
@@ -485,11 +481,12 @@ fn write_loop(
         if let Err(error) = writer.flush() {
             cannot_write(&error);
         }
+        // The records the queue held when the writer woke, all written now (flush
+        // requests are not records; no-ops unless the host installed a recorder).
+        let records = written.len();
+        metrics::gauge!("portcullis_audit_queue_depth").set(records as f64);
+        metrics::counter!("portcullis_audit_records_written_total").increment(records as u64);
         lines.give_back(&mut written);
-        // What the queue held when the writer woke, and what it wrote (no-ops unless
-        // the host installed a metrics recorder).
-        metrics::gauge!("portcullis_audit_queue_depth").set(batch as f64);
-        metrics::counter!("portcullis_audit_records_written_total").increment(batch);
         std::thread::sleep(BATCH_WINDOW);
     }
     let _ = writer.flush();

@@ -82,14 +82,14 @@ pub fn enable_decision_metrics() {
     DECISION_METRICS.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
-pub(crate) fn refusal_metrics_enabled() -> bool {
+pub(crate) fn decision_metrics_enabled() -> bool {
     DECISION_METRICS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Counts a request `layer` let through (`portcullis_allowed_total{layer}`), when
 /// [`enable_decision_metrics`] was called. The layers of this project call it.
 pub fn count_allowed(layer: &'static str) {
-    if !DECISION_METRICS.load(std::sync::atomic::Ordering::Relaxed) {
+    if !decision_metrics_enabled() {
         return;
     }
     // Literal labels make static keys: no allocation per request.

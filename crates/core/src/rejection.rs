@@ -335,7 +335,7 @@ impl Renderer {
         response
             .extensions_mut()
             .insert(Denial::new(layer, rejection.code()));
-        if crate::refusal_metrics_enabled() {
+        if crate::decision_metrics_enabled() {
             metrics::counter!("portcullis_refusals_total", "layer" => layer, "code" => rejection.code())
                 .increment(1);
         }
