@@ -43,6 +43,7 @@
 //! # #[cfg(not(feature = "ip-allowlist"))]
 //! # fn main() {}
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use portcullis_core as core;
 

@@ -17,7 +17,7 @@ use portcullis_jwt::{
 };
 use portcullis_mtls_identity::{
     ClientAuth, ConnectorRegistry, Crls, ForwardedCertificate, Identify, MtlsIdentityLayer,
-    ServerTls, StaleCrl,
+    ServerTls, StaleCrl, TrustDomain,
 };
 use portcullis_rate_limit::{
     Ban, BanResponse, Charge, KeyPart, MissingKey, Overflow as KeyOverflow, Quota, RateLimitLayer,
@@ -260,13 +260,7 @@ impl GatewayConfig {
                             schema::Mode::Required => portcullis_mtls_identity::Mode::Required,
                             schema::Mode::Optional => portcullis_mtls_identity::Mode::Optional,
                         })
-                        .identify(match c.identify {
-                            schema::IdentifyName::Thumbprint => Identify::Thumbprint,
-                            schema::IdentifyName::CommonName => Identify::CommonName,
-                            schema::IdentifyName::DnsName => Identify::DnsName,
-                            schema::IdentifyName::Uri => Identify::Uri,
-                            schema::IdentifyName::Email => Identify::Email,
-                        })
+                        .identify(spiffe_or(c).map_err(at)?)
                         .allow_unrestricted_usage(c.allow_unrestricted_usage);
                     if let Some(forwarded) = &c.forwarded {
                         layer = self.forwarded(layer, forwarded).map_err(|e| {
@@ -1008,4 +1002,36 @@ impl GatewayConfig {
         }
         builder.build().map_err(|e| e.to_string())
     }
+}
+
+/// The layer's `identify`, with `trust_domains` (only for, and required by, "spiffe").
+fn spiffe_or(c: &schema::MtlsIdentity) -> Result<Identify, String> {
+    let identify = match c.identify {
+        schema::IdentifyName::Thumbprint => Identify::Thumbprint,
+        schema::IdentifyName::CommonName => Identify::CommonName,
+        schema::IdentifyName::DnsName => Identify::DnsName,
+        schema::IdentifyName::Uri => Identify::Uri,
+        schema::IdentifyName::Email => Identify::Email,
+        schema::IdentifyName::Spiffe => {
+            if c.trust_domains.is_empty() {
+                return Err(
+                    "identify = \"spiffe\" needs the trust domains it accepts: trust_domains = [\"prod.example\"]"
+                        .into(),
+                );
+            }
+            let trust_domains = c
+                .trust_domains
+                .iter()
+                .map(|name| {
+                    name.parse::<TrustDomain>()
+                        .map_err(|e| format!("trust_domains: {name:?}: {e}"))
+                })
+                .collect::<Result<_, _>>()?;
+            return Ok(Identify::Spiffe { trust_domains });
+        }
+    };
+    if !c.trust_domains.is_empty() {
+        return Err("trust_domains applies only with identify = \"spiffe\"".into());
+    }
+    Ok(identify)
 }

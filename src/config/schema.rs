@@ -296,6 +296,9 @@ pub(crate) struct MtlsIdentity {
     /// How a certificate names its connector.
     #[serde(default)]
     pub(crate) identify: IdentifyName,
+    /// With `identify = "spiffe"`: the trust domains whose SPIFFE IDs are accepted.
+    #[serde(default)]
+    pub(crate) trust_domains: Vec<String>,
     /// Accept client certificates whose extended key usage does not name clientAuth.
     #[serde(default)]
     pub(crate) allow_unrestricted_usage: bool,
@@ -342,6 +345,7 @@ pub(crate) enum IdentifyName {
     DnsName,
     Uri,
     Email,
+    Spiffe,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]

@@ -904,3 +904,93 @@ async fn tiers_attributes_and_ipv6_prefixes_reach_the_stack() {
         );
     }
 }
+
+/// `identify = "spiffe"` with `trust_domains`: the SPIFFE ID names the connector; other
+/// trust domains and malformed IDs are refused with their own codes; the keys are
+/// checked together.
+#[tokio::test]
+async fn spiffe_identities_from_the_file() {
+    let dir = std::env::temp_dir().join(format!("portcullis-config-spiffe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("connectors.toml"),
+        "[[connector]]\nid = \"spiffe://plant.example/connector-7\"\nroles = [\"reader\"]\n",
+    )
+    .unwrap();
+    let layer = |keys: &str| {
+        format!(
+            "{SERVER}[[layer]]\nkind = \"mtls-identity\"\nconnectors = \"connectors.toml\"\n{keys}"
+        )
+    };
+    let gateway = build_in(
+        &dir,
+        &layer("identify = \"spiffe\"\ntrust_domains = [\"plant.example\"]\n"),
+    )
+    .await
+    .unwrap();
+    let app = gateway.apply(axum::Router::new().fallback(|| async { "ok" }));
+    let certificate = |uri: &str| {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::URI(uri.try_into().unwrap()));
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = rcgen::KeyPair::generate().unwrap();
+        bytes::Bytes::copy_from_slice(params.self_signed(&key).unwrap().der())
+    };
+    let send = |uri: &str| {
+        use tower::ServiceExt as _;
+        let mut request = http::Request::get("/")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        request.extensions_mut().insert(portcullis_core::TlsPeer {
+            addr: "192.0.2.7:5000".parse().unwrap(),
+            chain: Some(std::sync::Arc::from(vec![certificate(uri)])),
+        });
+        app.clone().oneshot(request)
+    };
+    let code = |response: http::Response<axum::body::Body>| async move {
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["code"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let ok = send("spiffe://plant.example/connector-7").await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let foreign = send("spiffe://evil.example/connector-7").await.unwrap();
+    assert_eq!(foreign.status(), 401);
+    assert_eq!(code(foreign).await, "foreign_trust_domain");
+    let malformed = send("spiffe://Plant.example/connector-7").await.unwrap();
+    assert_eq!(malformed.status(), 401);
+    assert_eq!(code(malformed).await, "invalid_spiffe_id");
+
+    for (keys, says) in [
+        ("identify = \"spiffe\"\n", "trust_domains = ["),
+        (
+            "identify = \"spiffe\"\ntrust_domains = []\n",
+            "trust_domains = [",
+        ),
+        (
+            "identify = \"spiffe\"\ntrust_domains = [\"spiffe://plant.example\"]\n",
+            "lowercase letters",
+        ),
+        (
+            "identify = \"spiffe\"\ntrust_domains = [\"Plant.example\"]\n",
+            "lowercase letters",
+        ),
+        (
+            "identify = \"uri\"\ntrust_domains = [\"plant.example\"]\n",
+            "only with",
+        ),
+        ("trust_domains = [\"plant.example\"]\n", "only with"),
+    ] {
+        let e = build_in(&dir, &layer(keys)).await.unwrap_err();
+        assert_eq!(e.key, "layer[0]", "{keys}: {e}");
+        assert!(e.message.contains(says), "{keys}: {e}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

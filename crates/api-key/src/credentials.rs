@@ -81,7 +81,12 @@ fn status(
     let stored = match found {
         Ok(Some(stored)) => stored,
         Ok(None) => return Ok(CredentialStatus::Unknown),
-        Err(error) => return Err(CredentialCheckError(error.to_string())),
+        Err(error) => {
+            return Err(CredentialCheckError::from_source(
+                "the key store did not answer",
+                error,
+            ))
+        }
     };
     if stored.principal().id() != &*credential.principal {
         return Ok(CredentialStatus::Unknown);

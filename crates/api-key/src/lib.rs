@@ -87,6 +87,7 @@
 //! Every 401 carries a `WWW-Authenticate` challenge. Expiry and revocation are only
 //! told to a caller whose secret matched. No response, log line, audit note or `Debug`
 //! output holds the secret; they name the key by its id.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod credentials;
 mod file;

@@ -859,6 +859,7 @@ fn the_store_says_whether_a_sessions_key_is_still_good() {
             id: id.into(),
             principal: principal.into(),
         }))
+        .map_err(|e| e.to_string())
     };
     assert_eq!(ask("key-1", "partner-acme"), Ok(CredentialStatus::Good));
     assert_eq!(ask("key-1", "someone-else"), Ok(CredentialStatus::Unknown));

@@ -403,7 +403,7 @@ impl Guard {
             (AuditLevel::RefusalsOnly, _) => false,
             (AuditLevel::RefusalsAndSample { one_in }, _) => {
                 let n = self.config.counters.allowed.fetch_add(1, Ordering::Relaxed);
-                one_in > 0 && n % u64::from(one_in) == 0
+                one_in > 0 && n.is_multiple_of(u64::from(one_in))
             }
         }
     }

@@ -66,6 +66,7 @@
 //! [`AuditLevel::All`] (the default), [`AuditLevel::RefusalsOnly`], or
 //! [`AuditLevel::RefusalsAndSample`]. Refusals, errors, drops and panics are always
 //! recorded.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod chain;
 mod event;

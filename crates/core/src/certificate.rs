@@ -86,18 +86,11 @@ impl ClientCertThumbprint {
         &self.0
     }
 
-    /// Whether `digest` is this thumbprint, compared without an early exit so the time
-    /// taken says nothing about where two thumbprints differ.
+    /// Whether `digest` is this thumbprint, compared in constant time (`subtle`), so the
+    /// time taken says nothing about where two thumbprints differ.
     pub fn matches(&self, digest: &[u8]) -> bool {
-        if digest.len() != self.0.len() {
-            return false;
-        }
-        let difference = self
-            .0
-            .iter()
-            .zip(digest)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        difference == 0
+        use subtle::ConstantTimeEq as _;
+        self.0[..].ct_eq(digest).into()
     }
 }
 

@@ -35,16 +35,40 @@ pub enum CredentialStatus {
 
 /// The check could not answer (its store is down or unreadable). Layers refuse with 503
 /// rather than let a session go on unchecked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CredentialCheckError(pub String);
-
-impl fmt::Display for CredentialCheckError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the credential check failed: {}", self.0)
-    }
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("the credential check failed: {message}")]
+pub struct CredentialCheckError {
+    message: String,
+    #[source]
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
-impl std::error::Error for CredentialCheckError {}
+impl CredentialCheckError {
+    /// A failure described by `message` (logged, never sent to the client).
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A failure caused by `source`, the store's own error, kept as the error's
+    /// [`source`](std::error::Error::source).
+    pub fn from_source(
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self {
+            message: message.into(),
+            source: Some(Arc::from(source.into())),
+        }
+    }
+
+    /// What failed, as given.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
 
 /// The boxed future a [`CredentialCheck`] returns.
 pub type CredentialFuture =

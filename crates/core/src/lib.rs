@@ -22,12 +22,13 @@
 //! # Features
 //!
 //! - `axum`: read the socket peer from axum's `ConnectInfo<SocketAddr>`, and the
-//!   [`extract`] module's extractors (`Principal`, `Authenticated`, `PrincipalBy`,
+//!   `extract` module's extractors (`Principal`, `Authenticated`, `PrincipalBy`,
 //!   `ClientIp`).
 //! - `tonic`: read the socket peer from tonic's `TcpConnectInfo`.
 //! - `tonic-tls`: also from `TlsConnectInfo<TcpConnectInfo>`, when tonic serves TLS.
 //!
 //! Without them, hosts insert [`PeerAddr`] themselves.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod audit;
 mod authorization;

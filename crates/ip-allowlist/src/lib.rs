@@ -85,6 +85,7 @@
 //!
 //! Every refusal carries a [`Denial`](portcullis_core::Denial) in the response
 //! extensions and, when an audit layer is present, an audit note.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 use std::fmt;
 use std::net::IpAddr;

@@ -500,17 +500,9 @@ impl fmt::Debug for SigningKey {
     }
 }
 
-/// DER in a PEM envelope, as `jsonwebtoken` reads keys.
+/// DER in a PEM envelope, as `jsonwebtoken` reads keys (with the `pem` crate it uses).
 fn pem(label: &str, der: &[u8]) -> String {
-    use base64::engine::general_purpose::STANDARD;
-    let body = STANDARD.encode(der);
-    let mut text = format!("-----BEGIN {label}-----\n");
-    for line in body.as_bytes().chunks(64) {
-        text.push_str(std::str::from_utf8(line).unwrap_or_default());
-        text.push('\n');
-    }
-    text.push_str(&format!("-----END {label}-----\n"));
-    text
+    pem::encode(&pem::Pem::new(label, der))
 }
 
 /// The name of an algorithm as tokens write it in `alg`.

@@ -106,6 +106,7 @@
 //! certificate, an API key), valid for 10 hours by default, optionally bound to the
 //! client certificate; [`TokenIssuer::issue_service`] and [`TokenIssuer::extend_service`]
 //! are tower services to mount as `POST` routes.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod claims;
 mod credential;

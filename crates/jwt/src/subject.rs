@@ -36,16 +36,40 @@ pub enum SubjectStatus {
 
 /// The account check could not answer (its store is down). The request is refused with
 /// 503 `account_check_unavailable`: a check that cannot run never lets a request through.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SubjectCheckError(pub String);
-
-impl fmt::Display for SubjectCheckError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the account check failed: {}", self.0)
-    }
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("the account check failed: {message}")]
+pub struct SubjectCheckError {
+    message: String,
+    #[source]
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
-impl std::error::Error for SubjectCheckError {}
+impl SubjectCheckError {
+    /// A failure described by `message` (logged, never sent to the client).
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A failure caused by `source`, the store's own error, kept as the error's
+    /// [`source`](std::error::Error::source).
+    pub fn from_source(
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self {
+            message: message.into(),
+            source: Some(Arc::from(source.into())),
+        }
+    }
+
+    /// What failed, as given.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
 
 /// The boxed future an account check returns.
 pub type SubjectFuture =
@@ -65,7 +89,7 @@ pub type SubjectFuture =
 /// let check = move |subject: Subject| {
 ///     let blocked = blocked.clone();
 ///     async move {
-///         let blocked = blocked.read().map_err(|_| SubjectCheckError("lock poisoned".into()))?;
+///         let blocked = blocked.read().map_err(|_| SubjectCheckError::new("lock poisoned"))?;
 ///         Ok(if blocked.contains(&*subject.id) { SubjectStatus::Blocked } else { SubjectStatus::Active })
 ///     }
 /// };

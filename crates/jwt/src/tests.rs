@@ -814,7 +814,7 @@ impl Accounts {
                 assert_eq!(&*subject.issuer, ISS);
                 accounts.asked.fetch_add(1, Ordering::SeqCst);
                 if accounts.fail.load(Ordering::SeqCst) {
-                    return Err(SubjectCheckError("store down".into()));
+                    return Err(SubjectCheckError::new("store down"));
                 }
                 Ok(accounts
                     .status
@@ -1469,7 +1469,7 @@ mod sessions {
             let fail = self.fail.load(Ordering::SeqCst);
             Box::pin(async move {
                 if fail {
-                    return Err(CredentialCheckError("store down".into()));
+                    return Err(CredentialCheckError::new("store down"));
                 }
                 Ok(if revoked {
                     CredentialStatus::Revoked

@@ -8,17 +8,42 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
-/// Why a certificate could not be read.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CertificateError(pub String);
-
-impl fmt::Display for CertificateError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unreadable certificate: {}", self.0)
-    }
+/// Why a certificate could not be read (or, for [`DevPki`](crate::DevPki), made).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertificateError {
+    /// Not a DER X.509 certificate: the parser's reason.
+    #[error("unreadable certificate: {0}")]
+    Malformed(String),
+    /// Bytes after the certificate's DER.
+    #[error("unreadable certificate: trailing bytes after the certificate")]
+    TrailingBytes,
+    /// A PEM bundle that could not be read; `what` names it.
+    #[error("unreadable certificate: {what}: {reason}")]
+    Pem {
+        /// Which bundle.
+        what: &'static str,
+        /// The reader's reason.
+        reason: String,
+    },
+    /// An issuer certificate given for OCSP whose name or key cannot be used.
+    #[error("unusable issuer certificate: {0}")]
+    UnusableIssuer(String),
+    /// No issuer certificate in the PEM given for OCSP.
+    #[error("OCSP needs the CAs that issue client certificates, PEM")]
+    NoIssuers,
+    /// The OCSP client's HTTP client could not start.
+    #[error("OCSP: cannot start the HTTP client: {0}")]
+    HttpClient(String),
+    /// A development certificate could not be made; `what` names it.
+    #[error("cannot make {what}: {reason}")]
+    Generate {
+        /// Which certificate or key.
+        what: &'static str,
+        /// The generator's reason.
+        reason: String,
+    },
 }
-
-impl std::error::Error for CertificateError {}
 
 /// What the extended key usage extension allows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,12 +74,10 @@ pub struct ClientCertificate {
 impl ClientCertificate {
     /// Parses a DER certificate. Its thumbprint is the SHA-256 of these bytes.
     pub fn from_der(der: &[u8]) -> Result<Self, CertificateError> {
-        let (rest, cert) =
-            X509Certificate::from_der(der).map_err(|e| CertificateError(e.to_string()))?;
+        let (rest, cert) = X509Certificate::from_der(der)
+            .map_err(|e| CertificateError::Malformed(e.to_string()))?;
         if !rest.is_empty() {
-            return Err(CertificateError(
-                "trailing bytes after the certificate".into(),
-            ));
+            return Err(CertificateError::TrailingBytes);
         }
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
         let mut thumbprint = [0u8; 32];

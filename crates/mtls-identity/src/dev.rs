@@ -13,8 +13,11 @@ use rcgen::{
 use crate::certificate::{CertificateError, ClientCertificate};
 use crate::tls::ServerTls;
 
-fn failed(what: &str, e: impl fmt::Display) -> CertificateError {
-    CertificateError(format!("{what}: {e}"))
+fn failed(what: &'static str, e: impl fmt::Display) -> CertificateError {
+    CertificateError::Generate {
+        what,
+        reason: e.to_string(),
+    }
 }
 
 /// A CA, a server certificate signed by it, and client certificates on demand, all

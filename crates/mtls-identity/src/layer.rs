@@ -25,10 +25,11 @@ use crate::ocsp_policy::{Ocsp, OcspState, Outcome, Verdict};
 use crate::registry::ConnectorRegistry;
 use crate::revocation::CrlVerdict;
 use crate::revocation::Crls;
+use crate::spiffe::{self, TrustDomain};
 use crate::LAYER_NAME;
 
 /// How a certificate names its principal.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Identify {
     /// By its SHA-256 thumbprint, registered to exactly one connector (the default).
@@ -38,10 +39,29 @@ pub enum Identify {
     CommonName,
     /// By the first DNS name among the subject alternative names.
     DnsName,
-    /// By the first URI among the subject alternative names (a SPIFFE id).
+    /// By the first URI among the subject alternative names, whatever it is. For
+    /// SPIFFE IDs, use [`Identify::Spiffe`], which checks them.
     Uri,
     /// By the first e-mail address among the subject alternative names.
     Email,
+    /// By the SPIFFE ID of an X.509-SVID: the certificate's only URI SAN, valid by the
+    /// SPIFFE ID specification (else 401 `invalid_spiffe_id`), in one of these trust
+    /// domains (else 401 `foreign_trust_domain`; an empty list accepts none). The
+    /// principal is the whole ID, with the attribute `trust_domain`.
+    ///
+    /// ```
+    /// use portcullis_mtls_identity::{Identify, MtlsIdentityLayer, TrustDomain};
+    ///
+    /// let layer = MtlsIdentityLayer::by_name(Identify::Spiffe {
+    ///     trust_domains: vec!["prod.example".parse::<TrustDomain>()?],
+    /// });
+    /// # let _ = layer;
+    /// # Ok::<(), portcullis_mtls_identity::SpiffeIdError>(())
+    /// ```
+    Spiffe {
+        /// The trust domains whose IDs are accepted.
+        trust_domains: Vec<TrustDomain>,
+    },
 }
 
 /// What the layer does with a request without a client certificate.
@@ -85,6 +105,11 @@ pub enum MtlsRefusal {
     RevocationUnavailable,
     /// Another layer already put a certificate principal on the request.
     DuplicatePrincipal,
+    /// Identified by SPIFFE ID, and the certificate has no URI SAN, several, or one that
+    /// is not a valid SPIFFE ID.
+    InvalidSpiffeId,
+    /// Identified by SPIFFE ID, and the ID's trust domain is not an accepted one.
+    ForeignTrustDomain,
 }
 
 impl MtlsRefusal {
@@ -103,6 +128,8 @@ impl MtlsRefusal {
             Self::RevocationUnknown => "revocation_unknown",
             Self::RevocationUnavailable => "revocation_check_unavailable",
             Self::DuplicatePrincipal => "duplicate_authentication",
+            Self::InvalidSpiffeId => "invalid_spiffe_id",
+            Self::ForeignTrustDomain => "foreign_trust_domain",
         }
     }
 
@@ -124,6 +151,12 @@ impl MtlsRefusal {
                 "the client certificate's revocation status cannot be checked; try again later"
             }
             Self::DuplicatePrincipal => "the server is misconfigured: two certificate layers ran",
+            Self::InvalidSpiffeId => {
+                "the client certificate does not carry exactly one valid SPIFFE ID"
+            }
+            Self::ForeignTrustDomain => {
+                "the client certificate's SPIFFE ID is from a trust domain this server does not accept"
+            }
         }
     }
 
@@ -163,7 +196,7 @@ pub(crate) struct Config {
 impl Clone for Config {
     fn clone(&self) -> Self {
         Self {
-            identify: self.identify,
+            identify: self.identify.clone(),
             registry: self.registry.clone(),
             mode: self.mode,
             crls: self.crls.clone(),
@@ -326,15 +359,14 @@ impl MtlsIdentityLayer {
         let mut intermediates = Vec::new();
         for certificate in CertificateDer::pem_slice_iter(pem) {
             intermediates.push(
-                certificate.map_err(|e| {
-                    crate::TlsConfigError(format!("the forwarded intermediates: {e}"))
-                })?,
+                certificate
+                    .map_err(|e| crate::tls::unreadable("the forwarded intermediates", e))?,
             );
         }
         if intermediates.is_empty() {
-            return Err(crate::TlsConfigError(
-                "the forwarded intermediates hold no certificate".into(),
-            ));
+            return Err(crate::TlsConfigError::Empty {
+                what: "the forwarded intermediates",
+            });
         }
         let intermediates: Arc<[CertificateDer<'static>]> = intermediates.into();
         Ok(self.change(|c| c.forwarded_intermediates = intermediates))
@@ -349,16 +381,16 @@ impl MtlsIdentityLayer {
         use rustls_pki_types::pem::PemObject;
         let mut roots = rustls::RootCertStore::empty();
         for ca in CertificateDer::pem_slice_iter(client_cas_pem) {
-            let ca = ca.map_err(|e| crate::TlsConfigError(format!("the client CAs: {e}")))?;
+            let ca = ca.map_err(|e| crate::tls::unreadable("the client CAs", e))?;
             roots
                 .add(ca)
-                .map_err(|e| crate::TlsConfigError(format!("a client CA: {e}")))?;
+                .map_err(|e| crate::tls::refused("a client CA", e))?;
         }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let verifier =
             rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
-                .map_err(|e| crate::TlsConfigError(format!("the client verifier: {e}")))?;
+                .map_err(|e| crate::tls::refused("the client verifier", e))?;
         Ok(self.change(|c| c.forwarded_verifier = Some(verifier)))
     }
 
@@ -619,21 +651,30 @@ fn identify(config: &Config, certificate: &ClientCertificate) -> Result<Principa
         }
     }
     let thumbprint = certificate.thumbprint();
-    let name = match config.identify {
+    let mut trust_domain = None;
+    let name = match &config.identify {
         Identify::Thumbprint => None,
         Identify::CommonName => Some(certificate.common_name()),
         Identify::DnsName => Some(certificate.dns_names().first().map(String::as_str)),
         Identify::Uri => Some(certificate.uris().first().map(String::as_str)),
         Identify::Email => Some(certificate.emails().first().map(String::as_str)),
+        Identify::Spiffe { trust_domains } => {
+            let (id, domain) = spiffe_id(certificate, trust_domains)?;
+            trust_domain = Some(domain);
+            Some(Some(id))
+        }
     };
     let Some(registry) = &config.registry else {
         // Names without a registry: the TLS stack's CA is the only authority.
         let Some(Some(name)) = name else {
             return Err(MtlsRefusal::UnknownConnector);
         };
-        return Ok(Principal::builder(name, AuthMethod::Certificate)
-            .credential_id(thumbprint.to_string())
-            .build());
+        let mut principal =
+            Principal::builder(name, AuthMethod::Certificate).credential_id(thumbprint.to_string());
+        if let Some(domain) = trust_domain {
+            principal = principal.attribute("trust_domain", domain);
+        }
+        return Ok(principal.build());
     };
     let registered = match name {
         None => registry
@@ -660,4 +701,22 @@ fn identify(config: &Config, certificate: &ClientCertificate) -> Result<Principa
         .get(&thumbprint)
         .unwrap_or(&registered.unbound)
         .clone())
+}
+
+/// The certificate's SPIFFE ID and its trust domain. An X.509-SVID has exactly one URI
+/// SAN; a certificate with several is refused rather than searched, so that which ID
+/// counts never depends on their order.
+fn spiffe_id<'a>(
+    certificate: &'a ClientCertificate,
+    trust_domains: &[TrustDomain],
+) -> Result<(&'a str, &'a str), MtlsRefusal> {
+    let [id] = certificate.uris() else {
+        return Err(MtlsRefusal::InvalidSpiffeId);
+    };
+    let path_start = spiffe::check_id(id).map_err(|_| MtlsRefusal::InvalidSpiffeId)?;
+    let domain = &id["spiffe://".len()..path_start];
+    if !trust_domains.iter().any(|d| d.as_str() == domain) {
+        return Err(MtlsRefusal::ForeignTrustDomain);
+    }
+    Ok((id, domain))
 }

@@ -133,7 +133,11 @@ async fn principals_named_by_certificate_fields() {
         (Identify::Uri, "spiffe://plant.example/connector-7"),
         (Identify::Email, "ops@plant.example"),
     ] {
-        let (status, id, _) = run(MtlsIdentityLayer::by_name(identify), request(Some(&der))).await;
+        let (status, id, _) = run(
+            MtlsIdentityLayer::by_name(identify.clone()),
+            request(Some(&der)),
+        )
+        .await;
         assert_eq!(
             (status, id.as_str()),
             (StatusCode::OK, expected),
@@ -150,6 +154,146 @@ async fn principals_named_by_certificate_fields() {
     assert_eq!(
         (status, code.as_str()),
         (StatusCode::UNAUTHORIZED, "unknown_connector")
+    );
+}
+
+fn with_uris(uris: &[&str]) -> Vec<u8> {
+    certificate(|params| {
+        params
+            .subject_alt_names
+            .retain(|san| !matches!(san, SanType::URI(_)));
+        for uri in uris {
+            params
+                .subject_alt_names
+                .push(SanType::URI((*uri).try_into().unwrap()));
+        }
+    })
+}
+
+#[tokio::test]
+async fn spiffe_ids_are_checked_and_held_to_their_trust_domains() {
+    let spiffe = |domains: &[&str]| {
+        MtlsIdentityLayer::by_name(Identify::Spiffe {
+            trust_domains: domains.iter().map(|d| d.parse().unwrap()).collect(),
+        })
+    };
+    let layer = spiffe(&["plant.example", "staging.example"]);
+    for id in [
+        "spiffe://plant.example/connector-7",
+        "spiffe://staging.example/ns/x/sa/y",
+        "spiffe://plant.example",
+    ] {
+        let (status, said, _) = run(layer.clone(), request(Some(&with_uris(&[id])))).await;
+        assert_eq!((status, said.as_str()), (StatusCode::OK, id));
+    }
+    // The principal says which trust domain vouched for it.
+    let service = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(service_fn(|request: Request<()>| async move {
+            let auth = Authentication::from_extensions(request.extensions());
+            let domain = auth
+                .get(AuthMethod::Certificate)
+                .unwrap()
+                .attribute("trust_domain");
+            Ok::<_, Infallible>(Response::new(domain.unwrap_or("").to_owned()))
+        }));
+    let response = service
+        .oneshot(request(Some(&with_uris(&["spiffe://staging.example/a"]))))
+        .await
+        .unwrap();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&body[..], b"staging.example");
+
+    for (uris, code) in [
+        // Another trust domain, and look-alikes of an accepted one.
+        (
+            &["spiffe://evil.example/connector-7"][..],
+            "foreign_trust_domain",
+        ),
+        (
+            &["spiffe://plant.example.evil/connector-7"],
+            "foreign_trust_domain",
+        ),
+        (&["spiffe://example/connector-7"], "foreign_trust_domain"),
+        (
+            &["spiffe://xplant.example/connector-7"],
+            "foreign_trust_domain",
+        ),
+        // Not SPIFFE IDs by the specification: never normalized into an accepted one.
+        (&["spiffe://Plant.example/connector-7"], "invalid_spiffe_id"),
+        (&["SPIFFE://plant.example/connector-7"], "invalid_spiffe_id"),
+        (
+            &["spiffe://plant.example:443/connector-7"],
+            "invalid_spiffe_id",
+        ),
+        (
+            &["spiffe://user@plant.example/connector-7"],
+            "invalid_spiffe_id",
+        ),
+        (
+            &["spiffe://plant.example/../connector-7"],
+            "invalid_spiffe_id",
+        ),
+        (&["spiffe://plant.example/a%2Fb"], "invalid_spiffe_id"),
+        (
+            &["spiffe://plant.example/connector-7/"],
+            "invalid_spiffe_id",
+        ),
+        (
+            &["spiffe://plant.example/connector-7?x=1"],
+            "invalid_spiffe_id",
+        ),
+        (&["https://plant.example/connector-7"], "invalid_spiffe_id"),
+        // An X.509-SVID has exactly one URI SAN: none, or two (even both valid), is not one.
+        (&[], "invalid_spiffe_id"),
+        (
+            &["spiffe://plant.example/a", "spiffe://plant.example/b"],
+            "invalid_spiffe_id",
+        ),
+        (
+            &["spiffe://evil.example/a", "spiffe://plant.example/b"],
+            "invalid_spiffe_id",
+        ),
+    ] {
+        let (status, said, _) = run(layer.clone(), request(Some(&with_uris(uris)))).await;
+        assert_eq!(
+            (status, said.as_str()),
+            (StatusCode::UNAUTHORIZED, code),
+            "{uris:?}"
+        );
+    }
+    // No trust domain accepts nobody.
+    let (status, said, _) = run(
+        spiffe(&[]),
+        request(Some(&with_uris(&["spiffe://plant.example/connector-7"]))),
+    )
+    .await;
+    assert_eq!(
+        (status, said.as_str()),
+        (StatusCode::UNAUTHORIZED, "foreign_trust_domain")
+    );
+    // With a registry, the SPIFFE ID names the connector, bound as any name is.
+    let der = with_uris(&["spiffe://plant.example/connector-7"]);
+    let registry = ConnectorRegistry::new();
+    registry
+        .insert(Connector::new("spiffe://plant.example/connector-7").thumbprint(thumbprint(&der)))
+        .unwrap();
+    let bound = MtlsIdentityLayer::new(registry).identify(Identify::Spiffe {
+        trust_domains: vec!["plant.example".parse().unwrap()],
+    });
+    let (status, said, _) = run(bound.clone(), request(Some(&der))).await;
+    assert_eq!(
+        (status, said.as_str()),
+        (StatusCode::OK, "spiffe://plant.example/connector-7")
+    );
+    let impostor = with_uris(&["spiffe://plant.example/connector-7"]);
+    let (status, said, _) = run(bound, request(Some(&impostor))).await;
+    assert_eq!(
+        (status, said.as_str()),
+        (StatusCode::UNAUTHORIZED, "certificate_not_bound")
     );
 }
 

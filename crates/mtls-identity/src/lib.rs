@@ -63,7 +63,7 @@
 //! # Serving TLS
 //!
 //! - axum: [`TlsListener::for_axum`] with `into_make_service_with_connect_info::<TlsPeer>()`.
-//! - plain hyper: [`serve_hyper`] (feature `hyper`).
+//! - plain hyper: `serve_hyper` (feature `hyper`).
 //! - tonic (feature `tonic`): tonic terminates TLS itself and keeps the peer chain in
 //!   its `TlsConnectInfo`, which the layer reads:
 //!
@@ -163,6 +163,7 @@
 //! | another certificate layer already authenticated the request | 500 | `duplicate_authentication` |
 //!
 //! A certificate of another CA never gets this far: the TLS handshake refuses it.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod certificate;
 #[cfg(feature = "dev-pki")]
@@ -176,9 +177,12 @@ mod layer;
 mod layer_tests;
 mod listener;
 mod ocsp;
+#[cfg(feature = "ocsp-http")]
+mod ocsp_client;
 mod ocsp_policy;
 mod registry;
 mod revocation;
+mod spiffe;
 mod tls;
 
 pub use certificate::{CertificateError, ClientCertificate, KeyUsage};
@@ -194,10 +198,13 @@ pub use layer::{Identify, Mode, MtlsIdentity, MtlsIdentityLayer, MtlsRefusal};
 #[cfg(feature = "axum")]
 pub use listener::AxumTlsListener;
 pub use listener::TlsListener;
-pub use ocsp::{OcspAnswer, OcspCheck, OcspClient, OcspError, OcspFuture, OcspStatus};
+pub use ocsp::{OcspAnswer, OcspCheck, OcspError, OcspFuture, OcspStatus};
+#[cfg(feature = "ocsp-http")]
+pub use ocsp_client::OcspClient;
 pub use ocsp_policy::{Ocsp, OcspFailure};
 pub use registry::{parse_thumbprint, Connector, ConnectorRegistry, RegistryError};
 pub use revocation::{CrlError, Crls, StaleCrl};
+pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use tls::{ClientAuth, ServerTls, TlsConfigError};
 
 /// The layer's name in [`Denial`](portcullis_core::Denial)s and audit notes.

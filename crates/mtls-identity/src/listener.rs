@@ -23,7 +23,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// does not hold up others, and a refused handshake never reaches the application.
 ///
 /// Serve it with [`TlsListener::for_axum`] (feature `axum`), with
-/// [`serve_hyper`](crate::serve_hyper) (feature `hyper`), or take connections with
+/// `serve_hyper` (feature `hyper`), or take connections with
 /// [`TlsListener::accept`] in a loop of your own and put the [`TlsPeer`] into each
 /// request's extensions.
 ///

@@ -517,11 +517,12 @@ mod credential_tests {
         assert!(registry.checks(AuthMethod::Certificate));
         assert!(!registry.checks(AuthMethod::ApiKey));
         let ask = |id: String, principal: &str| {
-            registry.check(&Credential {
+            let asked = registry.check(&Credential {
                 method: AuthMethod::Certificate,
                 id: id.into(),
                 principal: principal.into(),
-            })
+            });
+            async move { asked.await.map_err(|e| e.to_string()) }
         };
         let other = ClientCertThumbprint::from_bytes([8; 32]).to_string();
         assert_eq!(

@@ -23,16 +23,40 @@ pub enum ClientAuth {
 }
 
 /// Why a TLS configuration could not be built.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsConfigError(pub String);
-
-impl fmt::Display for TlsConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TLS configuration: {}", self.0)
-    }
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsConfigError {
+    /// PEM that could not be read; `what` names it (the server chain, the server key,
+    /// the client CAs, the CRLs, the forwarded intermediates).
+    #[error("TLS configuration: {what}: {reason}")]
+    Unreadable {
+        /// Which input.
+        what: &'static str,
+        /// The reader's reason.
+        reason: String,
+    },
+    /// PEM that holds no certificate where one is needed; `what` names it.
+    #[error("TLS configuration: {what} holds no certificate")]
+    Empty {
+        /// Which input.
+        what: &'static str,
+    },
+    /// Client certificates are asked for, and no client CA was given.
+    #[error("TLS configuration: no client CA: give .client_cas(pem) the CAs that issue client certificates")]
+    NoClientCa,
+    /// Client CAs or CRLs were given, and client certificates are off.
+    #[error("TLS configuration: client CAs or CRLs were given, but client certificates are off: remove them, or ask for certificates with ClientAuth::Optional")]
+    UnusedClientCas,
+    /// rustls refused a readable input; `what` names it (a client CA, the client
+    /// verifier, the protocol versions, the server certificate and key).
+    #[error("TLS configuration: {what}: {reason}")]
+    Refused {
+        /// Which input.
+        what: &'static str,
+        /// rustls's reason.
+        reason: String,
+    },
 }
-
-impl std::error::Error for TlsConfigError {}
 
 /// Builds the rustls [`ServerConfig`] of an mTLS server: the server's chain and key,
 /// the CAs client certificates must chain to, CRLs checked in the handshake, and
@@ -105,21 +129,18 @@ impl ServerTls {
         &self,
         provider: Arc<rustls::crypto::CryptoProvider>,
     ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsConfigError> {
-        let error = |what: &str, e: &dyn fmt::Display| TlsConfigError(format!("{what}: {e}"));
         let mut roots = RootCertStore::empty();
         for ca in CertificateDer::pem_slice_iter(&self.client_cas) {
-            let ca = ca.map_err(|e| error("the client CAs", &e))?;
-            roots.add(ca).map_err(|e| error("a client CA", &e))?;
+            let ca = ca.map_err(|e| unreadable("the client CAs", e))?;
+            roots.add(ca).map_err(|e| refused("a client CA", e))?;
         }
         if roots.is_empty() {
-            return Err(TlsConfigError(
-                "no client CA: give .client_cas(pem) the CAs that issue client certificates".into(),
-            ));
+            return Err(TlsConfigError::NoClientCa);
         }
         let crls: Vec<CertificateRevocationListDer<'static>> =
             CertificateRevocationListDer::pem_slice_iter(&self.crls)
                 .collect::<Result<_, _>>()
-                .map_err(|e| error("the CRLs", &e))?;
+                .map_err(|e| unreadable("the CRLs", e))?;
         let mut verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).with_crls(crls);
         if self.client_auth == ClientAuth::Optional {
@@ -127,32 +148,29 @@ impl ServerTls {
         }
         verifier
             .build()
-            .map_err(|e| error("the client verifier", &e))
+            .map_err(|e| refused("the client verifier", e))
     }
 
     /// Checks everything and builds the config.
     pub fn build(self) -> Result<Arc<ServerConfig>, TlsConfigError> {
-        let error = |what: &str, e: &dyn fmt::Display| TlsConfigError(format!("{what}: {e}"));
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&self.chain)
             .collect::<Result<_, _>>()
-            .map_err(|e| error("the server chain", &e))?;
+            .map_err(|e| unreadable("the server chain", e))?;
         if chain.is_empty() {
-            return Err(TlsConfigError(
-                "the server chain holds no certificate".into(),
-            ));
+            return Err(TlsConfigError::Empty {
+                what: "the server chain",
+            });
         }
-        let key =
-            PrivateKeyDer::from_pem_slice(&self.key).map_err(|e| error("the server key", &e))?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key)
+            .map_err(|e| unreadable("the server key", e))?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| error("the protocol versions", &e))?;
+            .map_err(|e| refused("the protocol versions", e))?;
         let builder = if self.client_auth == ClientAuth::Off {
             // Client CAs or CRLs given here would be silently unused: say so instead.
             if !self.client_cas.is_empty() || !self.crls.is_empty() {
-                return Err(TlsConfigError(
-                    "client CAs or CRLs were given, but client certificates are off: remove them, or ask for certificates with ClientAuth::Optional".into(),
-                ));
+                return Err(TlsConfigError::UnusedClientCas);
             }
             builder.with_no_client_auth()
         } else {
@@ -160,8 +178,22 @@ impl ServerTls {
         };
         let mut config = builder
             .with_single_cert(chain, key)
-            .map_err(|e| error("the server certificate", &e))?;
+            .map_err(|e| refused("the server certificate", e))?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
+    }
+}
+
+pub(crate) fn unreadable(what: &'static str, e: impl fmt::Display) -> TlsConfigError {
+    TlsConfigError::Unreadable {
+        what,
+        reason: e.to_string(),
+    }
+}
+
+pub(crate) fn refused(what: &'static str, e: impl fmt::Display) -> TlsConfigError {
+    TlsConfigError::Refused {
+        what,
+        reason: e.to_string(),
     }
 }

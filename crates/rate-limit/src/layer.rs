@@ -374,7 +374,7 @@ pub struct RateLimitHandle {
 
 impl RateLimitHandle {
     /// The in-process bans in force. With Redis, see
-    /// [`RateLimitHandle::shared_bans`].
+    /// `RateLimitHandle::shared_bans` (feature `redis`).
     pub fn bans(&self) -> Vec<BanEntry> {
         self.shared.engine.bans()
     }

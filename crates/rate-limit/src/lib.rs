@@ -74,11 +74,12 @@
 //!
 //! # Redis
 //!
-//! With the `redis` feature, [`RedisBackend`] shares quotas and bans between instances:
+//! With the `redis` feature, `RedisBackend` shares quotas and bans between instances:
 //! one Lua script checks bans and every quota and charges them in one round trip. If
 //! Redis is down or slower than the timeout, requests fall back to the in-process
 //! quotas (or are refused with 503, if the host chooses), and Redis is retried after a
 //! pause.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod ban;
 mod engine;

@@ -27,21 +27,29 @@ pub enum RedisFailure {
 }
 
 /// A Redis error, without the connection URL (which may hold a password).
-#[derive(Debug)]
-pub struct RedisError(String);
-
-impl fmt::Display for RedisError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "redis: {}", self.0)
-    }
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisError {
+    /// The client or the server refused: the error's kind and the server's message.
+    #[error("redis: {0}")]
+    Redis(String),
+    /// No answer within the backend's timeout.
+    #[error("redis: timed out")]
+    TimedOut,
+    /// The script answered something other than four values per quota.
+    #[error("redis: the script returned {got} values for {quotas} quotas")]
+    UnexpectedAnswer {
+        /// How many values came back.
+        got: usize,
+        /// How many quotas were asked about.
+        quotas: usize,
+    },
 }
-
-impl std::error::Error for RedisError {}
 
 impl From<redis::RedisError> for RedisError {
     fn from(error: redis::RedisError) -> Self {
         // The kind and the server's message; never the connection info.
-        Self(match error.detail() {
+        Self::Redis(match error.detail() {
             Some(detail) => format!("{:?}: {detail}", error.kind()),
             None => format!("{:?}", error.kind()),
         })
@@ -322,13 +330,12 @@ impl Attached {
             invocation.invoke_async::<Vec<i64>>(&mut connection),
         )
         .await
-        .map_err(|_| RedisError("timed out".to_owned()))??;
+        .map_err(|_| RedisError::TimedOut)??;
         if answer.len() != calls.len() * 4 {
-            return Err(RedisError(format!(
-                "the script returned {} values for {} quotas",
-                answer.len(),
-                calls.len()
-            )));
+            return Err(RedisError::UnexpectedAnswer {
+                got: answer.len(),
+                quotas: calls.len(),
+            });
         }
         Ok(answer)
     }

@@ -76,6 +76,7 @@
 //! Matching a path against a pattern takes at most (pattern segments + 1) × (path
 //! segments + 1) steps, however many `**` the pattern holds, and
 //! [`Policy::lint`] compares patterns in (segments × segments) steps.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod file;
 mod path;

@@ -132,31 +132,24 @@ fn check_segment(segment: &[u8]) -> Result<(), AmbiguousPath> {
     }
 }
 
+/// Decodes with `percent-encoding`, after checking every escape ourselves: its decoder
+/// is lenient (a malformed `%zz` stays as it is), and an encoded delimiter would give
+/// the path other segments than the router sees.
 fn decode(raw: &str) -> Result<String, AmbiguousPath> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] != b'%' {
-            out.push(bytes[i]);
-            i += 1;
-            continue;
-        }
-        let hex = |b: u8| (b as char).to_digit(16);
-        let (Some(hi), Some(lo)) = (
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) else {
+    for escape in raw.as_bytes().split(|&b| b == b'%').skip(1) {
+        let hex = |b: &u8| (*b as char).to_digit(16);
+        let (Some(hi), Some(lo)) = (escape.first().and_then(hex), escape.get(1).and_then(hex))
+        else {
             return Err(AmbiguousPath::BadPercentEncoding);
         };
-        let byte = (hi * 16 + lo) as u8;
-        if matches!(byte, b'/' | b'\\' | b'.' | b'%') {
+        if matches!((hi * 16 + lo) as u8, b'/' | b'\\' | b'.' | b'%') {
             return Err(AmbiguousPath::EncodedDelimiter);
         }
-        out.push(byte);
-        i += 3;
     }
-    String::from_utf8(out).map_err(|_| AmbiguousPath::BadCharacter)
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map(Cow::into_owned)
+        .map_err(|_| AmbiguousPath::BadCharacter)
 }
 
 #[cfg(test)]

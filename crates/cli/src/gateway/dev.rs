@@ -8,8 +8,10 @@ use portcullis::api_key::{render_key_record, GeneratedKey, KeyPrefix, KeyRecord}
 use portcullis::core::{AuthMethod, Principal};
 use portcullis::mtls_identity::DevPki;
 
-const CONFIG: &str = include_str!("../../../../examples/gateway.toml");
-const POLICY: &str = include_str!("../../../../examples/gateway-policy.toml");
+// Symbolic links to examples/gateway.toml and examples/gateway-policy.toml: one copy in
+// the repository, and `cargo package` copies their contents into the published crate.
+const CONFIG: &str = include_str!("gateway.toml");
+const POLICY: &str = include_str!("gateway-policy.toml");
 
 /// What the development setup made, for the printed commands.
 pub(crate) struct DevSetup {
