@@ -52,10 +52,11 @@ impl fmt::Debug for GatewayServer {
 }
 
 /// Why the gateway could not serve.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServeError {
     /// A listener's address could not be bound (in use, or not this host's).
+    #[error("cannot listen on {address} ({listener}): {source}; free the address or change it in the file")]
     Bind {
         /// `"main"` or `"admin"`.
         listener: &'static str,
@@ -65,32 +66,8 @@ pub enum ServeError {
         source: io::Error,
     },
     /// The gateway's files could not be watched for changes.
-    Watch(io::Error),
-}
-
-impl fmt::Display for ServeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Bind {
-                listener,
-                address,
-                source,
-            } => write!(
-                f,
-                "cannot listen on {address} ({listener}): {source}; free the address or change it in the file"
-            ),
-            Self::Watch(error) => write!(f, "cannot watch the gateway's files: {error}"),
-        }
-    }
-}
-
-impl std::error::Error for ServeError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Bind { source, .. } => Some(source),
-            Self::Watch(error) => Some(error),
-        }
-    }
+    #[error("cannot watch the gateway's files: {0}")]
+    Watch(#[source] io::Error),
 }
 
 /// What a gateway did before it stopped.

@@ -168,6 +168,10 @@ struct KeyServer {
     down: Arc<AtomicBool>,
     fetches: Arc<AtomicUsize>,
     issuer: Arc<Mutex<String>>,
+    /// The `Cache-Control` the JWKS is served with.
+    cache_control: Arc<Mutex<Option<String>>>,
+    /// Each fetch's `x-client` header.
+    clients: Arc<Mutex<Vec<String>>>,
 }
 
 impl KeyServer {
@@ -177,13 +181,29 @@ impl KeyServer {
     }
 
     async fn serve(&self) -> SocketAddr {
-        async fn jwks(State(server): State<KeyServer>) -> axum::response::Response {
+        async fn jwks(
+            State(server): State<KeyServer>,
+            headers: http::HeaderMap,
+        ) -> axum::response::Response {
             if server.down.load(Ordering::SeqCst) {
                 return StatusCode::SERVICE_UNAVAILABLE.into_response();
             }
             server.fetches.fetch_add(1, Ordering::SeqCst);
+            server.clients.lock().unwrap().push(
+                headers
+                    .get("x-client")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned(),
+            );
             let body = server.jwks.lock().unwrap().to_string();
-            ([("content-type", "application/json")], body).into_response()
+            let mut response = ([("content-type", "application/json")], body).into_response();
+            if let Some(cache) = server.cache_control.lock().unwrap().clone() {
+                response
+                    .headers_mut()
+                    .insert("cache-control", cache.parse().unwrap());
+            }
+            response
         }
         async fn discovery(State(server): State<KeyServer>) -> axum::response::Response {
             if server.down.load(Ordering::SeqCst) {
@@ -335,6 +355,90 @@ async fn keys_rotate_at_the_key_server_while_requests_flow() {
         Some("unknown_key"),
         "the retired key is gone"
     );
+}
+
+/// The key server's `Cache-Control: max-age` sets the refresh, kept between the minimum
+/// interval and `refresh_every`; the host's own HTTP client does the fetching.
+#[tokio::test]
+async fn the_key_servers_max_age_and_the_hosts_client_are_used() {
+    let key = SigningKey::generate(Algorithm::ES256)
+        .unwrap()
+        .with_kid("k");
+    let key_server = KeyServer::default();
+    key_server.publish(&[&key]);
+    *key_server.cache_control.lock().unwrap() = Some("public, max-age=1".into());
+    let addr = key_server.serve().await;
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-client", "the-hosts-client".parse().unwrap());
+    let client = portcullis::jwt::reqwest::Client::builder()
+        .default_headers(headers)
+        .redirect(portcullis::jwt::reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let layer = JwtLayer::builder()
+        .issuer(
+            Issuer::new("https://idp.example")
+                .audience(AUD)
+                .jwks_url(format!("http://{addr}/keys"))
+                .http_client(client)
+                .refresh_every(Duration::from_secs(3600))
+                .min_refresh_interval(Duration::from_millis(200)),
+        )
+        .build()
+        .unwrap();
+    assert!(layer.handle().wait_for_keys(Duration::from_secs(10)).await);
+    // With an hour between refreshes, only max-age=1 brings a second and third fetch.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while key_server.fetches.load(Ordering::SeqCst) < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(key_server.fetches.load(Ordering::SeqCst) >= 3);
+    assert!(key_server
+        .clients
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|c| c == "the-hosts-client"));
+
+    // A max-age longer than refresh_every does not stretch it; no-store does not make
+    // it faster than the minimum interval.
+    let quick = KeyServer::default();
+    quick.publish(&[&key]);
+    *quick.cache_control.lock().unwrap() = Some("max-age=86400".into());
+    let quick_addr = quick.serve().await;
+    let slow = KeyServer::default();
+    slow.publish(&[&key]);
+    *slow.cache_control.lock().unwrap() = Some("no-store".into());
+    let slow_addr = slow.serve().await;
+    let issuer = |name: &str, addr: SocketAddr, every: u64, min: u64| {
+        Issuer::new(name)
+            .audience(AUD)
+            .jwks_url(format!("http://{addr}/keys"))
+            .refresh_every(Duration::from_millis(every))
+            .min_refresh_interval(Duration::from_millis(min))
+    };
+    let layer = JwtLayer::builder()
+        .issuer(issuer("https://quick.example", quick_addr, 300, 100))
+        .issuer(issuer("https://slow.example", slow_addr, 3_600_000, 1_000))
+        .build()
+        .unwrap();
+    assert!(layer.handle().wait_for_keys(Duration::from_secs(10)).await);
+    let started = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let elapsed = started.elapsed().as_millis();
+    let quick_fetches = quick.fetches.load(Ordering::SeqCst);
+    assert!(
+        quick_fetches >= 3,
+        "refresh_every 300 ms: {quick_fetches} fetches"
+    );
+    // One fetch per second at most, and the first.
+    let slow_fetches = slow.fetches.load(Ordering::SeqCst);
+    let allowed = 2 + usize::try_from(elapsed / 1000).unwrap();
+    assert!(
+        (2..=allowed).contains(&slow_fetches),
+        "no-store, minimum 1 s: {slow_fetches} fetches in {elapsed} ms"
+    );
+    drop(layer);
 }
 
 #[tokio::test]

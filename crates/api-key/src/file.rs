@@ -80,29 +80,17 @@ pub fn read_key_file(path: impl AsRef<Path>) -> Result<Vec<KeyRecord>, KeyFileEr
 /// One record as a `[[key]]` table, the inverse of [`parse_key_file`]; for appending a
 /// new key to a file.
 pub fn render_key_record(record: &KeyRecord) -> String {
-    use std::fmt::Write as _;
-    let quote = |text: &str| toml::Value::String(text.to_owned()).to_string();
-    let list = |items: &mut dyn Iterator<Item = String>| {
-        let items: Vec<String> = items.map(|item| quote(&item)).collect();
-        format!("[{}]", items.join(", "))
-    };
-    let mut out = String::from("[[key]]\n");
-    let _ = writeln!(out, "id = {}", quote(record.id()));
-    let _ = writeln!(out, "owner = {}", quote(record.owner()));
-    let _ = writeln!(out, "digest = {}", quote(&record.digest().to_string()));
+    use toml_edit::{value, Array, ArrayOfTables, DocumentMut, InlineTable, Item, Table};
+    let list = |items: &mut dyn Iterator<Item = String>| value(items.collect::<Array>());
+    let mut key = Table::new();
+    key.insert("id", value(record.id()));
+    key.insert("owner", value(record.owner()));
+    key.insert("digest", value(record.digest().to_string()));
     if !record.role_list().is_empty() {
-        let _ = writeln!(
-            out,
-            "roles = {}",
-            list(&mut record.role_list().iter().cloned())
-        );
+        key.insert("roles", list(&mut record.role_list().iter().cloned()));
     }
     if !record.scope_list().is_empty() {
-        let _ = writeln!(
-            out,
-            "scopes = {}",
-            list(&mut record.scope_list().iter().cloned())
-        );
+        key.insert("scopes", list(&mut record.scope_list().iter().cloned()));
     }
     let times = [
         ("created", record.created_at()),
@@ -111,35 +99,96 @@ pub fn render_key_record(record: &KeyRecord) -> String {
     ];
     for (name, time) in times {
         if let Some(time) = time {
-            let _ = writeln!(
-                out,
-                "{name} = \"{}\"",
-                humantime::format_rfc3339_seconds(time)
+            key.insert(
+                name,
+                value(humantime::format_rfc3339_seconds(time).to_string()),
             );
         }
     }
     if record.is_revoked() {
-        out.push_str("revoked = true\n");
+        key.insert("revoked", value(true));
     }
     if let Some(networks) = record.network_set() {
-        let _ = writeln!(
-            out,
-            "networks = {}",
-            list(&mut networks.networks().map(|n| n.to_string()))
+        key.insert(
+            "networks",
+            list(&mut networks.networks().map(|n| n.to_string())),
         );
     }
     if let Some(tier) = record.tier_name() {
-        let _ = writeln!(out, "tier = {}", quote(tier));
+        key.insert("tier", value(tier));
     }
     if !record.labels().is_empty() {
-        let labels: Vec<String> = record
+        let labels: InlineTable = record
             .labels()
             .iter()
-            .map(|(name, value)| format!("{} = {}", quote(name), quote(value)))
+            .map(|(name, text)| (name.as_str(), text.as_str()))
             .collect();
-        let _ = writeln!(out, "labels = {{ {} }}", labels.join(", "));
+        key.insert("labels", value(labels));
     }
-    out
+    let mut keys = ArrayOfTables::new();
+    keys.push(key);
+    let mut document = DocumentMut::new();
+    document.insert("key", Item::ArrayOfTables(keys));
+    document.to_string()
+}
+
+/// `text`, a key file, with the key `id` marked `revoked = true`, and everything else
+/// as it was: comments, blank lines, the order and layout of keys (`toml_edit`). The
+/// file is read with [`parse_key_file`] before and after the edit, so a file with an
+/// error, or an edit that would make one, is refused rather than written.
+///
+/// ```
+/// use portcullis_api_key::{parse_key_file, revoke_in_key_file};
+///
+/// let text = "# partner keys\n[[key]]\nid = \"acme-1\"  # rotated 2026-11\nowner = \"acme\"\n\
+///             digest = \"sha256:0000000000000000000000000000000000000000000000000000000000000000\"\n";
+/// let revoked = revoke_in_key_file("keys.toml", text, "acme-1")?;
+/// assert!(revoked.starts_with("# partner keys\n"));
+/// assert!(revoked.contains("# rotated 2026-11"));
+/// assert!(parse_key_file("keys.toml", &revoked)?[0].is_revoked());
+/// # Ok::<(), portcullis_api_key::KeyFileError>(())
+/// ```
+pub fn revoke_in_key_file(source: &str, text: &str, id: &str) -> Result<String, KeyFileError> {
+    let records = parse_key_file(source, text)?;
+    let error = |message: String| KeyFileError {
+        source: source.to_owned(),
+        line: None,
+        message,
+    };
+    if !records.iter().any(|record| record.id() == id) {
+        return Err(error(format!("no key with the id {id:?}")));
+    }
+    let mut document: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e: toml_edit::TomlError| error(e.message().to_owned()))?;
+    // `parse_key_file` accepted the file, so `key` is an array of tables (or an array of
+    // inline tables) and ids are unique.
+    let marked = match document.get_mut("key") {
+        Some(toml_edit::Item::ArrayOfTables(keys)) => keys
+            .iter_mut()
+            .find(|key| key.get("id").and_then(|v| v.as_str()) == Some(id))
+            .map(|key| key.insert("revoked", toml_edit::value(true)))
+            .is_some(),
+        Some(toml_edit::Item::Value(toml_edit::Value::Array(keys))) => keys
+            .iter_mut()
+            .filter_map(toml_edit::Value::as_inline_table_mut)
+            .find(|key| key.get("id").and_then(|v| v.as_str()) == Some(id))
+            .map(|key| key.insert("revoked", true.into()))
+            .is_some(),
+        _ => false,
+    };
+    if !marked {
+        return Err(error(format!("no key with the id {id:?}")));
+    }
+    let edited = document.to_string();
+    let after = parse_key_file(source, &edited)?;
+    if !after
+        .iter()
+        .any(|record| record.id() == id && record.is_revoked())
+    {
+        return Err(error(format!("the key {id:?} could not be marked revoked")));
+    }
+    Ok(edited)
 }
 
 /// An error in a key file.

@@ -75,18 +75,9 @@ impl fmt::Display for KeyPrefix {
 }
 
 /// A prefix that is not 1 to 16 lowercase ASCII letters and digits starting with a letter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("a key prefix is 1 to 16 lowercase ASCII letters and digits, starting with a letter")]
 pub struct InvalidPrefix;
-
-impl fmt::Display for InvalidPrefix {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(
-            "a key prefix is 1 to 16 lowercase ASCII letters and digits, starting with a letter",
-        )
-    }
-}
-
-impl std::error::Error for InvalidPrefix {}
 
 /// Whether `id` is a valid key id: 1 to 64 ASCII letters, digits and `-`.
 pub fn is_valid_id(id: &str) -> bool {
@@ -159,16 +150,9 @@ impl fmt::Debug for KeyDigest {
 }
 
 /// A digest that is not `sha256:` followed by 64 hexadecimal digits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("a key digest is \"sha256:\" followed by 64 hexadecimal digits")]
 pub struct InvalidDigest;
-
-impl fmt::Display for InvalidDigest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a key digest is \"sha256:\" followed by 64 hexadecimal digits")
-    }
-}
-
-impl std::error::Error for InvalidDigest {}
 
 /// A key as a client presented it, checked for form and checksum; borrowed from the
 /// request, so parsing allocates nothing.
@@ -248,21 +232,28 @@ impl fmt::Debug for PresentedKey<'_> {
 
 /// Why a presented key was refused before any lookup. All answer `malformed_api_key`;
 /// the reason is for logs and audit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MalformedKey {
     /// Longer than [`MAX_PRESENTED_LEN`].
+    #[error("too long")]
     TooLong,
     /// Does not start with this deployment's prefix.
+    #[error("wrong prefix")]
     WrongPrefix,
     /// Not the `<prefix>_<id>_<secret>` shape, or the secret has the wrong length.
+    #[error("wrong shape")]
     Shape,
     /// The id is not 1 to 64 letters, digits and `-`.
+    #[error("invalid id")]
     BadId,
     /// The secret holds a character outside base62.
+    #[error("invalid character")]
     BadCharacter,
     /// The checksum does not match: a typo, a truncated copy, or a made-up key.
+    #[error("checksum mismatch")]
     Checksum,
     /// The header value is not visible ASCII.
+    #[error("not visible ASCII")]
     NotText,
 }
 
@@ -280,14 +271,6 @@ impl MalformedKey {
         }
     }
 }
-
-impl fmt::Display for MalformedKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::error::Error for MalformedKey {}
 
 /// `<prefix>_<id>_<random>`, what the checksum and the digest cover, assembled on the
 /// stack so that both hash one contiguous slice.
@@ -396,26 +379,15 @@ impl fmt::Debug for GeneratedKey {
 }
 
 /// Why a key could not be generated.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
     /// The chosen id is not 1 to 64 letters, digits and `-`.
+    #[error("a key id is 1 to 64 ASCII letters, digits and '-'")]
     InvalidId,
     /// The operating system's random source failed.
+    #[error("the operating system's random source failed: {0}")]
     Random(getrandom::Error),
 }
-
-impl fmt::Display for GenerateError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::InvalidId => f.write_str("a key id is 1 to 64 ASCII letters, digits and '-'"),
-            Self::Random(error) => {
-                write!(f, "the operating system's random source failed: {error}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for GenerateError {}
 
 /// `len` uniformly random base62 characters from the OS, by rejection sampling (bytes
 /// of 248 and above are dropped so that every character is equally likely).

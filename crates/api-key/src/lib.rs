@@ -101,7 +101,10 @@ mod store;
 mod tests;
 
 pub use credentials::ApiKeyCredentials;
-pub use file::{parse_key_file, read_key_file, render_key_record, FileKeyStore, KeyFileError};
+pub use file::{
+    parse_key_file, read_key_file, render_key_record, revoke_in_key_file, FileKeyStore,
+    KeyFileError,
+};
 pub use future::ResponseFuture;
 pub use key::{
     is_valid_id, GenerateError, GeneratedKey, InvalidDigest, InvalidPrefix, KeyDigest, KeyPrefix,

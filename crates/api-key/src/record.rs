@@ -235,24 +235,15 @@ impl fmt::Debug for KeyRecord {
 }
 
 /// A record that cannot be stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidRecord {
     /// The id is not 1 to 64 ASCII letters, digits and `-`.
+    #[error("a key id is 1 to 64 ASCII letters, digits and '-'")]
     Id,
     /// The owner is empty or holds control characters.
+    #[error("a key owner is a non-empty name without control characters")]
     Owner,
 }
-
-impl fmt::Display for InvalidRecord {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Id => "a key id is 1 to 64 ASCII letters, digits and '-'",
-            Self::Owner => "a key owner is a non-empty name without control characters",
-        })
-    }
-}
-
-impl std::error::Error for InvalidRecord {}
 
 /// A record as a store serves it: the [`Principal`] is built once, when the record is
 /// stored, so the allow path only clones an `Arc`; revocation is a flag that takes effect

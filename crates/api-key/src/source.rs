@@ -122,16 +122,9 @@ impl fmt::Debug for KeySource {
 }
 
 /// An `Authorization` scheme that is not an HTTP token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("an Authorization scheme is an HTTP token such as ApiKey or Bearer")]
 pub struct InvalidScheme;
-
-impl fmt::Display for InvalidScheme {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an Authorization scheme is an HTTP token such as ApiKey or Bearer")
-    }
-}
-
-impl std::error::Error for InvalidScheme {}
 
 /// The credential a request carries, borrowed from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -81,25 +81,14 @@ impl<T: KeyStore + ?Sized> KeyStore for Arc<T> {
 }
 
 /// A store that could not answer.
-#[derive(Debug)]
-pub struct StoreError(Box<dyn std::error::Error + Send + Sync>);
+#[derive(Debug, thiserror::Error)]
+#[error("the key store failed: {0}")]
+pub struct StoreError(#[source] Box<dyn std::error::Error + Send + Sync>);
 
 impl StoreError {
     /// Wraps the store's own error. Its text goes to the log, never to the client.
     pub fn new(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         Self(error.into())
-    }
-}
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the key store failed: {}", self.0)
-    }
-}
-
-impl std::error::Error for StoreError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&*self.0)
     }
 }
 
@@ -246,13 +235,6 @@ fn build(records: impl IntoIterator<Item = KeyRecord>) -> Result<KeyMap, Duplica
 }
 
 /// Two records with the same key id.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("two key records have the id {0:?}")]
 pub struct DuplicateKeyId(pub String);
-
-impl fmt::Display for DuplicateKeyId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "two key records have the id {:?}", self.0)
-    }
-}
-
-impl std::error::Error for DuplicateKeyId {}

@@ -125,24 +125,15 @@ impl fmt::Display for ChainBreak {
 impl std::error::Error for ChainBreak {}
 
 /// Why files could not be verified.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     /// A file could not be read.
+    #[error("cannot read {path}: {error}", path = .0.display(), error = .1)]
     Read(PathBuf, std::io::Error),
     /// The chain is broken.
+    #[error(transparent)]
     Broken(ChainBreak),
 }
-
-impl fmt::Display for VerifyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Read(path, error) => write!(f, "cannot read {}: {error}", path.display()),
-            Self::Broken(chain_break) => chain_break.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for VerifyError {}
 
 /// Verifies the hash chain through `files`, in the order given (oldest first), and
 /// reports the first broken link.

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, Subcommand};
-use portcullis_api_key::{read_key_file, render_key_record, GeneratedKey, KeyPrefix, KeyRecord};
+use portcullis_api_key::{
+    read_key_file, render_key_record, revoke_in_key_file, GeneratedKey, KeyPrefix, KeyRecord,
+};
 use portcullis_core::NetworkSet;
 
 #[derive(Subcommand)]
@@ -183,25 +185,14 @@ fn list(file: &PathBuf) -> Result<ExitCode, String> {
 }
 
 fn revoke(file: &PathBuf, id: &str) -> Result<ExitCode, String> {
-    let records = read_key_file(file).map_err(|e| e.to_string())?;
-    if !records.iter().any(|record| record.id() == id) {
-        return Err(format!("{} has no key with the id {id:?}", file.display()));
-    }
-    let rendered: Vec<String> = records
-        .into_iter()
-        .map(|record| {
-            let record: KeyRecord = if record.id() == id {
-                record.revoked(true)
-            } else {
-                record
-            };
-            render_key_record(&record)
-        })
-        .collect();
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let source = file.display().to_string();
+    let edited = revoke_in_key_file(&source, &text, id).map_err(|e| e.to_string())?;
     // Write a sibling and rename it over the file, so a server reloading at that moment
     // reads either the old file or the new one, never half of one.
     let temporary = file.with_extension("toml.tmp");
-    std::fs::write(&temporary, rendered.join("\n"))
+    std::fs::write(&temporary, edited)
         .map_err(|e| format!("cannot write {}: {e}", temporary.display()))?;
     std::fs::rename(&temporary, file)
         .map_err(|e| format!("cannot replace {}: {e}", file.display()))?;

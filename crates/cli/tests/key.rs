@@ -113,6 +113,57 @@ fn revoke_marks_the_key_and_a_reload_sees_it() {
     assert!(text(&out.stderr).contains("no key with the id \"missing\""));
 }
 
+/// Revoking edits the one key in place: the operator's comments, blank lines and the
+/// order of keys survive, and only `revoked` changes.
+#[test]
+fn revoke_keeps_the_files_comments_and_layout() {
+    let file = key_file("commented.toml");
+    let path = file.to_str().unwrap();
+    for id in ["old", "new"] {
+        assert!(
+            portcullis(&["key", "new", "--file", path, "--owner", "o", "--id", id])
+                .status
+                .success()
+        );
+    }
+    let written = std::fs::read_to_string(&file).unwrap();
+    let commented = format!(
+        "# Partner keys. Ticket OPS-1234.\n\n{}",
+        written.replacen("owner = \"o\"", "owner = \"o\"   # rotate by 2027", 1)
+    );
+    std::fs::write(&file, &commented).unwrap();
+    let out = portcullis(&["key", "revoke", "--file", path, "new"]);
+    assert!(out.status.success(), "{out:?}");
+    let after = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        after.starts_with("# Partner keys. Ticket OPS-1234.\n\n[[key]]\nid = \"old\""),
+        "{after}"
+    );
+    assert!(
+        after.contains("owner = \"o\"   # rotate by 2027"),
+        "{after}"
+    );
+    assert_eq!(after.matches("revoked = true").count(), 1, "{after}");
+    // Nothing else changed: removing the one new line gives the file back.
+    assert_eq!(after.replacen("revoked = true\n", "", 1), commented);
+    let store = FileKeyStore::open(&file).unwrap();
+    assert!(store.get("new").unwrap().is_revoked());
+    assert!(!store.get("old").unwrap().is_revoked());
+
+    // A file with an error is refused, not rewritten.
+    std::fs::write(
+        &file,
+        "[[key]]\nid = \"x\"\nexpire = \"2027-01-01T00:00:00Z\"\n",
+    )
+    .unwrap();
+    let out = portcullis(&["key", "revoke", "--file", path, "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "[[key]]\nid = \"x\"\nexpire = \"2027-01-01T00:00:00Z\"\n"
+    );
+}
+
 #[test]
 fn bad_arguments_are_refused_and_nothing_is_written() {
     let file = key_file("bad.toml");

@@ -131,15 +131,18 @@ impl ForwardedHeader {
 }
 
 /// Why the client address could not be resolved.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientIpError {
     /// The request carries no socket peer address: the host did not provide connect info.
+    #[error("the request has no socket peer address: serve axum with `into_make_service_with_connect_info::<SocketAddr>()`, use tonic's TCP or TLS incoming, or insert `portcullis_core::PeerAddr` in your own serve loop")]
     PeerUnavailable,
     /// A trusted proxy sent a forwarding header that does not follow its grammar.
+    #[error("a trusted proxy sent a malformed {} header", .0.as_str())]
     MalformedHeader(ForwardedHeader),
     /// A trusted proxy sent the header, but the client hop is `unknown` or an
     /// obfuscated identifier, so the address is not known.
+    #[error("a trusted proxy's {} header does not disclose the client address", .0.as_str())]
     Undisclosed(ForwardedHeader),
 }
 
@@ -175,32 +178,6 @@ impl ClientIpError {
         }
     }
 }
-
-impl fmt::Display for ClientIpError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::PeerUnavailable => f.write_str(
-                "the request has no socket peer address: serve axum with \
-                 `into_make_service_with_connect_info::<SocketAddr>()`, use tonic's TCP or TLS \
-                 incoming, or insert `portcullis_core::PeerAddr` in your own serve loop",
-            ),
-            Self::MalformedHeader(header) => {
-                write!(
-                    f,
-                    "a trusted proxy sent a malformed {} header",
-                    header.as_str()
-                )
-            }
-            Self::Undisclosed(header) => write!(
-                f,
-                "a trusted proxy's {} header does not disclose the client address",
-                header.as_str()
-            ),
-        }
-    }
-}
-
-impl std::error::Error for ClientIpError {}
 
 /// Resolves the [`ClientIp`] of a request.
 ///
@@ -254,18 +231,9 @@ pub const DEFAULT_MAX_FORWARDED_ELEMENTS: usize = 64;
 /// `::/0`): any client could then name any address. Refused by
 /// [`ClientIpResolver::trust_proxies`]; a host that means it calls
 /// [`ClientIpResolver::trust_proxies_insecure`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the trusted proxies include every address (0.0.0.0/0 or ::/0), so any client could name any address in a forwarding header: list your load balancers' networks, or call trust_proxies_insecure if every peer really is a proxy you run")]
 pub struct TrustsEveryone;
-
-impl fmt::Display for TrustsEveryone {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(
-            "the trusted proxies include every address (0.0.0.0/0 or ::/0), so any client could name any address in a forwarding header: list your load balancers' networks, or call trust_proxies_insecure if every peer really is a proxy you run",
-        )
-    }
-}
-
-impl std::error::Error for TrustsEveryone {}
 
 impl Default for ClientIpResolver {
     fn default() -> Self {

@@ -247,17 +247,20 @@ impl fmt::Display for InvalidNetwork {
 }
 
 /// An error reading or parsing a network list.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NetworkListError {
     /// The file could not be read.
+    #[error("cannot read network list {}: {error}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// What the operating system said.
+        #[source]
         error: io::Error,
     },
     /// An entry is not an address or network.
+    #[error("{source_name}:{line}: `{text}` {reason}")]
     InvalidLine {
         /// The file name or the name given to [`NetworkSet::parse_list`].
         source_name: String,
@@ -268,31 +271,6 @@ pub enum NetworkListError {
         /// Why it was refused.
         reason: InvalidNetwork,
     },
-}
-
-impl fmt::Display for NetworkListError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Read { path, error } => {
-                write!(f, "cannot read network list {}: {error}", path.display())
-            }
-            Self::InvalidLine {
-                source_name,
-                line,
-                text,
-                reason,
-            } => write!(f, "{source_name}:{line}: `{text}` {reason}"),
-        }
-    }
-}
-
-impl std::error::Error for NetworkListError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Read { error, .. } => Some(error),
-            Self::InvalidLine { .. } => None,
-        }
-    }
 }
 
 fn parse_network(entry: &str) -> Result<IpNet, InvalidNetwork> {

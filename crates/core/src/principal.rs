@@ -59,20 +59,9 @@ impl std::str::FromStr for AuthMethod {
 }
 
 /// A name that is not one of [`AuthMethod`]'s.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an authentication method: use \"certificate\", \"api_key\" or \"jwt\"")]
 pub struct UnknownAuthMethod(pub String);
-
-impl fmt::Display for UnknownAuthMethod {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:?} is not an authentication method: use \"certificate\", \"api_key\" or \"jwt\"",
-            self.0
-        )
-    }
-}
-
-impl std::error::Error for UnknownAuthMethod {}
 
 /// An authenticated identity: who, by which method, with what roles and scopes.
 ///
@@ -398,20 +387,11 @@ impl fmt::Debug for Authentication {
 }
 
 /// Returned when a request already has a principal for the method being added.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the request already has a {0} principal: only one layer per authentication method may run"
+)]
 pub struct DuplicateMethod(pub AuthMethod);
-
-impl fmt::Display for DuplicateMethod {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "the request already has a {} principal: only one layer per authentication method may run",
-            self.0
-        )
-    }
-}
-
-impl std::error::Error for DuplicateMethod {}
 
 #[cfg(test)]
 mod tests {

@@ -8,19 +8,75 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-/// A dotted path into the claims: `roles`, `scope`, `realm_access.roles`,
-/// `resource_access.my-api.roles`.
+/// A path into the claims: names separated by dots, such as `roles`, `scope`,
+/// `realm_access.roles` or `resource_access.my-api.roles`. A name that holds a dot (or a
+/// quote) is written in double quotes, with `\"` and `\\` for a quote and a backslash
+/// inside: `"https://example.com/roles"` (Auth0's namespaced claims),
+/// `resource_access."api.example.com".roles`. A quoted name is only ever that one
+/// claim: `"a.b"` never reads the nested `a` → `b`, and `a.b` never reads a claim
+/// named `a.b`.
+///
+/// ```
+/// use portcullis_jwt::ClaimPath;
+///
+/// let auth0 = ClaimPath::parse(r#""https://example.com/roles""#)?;
+/// assert_eq!(auth0.to_string(), r#""https://example.com/roles""#);
+/// assert!(ClaimPath::parse("realm_access..roles").is_err());
+/// # Ok::<(), portcullis_jwt::InvalidClaimPath>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClaimPath(Box<[Box<str>]>);
 
 impl ClaimPath {
-    /// Parses `a.b.c`. Empty segments are refused.
+    /// Parses a path. Empty names, a quote left open, a quote inside an unquoted name,
+    /// text after a closing quote and escapes other than `\"` and `\\` are refused.
     pub fn parse(path: &str) -> Result<Self, InvalidClaimPath> {
-        let segments: Box<[Box<str>]> = path.split('.').map(Box::from).collect();
-        if path.is_empty() || segments.iter().any(|s| s.is_empty()) {
-            return Err(InvalidClaimPath(path.to_owned()));
+        let invalid = |reason: ClaimPathError| InvalidClaimPath {
+            path: path.to_owned(),
+            reason,
+        };
+        let mut segments = Vec::new();
+        let mut chars = path.chars().peekable();
+        loop {
+            let mut segment = String::new();
+            if chars.peek() == Some(&'"') {
+                chars.next();
+                loop {
+                    match chars.next() {
+                        None => return Err(invalid(ClaimPathError::OpenQuote)),
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\')) => segment.push(c),
+                            _ => return Err(invalid(ClaimPathError::BadEscape)),
+                        },
+                        Some(c) => segment.push(c),
+                    }
+                }
+                if !matches!(chars.peek(), None | Some('.')) {
+                    return Err(invalid(ClaimPathError::AfterQuote));
+                }
+            } else {
+                while let Some(&c) = chars.peek() {
+                    match c {
+                        '.' => break,
+                        '"' => return Err(invalid(ClaimPathError::StrayQuote)),
+                        _ => {
+                            segment.push(c);
+                            chars.next();
+                        }
+                    }
+                }
+            }
+            if segment.is_empty() {
+                return Err(invalid(ClaimPathError::EmptyName));
+            }
+            segments.push(segment.into_boxed_str());
+            match chars.next() {
+                None => break,
+                Some(_dot) => {}
+            }
         }
-        Ok(Self(segments))
+        Ok(Self(segments.into()))
     }
 
     /// The claim's name, when the path is one registered claim the validator reads
@@ -113,27 +169,65 @@ pub(crate) fn is_scope_token(scope: &str) -> bool {
             .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
 }
 
+/// Written back as [`ClaimPath::parse`] reads it: names that need quotes get them.
 impl fmt::Display for ClaimPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0.join("."))
+        for (i, segment) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(".")?;
+            }
+            if segment.contains(['.', '"', '\\']) {
+                f.write_str("\"")?;
+                for c in segment.chars() {
+                    if matches!(c, '"' | '\\') {
+                        f.write_str("\\")?;
+                    }
+                    write!(f, "{c}")?;
+                }
+                f.write_str("\"")?;
+            } else {
+                f.write_str(segment)?;
+            }
+        }
+        Ok(())
     }
 }
 
-/// A claim path with an empty segment.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InvalidClaimPath(pub String);
+/// A string that is not a claim path, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{path:?} is not a claim path: {reason}")]
+pub struct InvalidClaimPath {
+    path: String,
+    reason: ClaimPathError,
+}
 
-impl fmt::Display for InvalidClaimPath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:?} is not a claim path: write names separated by dots, such as realm_access.roles",
-            self.0
-        )
+impl InvalidClaimPath {
+    /// Why the path was refused.
+    pub fn reason(&self) -> ClaimPathError {
+        self.reason
     }
 }
 
-impl std::error::Error for InvalidClaimPath {}
+/// Why a claim path was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClaimPathError {
+    /// An empty name: an empty path, `a..b`, a leading or trailing dot, or `""`.
+    #[error("a name is empty; write names separated by dots, such as realm_access.roles")]
+    EmptyName,
+    /// A quoted name is not closed.
+    #[error("a quoted name is not closed")]
+    OpenQuote,
+    /// A quote inside an unquoted name.
+    #[error("a quote inside a name; quote the whole name, such as \"https://example.com/roles\"")]
+    StrayQuote,
+    /// Text after a quoted name's closing quote, before the next dot.
+    #[error("a quoted name is followed by something other than a dot")]
+    AfterQuote,
+    /// A backslash inside quotes not followed by `"` or `\\`.
+    #[error("inside quotes, a backslash escapes only a quote or a backslash")]
+    BadEscape,
+}
 
 /// The verified token's claims, in the request's extensions for handlers that need more
 /// than the [`Principal`](portcullis_core::Principal). Only the claims outside the
@@ -287,6 +381,83 @@ impl fmt::Debug for TypedClaims {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoted_names_hold_dots_and_stay_one_claim() {
+        let claims: Map<String, Value> = serde_json::from_str(
+            r#"{
+                "https://example.com/roles": ["admin"],
+                "a.b": "literal",
+                "a": {"b": "nested", "c.d": {"e": "deep"}},
+                "q\"uote": "quoted",
+                "back\\slash": "escaped"
+            }"#,
+        )
+        .unwrap();
+        let at = |path: &str| {
+            ClaimPath::parse(path)
+                .unwrap()
+                .lookup(&claims)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            ClaimPath::parse(r#""https://example.com/roles""#)
+                .unwrap()
+                .roles(&claims)
+                .unwrap(),
+            ["admin"]
+        );
+        assert_eq!(at("a.b").as_deref(), Some("nested"));
+        assert_eq!(at(r#""a.b""#).as_deref(), Some("literal"));
+        assert_eq!(at(r#"a."c.d".e"#).as_deref(), Some("deep"));
+        assert_eq!(at("a.c.d.e"), None);
+        assert_eq!(at(r#""q\"uote""#).as_deref(), Some("quoted"));
+        assert_eq!(at(r#""back\\slash""#).as_deref(), Some("escaped"));
+        // Quoting a name that needs none changes nothing.
+        assert_eq!(at(r#""a"."b""#).as_deref(), Some("nested"));
+    }
+
+    #[test]
+    fn claim_paths_print_as_they_parse() {
+        for path in [
+            "roles",
+            "realm_access.roles",
+            r#""https://example.com/roles""#,
+            r#"resource_access."api.example.com".roles"#,
+            r#""q\"uote".x"#,
+            r#""back\\slash""#,
+        ] {
+            let parsed = ClaimPath::parse(path).unwrap();
+            assert_eq!(parsed.to_string(), path);
+            assert_eq!(ClaimPath::parse(&parsed.to_string()).unwrap(), parsed);
+        }
+        assert_eq!(ClaimPath::parse(r#""a"."b""#).unwrap().to_string(), "a.b");
+    }
+
+    #[test]
+    fn malformed_claim_paths_say_why() {
+        for (path, reason) in [
+            ("", ClaimPathError::EmptyName),
+            (".roles", ClaimPathError::EmptyName),
+            ("roles.", ClaimPathError::EmptyName),
+            ("a..b", ClaimPathError::EmptyName),
+            (r#""""#, ClaimPathError::EmptyName),
+            (r#"a."""#, ClaimPathError::EmptyName),
+            (r#""https://example.com/roles"#, ClaimPathError::OpenQuote),
+            (r#""a\""#, ClaimPathError::OpenQuote),
+            (r#"a"b"#, ClaimPathError::StrayQuote),
+            (r#"https://example.com/"roles""#, ClaimPathError::StrayQuote),
+            (r#""a"b"#, ClaimPathError::AfterQuote),
+            (r#""a" .b"#, ClaimPathError::AfterQuote),
+            (r#""a\nb""#, ClaimPathError::BadEscape),
+            (r#""a\"#, ClaimPathError::BadEscape),
+        ] {
+            let error = ClaimPath::parse(path).unwrap_err();
+            assert_eq!(error.reason(), reason, "{path:?}");
+            assert!(error.to_string().contains(&format!("{path:?}")), "{error}");
+        }
+    }
 
     fn claims(json: &str) -> Map<String, Value> {
         serde_json::from_str(json).unwrap()

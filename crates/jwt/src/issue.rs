@@ -87,14 +87,17 @@ impl fmt::Debug for IssuedToken {
 }
 
 /// Why a token was not issued.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum IssueError {
     /// The request has no principal of a method the issuer accepts.
+    #[error("the request has no principal the issuer accepts")]
     NotAuthenticated,
     /// [`Binding::Required`] and the connection has no verified client certificate.
+    #[error("no verified client certificate to bind the token to")]
     NoClientCertificate,
     /// Signing failed.
+    #[error("signing failed: {0}")]
     Signing(String),
 }
 
@@ -122,22 +125,6 @@ impl IssueError {
         }
     }
 }
-
-impl fmt::Display for IssueError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::NotAuthenticated => {
-                f.write_str("the request has no principal the issuer accepts")
-            }
-            Self::NoClientCertificate => {
-                f.write_str("no verified client certificate to bind the token to")
-            }
-            Self::Signing(why) => write!(f, "signing failed: {why}"),
-        }
-    }
-}
-
-impl std::error::Error for IssueError {}
 
 impl From<KeyError> for IssueError {
     fn from(error: KeyError) -> Self {

@@ -43,6 +43,8 @@ pub struct Issuer {
     pub(crate) jwks_file: Option<PathBuf>,
     #[cfg(feature = "remote")]
     pub(crate) remote: Option<crate::keyring::RemoteSource>,
+    #[cfg(feature = "remote")]
+    pub(crate) http_client: Option<reqwest::Client>,
     pub(crate) allow_http: bool,
     pub(crate) refresh_every: Duration,
     pub(crate) min_refresh_interval: Duration,
@@ -93,6 +95,8 @@ impl Issuer {
             jwks_file: None,
             #[cfg(feature = "remote")]
             remote: None,
+            #[cfg(feature = "remote")]
+            http_client: None,
             allow_http: false,
             refresh_every: Duration::from_secs(300),
             min_refresh_interval: Duration::from_secs(10),
@@ -153,7 +157,39 @@ impl Issuer {
         self
     }
 
-    /// How often fetched keys are refreshed (5 minutes by default).
+    /// The HTTP client that fetches this issuer's JWKS and discovery document, for a
+    /// proxy, a private CA, a client certificate towards the identity provider, or a
+    /// test double. Its own TLS, proxy and redirect settings apply: keep redirects off
+    /// (`reqwest::redirect::Policy::none()`, what the built-in client does), since a key
+    /// document that moved should be configured, not followed. The URL rules
+    /// (`https`, or `http` on loopback) and [`fetch_timeout`](Self::fetch_timeout)
+    /// still bound every fetch. `portcullis_jwt::reqwest` is the reqwest this takes.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis_jwt::{reqwest, Issuer};
+    ///
+    /// let client = reqwest::Client::builder()
+    ///     .redirect(reqwest::redirect::Policy::none())
+    ///     .connect_timeout(Duration::from_secs(2))
+    ///     .build()?;
+    /// let issuer = Issuer::new("https://login.example.com")
+    ///     .audience("key-service")
+    ///     .discover()
+    ///     .http_client(client);
+    /// # let _ = issuer;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "remote")]
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.http_client = Some(client);
+        self
+    }
+
+    /// How often fetched keys are refreshed (5 minutes by default). A key server's
+    /// `Cache-Control: max-age` shortens it, down to
+    /// [`min_refresh_interval`](Self::min_refresh_interval); `no-cache` or `no-store`
+    /// refresh at that minimum. A longer `max-age` never stretches it.
     pub fn refresh_every(mut self, every: Duration) -> Self {
         self.refresh_every = every;
         self
@@ -348,6 +384,7 @@ impl Issuer {
             ring.remote = Some(
                 crate::keyring::Remote::new(crate::keyring::RemoteSettings {
                     source: source.clone(),
+                    client: self.http_client.clone(),
                     allow_http: self.allow_http,
                     refresh_every: self.refresh_every,
                     min_interval: self.min_refresh_interval,

@@ -20,10 +20,11 @@ pub const MIN_HMAC_SECRET_LEN: usize = 32;
 pub const MIN_RSA_BITS: usize = 2048;
 
 /// Why a key was refused at configuration time.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyError {
     /// The algorithm does not fit this kind of key (an RSA key for `HS256`, …).
+    #[error("{algorithm} cannot be used with {key}")]
     WrongAlgorithm {
         /// The algorithm asked for.
         algorithm: String,
@@ -31,6 +32,7 @@ pub enum KeyError {
         key: &'static str,
     },
     /// An HMAC secret shorter than the algorithm needs.
+    #[error("the HMAC secret is {len} bytes; use at least {min} random bytes (`portcullis token secret` makes one)")]
     WeakHmacSecret {
         /// The secret's length in bytes.
         len: usize,
@@ -38,57 +40,31 @@ pub enum KeyError {
         min: usize,
     },
     /// An RSA key under 2048 bits.
+    #[error("the RSA key has {bits} bits; use at least {MIN_RSA_BITS}")]
     WeakRsaKey {
         /// The modulus size.
         bits: usize,
     },
     /// An RSA public exponent that is even, or below 65537 (e = 1 makes every signature
     /// trivially forgeable, e = 3 invites known attacks).
+    #[error("the RSA key{} has a weak public exponent: use an odd exponent of at least 65537", named(.kid.as_deref()))]
     WeakRsaExponent {
         /// The key's id, when it has one.
         kid: Option<String>,
     },
     /// An EC public key whose point is not on its curve (invalid-curve attacks).
+    #[error("the EC key{} is not a point on its curve", named(.kid.as_deref()))]
     InvalidEcPoint {
         /// The key's id, when it has one.
         kid: Option<String>,
     },
     /// The PEM or DER could not be read as a key of the kind asked for.
+    #[error("the key cannot be read: {0}")]
     Unreadable(String),
     /// A JWK the layer cannot use, and why.
+    #[error("the JWK cannot be used: {0}")]
     UnusableJwk(&'static str),
 }
-
-impl fmt::Display for KeyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::WrongAlgorithm { algorithm, key } => {
-                write!(f, "{algorithm} cannot be used with {key}")
-            }
-            Self::WeakHmacSecret { len, min } => write!(
-                f,
-                "the HMAC secret is {len} bytes; use at least {min} random bytes (`portcullis token secret` makes one)"
-            ),
-            Self::WeakRsaKey { bits } => {
-                write!(f, "the RSA key has {bits} bits; use at least {MIN_RSA_BITS}")
-            }
-            Self::WeakRsaExponent { kid } => write!(
-                f,
-                "the RSA key{} has a weak public exponent: use an odd exponent of at least 65537",
-                named(kid.as_deref())
-            ),
-            Self::InvalidEcPoint { kid } => write!(
-                f,
-                "the EC key{} is not a point on its curve",
-                named(kid.as_deref())
-            ),
-            Self::Unreadable(why) => write!(f, "the key cannot be read: {why}"),
-            Self::UnusableJwk(why) => write!(f, "the JWK cannot be used: {why}"),
-        }
-    }
-}
-
-impl std::error::Error for KeyError {}
 
 fn named(kid: Option<&str>) -> String {
     kid.map(|kid| format!(" {kid:?}")).unwrap_or_default()

@@ -176,6 +176,8 @@ mod remote {
 
     pub(crate) struct RemoteSettings {
         pub(crate) source: RemoteSource,
+        /// The host's client, when it gave one.
+        pub(crate) client: Option<reqwest::Client>,
         pub(crate) allow_http: bool,
         pub(crate) refresh_every: Duration,
         pub(crate) min_interval: Duration,
@@ -185,12 +187,15 @@ mod remote {
 
     impl Remote {
         pub(crate) fn new(settings: RemoteSettings) -> Result<Self, JwksError> {
-            let client = reqwest::Client::builder()
-                .timeout(settings.timeout)
-                .connect_timeout(settings.timeout)
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .map_err(|e| JwksError::Fetch("(client)".into(), e.to_string()))?;
+            let client = match settings.client {
+                Some(client) => client,
+                None => reqwest::Client::builder()
+                    .timeout(settings.timeout)
+                    .connect_timeout(settings.timeout)
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .map_err(|e| JwksError::Fetch("(client)".into(), e.to_string()))?,
+            };
             let (done, _) = watch::channel(0);
             Ok(Self {
                 source: settings.source,
@@ -283,7 +288,8 @@ mod remote {
             Some(receiver)
         }
 
-        async fn fetch(&self) -> Result<KeySet, JwksError> {
+        /// The keys, and how long the key server says they stay fresh.
+        async fn fetch(&self) -> Result<(KeySet, Option<Duration>), JwksError> {
             let jwks_uri = match &self.source {
                 RemoteSource::Jwks(url) => url.clone(),
                 RemoteSource::Discovery(issuer) => {
@@ -298,12 +304,22 @@ mod remote {
                     }
                 }
             };
-            let body = self.get(&jwks_uri).await;
-            if body.is_err() {
+            let fetched = self.get(&jwks_uri).await;
+            if fetched.is_err() {
                 // The provider may have moved its keys: discover again next time.
                 *lock(&self.jwks_uri) = None;
             }
-            parse_jwks(&body?, false)
+            let (body, max_age) = fetched?;
+            Ok((parse_jwks(&body, false)?, max_age))
+        }
+
+        /// When to fetch again after a success: the key server's `max-age`, kept
+        /// between the minimum interval and `refresh_every`; `refresh_every` without one.
+        fn next_refresh(&self, max_age: Option<Duration>) -> Duration {
+            match max_age {
+                Some(age) => age.min(self.refresh_every).max(self.min_interval),
+                None => self.refresh_every,
+            }
         }
 
         async fn discover(&self, issuer: &str) -> Result<String, JwksError> {
@@ -311,7 +327,7 @@ mod remote {
                 "{}/.well-known/openid-configuration",
                 issuer.trim_end_matches('/')
             );
-            let body = self.get(&url).await?;
+            let (body, _) = self.get(&url).await?;
             let document: serde_json::Value = serde_json::from_slice(&body)
                 .map_err(|e| JwksError::Fetch(url.clone(), format!("not JSON: {e}")))?;
             // OpenID Connect Discovery 4.3: the document must name the issuer it was
@@ -329,12 +345,15 @@ mod remote {
                 .ok_or_else(|| JwksError::Fetch(url, "the document has no jwks_uri".into()))
         }
 
-        async fn get(&self, url: &str) -> Result<Vec<u8>, JwksError> {
+        /// The document at `url`, and its `Cache-Control: max-age`.
+        async fn get(&self, url: &str) -> Result<(Vec<u8>, Option<Duration>), JwksError> {
             let fail = |why: String| JwksError::Fetch(url.to_owned(), why);
             check_url(url, self.allow_http).map_err(|why| fail(why.into()))?;
             let mut response = self
                 .client
                 .get(url)
+                // Bounds the host's client too, whatever its own timeouts.
+                .timeout(self.wait)
                 .header(http::header::ACCEPT, "application/json")
                 .send()
                 .await
@@ -342,6 +361,7 @@ mod remote {
             if response.status() != reqwest::StatusCode::OK {
                 return Err(fail(format!("status {}", response.status())));
             }
+            let max_age = crate::cache_control::max_age(response.headers());
             let mut body = Vec::new();
             while let Some(chunk) = response.chunk().await.map_err(|e| fail(e.to_string()))? {
                 if body.len() + chunk.len() > MAX_DOCUMENT {
@@ -349,7 +369,7 @@ mod remote {
                 }
                 body.extend_from_slice(&chunk);
             }
-            Ok(body)
+            Ok((body, max_age))
         }
     }
 
@@ -397,7 +417,7 @@ mod remote {
                 remote.fetching.store(true, Ordering::Release);
                 let result = remote.fetch().await;
                 let wait = match result {
-                    Ok(keys) => {
+                    Ok((keys, max_age)) => {
                         tracing::info!(issuer = %ring.issuer, keys = keys.len(), "jwt: keys fetched");
                         ring.set_remote(keys);
                         remote.loaded.store(true, Ordering::Release);
@@ -406,7 +426,7 @@ mod remote {
                         if remote.stale.swap(false, Ordering::AcqRel) {
                             tracing::info!(issuer = %ring.issuer, "jwt: keys fetched again; the issuer's tokens are accepted again");
                         }
-                        remote.refresh_every
+                        remote.next_refresh(max_age)
                     }
                     Err(error) => {
                         remote.check_age(&ring.issuer, &error);

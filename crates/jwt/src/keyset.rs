@@ -1,6 +1,5 @@
 //! An issuer's current keys, and JWKS documents read into them.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk};
@@ -69,35 +68,22 @@ impl KeySet {
 }
 
 /// Why a JWKS could not be used. The last good set stays in use.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum JwksError {
     /// The file could not be read.
+    #[error("cannot read the JWKS file {path}: {error}", path = .0.display(), error = .1)]
     Io(PathBuf, std::io::Error),
     /// Not a JSON object with a `keys` array.
+    #[error("not a JWKS document: {0}")]
     NotAJwks(String),
     /// No key in it can verify signatures here (each skipped key is logged with why).
+    #[error("the JWKS has no usable signature key (see the warnings for each key skipped)")]
     NoUsableKeys,
     /// Fetching it failed: the address, and what went wrong.
+    #[error("fetching {0} failed: {1}")]
     Fetch(String, String),
 }
-
-impl fmt::Display for JwksError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Io(path, error) => {
-                write!(f, "cannot read the JWKS file {}: {error}", path.display())
-            }
-            Self::NotAJwks(why) => write!(f, "not a JWKS document: {why}"),
-            Self::NoUsableKeys => f.write_str(
-                "the JWKS has no usable signature key (see the warnings for each key skipped)",
-            ),
-            Self::Fetch(url, why) => write!(f, "fetching {url} failed: {why}"),
-        }
-    }
-}
-
-impl std::error::Error for JwksError {}
 
 /// Reads a JWKS document. Keys the layer cannot use (encryption keys, unknown types,
 /// weak keys) are skipped with a warning rather than failing the whole set, so one odd

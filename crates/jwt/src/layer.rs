@@ -41,39 +41,25 @@ pub enum Mode {
 }
 
 /// A configuration the layer refuses to start with.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
     /// No issuer was configured.
+    #[error("no issuer: add .issuer(Issuer::new(\"https://…\")…)")]
     NoIssuer,
     /// Two issuers with the same name.
+    #[error("the issuer {0:?} is configured twice")]
     DuplicateIssuer(String),
     /// An issuer's configuration is unusable: its name, and why.
+    #[error("issuer {0:?}: {1}")]
     Issuer(String, String),
     /// The authorization scheme is not a token68-style word.
+    #[error("{0:?} is not an authorization scheme: use letters, digits and -._~+")]
     InvalidScheme(String),
     /// `max_token_size` is zero: every token would be refused as too large.
+    #[error("max_token_size is zero, so every token would be refused; leave the default (8 KiB) or give a size in bytes")]
     ZeroMaxTokenSize,
 }
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::NoIssuer => f.write_str("no issuer: add .issuer(Issuer::new(\"https://…\")…)"),
-            Self::DuplicateIssuer(name) => write!(f, "the issuer {name:?} is configured twice"),
-            Self::Issuer(name, why) => write!(f, "issuer {name:?}: {why}"),
-            Self::InvalidScheme(scheme) => write!(
-                f,
-                "{scheme:?} is not an authorization scheme: use letters, digits and -._~+"
-            ),
-            Self::ZeroMaxTokenSize => f.write_str(
-                "max_token_size is zero, so every token would be refused; leave the default (8 KiB) or give a size in bytes",
-            ),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 pub(crate) struct Config {
     pub(crate) validator: Validator,

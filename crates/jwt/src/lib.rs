@@ -108,6 +108,8 @@
 //! are tower services to mount as `POST` routes.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "remote")]
+mod cache_control;
 mod claims;
 mod credential;
 #[cfg(feature = "axum")]
@@ -131,7 +133,7 @@ mod tests;
 mod token;
 mod validator;
 
-pub use claims::{ClaimPath, Claims, InvalidClaimPath, JwtClaims};
+pub use claims::{ClaimPath, ClaimPathError, Claims, InvalidClaimPath, JwtClaims};
 pub use future::ResponseFuture;
 pub use issue::{Binding, ExtendService, IssueError, IssueService, IssuedToken, TokenIssuer};
 pub use issuer::{Issuer, DEFAULT_MAX_KEY_AGE, DEFAULT_TOKEN_TYPES};
@@ -141,6 +143,9 @@ pub use key::{
 pub use keyset::JwksError;
 pub use layer::{ConfigError, Jwt, JwtHandle, JwtLayer, JwtLayerBuilder, KeySetStatus, Mode};
 pub use refusal::JwtRefusal;
+/// The reqwest that [`Issuer::http_client`] takes.
+#[cfg(feature = "remote")]
+pub use reqwest;
 pub use revocation::{RevocationError, RevocationStatus, Revocations};
 #[cfg(feature = "redis")]
 pub use revocation_redis::{RedisRevocationsBuilder, RevocationFailure};
@@ -153,3 +158,14 @@ pub use jsonwebtoken;
 
 /// The layer's name in [`Denial`](portcullis_core::Denial)s and audit notes.
 pub const LAYER_NAME: &str = "jwt";
+
+/// Parsers reached by the fuzz targets in `fuzz/` (built only with `--cfg fuzzing`,
+/// which `cargo fuzz` sets).
+#[cfg(all(fuzzing, feature = "remote"))]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// `Cache-Control: max-age` as the key refresh reads it.
+    pub fn cache_control_max_age(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+        crate::cache_control::max_age(headers)
+    }
+}

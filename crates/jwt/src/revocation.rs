@@ -63,33 +63,20 @@ struct Journal {
 }
 
 /// Why a revocation could not be kept, or a journal not opened.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RevocationError {
     /// A token id that is empty, or holds whitespace or a control character: it could
     /// not be written as one journal line.
+    #[error("a revoked token id must be non-empty, without whitespace or control characters")]
     InvalidId,
     /// The journal file could not be read, written or synced.
+    #[error("the revocation journal {path}: {error}", path = .0.display(), error = .1)]
     Journal(PathBuf, std::io::Error),
     /// The shared (Redis) list could not be set up: why.
+    #[error("the shared revocations: {0}")]
     Shared(String),
 }
-
-impl fmt::Display for RevocationError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::InvalidId => f.write_str(
-                "a revoked token id must be non-empty, without whitespace or control characters",
-            ),
-            Self::Journal(path, error) => {
-                write!(f, "the revocation journal {}: {error}", path.display())
-            }
-            Self::Shared(why) => write!(f, "the shared revocations: {why}"),
-        }
-    }
-}
-
-impl std::error::Error for RevocationError {}
 
 fn now_secs() -> i64 {
     SystemTime::now()

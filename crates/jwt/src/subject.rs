@@ -8,7 +8,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
 use portcullis_core::Clock;
 
 /// The subject a token names, as the account check is asked about it.
@@ -130,6 +129,7 @@ impl From<SubjectStatus> for Answer {
     }
 }
 
+#[derive(Clone)]
 struct Entry {
     issuer: Arc<str>,
     id: Arc<str>,
@@ -138,12 +138,15 @@ struct Entry {
 }
 
 /// The check and its cache, keyed by a hash of issuer and subject (the entry holds both,
-/// so a collision is a miss, never a wrong answer).
+/// so a collision is a miss, never a wrong answer). Bounded, evicting by `quick_cache`'s
+/// S3-FIFO policy (subjects seen once go first); `None` when answers are not kept.
+type Answers =
+    quick_cache::sync::Cache<u64, Entry, quick_cache::UnitWeighter, foldhash::fast::RandomState>;
+
 pub(crate) struct SubjectCache {
     pub(crate) check: Arc<dyn SubjectCheck>,
     ttl: Duration,
-    capacity: usize,
-    entries: DashMap<u64, Entry>,
+    entries: Option<Answers>,
     hasher: foldhash::quality::RandomState,
 }
 
@@ -151,18 +154,26 @@ impl fmt::Debug for SubjectCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SubjectCache")
             .field("ttl", &self.ttl)
-            .field("entries", &self.entries.len())
+            .field("entries", &self.entries.as_ref().map_or(0, Answers::len))
             .finish_non_exhaustive()
     }
 }
 
 impl SubjectCache {
     pub(crate) fn new(check: Arc<dyn SubjectCheck>, ttl: Duration, capacity: usize) -> Self {
+        let entries = (!ttl.is_zero() && capacity > 0).then(|| {
+            quick_cache::sync::Cache::with(
+                capacity,
+                u64::try_from(capacity).unwrap_or(u64::MAX),
+                quick_cache::UnitWeighter,
+                foldhash::fast::RandomState::default(),
+                quick_cache::sync::DefaultLifecycle::default(),
+            )
+        });
         Self {
             check,
             ttl,
-            capacity,
-            entries: DashMap::new(),
+            entries,
             hasher: foldhash::quality::RandomState::default(),
         }
     }
@@ -175,28 +186,25 @@ impl SubjectCache {
     }
 
     pub(crate) fn cached(&self, issuer: &str, id: &str, clock: &Clock) -> Option<Answer> {
-        if self.ttl.is_zero() {
+        let entries = self.entries.as_ref()?;
+        let key = self.key(issuer, id);
+        let entry = entries.get(&key)?;
+        if &*entry.issuer != issuer || &*entry.id != id {
             return None;
         }
-        let entry = self.entries.get(&self.key(issuer, id))?;
-        if &*entry.issuer != issuer || &*entry.id != id || clock.monotonic() >= entry.until {
+        if clock.monotonic() >= entry.until {
+            entries.remove(&key);
             return None;
         }
-        Some(entry.answer.clone())
+        Some(entry.answer)
     }
 
     pub(crate) fn store(&self, subject: &Subject, answer: Answer, clock: &Clock) {
-        if self.ttl.is_zero() {
+        let Some(entries) = &self.entries else {
             return;
-        }
+        };
         let now = clock.monotonic();
-        if self.entries.len() >= self.capacity {
-            self.entries.retain(|_, entry| entry.until > now);
-            if self.entries.len() >= self.capacity {
-                return;
-            }
-        }
-        self.entries.insert(
+        entries.insert(
             self.key(&subject.issuer, &subject.id),
             Entry {
                 issuer: subject.issuer.clone(),
@@ -209,7 +217,9 @@ impl SubjectCache {
 
     /// Forgets every answer, so the next request of each subject asks again.
     pub(crate) fn clear(&self) {
-        self.entries.clear();
+        if let Some(entries) = &self.entries {
+            entries.clear();
+        }
     }
 }
 
@@ -244,18 +254,26 @@ mod tests {
         assert!(cache.cached("iss", "a", &clock).is_none());
     }
 
+    /// Full, the cache evicts rather than refusing new answers, keeps what is asked for
+    /// again, and never grows past its capacity.
     #[test]
-    fn a_full_cache_drops_expired_answers_then_stops_storing() {
-        let (clock, control) = Clock::manual(UNIX_EPOCH);
+    fn a_full_cache_evicts_the_answers_not_asked_for_again() {
+        let (clock, _) = Clock::manual(UNIX_EPOCH);
         let check = |_: Subject| async { Ok(SubjectStatus::Active) };
-        let cache = SubjectCache::new(Arc::new(check), Duration::from_secs(1), 2);
-        cache.store(&subject("a"), Answer::Unknown, &clock);
-        cache.store(&subject("b"), Answer::Unknown, &clock);
-        cache.store(&subject("c"), Answer::Unknown, &clock);
-        assert!(cache.cached("iss", "c", &clock).is_none());
-        control.advance(Duration::from_secs(2));
-        cache.store(&subject("c"), Answer::Unknown, &clock);
-        assert!(cache.cached("iss", "c", &clock).is_some());
-        assert_eq!(cache.entries.len(), 1);
+        let cache = SubjectCache::new(Arc::new(check), Duration::from_secs(60), 32);
+        cache.store(&subject("regular"), Answer::Blocked, &clock);
+        for n in 0..2_000 {
+            assert!(
+                cache.cached("iss", "regular", &clock).is_some(),
+                "after {n}"
+            );
+            cache.store(&subject(&format!("once-{n}")), Answer::Unknown, &clock);
+            assert!(cache.entries.as_ref().unwrap().len() <= 32);
+        }
+        assert!(cache.cached("iss", "once-1999", &clock).is_some());
+        // A zero TTL keeps nothing.
+        let off = SubjectCache::new(Arc::new(check), Duration::ZERO, 32);
+        off.store(&subject("a"), Answer::Blocked, &clock);
+        assert!(off.cached("iss", "a", &clock).is_none());
     }
 }

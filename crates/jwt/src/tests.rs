@@ -157,6 +157,43 @@ async fn a_valid_token_becomes_a_principal_and_leaves_the_request() {
     assert_eq!(body["authorization"], false, "the token is removed");
 }
 
+/// Auth0 puts roles in a claim named by a URL; a quoted claim path reads it, and only
+/// it: a nested look-alike gives nothing.
+#[tokio::test]
+async fn roles_from_a_claim_whose_name_holds_dots() {
+    let (clock, _) = clock();
+    let issuer = issuer()
+        .roles_claim(r#""https://example.com/roles""#)
+        .unwrap();
+    let service = service(
+        JwtLayer::builder()
+            .issuer(issuer)
+            .clock(clock)
+            .build()
+            .unwrap(),
+    );
+    let mut namespaced = claims();
+    namespaced["https://example.com/roles"] = json!(["key-admin"]);
+    let response = send(
+        &service,
+        bearer(&mint(&hs_key(), header(&hs_key()), namespaced)),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = serde_json::from_str(response.body()).unwrap();
+    assert_eq!(body["roles"], json!(["key-admin"]));
+
+    let mut nested = claims();
+    nested["https://example"] = json!({ "com/roles": ["key-admin"] });
+    let response = send(
+        &service,
+        bearer(&mint(&hs_key(), header(&hs_key()), nested)),
+    )
+    .await;
+    let body: Value = serde_json::from_str(response.body()).unwrap();
+    assert_eq!(body["roles"], json!([]));
+}
+
 #[tokio::test]
 async fn every_malformed_token_is_refused_before_any_key_is_used() {
     let (clock, _) = clock();
@@ -791,6 +828,42 @@ async fn the_cache_skips_verification_until_keys_change() {
         StatusCode::OK
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Through the layer, however many one-off tokens arrive, the cache stays within its
+/// capacity and every token is still answered.
+#[tokio::test]
+async fn a_full_token_cache_stays_bounded() {
+    let (clock, _) = clock();
+    let layer = builder(&clock).token_cache(16).build().unwrap();
+    let handle = layer.handle();
+    let service = service(layer);
+    let regular = token();
+    for _ in 0..3 {
+        assert_eq!(
+            send(&service, bearer(&regular)).await.status(),
+            StatusCode::OK
+        );
+    }
+    for n in 0..200 {
+        let mut claims = claims();
+        claims["jti"] = json!(format!("one-off-{n}"));
+        let one_off = mint(&hs_key(), header(&hs_key()), claims);
+        assert_eq!(
+            send(&service, bearer(&one_off)).await.status(),
+            StatusCode::OK
+        );
+        // The regular client keeps calling between the one-offs.
+        if n % 4 == 0 {
+            assert_eq!(
+                send(&service, bearer(&regular)).await.status(),
+                StatusCode::OK
+            );
+        }
+    }
+    // Bounded; which entries stay is the cache's own test (validator.rs).
+    assert!(handle.cached_tokens() <= 16, "{}", handle.cached_tokens());
+    assert!(handle.cached_tokens() > 0);
 }
 
 /// An account store the tests can block subjects in, counting the questions asked.

@@ -1,13 +1,11 @@
 //! The layer, its refusals and its service.
 
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
-use dashmap::DashMap;
 use http::{Request, Response};
 use portcullis_core::{
     connection_leaf, AuditNote, AuditRecord, AuthMethod, Authentication, ClientCertThumbprint,
@@ -229,44 +227,54 @@ impl fmt::Debug for Config {
 /// Parsed certificates by their DER, so a connection's many requests parse its
 /// certificate once. Found by a seeded hash and confirmed by comparing the bytes.
 struct ParseCache {
-    entries: DashMap<u64, (Bytes, Arc<ClientCertificate>)>,
+    /// `None` when the capacity is zero (every request parses).
+    entries: Option<ParsedCertificates>,
     hasher: foldhash::quality::RandomState,
     capacity: usize,
-    size: AtomicUsize,
 }
+
+/// Bounded, evicting by `quick_cache`'s S3-FIFO policy: connections that come and go
+/// leave room for the certificates of the connections that stay.
+type ParsedCertificates = quick_cache::sync::Cache<
+    u64,
+    Arc<(Bytes, Arc<ClientCertificate>)>,
+    quick_cache::UnitWeighter,
+    foldhash::fast::RandomState,
+>;
 
 impl ParseCache {
     fn new(capacity: usize) -> Self {
+        let entries = (capacity > 0).then(|| {
+            quick_cache::sync::Cache::with(
+                capacity,
+                u64::try_from(capacity).unwrap_or(u64::MAX),
+                quick_cache::UnitWeighter,
+                foldhash::fast::RandomState::default(),
+                quick_cache::sync::DefaultLifecycle::default(),
+            )
+        });
         Self {
-            entries: DashMap::new(),
+            entries,
             hasher: foldhash::quality::RandomState::default(),
             capacity,
-            size: AtomicUsize::new(0),
         }
     }
 
     fn parse(&self, der: &Bytes) -> Result<Arc<ClientCertificate>, MtlsRefusal> {
-        if self.capacity == 0 {
+        let Some(entries) = &self.entries else {
             return ClientCertificate::from_der(der)
                 .map(Arc::new)
                 .map_err(|_| MtlsRefusal::Untrusted);
-        }
+        };
         let key = std::hash::BuildHasher::hash_one(&self.hasher, der.as_ref());
-        if let Some(entry) = self.entries.get(&key) {
+        if let Some(entry) = entries.get(&key) {
             if entry.0 == der {
                 return Ok(entry.1.clone());
             }
         }
         let parsed =
             Arc::new(ClientCertificate::from_der(der).map_err(|_| MtlsRefusal::Untrusted)?);
-        if self.size.load(Ordering::Relaxed) < self.capacity
-            && self
-                .entries
-                .insert(key, (der.clone(), parsed.clone()))
-                .is_none()
-        {
-            self.size.fetch_add(1, Ordering::Relaxed);
-        }
+        entries.insert(key, Arc::new((der.clone(), parsed.clone())));
         Ok(parsed)
     }
 }

@@ -1,7 +1,6 @@
 //! Online revocation checks (OCSP, RFC 6960): what the layer asks and what it is told.
 //! The HTTP client that asks a responder is in `ocsp_client` (feature `ocsp-http`).
 
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::SystemTime;
@@ -27,58 +26,40 @@ pub struct OcspAnswer {
 }
 
 /// Why an OCSP check gave no answer. The layer's failure policy decides what follows.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum OcspError {
     /// The certificate could not be read.
+    #[error("OCSP: unreadable certificate: {0}")]
     Certificate(String),
     /// None of the configured issuers issued the certificate.
+    #[error("OCSP: no configured issuer issued the certificate; give OcspClient::new the CAs (and intermediates) that issue client certificates")]
     UnknownIssuer,
     /// No responder URL was configured and the certificate names none.
+    #[error("OCSP: the certificate names no responder; set OcspClient::responder(url)")]
     NoResponder,
     /// The responder could not be reached, or took too long.
+    #[error("OCSP: the responder is unreachable: {0}")]
     Unreachable(String),
     /// The responder answered with an HTTP status other than 200.
+    #[error("OCSP: the responder answered HTTP {0}")]
     HttpStatus(u16),
     /// The responder refused the request (`malformedRequest`, `tryLater`, …).
+    #[error("OCSP: the responder answered {0}")]
     Refused(&'static str),
     /// The answer is not a well-formed basic OCSP response.
+    #[error("OCSP: malformed response: {0}")]
     Malformed(String),
     /// Neither the issuer nor a responder it delegated to signed the answer.
+    #[error("OCSP: the response is not signed by the issuer or a responder it authorised")]
     BadSignature,
     /// The answer does not speak of this certificate.
+    #[error("OCSP: the response does not cover the certificate")]
     NotAnswered,
     /// The answer is from the future or past its `nextUpdate`.
+    #[error("OCSP: the response is outside its validity window")]
     Stale,
 }
-
-impl fmt::Display for OcspError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Certificate(why) => write!(f, "OCSP: unreadable certificate: {why}"),
-            Self::UnknownIssuer => write!(
-                f,
-                "OCSP: no configured issuer issued the certificate; give OcspClient::new the CAs (and intermediates) that issue client certificates"
-            ),
-            Self::NoResponder => write!(
-                f,
-                "OCSP: the certificate names no responder; set OcspClient::responder(url)"
-            ),
-            Self::Unreachable(why) => write!(f, "OCSP: the responder is unreachable: {why}"),
-            Self::HttpStatus(status) => write!(f, "OCSP: the responder answered HTTP {status}"),
-            Self::Refused(status) => write!(f, "OCSP: the responder answered {status}"),
-            Self::Malformed(why) => write!(f, "OCSP: malformed response: {why}"),
-            Self::BadSignature => write!(
-                f,
-                "OCSP: the response is not signed by the issuer or a responder it authorised"
-            ),
-            Self::NotAnswered => write!(f, "OCSP: the response does not cover the certificate"),
-            Self::Stale => write!(f, "OCSP: the response is outside its validity window"),
-        }
-    }
-}
-
-impl std::error::Error for OcspError {}
 
 /// A boxed future of an OCSP answer.
 pub type OcspFuture<'a> = Pin<Box<dyn Future<Output = Result<OcspAnswer, OcspError>> + Send + 'a>>;

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use dashmap::DashMap;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use portcullis_core::{ClientCertThumbprint, Clock};
 
@@ -121,15 +120,25 @@ pub(crate) enum Outcome {
     Refuse(MtlsRefusal),
 }
 
+#[derive(Clone)]
 struct Entry {
     verdict: Verdict,
     until: SystemTime,
 }
 
+/// Remembered answers, bounded and evicting by `quick_cache`'s S3-FIFO policy (answers
+/// asked about once go first); `None` when the capacity is zero.
+type Answers = quick_cache::sync::Cache<
+    ClientCertThumbprint,
+    Entry,
+    quick_cache::UnitWeighter,
+    foldhash::fast::RandomState,
+>;
+
 /// The running state of an [`Ocsp`] inside one layer.
 pub(crate) struct OcspState {
     settings: Ocsp,
-    answers: DashMap<ClientCertThumbprint, Entry>,
+    answers: Option<Answers>,
     queries: Mutex<HashMap<ClientCertThumbprint, Query>>,
 }
 
@@ -137,16 +146,25 @@ impl fmt::Debug for OcspState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OcspState")
             .field("settings", &self.settings)
-            .field("answers", &self.answers.len())
+            .field("answers", &self.answers.as_ref().map_or(0, Answers::len))
             .finish_non_exhaustive()
     }
 }
 
 impl OcspState {
     pub(crate) fn new(settings: Ocsp) -> Arc<Self> {
+        let answers = (settings.capacity > 0).then(|| {
+            quick_cache::sync::Cache::with(
+                settings.capacity,
+                u64::try_from(settings.capacity).unwrap_or(u64::MAX),
+                quick_cache::UnitWeighter,
+                foldhash::fast::RandomState::default(),
+                quick_cache::sync::DefaultLifecycle::default(),
+            )
+        });
         Arc::new(Self {
             settings,
-            answers: DashMap::new(),
+            answers,
             queries: Mutex::new(HashMap::new()),
         })
     }
@@ -157,11 +175,16 @@ impl OcspState {
         thumbprint: &ClientCertThumbprint,
         now: SystemTime,
     ) -> Option<Verdict> {
-        let fresh = self
-            .answers
-            .get(thumbprint)
-            .filter(|entry| now < entry.until)
-            .map(|entry| entry.verdict.clone());
+        let fresh = self.answers.as_ref().and_then(|answers| {
+            let entry = answers.get(thumbprint)?;
+            if now < entry.until {
+                Some(entry.verdict)
+            } else {
+                // Past its time: never usable again.
+                answers.remove(thumbprint);
+                None
+            }
+        });
         // Literal labels: a static key, no allocation per request.
         if fresh.is_some() {
             metrics::counter!("portcullis_ocsp_cache_total", "result" => "hit").increment(1);
@@ -230,19 +253,14 @@ impl OcspState {
                 (Err(error), later(now, settings.recheck_after))
             }
         };
-        if until > now {
-            if self.answers.len() >= settings.capacity {
-                self.answers.retain(|_, entry| entry.until > now);
-            }
-            if self.answers.len() < settings.capacity {
-                self.answers.insert(
-                    thumbprint,
-                    Entry {
-                        verdict: verdict.clone(),
-                        until,
-                    },
-                );
-            }
+        if let Some(answers) = self.answers.as_ref().filter(|_| until > now) {
+            answers.insert(
+                thumbprint,
+                Entry {
+                    verdict: verdict.clone(),
+                    until,
+                },
+            );
         }
         verdict
     }

@@ -162,36 +162,25 @@ impl Index {
 }
 
 /// Why a registry could not be built or loaded. The registry in use stays.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RegistryError {
     /// Two connectors with one id.
+    #[error("connector {0:?} is registered twice")]
     DuplicateId(String),
     /// One certificate bound to two connectors.
+    #[error("certificate {0} is bound to both {1:?} and {2:?}")]
     SharedCertificate(ClientCertThumbprint, String, String),
     /// No connector with this id.
+    #[error("no connector {0:?}")]
     UnknownId(String),
     /// The file could not be read.
+    #[error("cannot read {path}: {error}", path = .0.display(), error = .1)]
     Io(PathBuf, std::io::Error),
     /// The file is not a valid registry: where, and why.
+    #[error("{path}: {why}", path = .0.display(), why = .1)]
     Parse(PathBuf, String),
 }
-
-impl fmt::Display for RegistryError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::DuplicateId(id) => write!(f, "connector {id:?} is registered twice"),
-            Self::SharedCertificate(t, a, b) => {
-                write!(f, "certificate {t} is bound to both {a:?} and {b:?}")
-            }
-            Self::UnknownId(id) => write!(f, "no connector {id:?}"),
-            Self::Io(path, e) => write!(f, "cannot read {}: {e}", path.display()),
-            Self::Parse(path, why) => write!(f, "{}: {why}", path.display()),
-        }
-    }
-}
-
-impl std::error::Error for RegistryError {}
 
 /// The registered connectors, shared by the layer and the host's administration code.
 /// Cheap to clone; changes apply to the next request, on connections already open too.

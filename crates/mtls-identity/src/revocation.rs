@@ -13,25 +13,16 @@ use x509_parser::revocation_list::CertificateRevocationList;
 use crate::certificate::ClientCertificate;
 
 /// Why CRLs could not be loaded. The lists in use stay.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CrlError {
     /// A file could not be read.
+    #[error("cannot read the CRL {path}: {error}", path = .0.display(), error = .1)]
     Io(PathBuf, std::io::Error),
     /// Not a CRL (PEM `X509 CRL` or DER): where, and why.
+    #[error("{0}: not a CRL: {1}")]
     Parse(String, String),
 }
-
-impl fmt::Display for CrlError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Io(path, e) => write!(f, "cannot read the CRL {}: {e}", path.display()),
-            Self::Parse(source, why) => write!(f, "{source}: not a CRL: {why}"),
-        }
-    }
-}
-
-impl std::error::Error for CrlError {}
 
 #[derive(Debug, Default)]
 struct Index {

@@ -425,83 +425,54 @@ impl Quota {
 pub const MAX_STRICT_COUNT: u32 = 10_000;
 
 /// Why a rate-limit configuration was refused.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
     /// No quotas.
+    #[error("a rate-limit layer needs at least one quota")]
     NoQuotas,
     /// A quota name is empty or has characters other than letters, digits, `-`, `_`, `.`.
+    #[error("quota name {0:?} must be non-empty and use only letters, digits, '-', '_' and '.'")]
     InvalidName(String),
     /// Two quotas have the same name.
+    #[error("two quotas are named {0:?}")]
     DuplicateName(String),
     /// A quota has an empty key.
+    #[error("quota {0:?} has an empty key; give it at least one KeyPart")]
     EmptyKey(String),
     /// A burst of zero.
+    #[error("quota {0:?} has a burst of 0")]
     ZeroBurst(String),
     /// A strict window with a count above [`MAX_STRICT_COUNT`].
+    #[error("quota {0:?} is a strict window over {MAX_STRICT_COUNT} requests; use the smooth semantics for large counts")]
     StrictCountTooLarge(String),
     /// An IPv6 prefix longer than 128 bits.
+    #[error("quota {0:?} has an IPv6 prefix longer than 128 bits")]
     InvalidIpv6Prefix(String),
     /// `max_tracked_keys` of zero.
+    #[error("quota {0:?} may track 0 keys")]
     ZeroCapacity(String),
     /// Two tiers of one quota with the same name.
+    #[error("quota {0:?} has two tiers named {1:?}")]
     DuplicateTier(String, String),
     /// A burst whose refill (`period / count × burst`) is longer than
     /// [`MAX_BURST_REFILL`]: the quota's arithmetic would overflow.
+    #[error("quota {0:?} has a burst whose refill (period / count × burst) is longer than 100 years; lower the burst or shorten the period")]
     BurstTooLarge(String),
     /// A ban whose window or duration is zero or longer than [`Rate::MAX_PERIOD`].
+    #[error("quota {0:?} has a ban whose window or duration is zero or longer than a year")]
     InvalidBan(String),
     /// A duration setting of the layer (named) is zero: `sweep_every` (to leave sweeping
     /// to the host, pass `None`) or the Redis backend's `timeout`.
+    #[error(
+        "{0} is zero; give it a positive duration (sweep_every(None) leaves sweeping to the host)"
+    )]
     ZeroDuration(&'static str),
 }
 
 /// The longest time a full burst may take to come back: 100 years. Longer ones cannot be
 /// meant, and would overflow the limiter's nanosecond arithmetic.
 pub const MAX_BURST_REFILL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::NoQuotas => f.write_str("a rate-limit layer needs at least one quota"),
-            Self::InvalidName(name) => write!(
-                f,
-                "quota name {name:?} must be non-empty and use only letters, digits, '-', '_' and '.'"
-            ),
-            Self::DuplicateName(name) => write!(f, "two quotas are named {name:?}"),
-            Self::EmptyKey(name) => write!(
-                f,
-                "quota {name:?} has an empty key; give it at least one KeyPart"
-            ),
-            Self::ZeroBurst(name) => write!(f, "quota {name:?} has a burst of 0"),
-            Self::StrictCountTooLarge(name) => write!(
-                f,
-                "quota {name:?} is a strict window over {MAX_STRICT_COUNT} requests; use the smooth semantics for large counts"
-            ),
-            Self::InvalidIpv6Prefix(name) => {
-                write!(f, "quota {name:?} has an IPv6 prefix longer than 128 bits")
-            }
-            Self::ZeroCapacity(name) => write!(f, "quota {name:?} may track 0 keys"),
-            Self::DuplicateTier(name, tier) => {
-                write!(f, "quota {name:?} has two tiers named {tier:?}")
-            }
-            Self::BurstTooLarge(name) => write!(
-                f,
-                "quota {name:?} has a burst whose refill (period / count × burst) is longer than 100 years; lower the burst or shorten the period"
-            ),
-            Self::InvalidBan(name) => write!(
-                f,
-                "quota {name:?} has a ban whose window or duration is zero or longer than a year"
-            ),
-            Self::ZeroDuration(setting) => write!(
-                f,
-                "{setting} is zero; give it a positive duration (sweep_every(None) leaves sweeping to the host)"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 pub(crate) fn validate(quotas: &[Quota]) -> Result<(), ConfigError> {
     if quotas.is_empty() {

@@ -133,42 +133,29 @@ fn parse_period(text: &str) -> Result<Duration, InvalidRate> {
 }
 
 /// Why a rate was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum InvalidRate {
     /// Not of the form `N per PERIOD` or `N/PERIOD`.
+    #[error("a rate is written `N per PERIOD` or `N/PERIOD`, such as `25 per 5m` or `100/s`")]
     Syntax,
     /// The period is not a duration such as `5m`, `1s` or `hour`.
+    #[error("the period is not a duration such as `5m`, `1s`, `300ms` or `hour`")]
     Period,
     /// A rate of zero requests; to refuse everything, use the ip-allowlist or the role
     /// router.
+    #[error("a rate must admit at least one request per period")]
     ZeroCount,
     /// The period is shorter than [`Rate::MIN_PERIOD`].
+    #[error("the period must be at least 1ms")]
     PeriodTooShort,
     /// The period is longer than [`Rate::MAX_PERIOD`].
+    #[error("the period must be at most a year")]
     PeriodTooLong,
     /// More than one request per nanosecond (`count` above the period in nanoseconds).
+    #[error("a rate may admit at most one request per nanosecond; lower the count or lengthen the period")]
     TooFine,
 }
-
-impl fmt::Display for InvalidRate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Syntax => {
-                "a rate is written `N per PERIOD` or `N/PERIOD`, such as `25 per 5m` or `100/s`"
-            }
-            Self::Period => "the period is not a duration such as `5m`, `1s`, `300ms` or `hour`",
-            Self::ZeroCount => "a rate must admit at least one request per period",
-            Self::PeriodTooShort => "the period must be at least 1ms",
-            Self::PeriodTooLong => "the period must be at most a year",
-            Self::TooFine => {
-                "a rate may admit at most one request per nanosecond; lower the count or lengthen the period"
-            }
-        })
-    }
-}
-
-impl std::error::Error for InvalidRate {}
 
 #[cfg(test)]
 mod tests {

@@ -33,23 +33,12 @@ pub struct PathPattern {
 }
 
 /// Why a pattern was refused.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid path pattern `{pattern}`: {reason}")]
 pub struct PatternError {
     pattern: String,
     reason: &'static str,
 }
-
-impl fmt::Display for PatternError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid path pattern `{}`: {}",
-            self.pattern, self.reason
-        )
-    }
-}
-
-impl std::error::Error for PatternError {}
 
 impl PathPattern {
     /// Compiles a pattern.
