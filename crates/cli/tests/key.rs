@@ -89,17 +89,19 @@ fn new_prints_the_secret_once_and_stores_only_its_digest() {
     assert!(!listing.contains("sha256"), "{listing}");
 }
 
+/// Makes a key of owner `o` for each id in the file at `path`.
+fn new_keys(path: &str, ids: &[&str]) {
+    for id in ids {
+        let out = portcullis(&["key", "new", "--file", path, "--owner", "o", "--id", id]);
+        assert!(out.status.success(), "{out:?}");
+    }
+}
+
 #[test]
 fn revoke_marks_the_key_and_a_reload_sees_it() {
     let file = key_file("revoke.toml");
     let path = file.to_str().unwrap();
-    for id in ["old", "new"] {
-        assert!(
-            portcullis(&["key", "new", "--file", path, "--owner", "o", "--id", id])
-                .status
-                .success()
-        );
-    }
+    new_keys(path, &["old", "new"]);
     let store = FileKeyStore::open(&file).unwrap();
     assert!(!store.get("old").unwrap().is_revoked());
     let out = portcullis(&["key", "revoke", "--file", path, "old"]);
@@ -119,13 +121,7 @@ fn revoke_marks_the_key_and_a_reload_sees_it() {
 fn revoke_keeps_the_files_comments_and_layout() {
     let file = key_file("commented.toml");
     let path = file.to_str().unwrap();
-    for id in ["old", "new"] {
-        assert!(
-            portcullis(&["key", "new", "--file", path, "--owner", "o", "--id", id])
-                .status
-                .success()
-        );
-    }
+    new_keys(path, &["old", "new"]);
     let written = std::fs::read_to_string(&file).unwrap();
     let commented = format!(
         "# Partner keys. Ticket OPS-1234.\n\n{}",

@@ -33,18 +33,19 @@ pub enum CredentialStatus {
     Unknown,
 }
 
-/// The check could not answer (its store is down or unreadable). Layers refuse with 503
-/// rather than let a session go on unchecked.
+/// A check could not answer (its store is down or unreadable): a credential check, or
+/// the JWT layer's account check. Layers refuse with 503 rather than let a request go
+/// on unchecked; the message is logged, never sent to the client.
 #[derive(Clone, Debug, thiserror::Error)]
-#[error("the credential check failed: {message}")]
-pub struct CredentialCheckError {
+#[error("the check could not answer: {message}")]
+pub struct CheckError {
     message: String,
     #[source]
     source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
-impl CredentialCheckError {
-    /// A failure described by `message` (logged, never sent to the client).
+impl CheckError {
+    /// A failure described by `message`.
     pub fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
@@ -69,6 +70,9 @@ impl CredentialCheckError {
         &self.message
     }
 }
+
+/// Why a [`CredentialCheck`] gave no answer.
+pub type CredentialCheckError = CheckError;
 
 /// The boxed future a [`CredentialCheck`] returns.
 pub type CredentialFuture =

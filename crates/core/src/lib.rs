@@ -33,6 +33,7 @@
 mod audit;
 mod authorization;
 mod body;
+pub mod cache;
 mod certificate;
 mod client_ip;
 mod clock;
@@ -60,8 +61,8 @@ pub use client_ip::{
 };
 pub use clock::{Clock, ManualClock};
 pub use credential::{
-    Credential, CredentialCheck, CredentialCheckError, CredentialChecks, CredentialFuture,
-    CredentialStatus,
+    CheckError, Credential, CredentialCheck, CredentialCheckError, CredentialChecks,
+    CredentialFuture, CredentialStatus,
 };
 pub use future::DecisionFuture;
 pub use headers::remove_field_lines;

@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use portcullis_core::cache::{bounded, BoundedCache};
 use portcullis_core::Clock;
 
 /// The subject a token names, as the account check is asked about it.
@@ -35,40 +36,7 @@ pub enum SubjectStatus {
 
 /// The account check could not answer (its store is down). The request is refused with
 /// 503 `account_check_unavailable`: a check that cannot run never lets a request through.
-#[derive(Clone, Debug, thiserror::Error)]
-#[error("the account check failed: {message}")]
-pub struct SubjectCheckError {
-    message: String,
-    #[source]
-    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
-}
-
-impl SubjectCheckError {
-    /// A failure described by `message` (logged, never sent to the client).
-    pub fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            source: None,
-        }
-    }
-
-    /// A failure caused by `source`, the store's own error, kept as the error's
-    /// [`source`](std::error::Error::source).
-    pub fn from_source(
-        message: impl Into<String>,
-        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-    ) -> Self {
-        Self {
-            message: message.into(),
-            source: Some(Arc::from(source.into())),
-        }
-    }
-
-    /// What failed, as given.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-}
+pub type SubjectCheckError = portcullis_core::CheckError;
 
 /// The boxed future an account check returns.
 pub type SubjectFuture =
@@ -140,8 +108,7 @@ struct Entry {
 /// The check and its cache, keyed by a hash of issuer and subject (the entry holds both,
 /// so a collision is a miss, never a wrong answer). Bounded, evicting by `quick_cache`'s
 /// S3-FIFO policy (subjects seen once go first); `None` when answers are not kept.
-type Answers =
-    quick_cache::sync::Cache<u64, Entry, quick_cache::UnitWeighter, foldhash::fast::RandomState>;
+type Answers = BoundedCache<u64, Entry, foldhash::fast::RandomState>;
 
 pub(crate) struct SubjectCache {
     pub(crate) check: Arc<dyn SubjectCheck>,
@@ -161,15 +128,8 @@ impl fmt::Debug for SubjectCache {
 
 impl SubjectCache {
     pub(crate) fn new(check: Arc<dyn SubjectCheck>, ttl: Duration, capacity: usize) -> Self {
-        let entries = (!ttl.is_zero() && capacity > 0).then(|| {
-            quick_cache::sync::Cache::with(
-                capacity,
-                u64::try_from(capacity).unwrap_or(u64::MAX),
-                quick_cache::UnitWeighter,
-                foldhash::fast::RandomState::default(),
-                quick_cache::sync::DefaultLifecycle::default(),
-            )
-        });
+        let entries = (!ttl.is_zero() && capacity > 0)
+            .then(|| bounded(capacity, foldhash::fast::RandomState::default()));
         Self {
             check,
             ttl,

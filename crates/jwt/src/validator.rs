@@ -9,8 +9,8 @@ use std::time::Duration;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER as AWS_LC;
+use portcullis_core::cache::BoundedCache;
 use portcullis_core::{AuthMethod, Credential, Principal};
-use quick_cache::UnitWeighter;
 
 use crate::claims::{clean, ClaimsInner, JwtClaims, TypedClaims};
 use crate::issuer::CompiledIssuer;
@@ -408,7 +408,7 @@ fn seconds_to_ms(seconds: i64) -> u64 {
 /// The map is `quick_cache`'s: bounded, and when full it evicts by its S3-FIFO policy
 /// (tokens seen once go first), so a full cache keeps caching the tokens in use.
 pub(crate) struct TokenCache {
-    entries: quick_cache::sync::Cache<u64, Arc<CacheEntry>, UnitWeighter, BuildIdentity>,
+    entries: BoundedCache<u64, Arc<CacheEntry>, BuildIdentity>,
     hasher: foldhash::quality::RandomState,
     pub(crate) capacity: usize,
 }
@@ -474,13 +474,7 @@ fn same_token(a: &str, b: &str) -> bool {
 impl TokenCache {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            entries: quick_cache::sync::Cache::with(
-                capacity,
-                u64::try_from(capacity).unwrap_or(u64::MAX),
-                UnitWeighter,
-                BuildIdentity,
-                quick_cache::sync::DefaultLifecycle::default(),
-            ),
+            entries: portcullis_core::cache::bounded(capacity, BuildIdentity),
             hasher: foldhash::quality::RandomState::default(),
             capacity,
         }

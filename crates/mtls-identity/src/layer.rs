@@ -25,6 +25,7 @@ use crate::revocation::CrlVerdict;
 use crate::revocation::Crls;
 use crate::spiffe::{self, TrustDomain};
 use crate::LAYER_NAME;
+use portcullis_core::cache::{bounded, BoundedCache};
 
 /// How a certificate names its principal.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -235,24 +236,13 @@ struct ParseCache {
 
 /// Bounded, evicting by `quick_cache`'s S3-FIFO policy: connections that come and go
 /// leave room for the certificates of the connections that stay.
-type ParsedCertificates = quick_cache::sync::Cache<
-    u64,
-    Arc<(Bytes, Arc<ClientCertificate>)>,
-    quick_cache::UnitWeighter,
-    foldhash::fast::RandomState,
->;
+type ParsedCertificates =
+    BoundedCache<u64, Arc<(Bytes, Arc<ClientCertificate>)>, foldhash::fast::RandomState>;
 
 impl ParseCache {
     fn new(capacity: usize) -> Self {
-        let entries = (capacity > 0).then(|| {
-            quick_cache::sync::Cache::with(
-                capacity,
-                u64::try_from(capacity).unwrap_or(u64::MAX),
-                quick_cache::UnitWeighter,
-                foldhash::fast::RandomState::default(),
-                quick_cache::sync::DefaultLifecycle::default(),
-            )
-        });
+        let entries =
+            (capacity > 0).then(|| bounded(capacity, foldhash::fast::RandomState::default()));
         Self {
             entries,
             hasher: foldhash::quality::RandomState::default(),

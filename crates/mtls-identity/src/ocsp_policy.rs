@@ -12,6 +12,7 @@ use portcullis_core::{ClientCertThumbprint, Clock};
 
 use crate::layer::MtlsRefusal;
 use crate::ocsp::{OcspAnswer, OcspCheck, OcspError, OcspStatus};
+use portcullis_core::cache::{bounded, BoundedCache};
 
 /// What the layer does when the OCSP check gives no answer (the responder is down,
 /// its answer does not verify) or answers "unknown".
@@ -128,12 +129,7 @@ struct Entry {
 
 /// Remembered answers, bounded and evicting by `quick_cache`'s S3-FIFO policy (answers
 /// asked about once go first); `None` when the capacity is zero.
-type Answers = quick_cache::sync::Cache<
-    ClientCertThumbprint,
-    Entry,
-    quick_cache::UnitWeighter,
-    foldhash::fast::RandomState,
->;
+type Answers = BoundedCache<ClientCertThumbprint, Entry, foldhash::fast::RandomState>;
 
 /// The running state of an [`Ocsp`] inside one layer.
 pub(crate) struct OcspState {
@@ -153,15 +149,8 @@ impl fmt::Debug for OcspState {
 
 impl OcspState {
     pub(crate) fn new(settings: Ocsp) -> Arc<Self> {
-        let answers = (settings.capacity > 0).then(|| {
-            quick_cache::sync::Cache::with(
-                settings.capacity,
-                u64::try_from(settings.capacity).unwrap_or(u64::MAX),
-                quick_cache::UnitWeighter,
-                foldhash::fast::RandomState::default(),
-                quick_cache::sync::DefaultLifecycle::default(),
-            )
-        });
+        let answers = (settings.capacity > 0)
+            .then(|| bounded(settings.capacity, foldhash::fast::RandomState::default()));
         Arc::new(Self {
             settings,
             answers,
