@@ -52,6 +52,15 @@ fn routes() -> Router {
     async fn typed(Claims(claims): Claims<MyClaims>) -> String {
         format!("{} {}", claims.sub, claims.auth_method)
     }
+    async fn maybe_claims(claims: Option<JwtClaims>) -> String {
+        claims.map_or("no token".into(), |c| c.subject().to_owned())
+    }
+    async fn maybe_typed(claims: Option<Claims<MyClaims>>) -> String {
+        claims.map_or("no token".into(), |Claims(c)| c.sub.clone())
+    }
+    async fn maybe_ip(ip: Option<ClientIp>) -> String {
+        ip.map_or("none".into(), |ip| ip.ip().to_string())
+    }
     Router::new()
         .route("/whoami", get(whoami))
         .route("/owner", get(owner))
@@ -61,6 +70,9 @@ fn routes() -> Router {
         .route("/ip", get(ip))
         .route("/claims", get(claims))
         .route("/typed", get(typed))
+        .route("/maybe-claims", get(maybe_claims))
+        .route("/maybe-typed", get(maybe_typed))
+        .route("/maybe-ip", get(maybe_ip))
 }
 
 #[tokio::test]
@@ -143,10 +155,28 @@ async fn extractors_hand_handlers_what_the_layers_found() {
         ask("/claims", api_key()).await.code().as_deref(),
         Some("unauthenticated")
     );
+    // The optional forms: `None` without a token, the claims with one.
+    assert_eq!(ask("/maybe-claims", vec![]).await.body, "no token");
+    assert_eq!(ask("/maybe-claims", api_key()).await.body, "no token");
+    assert_eq!(ask("/maybe-claims", jwt()).await.body, "alice");
+    assert_eq!(ask("/maybe-typed", vec![]).await.body, "no token");
+    assert_eq!(ask("/maybe-typed", jwt()).await.body, "alice");
+    assert_eq!(ask("/maybe-ip", vec![]).await.body, "127.0.0.1");
 
     // Without the layers: a misconfiguration, never an anonymous request.
     let bare = serve_axum(routes()).await;
-    for path in ["/whoami", "/hello", "/everyone", "/ip", "/claims", "/typed"] {
+    // The optional forms too: `None` means "no credential", never "no layer".
+    for path in [
+        "/whoami",
+        "/hello",
+        "/everyone",
+        "/ip",
+        "/claims",
+        "/typed",
+        "/maybe-claims",
+        "/maybe-typed",
+        "/maybe-ip",
+    ] {
         let reply = send(bare, "127.0.0.1", path, &[]).await;
         assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR, "{path}");
         assert_eq!(reply.code().as_deref(), Some("layer_missing"), "{path}");

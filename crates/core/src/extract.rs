@@ -218,3 +218,18 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
         })
     }
 }
+
+/// The same as [`ClientIp`]: every request that passed a resolving layer has an address,
+/// so a missing one is a forgotten layer (500, logged), never `None`.
+impl<S: Send + Sync> OptionalFromRequestParts<S> for ClientIp {
+    type Rejection = ExtractRejection;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        <ClientIp as FromRequestParts<S>>::from_request_parts(parts, state)
+            .await
+            .map(Some)
+    }
+}

@@ -41,6 +41,45 @@ impl<T: Send + Sync + 'static, S: Send + Sync> axum::extract::FromRequestParts<S
     }
 }
 
+/// `None` when the request carries no verified token (a route the JWT layer lets through
+/// in optional mode); 500 `layer_missing` (logged) when no JWT layer ran.
+impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for JwtClaims {
+    type Rejection = portcullis_core::extract::ExtractRejection;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        optional(extract(parts, parts.extensions.get::<JwtClaims>().cloned()))
+    }
+}
+
+/// `None` without a verified token; 500 `layer_missing` (logged) when no JWT layer ran or
+/// it was not told to parse `T`.
+impl<T: Send + Sync + 'static, S: Send + Sync> axum::extract::OptionalFromRequestParts<S>
+    for Claims<T>
+{
+    type Rejection = portcullis_core::extract::ExtractRejection;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        optional(extract(parts, parts.extensions.get::<Claims<T>>().cloned()))
+    }
+}
+
+/// A 401 (no token) becomes `None`; a 500 (no layer) stays an error.
+fn optional<T>(
+    found: Result<T, portcullis_core::extract::ExtractRejection>,
+) -> Result<Option<T>, portcullis_core::extract::ExtractRejection> {
+    match found {
+        Ok(found) => Ok(Some(found)),
+        Err(rejection) if rejection.0.status() == http::StatusCode::UNAUTHORIZED => Ok(None),
+        Err(rejection) => Err(rejection),
+    }
+}
+
 fn extract<T>(
     parts: &http::request::Parts,
     found: Option<T>,

@@ -8,7 +8,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
-/// Why a certificate could not be read (or, for [`DevPki`](crate::DevPki), made).
+/// Why a certificate could not be read (or, for `DevPki` of feature `dev-pki`, made).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CertificateError {
