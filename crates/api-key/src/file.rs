@@ -149,15 +149,12 @@ pub fn render_key_record(record: &KeyRecord) -> String {
 /// # Ok::<(), portcullis_api_key::KeyFileError>(())
 /// ```
 pub fn revoke_in_key_file(source: &str, text: &str, id: &str) -> Result<String, KeyFileError> {
-    let records = parse_key_file(source, text)?;
+    parse_key_file(source, text)?;
     let error = |message: String| KeyFileError {
         source: source.to_owned(),
         line: None,
         message,
     };
-    if !records.iter().any(|record| record.id() == id) {
-        return Err(error(format!("no key with the id {id:?}")));
-    }
     let mut document: toml_edit::DocumentMut = text
         .parse()
         .map_err(|e: toml_edit::TomlError| error(e.message().to_owned()))?;

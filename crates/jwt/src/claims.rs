@@ -71,9 +71,9 @@ impl ClaimPath {
                 return Err(invalid(ClaimPathError::EmptyName));
             }
             segments.push(segment.into_boxed_str());
-            match chars.next() {
-                None => break,
-                Some(_dot) => {}
+            // The next character is the dot before another name, or nothing.
+            if chars.next().is_none() {
+                break;
             }
         }
         Ok(Self(segments.into()))

@@ -108,7 +108,7 @@ impl Validator {
         }
         let outcome = self.verify(token, now_ms, may_refresh);
         if let (Outcome::Valid(verified), Some(cache)) = (&outcome, &self.cache) {
-            cache.insert(token, generation, verified.clone(), now_ms);
+            cache.insert(token, generation, verified.clone());
         }
         outcome
     }
@@ -502,7 +502,7 @@ impl TokenCache {
         Some(entry.verified.clone())
     }
 
-    fn insert(&self, token: &str, generation: u64, verified: Arc<Verified>, _now_ms: u64) {
+    fn insert(&self, token: &str, generation: u64, verified: Arc<Verified>) {
         self.entries.insert(
             self.key(token),
             Arc::new(CacheEntry {
@@ -555,7 +555,7 @@ mod cache_tests {
     #[test]
     fn hits_need_the_same_token_generation_and_time() {
         let cache = TokenCache::new(100);
-        cache.insert(&token(1), 7, verified(1_000), 0);
+        cache.insert(&token(1), 7, verified(1_000));
         assert!(cache.get(&token(1), 7, 999).is_some());
         assert!(cache.get(&token(2), 7, 999).is_none());
         // Same signature tail, different token: a miss, not the cached verdict.
@@ -564,7 +564,7 @@ mod cache_tests {
         // Other keys, or past exp: a miss, and the entry is gone for good.
         assert!(cache.get(&token(1), 8, 999).is_none());
         assert_eq!(cache.len(), 0);
-        cache.insert(&token(1), 7, verified(1_000), 0);
+        cache.insert(&token(1), 7, verified(1_000));
         assert!(cache.get(&token(1), 7, 1_000).is_none());
         assert_eq!(cache.len(), 0);
     }
@@ -574,13 +574,13 @@ mod cache_tests {
     #[test]
     fn a_full_cache_keeps_the_tokens_in_use_and_takes_new_ones() {
         let cache = TokenCache::new(64);
-        cache.insert(&token(0), 1, verified(u64::MAX), 0);
+        cache.insert(&token(0), 1, verified(u64::MAX));
         for n in 1..5_000 {
             assert!(
                 cache.get(&token(0), 1, 0).is_some(),
                 "after {n} one-off tokens"
             );
-            cache.insert(&token(n), 1, verified(u64::MAX), 0);
+            cache.insert(&token(n), 1, verified(u64::MAX));
             assert!(cache.len() <= 64);
         }
         // The newest tokens were cached, though the cache was full long before.

@@ -711,8 +711,7 @@ fn spiffe_id<'a>(
     let [id] = certificate.uris() else {
         return Err(MtlsRefusal::InvalidSpiffeId);
     };
-    let path_start = spiffe::check_id(id).map_err(|_| MtlsRefusal::InvalidSpiffeId)?;
-    let domain = &id["spiffe://".len()..path_start];
+    let domain = spiffe::trust_domain_of(id).map_err(|_| MtlsRefusal::InvalidSpiffeId)?;
     if !trust_domains.iter().any(|d| d.as_str() == domain) {
         return Err(MtlsRefusal::ForeignTrustDomain);
     }

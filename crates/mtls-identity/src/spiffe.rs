@@ -131,7 +131,7 @@ impl fmt::Display for SpiffeId {
 }
 
 /// Checks `id` and returns where its path starts.
-pub(crate) fn check_id(id: &str) -> Result<usize, SpiffeIdError> {
+fn check_id(id: &str) -> Result<usize, SpiffeIdError> {
     if id.is_empty() {
         return Err(SpiffeIdError::Empty);
     }
@@ -149,6 +149,12 @@ pub(crate) fn check_id(id: &str) -> Result<usize, SpiffeIdError> {
         }
     }
     Ok(SCHEME.len() + domain_len)
+}
+
+/// The trust domain of `id`, a SPIFFE ID checked in full.
+pub(crate) fn trust_domain_of(id: &str) -> Result<&str, SpiffeIdError> {
+    let path_start = check_id(id)?;
+    Ok(&id[SCHEME.len()..path_start])
 }
 
 fn check_trust_domain(name: &str) -> Result<(), SpiffeIdError> {
