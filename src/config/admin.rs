@@ -7,7 +7,7 @@ use std::time::UNIX_EPOCH;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use portcullis_core::AuthMethod;
 use portcullis_role_router::{Policy, Requirement, RoleRouterLayer, Rule};
@@ -25,6 +25,8 @@ impl Gateway {
     /// | `GET /status` | the layers, the watched files, the last reload, keys, connectors, revoked tokens |
     /// | `POST /bans/{key}/lift?quota=NAME` | lifts a rate-limit ban in this process |
     /// | `POST /revocations` with `{"jti": "…", "expires_at": SECONDS}` | revokes a token (kept in the journal when there is one) |
+    /// | `PUT /rate-limit/quotas/{name}/mode` with `{"mode": "dry-run"}` or `"enforce"` | switches a quota's mode at once, in every rate-limit layer that has it |
+    /// | `POST /rate-limit/check` with `{"quota": "…", "key": ["…"], "tier": "…"}` | what the quota would answer for that key now, charging nothing |
     /// | `GET /healthz`, `GET /readyz` | the [probes](Self::health_router), without credentials |
     ///
     /// Every route needs a principal with the configured role (`admin`) from a client
@@ -47,6 +49,8 @@ impl Gateway {
             .route("/status", get(status))
             .route("/bans/{key}/lift", post(lift_ban))
             .route("/revocations", post(revoke))
+            .route("/rate-limit/quotas/{name}/mode", put(set_quota_mode))
+            .route("/rate-limit/check", post(check_quota))
             .with_state(self.clone())
             .layer(RoleRouterLayer::new(policy));
         // axum's last `.layer` is the outermost: the file's list backwards.
@@ -197,6 +201,12 @@ async fn status(State(gateway): State<Gateway>) -> Json<serde_json::Value> {
             .iter()
             .map(|handle| handle.bans().len())
             .sum::<usize>(),
+        "quota_modes": files
+            .rate_limits
+            .iter()
+            .flat_map(|handle| handle.modes())
+            .map(|(quota, mode)| (quota, json!(mode.as_str())))
+            .collect::<serde_json::Map<_, _>>(),
     }))
 }
 
@@ -216,6 +226,106 @@ async fn lift_ban(
     }
     tracing::info!(quota = %query.quota, lifted, "gateway: an admin lifted a ban");
     Json(json!({ "lifted": lifted }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModeChange {
+    mode: String,
+}
+
+async fn set_quota_mode(
+    State(gateway): State<Gateway>,
+    Path(name): Path<String>,
+    body: Result<Json<ModeChange>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Some(mode) = body
+        .ok()
+        .and_then(|Json(change)| change.mode.parse::<portcullis_rate_limit::Mode>().ok())
+    else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "invalid_mode",
+            "send {\"mode\": \"dry-run\"} or {\"mode\": \"enforce\"} as application/json".into(),
+        );
+    };
+    let previous: Vec<_> = gateway
+        .reloadable
+        .rate_limits
+        .iter()
+        .filter_map(|handle| handle.set_mode(&name, mode))
+        .collect();
+    let Some(first) = previous.first() else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "unknown_quota",
+            format!("no rate-limit layer has a quota named {name:?}"),
+        );
+    };
+    tracing::info!(quota = %name, %mode, "gateway: an admin set a quota's mode");
+    Json(json!({ "quota": name, "mode": mode.as_str(), "previous": first.as_str() }))
+        .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckRequest {
+    quota: String,
+    key: Vec<String>,
+    #[serde(default)]
+    tier: Option<String>,
+}
+
+async fn check_quota(
+    State(gateway): State<Gateway>,
+    body: Result<Json<CheckRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(request)) = body else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "invalid_check",
+            "send {\"quota\": \"…\", \"key\": [\"…\"]} (and optionally \"tier\") as application/json".into(),
+        );
+    };
+    let key: Vec<&str> = request.key.iter().map(String::as_str).collect();
+    let mut last_error = None;
+    for handle in &gateway.reloadable.rate_limits {
+        match handle
+            .check_key(&request.quota, request.tier.as_deref(), &key)
+            .await
+        {
+            Ok(check) => {
+                return Json(json!({
+                    "quota": check.quota,
+                    "mode": check.mode.as_str(),
+                    "allowed": check.allowed,
+                    "banned": check.banned,
+                    "limit": check.limit,
+                    "window_secs": check.window.as_secs_f64(),
+                    "remaining": check.remaining,
+                    "reset_secs": check.reset.as_secs_f64(),
+                    "retry_after_secs": check.retry_after.as_secs_f64(),
+                }))
+                .into_response()
+            }
+            // Another layer may hold the quota.
+            Err(portcullis_rate_limit::CheckKeyError::UnknownQuota(_)) => {}
+            Err(error) => last_error = Some(error),
+        }
+    }
+    match last_error {
+        Some(portcullis_rate_limit::CheckKeyError::Unavailable) => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "rate_limit_unavailable",
+            "Redis does not answer and the layer fails closed".into(),
+        ),
+        Some(error) => problem(StatusCode::BAD_REQUEST, "invalid_check", error.to_string()),
+        None => problem(
+            StatusCode::NOT_FOUND,
+            "unknown_quota",
+            format!("no rate-limit layer has a quota named {:?}", request.quota),
+        ),
+    }
 }
 
 #[derive(Deserialize)]

@@ -911,7 +911,8 @@ impl GatewayConfig {
     ) -> Result<RateLimitLayer, String> {
         let mut builder = RateLimitLayer::builder()
             .client_ip(resolver.clone())
-            .headers_on_allowed(c.headers_on_allowed);
+            .headers_on_allowed(c.headers_on_allowed)
+            .dry_run_headers(c.dry_run_headers);
         if let Some(every) = c.sweep_every {
             builder = builder.sweep_every(Some(every));
         }
@@ -938,7 +939,8 @@ impl GatewayConfig {
                 .when_key_missing(match q.when_key_missing {
                     schema::MissingKeyName::Skip => MissingKey::Skip,
                     schema::MissingKeyName::Refuse => MissingKey::Refuse,
-                });
+                })
+                .mode(q.mode);
             if let Some(burst) = q.burst {
                 quota = quota.burst(burst);
             }

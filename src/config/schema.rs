@@ -470,6 +470,9 @@ pub(crate) struct RateLimit {
     pub(crate) sweep_every: Option<Duration>,
     #[serde(default)]
     pub(crate) headers_on_allowed: bool,
+    /// Whether dry-run quotas send their RateLimit headers.
+    #[serde(default)]
+    pub(crate) dry_run_headers: bool,
     #[serde(rename = "quota")]
     pub(crate) quotas: Vec<Quota>,
 }
@@ -613,6 +616,9 @@ pub(crate) struct Quota {
     pub(crate) on_key_overflow: KeyOverflowName,
     #[serde(default, rename = "tier")]
     pub(crate) tiers: Vec<Tier>,
+    /// `enforce` (default) or `dry-run`: report what it would refuse, refuse nothing.
+    #[serde(default, deserialize_with = "from_str")]
+    pub(crate) mode: portcullis_rate_limit::Mode,
 }
 
 fn by_ip() -> Vec<KeyPartName> {

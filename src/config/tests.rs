@@ -610,6 +610,27 @@ async fn every_rate_limit_key_reaches_the_stack() {
         assert_eq!(call(&app, "/", &[]).await.status(), 200);
     }
 
+    // mode = "dry-run": over the quota and let through; with dry_run_headers, the
+    // line it would have refused by is sent.
+    let app = stack(&quota("rate = \"1/m\"\nmode = \"dry-run\"\n")).await;
+    for _ in 0..3 {
+        let response = call(&app, "/", &[]).await;
+        assert_eq!(response.status(), 200);
+        assert!(response.headers().get("ratelimit").is_none());
+    }
+    let app = stack(&quota("rate = \"1/m\"\nmode = \"dry-run\"\n").replace(
+        "sweep_every = \"30s\"\n",
+        "sweep_every = \"30s\"\ndry_run_headers = true\n",
+    ))
+    .await;
+    call(&app, "/", &[]).await;
+    let over = call(&app, "/", &[]).await;
+    assert_eq!(over.status(), 200);
+    assert!(over.headers()["ratelimit"]
+        .to_str()
+        .unwrap()
+        .contains("r=0"));
+
     // key = ["header:x-tenant"]: each tenant its own bucket.
     let app = stack(&quota("rate = \"1/m\"\nkey = [\"header:x-tenant\"]\n")).await;
     assert_eq!(call(&app, "/", &[("x-tenant", "a")]).await.status(), 200);
@@ -665,6 +686,10 @@ async fn every_rate_limit_key_reaches_the_stack() {
         (
             "rate = \"1/s\"\ncharge = \"sometimes\"\n",
             "layer[0].quota[0].charge",
+        ),
+        (
+            "rate = \"1/s\"\nmode = \"shadow\"\n",
+            "layer[0].quota[0].mode",
         ),
     ] {
         let e = error(&quota(keys));

@@ -1223,6 +1223,99 @@ async fn the_admin_routes_need_the_admin_role_and_drive_the_gateway() {
         (StatusCode::OK, "{\"lifted\":false}")
     );
 
+    // Quota modes and checks.
+    let mode = |quota: &str, body: serde_json::Value| {
+        as_admin(
+            anyone
+                .put(url(&format!("/rate-limit/quotas/{quota}/mode")))
+                .json(&body),
+        )
+    };
+    let (status, body) = send(mode("per-ip", serde_json::json!({ "mode": "dry-run" }))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let changed: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (changed["mode"].as_str(), changed["previous"].as_str()),
+        (Some("dry-run"), Some("enforce"))
+    );
+    for wrong in [
+        serde_json::json!({ "mode": "off" }),
+        serde_json::json!({ "mode": "DRY-RUN" }),
+        serde_json::json!({}),
+        serde_json::json!({ "mode": "enforce", "extra": 1 }),
+    ] {
+        assert_eq!(
+            send(mode("per-ip", wrong.clone())).await,
+            (StatusCode::BAD_REQUEST, "invalid_mode".into()),
+            "{wrong}"
+        );
+    }
+    assert_eq!(
+        send(mode(
+            "no-such-quota",
+            serde_json::json!({ "mode": "enforce" })
+        ))
+        .await,
+        (StatusCode::NOT_FOUND, "unknown_quota".into())
+    );
+    assert_eq!(
+        send(
+            anyone
+                .put(url("/rate-limit/quotas/per-ip/mode"))
+                .json(&serde_json::json!({ "mode": "enforce" }))
+        )
+        .await,
+        (StatusCode::UNAUTHORIZED, "unauthenticated".into()),
+        "switching a mode needs the admin role"
+    );
+    let (_, body) = send(as_admin(anyone.get(url("/status")))).await;
+    let status_body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status_body["quota_modes"]["per-ip"], "dry-run", "{body}");
+    assert_eq!(
+        status_body["quota_modes"]["per-caller"], "enforce",
+        "{body}"
+    );
+    let check =
+        |body: serde_json::Value| as_admin(anyone.post(url("/rate-limit/check")).json(&body));
+    let (status, body) = send(check(
+        serde_json::json!({ "quota": "per-ip", "key": ["192.0.2.1"] }),
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (
+            answer["allowed"].as_bool(),
+            answer["remaining"].as_u64(),
+            answer["mode"].as_str()
+        ),
+        (Some(true), Some(100), Some("dry-run"))
+    );
+    for (wrong, expected) in [
+        (
+            serde_json::json!({ "quota": "per-ip", "key": ["not-an-address"] }),
+            (StatusCode::BAD_REQUEST, "invalid_check"),
+        ),
+        (
+            serde_json::json!({ "quota": "per-ip", "key": [] }),
+            (StatusCode::BAD_REQUEST, "invalid_check"),
+        ),
+        (
+            serde_json::json!({ "quota": "per-ip" }),
+            (StatusCode::BAD_REQUEST, "invalid_check"),
+        ),
+        (
+            serde_json::json!({ "quota": "nope", "key": ["x"] }),
+            (StatusCode::NOT_FOUND, "unknown_quota"),
+        ),
+    ] {
+        assert_eq!(
+            send(check(wrong.clone())).await,
+            (expected.0, expected.1.into()),
+            "{wrong}"
+        );
+    }
+
     // The command drives the same routes.
     let cli = |args: &[&str]| {
         std::process::Command::new(cli_binary())
@@ -1237,6 +1330,22 @@ async fn the_admin_routes_need_the_admin_role_and_drive_the_gateway() {
     let out = cli(&["status"]);
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"api_keys\":2"));
+    let out = cli(&["quota-mode", "per-ip", "enforce"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"previous\":\"dry-run\""),
+        "{out:?}"
+    );
+    let out = cli(&["check-quota", "--quota", "per-ip", "192.0.2.1"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"mode\":\"enforce\""),
+        "{out:?}"
+    );
+    let out = cli(&["check-quota", "--quota", "per-ip", "nonsense"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let out = cli(&["quota-mode", "per-ip", "off"]);
+    assert_eq!(out.status.code(), Some(2), "clap refuses the mode: {out:?}");
     let out = cli(&["revoke", "--expires-at", "4000000000", "t-2"]);
     assert!(out.status.success(), "{out:?}");
     let out = cli(&["reload"]);

@@ -9,7 +9,8 @@ use axum::Router;
 use http::StatusCode;
 use portcullis::core::Clock;
 use portcullis::rate_limit::{
-    Ban, Charge, Quota, RateLimitHandle, RateLimitLayer, RedisBackend, RedisFailure, Semantics,
+    Ban, Charge, Mode, Quota, RateLimitHandle, RateLimitLayer, RedisBackend, RedisFailure,
+    Semantics,
 };
 use redis::AsyncCommands;
 
@@ -499,4 +500,124 @@ async fn the_gateway_file_sets_the_redis_namespace_and_failure_policy() {
     redis.kill();
     assert_eq!(get(fallback).await, StatusCode::OK);
     assert_eq!(get(closed).await, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// The parts of a request from `ip`, for a check.
+fn parts_from(ip: &str) -> http::request::Parts {
+    let mut parts = http::Request::new(()).into_parts().0;
+    parts.extensions.insert(portcullis::core::PeerAddr(
+        format!("{ip}:40000").parse().unwrap(),
+    ));
+    parts
+}
+
+#[tokio::test]
+async fn dry_runs_and_checks_through_redis() {
+    let Some(redis) = RedisServer::start("dry_runs_and_checks").await else {
+        return;
+    };
+    let quota = || {
+        Quota::new("trial", "2 per 1h".parse().unwrap())
+            .ban(Ban::after(
+                0,
+                Duration::from_secs(600),
+                Duration::from_secs(3600),
+            ))
+            .mode(Mode::DryRun)
+    };
+    let (a, handle_a) = instance(quota(), backend(&redis, "dry").await, None).await;
+    let (b, handle_b) = instance(quota(), backend(&redis, "dry").await, None).await;
+
+    // Checks charge nothing, however many.
+    for _ in 0..5 {
+        let check = handle_a.check(&parts_from("127.0.0.70")).await;
+        assert!(check.allowed);
+        assert_eq!(check.quotas[0].remaining, 2);
+    }
+    // Over the quota across both instances, and let through.
+    for i in 0..6 {
+        let server = if i % 2 == 0 { a } else { b };
+        let reply = answered(server, "127.0.0.70", "/").await;
+        assert_eq!(reply.status, StatusCode::OK, "request {i}");
+        assert!(reply.headers.get("ratelimit").is_none());
+    }
+    // The shared state says what enforcing would: spent, and nobody banned.
+    let check = handle_b.check(&parts_from("127.0.0.70")).await;
+    assert!(check.quotas[0].remaining == 0 && !check.quotas[0].allowed);
+    assert!(check.allowed, "a dry-run quota refuses nothing");
+    assert_eq!(check.refusal, None);
+    assert!(
+        keys(&redis, "dry:ban:*").await.is_empty(),
+        "a dry run banned"
+    );
+    assert!(
+        keys(&redis, "dry:strikes:*").await.is_empty(),
+        "a dry run counted strikes"
+    );
+    let by_key = handle_a
+        .check_key("trial", None, &["127.0.0.70"])
+        .await
+        .unwrap();
+    assert_eq!((by_key.allowed, by_key.remaining), (false, 0));
+    let other = handle_a
+        .check_key("trial", None, &["127.0.0.71"])
+        .await
+        .unwrap();
+    assert_eq!((other.allowed, other.remaining), (true, 2));
+
+    // Enforced on both instances: the spent quota refuses (and, by this rule, bans).
+    assert_eq!(
+        handle_a.set_mode("trial", Mode::Enforce),
+        Some(Mode::DryRun)
+    );
+    assert_eq!(
+        handle_b.set_mode("trial", Mode::Enforce),
+        Some(Mode::DryRun)
+    );
+    let reply = answered(b, "127.0.0.70", "/").await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert_eq!(reply.code().as_deref(), Some("banned"));
+    let check = handle_a.check(&parts_from("127.0.0.70")).await;
+    assert!(!check.allowed);
+    assert_eq!(check.refusal, Some("banned"));
+    assert!(check.quotas[0].banned);
+    // A dry run again: the ban is reported, not enforced.
+    handle_a.set_mode("trial", Mode::DryRun);
+    assert_eq!(answered(a, "127.0.0.70", "/").await.status, StatusCode::OK);
+    assert_eq!(
+        answered(b, "127.0.0.70", "/").await.status,
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
+async fn a_check_while_redis_is_down_follows_the_failure_policy() {
+    let Some(mut redis) = RedisServer::start("check_while_down").await else {
+        return;
+    };
+    let quota = || Quota::new("q", "2 per 1h".parse().unwrap());
+    let (_, closed) = instance(
+        quota(),
+        backend(&redis, "down")
+            .await
+            .on_failure(RedisFailure::FailClosed),
+        None,
+    )
+    .await;
+    let (_, local) = instance(quota(), backend(&redis, "down").await, None).await;
+    assert!(closed.check(&parts_from("127.0.0.72")).await.allowed);
+    redis.kill();
+    let check = closed.check(&parts_from("127.0.0.72")).await;
+    assert_eq!(
+        (check.allowed, check.refusal),
+        (false, Some("rate_limit_unavailable"))
+    );
+    assert!(matches!(
+        closed.check_key("q", None, &["127.0.0.72"]).await,
+        Err(portcullis::rate_limit::CheckKeyError::Unavailable)
+    ));
+    // The local fallback answers from the in-process state.
+    let check = local.check(&parts_from("127.0.0.72")).await;
+    assert!(check.allowed);
+    assert_eq!(check.quotas[0].remaining, 2);
 }

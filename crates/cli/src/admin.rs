@@ -23,6 +23,31 @@ pub(crate) enum AdminCommand {
         /// The banned key, as the ban list shows it.
         key: String,
     },
+    /// Switch a rate-limit quota between enforcing and a dry run, at once.
+    QuotaMode {
+        #[command(flatten)]
+        connection: Connection,
+        /// The quota's name.
+        quota: String,
+        /// `enforce` or `dry-run`.
+        #[arg(value_parser = ["enforce", "dry-run"])]
+        mode: String,
+    },
+    /// What a rate-limit quota would answer for a key now, without charging it.
+    CheckQuota {
+        #[command(flatten)]
+        connection: Connection,
+        /// The quota's name.
+        #[arg(long)]
+        quota: String,
+        /// A tier of the quota, for a principal of that tier.
+        #[arg(long)]
+        tier: Option<String>,
+        /// The key's values, one per part of the quota's key: an address, an id, or
+        /// "METHOD /path" for a route.
+        #[arg(required = true)]
+        key: Vec<String>,
+    },
     /// Revoke a token by its id (`jti`) until it expires.
     Revoke {
         #[command(flatten)]
@@ -80,6 +105,33 @@ pub(crate) fn run(command: AdminCommand) -> Result<ExitCode, String> {
                     None,
                 )
             }
+            AdminCommand::QuotaMode {
+                connection,
+                quota,
+                mode,
+            } => (
+                connection,
+                reqwest::Method::PUT,
+                format!(
+                    "/rate-limit/quotas/{}/mode",
+                    percent_encoding::utf8_percent_encode(
+                        quota,
+                        percent_encoding::NON_ALPHANUMERIC
+                    )
+                ),
+                Some(serde_json::json!({ "mode": mode })),
+            ),
+            AdminCommand::CheckQuota {
+                connection,
+                quota,
+                tier,
+                key,
+            } => (
+                connection,
+                reqwest::Method::POST,
+                "/rate-limit/check".to_owned(),
+                Some(serde_json::json!({ "quota": quota, "tier": tier, "key": key })),
+            ),
             AdminCommand::Revoke {
                 connection,
                 expires_at,

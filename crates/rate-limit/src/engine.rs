@@ -1,5 +1,6 @@
 //! The compiled quotas and the in-process decision for one request.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -10,7 +11,7 @@ use crate::ban::{BanEntry, BanList};
 use crate::headers::Report;
 use crate::key::{self, KeySource, MissingPart};
 use crate::limiter::{Limiter, Measure};
-use crate::quota::{Charge, MissingKey, Quota};
+use crate::quota::{Charge, MissingKey, Mode, Quota};
 use crate::ticker::Ticker;
 
 pub(crate) struct CompiledQuota {
@@ -18,6 +19,8 @@ pub(crate) struct CompiledQuota {
     /// The base rate first, then one per tier in the quota's order.
     pub(crate) limiters: Vec<Limiter>,
     pub(crate) bans: Option<BanList>,
+    /// The quota's [`Mode`], switchable at run time: read once per request.
+    dry_run: AtomicBool,
 }
 
 impl CompiledQuota {
@@ -43,9 +46,29 @@ impl CompiledQuota {
             .ban
             .map(|rule| BanList::new(rule, quota.max_tracked_keys, clock.clone(), ticker.clone()));
         Self {
+            dry_run: AtomicBool::new(quota.mode == Mode::DryRun),
             quota,
             limiters,
             bans,
+        }
+    }
+
+    pub(crate) fn is_dry_run(&self) -> bool {
+        self.dry_run.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn mode(&self) -> Mode {
+        match self.is_dry_run() {
+            true => Mode::DryRun,
+            false => Mode::Enforce,
+        }
+    }
+
+    /// Sets the mode; returns the one before.
+    pub(crate) fn set_mode(&self, mode: Mode) -> Mode {
+        match self.dry_run.swap(mode == Mode::DryRun, Ordering::Relaxed) {
+            true => Mode::DryRun,
+            false => Mode::Enforce,
         }
     }
 
@@ -109,6 +132,17 @@ pub(crate) enum Refusal {
 }
 
 impl Refusal {
+    /// The quota that refused, if a quota did.
+    pub(crate) fn quota(&self) -> Option<usize> {
+        match self {
+            Self::Limited { quota, .. }
+            | Self::AtCapacity { quota, .. }
+            | Self::Banned { quota, .. }
+            | Self::KeyMissing { quota, .. } => Some(*quota),
+            Self::ClientIp(_) | Self::Unavailable => None,
+        }
+    }
+
     /// How long the client should wait before retrying.
     pub(crate) fn wait(&self) -> Duration {
         match self {
@@ -142,6 +176,15 @@ pub(crate) struct Verdict {
     pub(crate) deferred: Vec<Deferred>,
     /// Redis did not answer: the failure policy decides.
     pub(crate) redis_failed: bool,
+    /// What quotas in [`Mode::DryRun`] would have refused, had they enforced.
+    pub(crate) dry_run: Vec<Refusal>,
+}
+
+impl Verdict {
+    /// Whether a dry-run quota already reported quota number `quota`.
+    pub(crate) fn dry_run_hit(&self, quota: usize) -> bool {
+        self.dry_run.iter().any(|r| r.quota() == Some(quota))
+    }
 }
 
 impl Verdict {
@@ -167,6 +210,8 @@ pub(crate) struct Engine {
     pub(crate) seed: foldhash::quality::RandomState,
     /// Whether any quota reads the request's principals (a principal part or tiers).
     pub(crate) reads_principals: bool,
+    /// Whether dry-run quotas send their RateLimit headers.
+    pub(crate) dry_run_headers: bool,
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) clock: Clock,
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
@@ -180,6 +225,7 @@ impl Engine {
         quotas: Vec<Quota>,
         clock: Clock,
         sweep_every: Option<Duration>,
+        dry_run_headers: bool,
     ) -> Arc<Self> {
         let reads_principals = quotas.iter().any(|quota| {
             !quota.tiers.is_empty() || quota.key.iter().any(|part| part.needs_principal())
@@ -194,6 +240,7 @@ impl Engine {
             quotas: compiled,
             seed: foldhash::quality::RandomState::default(),
             reads_principals,
+            dry_run_headers,
             clock,
             ticker,
             _sweeper: sweep_every.map(|_| sender),
@@ -265,15 +312,17 @@ impl Engine {
     ) -> Verdict {
         let mut verdict = Verdict::default();
         for one in applied {
-            if let Some(remaining) = self.quotas[one.quota]
-                .bans
-                .as_ref()
-                .and_then(|bans| bans.banned(one.key))
-            {
-                verdict.refusal = Some(Refusal::Banned {
+            let compiled = &self.quotas[one.quota];
+            if let Some(remaining) = compiled.bans.as_ref().and_then(|bans| bans.banned(one.key)) {
+                let refusal = Refusal::Banned {
                     quota: one.quota,
                     remaining,
-                });
+                };
+                if compiled.is_dry_run() {
+                    verdict.dry_run.push(refusal);
+                    continue;
+                }
+                verdict.refusal = Some(refusal);
                 return verdict;
             }
         }
@@ -281,6 +330,10 @@ impl Engine {
         let check_first = applied.len() > 1;
         for one in applied {
             let compiled = &self.quotas[one.quota];
+            let dry_run = compiled.is_dry_run();
+            if dry_run && verdict.dry_run_hit(one.quota) {
+                continue;
+            }
             // A quota that counts failed authentication reserves its unit now, like
             // one that counts every request: checking now and charging after the 401
             // let every guess in flight through.
@@ -290,7 +343,18 @@ impl Engine {
             );
             let charge_now = charges && !check_first;
             let measure = compiled.limiters[one.tier].check(one.key, charge_now);
+            let reports = want_reports && (!dry_run || self.dry_run_headers);
             if !measure.allowed {
+                if dry_run {
+                    verdict.dry_run.push(self.refuse_dry_run(one, &measure));
+                    // With its headers on, a dry run shows the line it refused by.
+                    if self.dry_run_headers {
+                        verdict
+                            .reports
+                            .push(compiled.report(one.tier, &measure, one.quota));
+                    }
+                    continue;
+                }
                 // Every quota is asked, so that `Retry-After` is the longest wait among
                 // those that refuse: the first one's could send the client back early.
                 let refusal = self.refuse(one, &measure, source);
@@ -304,7 +368,7 @@ impl Engine {
                 }
                 continue;
             }
-            if !check_first && want_reports {
+            if !check_first && reports {
                 verdict
                     .reports
                     .push(compiled.report(one.tier, &measure, one.quota));
@@ -315,16 +379,26 @@ impl Engine {
         }
         for one in applied {
             let compiled = &self.quotas[one.quota];
+            let dry_run = compiled.is_dry_run();
+            if dry_run && verdict.dry_run_hit(one.quota) {
+                // Refused in the dry run: not charged, as a refusal would not be.
+                continue;
+            }
             match compiled.quota.charge {
                 Charge::Every | Charge::Unauthenticated if check_first => {
                     let measure = compiled.limiters[one.tier].check(one.key, true);
+                    let reports = want_reports && (!dry_run || self.dry_run_headers);
                     if !measure.allowed {
                         // Another request took the last unit between check and charge.
+                        if dry_run {
+                            verdict.dry_run.push(self.refuse_dry_run(one, &measure));
+                            continue;
+                        }
                         verdict.refusal = Some(self.refuse(one, &measure, source));
                         verdict.reports = vec![compiled.report(one.tier, &measure, one.quota)];
                         return verdict;
                     }
-                    if want_reports {
+                    if reports {
                         verdict
                             .reports
                             .push(compiled.report(one.tier, &measure, one.quota));
@@ -342,6 +416,21 @@ impl Engine {
             }
         }
         verdict
+    }
+
+    /// What a dry-run quota that said no would have answered. No strike is counted: a
+    /// dry run must not ban anyone once the quota is enforced.
+    fn refuse_dry_run(&self, one: &Applied, measure: &Measure) -> Refusal {
+        match measure.at_capacity {
+            true => Refusal::AtCapacity {
+                quota: one.quota,
+                retry_after: measure.retry_after,
+            },
+            false => Refusal::Limited {
+                quota: one.quota,
+                retry_after: measure.retry_after,
+            },
+        }
     }
 
     /// The refusal for a quota that said no, counting a strike towards a ban.

@@ -104,6 +104,82 @@ fn visit<'a>(
     Ok(())
 }
 
+/// A key given as text (one value per part) that does not fit the quota's key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum KeyValueError {
+    Count {
+        expected: usize,
+        got: usize,
+    },
+    Invalid {
+        index: usize,
+        part: String,
+        reason: &'static str,
+    },
+}
+
+/// Like [`visit`], from values given as text, one per part, as a host names a key
+/// (`192.0.2.7`, `acme-app`, `POST /v1/{action}`): the key a request with those
+/// values would have.
+fn visit_values(
+    parts: &[KeyPart],
+    ipv6_prefix: u8,
+    values: &[&str],
+    mut each: impl FnMut(&KeyPart, Value<'_>),
+) -> Result<(), KeyValueError> {
+    if parts.len() != values.len() {
+        return Err(KeyValueError::Count {
+            expected: parts.len(),
+            got: values.len(),
+        });
+    }
+    for (index, (part, text)) in parts.iter().zip(values).enumerate() {
+        let invalid = |reason| KeyValueError::Invalid {
+            index,
+            part: part.label_name().to_owned(),
+            reason,
+        };
+        let value = match part {
+            KeyPart::ClientIp => {
+                let ip: IpAddr = text.parse().map_err(|_| invalid("is not an IP address"))?;
+                let (ip, prefix) = group(ip.to_canonical(), ipv6_prefix);
+                Value::Ip(ip, prefix)
+            }
+            KeyPart::Principal
+            | KeyPart::Credential
+            | KeyPart::Attribute(_)
+            | KeyPart::Custom(_) => Value::Text(text),
+            KeyPart::Header(_) => Value::Secretish(text.as_bytes()),
+            KeyPart::Route | KeyPart::RawPath => {
+                let (method, path) = text
+                    .split_once(' ')
+                    .filter(|(m, p)| !m.is_empty() && p.starts_with('/'))
+                    .ok_or_else(|| invalid("must be a method and a path: \"GET /items/{id}\""))?;
+                match part {
+                    KeyPart::Route => Value::Route(method, path),
+                    _ => Value::RawPath(method, path),
+                }
+            }
+        };
+        each(part, value);
+    }
+    Ok(())
+}
+
+/// The keyed hash of a key given as text; see [`visit_values`].
+pub(crate) fn hash_values(
+    parts: &[KeyPart],
+    ipv6_prefix: u8,
+    values: &[&str],
+    seed: &impl BuildHasher,
+) -> Result<u64, KeyValueError> {
+    let mut hasher = seed.build_hasher();
+    visit_values(parts, ipv6_prefix, values, |_, value| {
+        write_value(&mut hasher, &value)
+    })?;
+    Ok(hasher.finish())
+}
+
 /// The keyed hash of the request's key. The hasher (foldhash) is seeded per process,
 /// so nobody outside can make two keys collide on purpose.
 pub(crate) fn hash(
@@ -193,6 +269,23 @@ pub(crate) fn material(
     ipv6_prefix: u8,
     source: &KeySource<'_>,
 ) -> Result<Vec<u8>, MissingPart> {
+    material_by(|each| visit(parts, ipv6_prefix, source, each))
+}
+
+/// [`material`] of a key given as text; see [`visit_values`].
+#[cfg(feature = "redis")]
+pub(crate) fn material_values(
+    parts: &[KeyPart],
+    ipv6_prefix: u8,
+    values: &[&str],
+) -> Result<Vec<u8>, KeyValueError> {
+    material_by(|each| visit_values(parts, ipv6_prefix, values, each))
+}
+
+#[cfg(feature = "redis")]
+fn material_by<E>(
+    walk: impl FnOnce(&mut dyn FnMut(&KeyPart, Value<'_>)) -> Result<(), E>,
+) -> Result<Vec<u8>, E> {
     struct Bytes(Vec<u8>);
     impl Hasher for Bytes {
         fn finish(&self) -> u64 {
@@ -216,9 +309,7 @@ pub(crate) fn material(
         }
     }
     let mut out = Bytes(Vec::with_capacity(64));
-    visit(parts, ipv6_prefix, source, |_, value| {
-        write_value(&mut out, &value)
-    })?;
+    walk(&mut |_, value| write_value(&mut out, &value))?;
     Ok(out.0)
 }
 

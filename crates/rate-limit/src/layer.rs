@@ -15,11 +15,12 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::ban::BanEntry;
-use crate::engine::{Deferred, Engine, Refusal, Verdict};
+use crate::check::{CheckKeyError, QuotaCheck, RateLimitCheck};
+use crate::engine::{Applied, CompiledQuota, Deferred, Engine, Refusal, Verdict};
 use crate::future::{After, ResponseFuture};
 use crate::headers::{self, Report};
 use crate::key::KeySource;
-use crate::quota::{self, BanResponse, ConfigError, KeyPart, Quota};
+use crate::quota::{self, BanResponse, ConfigError, KeyPart, Mode, Quota};
 use crate::LAYER_NAME;
 
 /// Builds a [`RateLimitLayer`]; see [`RateLimitLayer::builder`].
@@ -31,6 +32,7 @@ pub struct RateLimitBuilder {
     resolver: ClientIpResolver,
     renderer: Renderer,
     headers_on_allowed: bool,
+    dry_run_headers: bool,
     sweep_every: Option<Duration>,
     #[cfg(feature = "redis")]
     redis: Option<crate::redis::RedisBackend>,
@@ -77,6 +79,15 @@ impl RateLimitBuilder {
         self
     }
 
+    /// Whether quotas in [`Mode::DryRun`](crate::Mode::DryRun) send their RateLimit
+    /// headers (off by default: a dry run changes nothing a client sees). When on, they
+    /// are sent as [`headers_on_allowed`](Self::headers_on_allowed) says, and a
+    /// request a dry-run quota would have refused carries that quota's line.
+    pub fn dry_run_headers(mut self, on: bool) -> Self {
+        self.dry_run_headers = on;
+        self
+    }
+
     /// How often idle keys are dropped, by a thread of the layer's own (every 60 s by
     /// default). `None` leaves it to the host, through [`RateLimitHandle::sweep`].
     pub fn sweep_every(mut self, every: Option<Duration>) -> Self {
@@ -116,6 +127,7 @@ impl RateLimitBuilder {
             self.quotas,
             self.clock.unwrap_or_default(),
             self.sweep_every,
+            self.dry_run_headers,
         );
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
@@ -169,17 +181,28 @@ impl Shared {
     /// What the quotas' keys are read from. The principals are looked up only if a
     /// quota reads them.
     fn source<'a, B>(&self, request: &'a Request<B>, client: Option<IpAddr>) -> KeySource<'a> {
-        let auth = match self.engine.reads_principals {
-            true => request.extensions().get::<Authentication>(),
-            false => None,
-        };
-        KeySource {
-            head: crate::quota::RequestHead {
+        self.source_of(
+            crate::quota::RequestHead {
                 method: request.method(),
                 uri: request.uri(),
                 headers: request.headers(),
                 extensions: request.extensions(),
             },
+            client,
+        )
+    }
+
+    fn source_of<'a>(
+        &self,
+        head: crate::quota::RequestHead<'a>,
+        client: Option<IpAddr>,
+    ) -> KeySource<'a> {
+        let auth = match self.engine.reads_principals {
+            true => head.extensions.get::<Authentication>(),
+            false => None,
+        };
+        KeySource {
+            head,
             client,
             auth: auth.unwrap_or(Authentication::empty()),
         }
@@ -225,13 +248,7 @@ impl Shared {
         reports: &[Report],
     ) -> Response<portcullis_core::RejectOrBody<ResBody>> {
         let rejection = self.rejection(refusal);
-        let quota = match refusal {
-            Refusal::Limited { quota, .. }
-            | Refusal::AtCapacity { quota, .. }
-            | Refusal::Banned { quota, .. }
-            | Refusal::KeyMissing { quota, .. } => Some(self.engine.name(quota)),
-            Refusal::ClientIp(_) | Refusal::Unavailable => None,
-        };
+        let quota = refusal.quota().map(|quota| self.engine.name(quota));
         tracing::debug!(
             code = rejection.code(),
             quota = quota.unwrap_or("-"),
@@ -250,7 +267,39 @@ impl Shared {
         response
     }
 
-    fn rejection(&self, refusal: Refusal) -> Rejection {
+    /// Reports what dry-run quotas would have refused: an audit note per quota, a
+    /// metric, and a throttled log line.
+    pub(crate) fn note_dry_runs(&self, extensions: &http::Extensions, dry_run: &[Refusal]) {
+        for refusal in dry_run {
+            let rejection = self.rejection(*refusal);
+            let name = refusal.quota().map_or("-", |quota| self.engine.name(quota));
+            metrics::counter!(
+                "portcullis_rate_limit_dry_run_total",
+                "quota" => name.to_owned(),
+                "code" => rejection.code(),
+            )
+            .increment(1);
+            portcullis_core::log_throttled!(
+                info,
+                quota = name,
+                code = rejection.code(),
+                "rate-limit: a dry-run quota would have refused a request"
+            );
+            AuditRecord::note(extensions, || {
+                AuditNote::new(LAYER_NAME, Decision::Allow)
+                    .code("dry_run")
+                    .rule(name.to_owned())
+                    .detail(format!(
+                        "dry run: would have refused with {} {}: {}",
+                        rejection.status().as_u16(),
+                        rejection.code(),
+                        rejection.detail()
+                    ))
+            });
+        }
+    }
+
+    pub(crate) fn rejection(&self, refusal: Refusal) -> Rejection {
         match refusal {
             Refusal::Limited { quota, retry_after } => Rejection::too_many_requests(
                 "rate_limited",
@@ -341,6 +390,7 @@ impl RateLimitLayer {
             resolver: ClientIpResolver::new(),
             renderer: Renderer::default(),
             headers_on_allowed: false,
+            dry_run_headers: false,
             sweep_every: Some(Duration::from_secs(60)),
             #[cfg(feature = "redis")]
             redis: None,
@@ -366,7 +416,9 @@ impl<S> Layer<S> for RateLimitLayer {
     }
 }
 
-/// Lists and lifts bans, sweeps idle keys, and reports how many keys are tracked.
+/// Lists and lifts bans, switches quotas between enforcing and a dry run, checks
+/// requests and keys without charging them, sweeps idle keys, and reports how many keys
+/// are tracked.
 #[derive(Clone, Debug)]
 pub struct RateLimitHandle {
     shared: Arc<Shared>,
@@ -394,6 +446,169 @@ impl RateLimitHandle {
     /// no such quota.
     pub fn tracked_keys(&self, quota: &str) -> Option<usize> {
         self.shared.engine.tracked(quota)
+    }
+
+    /// The mode of the quota named `quota`, or `None` if there is no such quota.
+    pub fn mode(&self, quota: &str) -> Option<Mode> {
+        self.compiled(quota).map(CompiledQuota::mode)
+    }
+
+    /// Every quota's name and mode, in the layer's order.
+    pub fn modes(&self) -> Vec<(String, Mode)> {
+        self.shared
+            .engine
+            .quotas
+            .iter()
+            .map(|c| (c.quota.name.clone(), c.mode()))
+            .collect()
+    }
+
+    /// Switches the quota named `quota` between enforcing and a dry run, at once for
+    /// every request that comes after. Returns the mode it had, or `None` if there is
+    /// no such quota. Logged at `info`, with both modes.
+    pub fn set_mode(&self, quota: &str, mode: Mode) -> Option<Mode> {
+        let previous = self.compiled(quota)?.set_mode(mode);
+        tracing::info!(quota, from = %previous, to = %mode, "rate-limit: quota mode set");
+        Some(previous)
+    }
+
+    fn compiled(&self, quota: &str) -> Option<&CompiledQuota> {
+        self.shared
+            .engine
+            .quotas
+            .iter()
+            .find(|c| c.quota.name == quota)
+    }
+
+    /// What a request with these parts would get now (allowed, remaining, reset per
+    /// quota), without charging it and without counting a strike. With Redis it asks
+    /// Redis (one round trip); if Redis cannot answer, the failure policy applies: the
+    /// in-process state, or a refusal `rate_limit_unavailable`. The client address is
+    /// resolved as for a request; an outer layer's principals in the extensions are
+    /// read as the quotas' keys need them.
+    ///
+    /// ```
+    /// use portcullis_rate_limit::{Quota, RateLimitLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let layer = RateLimitLayer::builder()
+    ///     .quota(Quota::new("per-ip", "2/s".parse()?))
+    ///     .build()?;
+    /// let (mut parts, ()) = http::Request::new(()).into_parts();
+    /// parts
+    ///     .extensions
+    ///     .insert(portcullis_core::PeerAddr("192.0.2.7:4000".parse()?));
+    /// let check = layer.handle().check(&parts).await;
+    /// assert!(check.allowed);
+    /// assert_eq!(check.quotas[0].remaining, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn check(&self, request: &http::request::Parts) -> RateLimitCheck {
+        let shared = &*self.shared;
+        let client = match shared.needs_client_ip {
+            true => match shared
+                .resolver
+                .resolve_reusing(&request.extensions, &request.headers)
+            {
+                Ok(client) => Some(client.ip()),
+                Err(error) => return RateLimitCheck::refused(error.to_rejection().code()),
+            },
+            false => None,
+        };
+        let source = shared.source_of(
+            crate::quota::RequestHead {
+                method: &request.method,
+                uri: &request.uri,
+                headers: &request.headers,
+                extensions: &request.extensions,
+            },
+            client,
+        );
+        let applied = match shared.engine.applied_all(&source) {
+            Ok(applied) => applied,
+            Err(refusal) => return RateLimitCheck::refused(shared.rejection(refusal).code()),
+        };
+        #[cfg(feature = "redis")]
+        if let Some(redis) = &shared.redis {
+            let calls = redis.peek_calls(&applied, &source);
+            match redis.peek(&calls).await {
+                Some(quotas) => return RateLimitCheck::from_quotas(quotas),
+                None if redis.fails_closed() => {
+                    return RateLimitCheck::refused("rate_limit_unavailable")
+                }
+                None => {}
+            }
+        }
+        let quotas = applied.iter().map(|one| shared.engine.peek(one)).collect();
+        RateLimitCheck::from_quotas(quotas)
+    }
+
+    /// What quota `quota` would answer now for the key whose parts have the values
+    /// `key`, one per part of the quota's key, in order: an address for
+    /// [`KeyPart::ClientIp`] (grouped by the quota's IPv6 prefix), the id for a
+    /// principal, credential, attribute, header or custom part, and `"METHOD /path"`
+    /// for a route or raw path. `tier` names a tier of the quota (`None`: its base
+    /// rate). Nothing is charged and no strike is counted; with Redis it asks Redis,
+    /// as [`check`](Self::check) does.
+    ///
+    /// ```
+    /// use portcullis_rate_limit::{KeyPart, MissingKey, Quota, RateLimitLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let layer = RateLimitLayer::builder()
+    ///     .quota(
+    ///         Quota::new("per-key", "100 per 1m".parse()?)
+    ///             .key([KeyPart::Credential])
+    ///             .when_key_missing(MissingKey::Skip),
+    ///     )
+    ///     .build()?;
+    /// let check = layer.handle().check_key("per-key", None, &["key-7"]).await?;
+    /// assert_eq!((check.allowed, check.remaining), (true, 100));
+    /// assert!(layer.handle().check_key("per-key", None, &[]).await.is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn check_key(
+        &self,
+        quota: &str,
+        tier: Option<&str>,
+        key: &[&str],
+    ) -> Result<QuotaCheck, CheckKeyError> {
+        let engine = &self.shared.engine;
+        let index = engine
+            .quotas
+            .iter()
+            .position(|c| c.quota.name == quota)
+            .ok_or_else(|| CheckKeyError::UnknownQuota(quota.to_owned()))?;
+        let compiled = &engine.quotas[index].quota;
+        let tier_index =
+            engine
+                .tier_named(index, tier)
+                .ok_or_else(|| CheckKeyError::UnknownTier {
+                    quota: quota.to_owned(),
+                    tier: tier.unwrap_or_default().to_owned(),
+                })?;
+        let hash = crate::key::hash_values(&compiled.key, compiled.ipv6_prefix, key, &engine.seed)
+            .map_err(|error| CheckKeyError::from_value(quota, error))?;
+        let applied = Applied {
+            quota: index,
+            tier: tier_index,
+            key: hash,
+        };
+        #[cfg(feature = "redis")]
+        if let Some(redis) = &self.shared.redis {
+            if let Some(call) = redis.peek_key_call(applied, key) {
+                match redis.peek(std::slice::from_ref(&call)).await {
+                    Some(mut answer) if answer.len() == 1 => return Ok(answer.remove(0)),
+                    _ if redis.fails_closed() => return Err(CheckKeyError::Unavailable),
+                    _ => {}
+                }
+            }
+        }
+        Ok(engine.peek(&applied))
     }
 
     /// The bans in force in Redis, shared by every instance.
@@ -496,6 +711,9 @@ pub(crate) fn after_verdict<S, ReqBody, ResBody>(
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
+    if !verdict.dry_run.is_empty() {
+        shared.note_dry_runs(request.extensions(), &verdict.dry_run);
+    }
     if let Some(refusal) = verdict.refusal {
         return ResponseFuture::rejected(shared.refuse(&request, refusal, &verdict.reports));
     }

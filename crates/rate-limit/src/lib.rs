@@ -50,6 +50,14 @@
 //! requests they refused with 401, so key and password guessing is throttled and then
 //! banned while good traffic is never charged.
 //!
+//! # Dry runs and checks
+//!
+//! A quota in [`Mode::DryRun`] refuses nothing: a request over it is let through, and
+//! an audit note (`code = "dry_run"`), a metric and a log line say what it would have
+//! got. [`RateLimitHandle::set_mode`] switches a quota at run time.
+//! [`RateLimitHandle::check`] and [`RateLimitHandle::check_key`] answer what a request
+//! or a key would get now, without charging it.
+//!
 //! # Responses
 //!
 //! | code | status | when |
@@ -82,6 +90,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod ban;
+mod check;
 mod engine;
 mod future;
 pub mod headers;
@@ -99,11 +108,12 @@ mod ticker;
 mod tests;
 
 pub use ban::BanEntry;
+pub use check::{CheckKeyError, QuotaCheck, RateLimitCheck};
 pub use future::ResponseFuture;
 pub use layer::{RateLimit, RateLimitBuilder, RateLimitHandle, RateLimitLayer};
 pub use quota::{
-    Ban, BanResponse, Charge, ConfigError, CustomKey, KeyPart, MissingKey, Overflow, Quota,
-    RequestHead, Semantics, MAX_BURST_REFILL, MAX_STRICT_COUNT,
+    Ban, BanResponse, Charge, ConfigError, CustomKey, KeyPart, MissingKey, Mode, Overflow, Quota,
+    RequestHead, Semantics, UnknownMode, MAX_BURST_REFILL, MAX_STRICT_COUNT,
 };
 pub use rate::{InvalidRate, Rate};
 #[cfg(feature = "redis")]

@@ -52,6 +52,58 @@ pub enum Charge {
     Never,
 }
 
+/// Whether a quota refuses what it is over, or only reports it.
+///
+/// A dry run is how a new or tightened quota is tried on live traffic: a request over
+/// it is let through, and the audit note (`code = "dry_run"`, the quota as its rule),
+/// the metric `portcullis_rate_limit_dry_run_total` and a throttled log line say what
+/// it would have got. Requests are counted as under enforcement (a request it would
+/// refuse is not charged), so the dry run predicts exactly what enforcing would refuse.
+/// A dry-run quota counts no strikes towards a [`Ban`], and a ban it holds from an
+/// earlier enforcement is reported, not enforced. Switch at run time with
+/// [`RateLimitHandle::set_mode`](crate::RateLimitHandle::set_mode).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Refuse requests over the quota (the default).
+    #[default]
+    Enforce,
+    /// Let them through and report that the quota would have refused them.
+    DryRun,
+}
+
+impl Mode {
+    /// `enforce` or `dry-run`, as the gateway file and the admin route spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::DryRun => "dry-run",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = UnknownMode;
+
+    fn from_str(text: &str) -> Result<Self, UnknownMode> {
+        match text {
+            "enforce" => Ok(Self::Enforce),
+            "dry-run" => Ok(Self::DryRun),
+            _ => Err(UnknownMode),
+        }
+    }
+}
+
+/// A mode other than `enforce` or `dry-run`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("a quota's mode is \"enforce\" or \"dry-run\"")]
+pub struct UnknownMode;
+
 /// What a quota does with a request that lacks a part of its key (no principal for a
 /// per-principal quota, no header for a per-header one). The host must choose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -290,6 +342,7 @@ pub struct Quota {
     pub(crate) max_tracked_keys: usize,
     pub(crate) overflow: Overflow,
     pub(crate) paths: Vec<String>,
+    pub(crate) mode: Mode,
 }
 
 impl Quota {
@@ -314,6 +367,7 @@ impl Quota {
             max_tracked_keys: Self::DEFAULT_MAX_TRACKED_KEYS,
             overflow: Overflow::SharedBucket,
             paths: Vec::new(),
+            mode: Mode::Enforce,
         }
     }
 
@@ -397,6 +451,13 @@ impl Quota {
             .into_iter()
             .map(|p| p.into().trim_end_matches('/').to_owned())
             .collect();
+        self
+    }
+
+    /// [`Mode::Enforce`] (the default) or [`Mode::DryRun`]: report requests over the
+    /// quota instead of refusing them.
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
         self
     }
 

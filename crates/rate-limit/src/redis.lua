@@ -2,11 +2,14 @@
 --
 -- KEYS, three per quota: state, ban, strikes.
 -- ARGV[1]: now in microseconds, or '' for the server's TIME.
--- Then nine per quota: kind (1 smooth, 2 strict window), count, period (us), burst,
---   op (0 check only, 1 check then charge, 3 refund one charge: a reservation given back),
---   ban strikes (-1: no bans), ban window (us), ban duration (us), ban label.
--- Returns four integers per quota: status (1 allowed, 0 refused, 2 banned), remaining,
---   retry after (us), reset (us). Nothing is charged unless every quota allows.
+-- Then ten per quota: kind (1 smooth, 2 strict window), count, period (us), burst,
+--   op (0 check only, 1 check then charge, 2 peek: check only and count no strike,
+--   3 refund one charge: a reservation given back),
+--   ban strikes (-1: no bans), ban window (us), ban duration (us), ban label,
+--   dry run (1: the quota only reports; its refusals refuse nothing and count no strike).
+-- Returns four integers per quota: status (1 allowed, 0 refused, 2 banned, 3 banned
+--   now), remaining, retry after (us), reset (us). Nothing is charged unless every quota
+--   that is not a dry run allows; a dry-run quota that refuses is not charged.
 
 local now
 if ARGV[1] == '' then
@@ -16,7 +19,7 @@ else
   now = tonumber(ARGV[1])
 end
 
-local quotas = (#ARGV - 1) / 9
+local quotas = (#ARGV - 1) / 10
 
 local function ms(us)
   return math.max(1, math.ceil(us / 1000))
@@ -63,7 +66,7 @@ local function strict(key, count, period, charge)
 end
 
 local function measure(i, charge)
-  local a = 1 + (i - 1) * 9
+  local a = 1 + (i - 1) * 10
   local kind, count, period, burst = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   local state = KEYS[(i - 1) * 3 + 1]
   if kind == 1 then
@@ -75,7 +78,7 @@ end
 -- Gives back one charge: GCRA's arrival time moves back one interval; a strict window
 -- loses its newest request.
 local function refund(i)
-  local a = 1 + (i - 1) * 9
+  local a = 1 + (i - 1) * 10
   local kind, count, period = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local key = KEYS[(i - 1) * 3 + 1]
   if kind == 1 then
@@ -98,8 +101,9 @@ local out = {}
 local refused = false
 
 for i = 1, quotas do
-  local a = 1 + (i - 1) * 9
+  local a = 1 + (i - 1) * 10
   local op, strikes = tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
+  local dry = ARGV[a + 10] == '1'
   local status, remaining, retry, reset
   if op == 3 then
     status, remaining, retry, reset = refund(i)
@@ -112,7 +116,7 @@ for i = 1, quotas do
       status, remaining, retry, reset = 2, 0, banned * 1000, banned * 1000
     else
       status, remaining, retry, reset = measure(i, false)
-      if status == 0 and strikes >= 0 then
+      if status == 0 and strikes >= 0 and op ~= 2 and not dry then
         local strike_key = KEYS[(i - 1) * 3 + 3]
         local count = redis.call('INCR', strike_key)
         if count == 1 then
@@ -127,7 +131,7 @@ for i = 1, quotas do
       end
     end
   end
-  if status ~= 1 then refused = true end
+  if status ~= 1 and not dry then refused = true end
   out[#out + 1] = status
   out[#out + 1] = remaining
   out[#out + 1] = math.floor(retry)
@@ -136,10 +140,10 @@ end
 
 if not refused then
   for i = 1, quotas do
-    local a = 1 + (i - 1) * 9
-    if tonumber(ARGV[a + 5]) == 1 then
+    local a = 1 + (i - 1) * 10
+    local o = (i - 1) * 4
+    if tonumber(ARGV[a + 5]) == 1 and out[o + 1] == 1 then
       local status, remaining, retry, reset = measure(i, true)
-      local o = (i - 1) * 4
       out[o + 1], out[o + 2], out[o + 3], out[o + 4] = status, remaining, math.floor(retry), math.floor(reset)
     end
   end

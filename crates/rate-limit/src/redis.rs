@@ -10,6 +10,7 @@ use redis::{AsyncCommands, Script};
 use sha2::{Digest, Sha256};
 
 use crate::ban::BanEntry;
+use crate::check::QuotaCheck;
 use crate::engine::{Applied, Deferred, Engine, Refusal, Verdict};
 use crate::future::{PendingCharge, PendingVerdict};
 use crate::key::{self, KeySource};
@@ -180,11 +181,13 @@ pub(crate) enum Route {
 }
 
 /// One quota in a script call.
-struct Call {
+pub(crate) struct Call {
     applied: Applied,
     digest: Box<str>,
     label: String,
     op: u8,
+    /// The quota's mode is a dry run, as read when the request came.
+    dry_run: bool,
 }
 
 impl Attached {
@@ -236,26 +239,15 @@ impl Attached {
                 Err(refusal) => return Route::Redis(ready(Verdict::refused(refusal))),
             };
             let quota = &engine.quotas[index].quota;
-            let Ok(material) = key::material(&quota.key, quota.ipv6_prefix, source) else {
-                continue;
-            };
-            let label = match quota.ban {
-                Some(_) => key::label(&quota.key, quota.ipv6_prefix, source, &engine.seed)
-                    .unwrap_or_default(),
-                None => String::new(),
-            };
             // A quota counting failed authentication reserves its unit now (refunded
             // after any answer but a 401), so concurrent guesses cannot all pass.
             let op = match quota.charge {
                 Charge::Every | Charge::Unauthenticated => 1,
                 Charge::Never => 0,
             };
-            calls.push(Call {
-                applied,
-                digest: hex::encode(&Sha256::digest(&material)[..16]).into_boxed_str(),
-                label,
-                op,
-            });
+            if let Some(call) = self.call(applied, source, op) {
+                calls.push(call);
+            }
         }
         if calls.is_empty() {
             return Route::Redis(ready(Verdict::default()));
@@ -281,6 +273,27 @@ impl Attached {
                 }
             }
         }))
+    }
+
+    /// The script's arguments for one quota, or `None` when the key cannot be read.
+    fn call(&self, applied: Applied, source: &KeySource<'_>, op: u8) -> Option<Call> {
+        let engine = &self.0.engine;
+        let compiled = &engine.quotas[applied.quota];
+        let quota = &compiled.quota;
+        let material = key::material(&quota.key, quota.ipv6_prefix, source).ok()?;
+        let label = match quota.ban {
+            Some(_) if op != PEEK => {
+                key::label(&quota.key, quota.ipv6_prefix, source, &engine.seed).unwrap_or_default()
+            }
+            _ => String::new(),
+        };
+        Some(Call {
+            applied,
+            digest: digest(&material),
+            label,
+            op,
+            dry_run: compiled.is_dry_run(),
+        })
     }
 
     async fn run(&self, calls: &[Call]) -> Result<Vec<i64>, RedisError> {
@@ -322,7 +335,8 @@ impl Attached {
                 .arg(ban.map_or(-1, |b| i64::from(b.strikes())))
                 .arg(ban.map_or(0, |b| micros(b.window())))
                 .arg(ban.map_or(0, |b| micros(b.duration())))
-                .arg(&call.label);
+                .arg(&call.label)
+                .arg(u8::from(call.dry_run));
         }
         let mut connection = self.0.backend.manager.clone();
         let answer = tokio::time::timeout(
@@ -379,6 +393,20 @@ impl Attached {
                 }),
             };
             if let Some(refusal) = refusal {
+                if call.dry_run {
+                    verdict.dry_run.push(match refusal {
+                        // A dry run bans nobody; the script counted no strike.
+                        Refusal::Banned { .. } if answer[0] == 3 => Refusal::Limited {
+                            quota,
+                            retry_after: duration(answer[2]),
+                        },
+                        other => other,
+                    });
+                    if engine.dry_run_headers {
+                        verdict.reports.push(report);
+                    }
+                    continue;
+                }
                 // The longest wait among the quotas that refuse.
                 if verdict
                     .refusal
@@ -390,7 +418,7 @@ impl Attached {
                 }
                 continue;
             }
-            if want_reports && call.op == 1 {
+            if want_reports && call.op == 1 && (!call.dry_run || engine.dry_run_headers) {
                 verdict.reports.push(report);
             }
             if compiled.quota.charge == Charge::Unauthenticated {
@@ -428,6 +456,7 @@ impl Attached {
                     digest: one.digest.clone()?,
                     label: String::new(),
                     op: 3,
+                    dry_run: false,
                 })
             })
             .collect();
@@ -439,6 +468,74 @@ impl Attached {
                 this.mark_down(&error);
             }
         }))
+    }
+
+    /// The calls that peek at `applied` quotas for `source`: nothing charged, no strike.
+    pub(crate) fn peek_calls(&self, applied: &[Applied], source: &KeySource<'_>) -> Vec<Call> {
+        applied
+            .iter()
+            .filter_map(|one| self.call(*one, source, PEEK))
+            .collect()
+    }
+
+    /// The call that peeks at quota `quota` for a key given as text.
+    pub(crate) fn peek_key_call(&self, applied: Applied, values: &[&str]) -> Option<Call> {
+        let compiled = &self.0.engine.quotas[applied.quota];
+        let quota = &compiled.quota;
+        let material = key::material_values(&quota.key, quota.ipv6_prefix, values).ok()?;
+        Some(Call {
+            applied,
+            digest: digest(&material),
+            label: String::new(),
+            op: PEEK,
+            dry_run: compiled.is_dry_run(),
+        })
+    }
+
+    /// What the quotas of `calls` answer in Redis now; `None` when Redis cannot answer
+    /// (and is then left alone for the pause, as after a request).
+    pub(crate) async fn peek(&self, calls: &[Call]) -> Option<Vec<QuotaCheck>> {
+        if calls.is_empty() {
+            return Some(Vec::new());
+        }
+        if self.is_down() {
+            return None;
+        }
+        let answers = match self.run(calls).await {
+            Ok(answers) => answers,
+            Err(error) => {
+                self.mark_down(&error);
+                return None;
+            }
+        };
+        let engine = &self.0.engine;
+        let duration = |us: i64| Duration::from_micros(u64::try_from(us).unwrap_or(0));
+        Some(
+            calls
+                .iter()
+                .zip(answers.chunks_exact(4))
+                .map(|(call, answer)| {
+                    let compiled = &engine.quotas[call.applied.quota];
+                    let rate = compiled.limiters[call.applied.tier].rate();
+                    QuotaCheck {
+                        quota: compiled.quota.name.clone(),
+                        mode: compiled.mode(),
+                        allowed: answer[0] == 1,
+                        banned: answer[0] == 2,
+                        limit: rate.count(),
+                        window: rate.period(),
+                        remaining: u32::try_from(answer[1]).unwrap_or(0),
+                        reset: duration(answer[3]),
+                        retry_after: duration(answer[2]),
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    /// Whether the layer fails closed when Redis cannot answer.
+    pub(crate) fn fails_closed(&self) -> bool {
+        self.0.backend.failure == RedisFailure::FailClosed
     }
 
     /// The bans in force in Redis.
@@ -496,6 +593,14 @@ impl Attached {
         }
         Ok(false)
     }
+}
+
+/// The script's op that checks without charging or counting a strike.
+const PEEK: u8 = 2;
+
+/// A key's name in Redis: a digest of its stable bytes, the same on every instance.
+fn digest(material: &[u8]) -> Box<str> {
+    hex::encode(&Sha256::digest(material)[..16]).into_boxed_str()
 }
 
 fn micros(duration: Duration) -> u64 {

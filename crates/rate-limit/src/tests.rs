@@ -9,8 +9,8 @@ use http::header::RETRY_AFTER;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::Full;
 use portcullis_core::{
-    AuditRecord, AuthMethod, Authentication, Clock, Decision, Denial, ManualClock, PeerAddr,
-    Principal,
+    AuditNote, AuditRecord, AuthMethod, Authentication, Clock, Decision, Denial, ManualClock,
+    PeerAddr, Principal,
 };
 use tower::{service_fn, Service, ServiceExt};
 use tower_layer::Layer;
@@ -686,4 +686,379 @@ async fn a_zero_redis_timeout_is_refused_by_name() {
         .build()
         .unwrap_err();
     assert_eq!(error, ConfigError::ZeroDuration("RedisBackend::timeout"));
+}
+
+/// The audit notes a call leaves.
+fn noted_call(layer: &RateLimitLayer, request: Request<()>) -> (Outcome, Vec<AuditNote>) {
+    let record = AuditRecord::new();
+    let mut request = request;
+    request.extensions_mut().insert(record.clone());
+    let outcome = call(layer, request);
+    (outcome, record.take())
+}
+
+#[test]
+fn a_dry_run_quota_lets_everything_through_and_notes_what_it_would_have_refused() {
+    let (clock, _control) = clock();
+    let layer = RateLimitLayer::builder()
+        .quota(Quota::new("trial", rate("2 per 1m")).mode(Mode::DryRun))
+        .headers_on_allowed(true)
+        .clock(clock)
+        .build()
+        .unwrap();
+    for i in 0..5 {
+        let (outcome, notes) = noted_call(&layer, request("192.0.2.1", None));
+        assert_eq!(outcome.status, StatusCode::OK, "request {i}");
+        assert!(outcome.inner_called);
+        // A dry run changes nothing a client sees: no RateLimit headers.
+        assert!(
+            outcome.headers.get(RATELIMIT).is_none(),
+            "{:?}",
+            outcome.headers
+        );
+        assert!(outcome.headers.get(RETRY_AFTER).is_none());
+        let dry: Vec<_> = notes
+            .iter()
+            .filter(|n| n.reason_code() == Some("dry_run"))
+            .collect();
+        if i < 2 {
+            assert!(dry.is_empty(), "request {i}: {notes:?}");
+        } else {
+            assert_eq!(dry.len(), 1, "request {i}: {notes:?}");
+            assert_eq!(dry[0].decision(), Decision::Allow);
+            assert_eq!(dry[0].rule_name(), Some("trial"));
+            let detail = dry[0].detail_text().unwrap();
+            assert!(detail.contains("429 rate_limited"), "{detail}");
+        }
+        // The request itself is allowed, as the layer's note says.
+        assert!(notes
+            .iter()
+            .any(|n| n.reason_code().is_none() && n.decision() == Decision::Allow));
+    }
+    // Switched to enforce at run time: the quota the dry run used up refuses at once.
+    let handle = layer.handle();
+    assert_eq!(handle.mode("trial"), Some(Mode::DryRun));
+    assert_eq!(handle.set_mode("trial", Mode::Enforce), Some(Mode::DryRun));
+    assert_eq!(handle.modes(), vec![("trial".to_owned(), Mode::Enforce)]);
+    let refused = call(&layer, request("192.0.2.1", None));
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(!refused.inner_called);
+    // And back again.
+    assert_eq!(handle.set_mode("trial", Mode::DryRun), Some(Mode::Enforce));
+    assert_eq!(
+        call(&layer, request("192.0.2.1", None)).status,
+        StatusCode::OK
+    );
+    assert_eq!(handle.set_mode("nope", Mode::DryRun), None);
+    assert_eq!(handle.mode("nope"), None);
+}
+
+#[test]
+fn a_dry_run_counts_as_enforcing_would_so_it_predicts_the_refusals() {
+    // One enforced and one dry-run quota over the same traffic: the dry run's
+    // would-refusals are exactly the refusals an enforced twin gives.
+    let (clock, control) = clock();
+    let build = |mode| {
+        RateLimitLayer::builder()
+            .quota(
+                Quota::new("q", rate("3 per 10s"))
+                    .semantics(Semantics::StrictWindow)
+                    .mode(mode),
+            )
+            .clock(clock.clone())
+            .build()
+            .unwrap()
+    };
+    let (dry, enforced) = (build(Mode::DryRun), build(Mode::Enforce));
+    for step in 0..40 {
+        control.advance(Duration::from_millis(700));
+        let (outcome, notes) = noted_call(&dry, request("192.0.2.9", None));
+        assert_eq!(outcome.status, StatusCode::OK);
+        let would_refuse = notes.iter().any(|n| n.reason_code() == Some("dry_run"));
+        let refused = call(&enforced, request("192.0.2.9", None)).status != StatusCode::OK;
+        assert_eq!(would_refuse, refused, "step {step}");
+    }
+}
+
+#[test]
+fn a_dry_run_quota_beside_an_enforced_one() {
+    let (clock, _control) = clock();
+    let layer = RateLimitLayer::builder()
+        .quota(Quota::new("tight", rate("1 per 1m")).mode(Mode::DryRun))
+        .quota(Quota::new("loose", rate("3 per 1m")))
+        .headers_on_allowed(true)
+        .clock(clock)
+        .build()
+        .unwrap();
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let (outcome, notes) = noted_call(&layer, request("192.0.2.2", None));
+        statuses.push(outcome.status);
+        let policy = outcome
+            .headers
+            .get(RATELIMIT_POLICY)
+            .map(|v| v.to_str().unwrap().to_owned());
+        // Only the enforced quota's line is sent.
+        if let Some(policy) = policy {
+            assert!(!policy.contains("tight"), "{policy}");
+        }
+        if outcome.status == StatusCode::OK && statuses.len() > 1 {
+            assert!(
+                notes.iter().any(|n| n.rule_name() == Some("tight")),
+                "{notes:?}"
+            );
+        }
+    }
+    // The enforced quota still enforces, unaffected by the dry run.
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+}
+
+#[test]
+fn dry_run_headers_are_sent_when_asked() {
+    let (clock, _control) = clock();
+    let layer = RateLimitLayer::builder()
+        .quota(Quota::new("trial", rate("1 per 1m")).mode(Mode::DryRun))
+        .dry_run_headers(true)
+        .clock(clock)
+        .build()
+        .unwrap();
+    let first = call(&layer, request("192.0.2.3", None));
+    // Allowed responses carry them only with headers_on_allowed.
+    assert!(first.headers.get(RATELIMIT).is_none());
+    let over = call(&layer, request("192.0.2.3", None));
+    assert_eq!(over.status, StatusCode::OK);
+    let line = over.headers[RATELIMIT].to_str().unwrap();
+    assert!(line.contains("\"trial\";r=0"), "{line}");
+    assert!(over.headers.get(RETRY_AFTER).is_none());
+}
+
+#[test]
+fn a_dry_run_bans_nobody_and_reports_a_ban_it_holds() {
+    let (clock, _control) = clock();
+    let layer = RateLimitLayer::builder()
+        .quota(Quota::new("q", rate("1 per 1m")).ban(Ban::after(
+            1,
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+        )))
+        .clock(clock)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    handle.set_mode("q", Mode::DryRun);
+    for _ in 0..10 {
+        assert_eq!(
+            call(&layer, request("192.0.2.4", None)).status,
+            StatusCode::OK
+        );
+    }
+    assert!(handle.bans().is_empty(), "a dry run counted strikes");
+    // Enforced, the key earns its ban...
+    handle.set_mode("q", Mode::Enforce);
+    assert_eq!(
+        call(&layer, request("192.0.2.4", None)).code,
+        Some("rate_limited")
+    );
+    assert_eq!(
+        call(&layer, request("192.0.2.4", None)).code,
+        Some("banned")
+    );
+    // ...which a dry run reports and does not enforce.
+    handle.set_mode("q", Mode::DryRun);
+    let (outcome, notes) = noted_call(&layer, request("192.0.2.4", None));
+    assert_eq!(outcome.status, StatusCode::OK);
+    let detail = notes
+        .iter()
+        .find(|n| n.reason_code() == Some("dry_run"))
+        .unwrap();
+    assert!(
+        detail.detail_text().unwrap().contains("banned"),
+        "{detail:?}"
+    );
+}
+
+#[test]
+fn a_failed_login_dry_run_reserves_and_refunds_as_enforcing_would() {
+    let (clock, _control) = clock();
+    let layer = RateLimitLayer::builder()
+        .quota(
+            Quota::new("logins", rate("2 per 1h"))
+                .charge(Charge::Unauthenticated)
+                .mode(Mode::DryRun),
+        )
+        .clock(clock)
+        .build()
+        .unwrap();
+    // Good logins are refunded: never a would-refusal.
+    for _ in 0..5 {
+        let (outcome, notes) = noted_call(&layer, request("192.0.2.5", None));
+        assert_eq!(outcome.status, StatusCode::OK);
+        assert!(!notes.iter().any(|n| n.reason_code() == Some("dry_run")));
+    }
+    let failed = |n| {
+        let record = AuditRecord::new();
+        let mut request = request("192.0.2.6", None);
+        request.extensions_mut().insert(record.clone());
+        let outcome = call_with(&layer, request, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            outcome.status,
+            StatusCode::UNAUTHORIZED,
+            "attempt {n}: let through"
+        );
+        assert!(outcome.inner_called);
+        record
+            .take()
+            .iter()
+            .any(|n| n.reason_code() == Some("dry_run"))
+    };
+    assert_eq!(
+        (0..4).map(failed).collect::<Vec<_>>(),
+        [false, false, true, true]
+    );
+}
+
+#[test]
+fn checks_answer_without_charging() {
+    let (clock, control) = clock();
+    let layer = RateLimitLayer::builder()
+        .quota(Quota::new("per-ip", rate("3 per 1m")).semantics(Semantics::StrictWindow))
+        .quota(
+            Quota::new("per-key", rate("10 per 1m"))
+                .key([KeyPart::Credential])
+                .when_key_missing(MissingKey::Skip)
+                .tier("gold", rate("100 per 1m")),
+        )
+        .clock(clock)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let parts = |ip: &str, principal| request(ip, principal).into_parts().0;
+    let check = |parts| futures::executor::block_on(handle.check(&parts));
+    // Checking many times charges nothing.
+    for _ in 0..10 {
+        let answer = check(parts("192.0.2.10", None));
+        assert!(answer.allowed);
+        assert_eq!(answer.refusal, None);
+        assert_eq!(
+            answer.quotas.len(),
+            1,
+            "per-key is skipped without a principal"
+        );
+        assert_eq!(answer.quotas[0].quota, "per-ip");
+        assert_eq!((answer.quotas[0].remaining, answer.quotas[0].limit), (3, 3));
+    }
+    assert_eq!(allowed(&layer, 5, || request("192.0.2.10", None)), 3);
+    let answer = check(parts("192.0.2.10", None));
+    assert!(!answer.allowed);
+    assert_eq!(answer.refusal, Some("rate_limited"));
+    assert_eq!(answer.quotas[0].remaining, 0);
+    assert_eq!(answer.retry_after, Duration::from_secs(60));
+    control.advance(Duration::from_secs(20));
+    assert_eq!(
+        check(parts("192.0.2.10", None)).retry_after,
+        Duration::from_secs(40)
+    );
+
+    // A principal's tier is read as the layer reads it.
+    let gold = check(parts(
+        "192.0.2.11",
+        Some(key_principal("acme", Some("gold"))),
+    ));
+    assert_eq!(gold.quotas[1].limit, 100);
+    let by_key =
+        futures::executor::block_on(handle.check_key("per-key", Some("gold"), &["acme-key"]))
+            .unwrap();
+    assert_eq!((by_key.limit, by_key.remaining), (100, 100));
+    call(
+        &layer,
+        request("192.0.2.11", Some(key_principal("acme", Some("gold")))),
+    );
+    let by_key =
+        futures::executor::block_on(handle.check_key("per-key", Some("gold"), &["acme-key"]))
+            .unwrap();
+    assert_eq!(
+        by_key.remaining, 99,
+        "the key named by text is the request's key"
+    );
+    let by_ip =
+        futures::executor::block_on(handle.check_key("per-ip", None, &["192.0.2.10"])).unwrap();
+    assert!(!by_ip.allowed);
+    // An IPv4-mapped IPv6 address names the same client.
+    let mapped =
+        futures::executor::block_on(handle.check_key("per-ip", None, &["::ffff:192.0.2.10"]))
+            .unwrap();
+    assert!(!mapped.allowed);
+
+    // Every way to name a key wrongly is refused by name.
+    let error = |quota, tier, key: &[&str]| {
+        futures::executor::block_on(handle.check_key(quota, tier, key))
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(error("nope", None, &["x"]).contains("no quota named \"nope\""));
+    assert!(error("per-ip", None, &[]).contains("1 parts; 0 were given"));
+    assert!(error("per-ip", None, &["a", "b"]).contains("2 were given"));
+    assert!(error("per-ip", None, &["not-an-ip"]).contains("is not an IP address"));
+    assert!(error("per-key", Some("silver"), &["k"]).contains("no tier named \"silver\""));
+
+    // A request the layer would refuse before any quota.
+    let unresolvable = Request::get("/").body(()).unwrap().into_parts().0;
+    let answer = check(unresolvable);
+    assert!(!answer.allowed);
+    assert!(answer.refusal.is_some());
+    assert!(answer.quotas.is_empty());
+}
+
+#[test]
+fn route_keys_are_named_by_method_and_path() {
+    let layer = RateLimitLayer::builder()
+        .quota(Quota::new("per-path", rate("1 per 1m")).key([KeyPart::RawPath]))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    call(&layer, request_to("/items/7", "192.0.2.12", None));
+    let check = |key: &str| futures::executor::block_on(handle.check_key("per-path", None, &[key]));
+    assert!(!check("GET /items/7").unwrap().allowed);
+    assert!(check("GET /items/8").unwrap().allowed);
+    assert!(check("POST /items/7").unwrap().allowed);
+    for wrong in ["/items/7", "GET", "GET items", " /items/7", ""] {
+        let error = check(wrong).unwrap_err().to_string();
+        assert!(
+            error.contains("must be a method and a path"),
+            "{wrong:?}: {error}"
+        );
+    }
+}
+
+#[test]
+fn checks_are_send() {
+    fn send<T: Send>(_: T) {}
+    let layer = RateLimitLayer::builder()
+        .quota(Quota::new("q", rate("1/s")))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let parts = request("192.0.2.1", None).into_parts().0;
+    send(handle.check(&parts));
+    send(handle.check_key("q", None, &["192.0.2.1"]));
+}
+
+#[test]
+fn modes_parse_and_print_as_the_gateway_file_spells_them() {
+    for mode in [Mode::Enforce, Mode::DryRun] {
+        assert_eq!(mode.to_string().parse::<Mode>(), Ok(mode));
+    }
+    assert_eq!("dry-run".parse::<Mode>(), Ok(Mode::DryRun));
+    for wrong in ["Enforce", "dry_run", "dryrun", " enforce", ""] {
+        assert!(wrong.parse::<Mode>().is_err(), "{wrong:?}");
+    }
 }
