@@ -65,6 +65,9 @@ pub use portcullis_mtls_identity as mtls_identity;
 #[cfg(feature = "config")]
 pub mod config;
 
+#[cfg(feature = "proxy-protocol")]
+pub use portcullis_proxy_protocol as proxy_protocol;
+
 #[cfg(feature = "rate-limit")]
 pub use portcullis_rate_limit as rate_limit;
 

@@ -81,6 +81,8 @@ pub struct Gateway {
     pub(crate) audit_files: Vec<FileSink>,
     /// `[server] tls_handshake_timeout`; the listener's own default without it.
     pub(crate) tls_handshake_timeout: Option<std::time::Duration>,
+    /// `[server] proxy_protocol`: the main listener reads PROXY protocol headers.
+    pub(crate) proxy_protocol: Option<portcullis_proxy_protocol::ProxyProtocol>,
     /// Every role-router layer's policy, with where it came from.
     pub(crate) policies: Vec<(String, portcullis_role_router::PolicyHandle)>,
     /// `[metrics]`: `None` without the section, `Some(None)` on the admin listener,
@@ -416,7 +418,32 @@ impl GatewayConfig {
             policies,
             metrics: self.metrics()?,
             tls_handshake_timeout: self.file.server.tls_handshake_timeout,
+            proxy_protocol: self.proxy_protocol()?,
         })
+    }
+
+    fn proxy_protocol(
+        &self,
+    ) -> Result<Option<portcullis_proxy_protocol::ProxyProtocol>, ConfigError> {
+        let Some(section) = &self.file.server.proxy_protocol else {
+            return Ok(None);
+        };
+        let mut proxy = portcullis_proxy_protocol::ProxyProtocol::from_set(section.trusted.clone())
+            .required(section.required);
+        if let Some(timeout) = section.header_timeout {
+            proxy = proxy.header_timeout(timeout);
+        }
+        if let Some(max) = section.max_header_bytes {
+            if !(16..=65_551).contains(&max.get()) {
+                return Err(self.error(
+                    None,
+                    "server.proxy_protocol.max_header_bytes",
+                    "must be between 16 and 65551 (the protocol's largest header)",
+                ));
+            }
+            proxy = proxy.max_header_bytes(max.get());
+        }
+        Ok(Some(proxy))
     }
 
     fn client_ip(&self) -> ClientIpResolver {

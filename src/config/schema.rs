@@ -109,6 +109,47 @@ pub(crate) struct Server {
     /// `/healthz` and `/readyz` on this listener too, outside the layers.
     #[serde(default)]
     pub(crate) health: bool,
+    /// Behind a TCP load balancer: the client's address from a PROXY protocol header.
+    pub(crate) proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// `[server] proxy_protocol = { trusted = [...], required = true }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProxyProtocol {
+    /// The balancers' networks: only they may send a header.
+    #[serde(deserialize_with = "balancer_networks")]
+    pub(crate) trusted: NetworkSet,
+    /// Every connection must come from a balancer with a header (default); `false`
+    /// serves others, and balancers without one, as plain clients.
+    #[serde(default = "yes")]
+    pub(crate) required: bool,
+    /// How long a balancer may take to send its header ("5s" by default).
+    #[serde(default, deserialize_with = "optional_positive_duration")]
+    pub(crate) header_timeout: Option<Duration>,
+    /// The longest v2 header (4096 bytes by default).
+    pub(crate) max_header_bytes: Option<std::num::NonZeroUsize>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Balancers that may send a PROXY protocol header: a non-empty list that does not
+/// hold every address.
+fn balancer_networks<'de, D: Deserializer<'de>>(deserializer: D) -> Result<NetworkSet, D::Error> {
+    let set = networks(deserializer)?;
+    if set.is_empty() {
+        return Err(serde::de::Error::custom(
+            "is empty: list the load balancers' networks, which alone may send a PROXY protocol header",
+        ));
+    }
+    if set.covers_everything() {
+        return Err(serde::de::Error::custom(
+            "holds every address (0.0.0.0/0 or ::/0), so any client could name any address in a PROXY protocol header: list your load balancers' networks",
+        ));
+    }
+    Ok(set)
 }
 
 /// `[[server.body_limit]]`: the largest body on the paths a pattern matches.

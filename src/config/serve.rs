@@ -119,10 +119,11 @@ impl Gateway {
     /// Binds `[server] listen` and, with `[admin]`, the admin address; TLS when the
     /// file has `[tls]`. Nothing is served until [`GatewayServer::serve`].
     pub async fn bind(&self) -> Result<GatewayServer, ServeError> {
-        let (main, main_addr) = self.listen_on("main", self.listen).await?;
+        let (main, main_addr) = self.listen_on("main", self.listen, true).await?;
         // `admin_router()` is `Some` exactly when `[admin]` is.
         let admin = match &self.admin {
-            Some(settings) => Some(self.listen_on("admin", settings.listen).await?),
+            // The admin listener is for operators, not behind the balancer.
+            Some(settings) => Some(self.listen_on("admin", settings.listen, false).await?),
             None => None,
         };
         let metrics = match self.metrics {
@@ -142,16 +143,29 @@ impl Gateway {
         &self,
         listener: &'static str,
         address: SocketAddr,
+        behind_balancer: bool,
     ) -> Result<(Listening, SocketAddr), ServeError> {
         let (tcp, bound) = bind_tcp(listener, address).await?;
-        let listening = match (&self.tls, self.tls_handshake_timeout) {
-            (Some(tls), Some(timeout)) => Listening::Tls(TlsListener::with_handshake_timeout(
+        let proxy = self.proxy_protocol.clone().filter(|_| behind_balancer);
+        let handshake_timeout = self
+            .tls_handshake_timeout
+            .unwrap_or(portcullis_mtls_identity::DEFAULT_HANDSHAKE_TIMEOUT);
+        let listening = match (&self.tls, proxy) {
+            (Some(tls), Some(proxy)) => Listening::Tls(TlsListener::with_proxy_protocol(
                 tcp,
                 tls.clone(),
-                timeout,
+                handshake_timeout,
+                proxy,
             )),
-            (Some(tls), None) => Listening::Tls(TlsListener::new(tcp, tls.clone())),
-            (None, _) => Listening::Plain(tcp),
+            (Some(tls), None) => Listening::Tls(TlsListener::with_handshake_timeout(
+                tcp,
+                tls.clone(),
+                handshake_timeout,
+            )),
+            (None, Some(proxy)) => {
+                Listening::Proxied(portcullis_proxy_protocol::ProxyListener::new(tcp, proxy))
+            }
+            (None, None) => Listening::Plain(tcp),
         };
         Ok((listening, bound))
     }

@@ -464,11 +464,61 @@ async fn the_server_limits_are_read_and_checked() {
             "server.body_limit",
             3,
         ),
+        (
+            "proxy_protocol = { trusted = [] }\n",
+            "server.proxy_protocol.trusted",
+            3,
+        ),
+        (
+            "proxy_protocol = { trusted = [\"0.0.0.0/0\"] }\n",
+            "server.proxy_protocol.trusted",
+            3,
+        ),
+        (
+            "proxy_protocol = { trusted = [\"10.0.0.0/33\"] }\n",
+            "server.proxy_protocol.trusted",
+            3,
+        ),
+        (
+            "proxy_protocol = { trusted = [\"10.0.0.0/8\"], header_timeout = \"0s\" }\n",
+            "server.proxy_protocol.header_timeout",
+            3,
+        ),
+        (
+            "proxy_protocol = { trusted = [\"10.0.0.0/8\"], requried = true }\n",
+            "server.proxy_protocol",
+            3,
+        ),
+        (
+            "proxy_protocol = { required = false }\n",
+            "server.proxy_protocol",
+            3,
+        ),
     ] {
         let e = error(&format!("{SERVER}{text}"));
         assert!(e.key.starts_with(key), "{text}: {e}");
         assert!(e.line.is_some_and(|l| l >= line), "{text}: {e}");
     }
+    // A header size outside the protocol's.
+    for bytes in [8, 70_000] {
+        let e = parse(&format!(
+            "{SERVER}proxy_protocol = {{ trusted = [\"10.0.0.0/8\"], max_header_bytes = {bytes} }}\n"
+        ))
+        .unwrap()
+        .build()
+        .await
+        .unwrap_err();
+        assert_eq!(e.key, "server.proxy_protocol.max_header_bytes", "{e}");
+    }
+    let built = parse(&format!(
+        "{SERVER}proxy_protocol = {{ trusted = [\"10.0.0.0/8\"], required = false, max_header_bytes = 512 }}\n"
+    ))
+    .unwrap()
+    .build()
+    .await
+    .unwrap();
+    let proxy = built.proxy_protocol.as_ref().unwrap();
+    assert!(proxy.trusted().contains("10.1.2.3".parse().unwrap()));
     // A pattern that does not compile names its entry.
     let e = parse(&format!(
         "{SERVER}[[server.body_limit]]\npath = \"no-slash\"\nmax_bytes = 10\n"

@@ -21,6 +21,7 @@ mod mtls_axum;
 mod mtls_ocsp;
 mod ocsp_responder;
 mod production;
+mod proxy_protocol;
 mod rate_limit_axum;
 mod rate_limit_redis;
 mod redis_server;

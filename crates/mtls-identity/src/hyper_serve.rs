@@ -24,6 +24,8 @@ use pin_project_lite::pin_project;
 use portcullis_core::{problem_json_response, LogThrottle, PeerAddr, Rejection, TlsPeer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+
+use crate::listener::Proxied;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
 
@@ -89,6 +91,18 @@ pub enum Listening {
     Tls(TlsListener),
     /// Plain HTTP over TCP.
     Plain(TcpListener),
+    /// Plain HTTP over TCP behind a load balancer that sends PROXY protocol headers:
+    /// requests carry the client as [`PeerAddr`], and the header as a
+    /// `portcullis_proxy_protocol::ProxiedPeer`.
+    #[cfg(feature = "proxy-protocol")]
+    Proxied(portcullis_proxy_protocol::ProxyListener),
+}
+
+#[cfg(feature = "proxy-protocol")]
+impl From<portcullis_proxy_protocol::ProxyListener> for Listening {
+    fn from(listener: portcullis_proxy_protocol::ProxyListener) -> Self {
+        Self::Proxied(listener)
+    }
 }
 
 impl From<TlsListener> for Listening {
@@ -345,7 +359,7 @@ where
         let phases = phases.clone();
         let idle = limits.idle_timeout;
         match connection {
-            Connection::Tls(stream, peer) => {
+            Connection::Tls(stream, peer, proxied) => {
                 let builder = match stream.get_ref().1.alpn_protocol() {
                     Some(b"h2") => http2.clone(),
                     _ => http1.clone(),
@@ -353,16 +367,18 @@ where
                 let service = WithPeer {
                     inner: service.clone(),
                     peer: Peer::Tls(peer),
+                    proxied,
                     head,
                 };
                 tokio::spawn(serve_connection(
                     stream, service, builder, phases, held, idle,
                 ));
             }
-            Connection::Plain(stream) => {
+            Connection::Plain(stream, proxied) => {
                 let service = WithPeer {
                     inner: service.clone(),
                     peer: Peer::Plain(PeerAddr(address)),
+                    proxied,
                     head,
                 };
                 let builder = http1.clone();
@@ -430,8 +446,9 @@ enum Connection {
     Tls(
         tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
         TlsPeer,
+        Option<Proxied>,
     ),
-    Plain(tokio::net::TcpStream),
+    Plain(tokio::net::TcpStream, Option<Proxied>),
 }
 
 impl Listening {
@@ -440,12 +457,18 @@ impl Listening {
     async fn accept(&mut self) -> Option<(Connection, SocketAddr)> {
         match self {
             Self::Tls(listener) => {
-                let (stream, peer) = listener.accept().await;
+                let (stream, peer, proxied) = listener.accept_with_header().await;
                 let address = peer.addr;
-                Some((Connection::Tls(stream, peer), address))
+                Some((Connection::Tls(stream, peer, proxied), address))
+            }
+            #[cfg(feature = "proxy-protocol")]
+            Self::Proxied(listener) => {
+                let (stream, peer) = listener.accept().await.into_parts();
+                let address = peer.addr;
+                Some((Connection::Plain(stream, Some(peer)), address))
             }
             Self::Plain(listener) => match listener.accept().await {
-                Ok((stream, address)) => Some((Connection::Plain(stream), address)),
+                Ok((stream, address)) => Some((Connection::Plain(stream, None), address)),
                 Err(error) => {
                     // Out of file descriptors and the like: wait rather than spin.
                     portcullis_core::log_throttled!(
@@ -738,6 +761,9 @@ enum Peer {
 struct WithPeer<S> {
     inner: S,
     peer: Peer,
+    /// What the balancer's PROXY protocol header said, behind one.
+    #[cfg_attr(not(feature = "proxy-protocol"), allow(dead_code))]
+    proxied: Option<Proxied>,
     head: HeadLimits,
 }
 
@@ -766,6 +792,10 @@ where
             Peer::Plain(peer) => {
                 request.extensions_mut().insert(*peer);
             }
+        }
+        #[cfg(feature = "proxy-protocol")]
+        if let Some(proxied) = &self.proxied {
+            request.extensions_mut().insert(proxied.clone());
         }
         WithPeerFuture::Inner {
             future: self.inner.call(request),

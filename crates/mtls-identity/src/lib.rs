@@ -197,7 +197,7 @@ pub use hyper_serve::{
 pub use layer::{Identify, Mode, MtlsIdentity, MtlsIdentityLayer, MtlsRefusal};
 #[cfg(feature = "axum")]
 pub use listener::AxumTlsListener;
-pub use listener::TlsListener;
+pub use listener::{TlsListener, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use ocsp::{OcspAnswer, OcspCheck, OcspError, OcspFuture, OcspStatus};
 #[cfg(feature = "ocsp-http")]
 pub use ocsp_client::OcspClient;

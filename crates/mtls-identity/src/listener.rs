@@ -16,7 +16,7 @@ use tokio_rustls::TlsAcceptor;
 
 /// How long a client may take to finish the handshake, unless
 /// [`TlsListener::with_handshake_timeout`] says otherwise.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A TLS listener: each accepted connection comes with a [`TlsPeer`], the socket peer
 /// and the verified client chain. Handshakes run in their own tasks, so a slow client
@@ -71,15 +71,30 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// ```
 #[derive(Debug)]
 pub struct TlsListener {
-    incoming: mpsc::Receiver<(TlsStream<TcpStream>, TlsPeer)>,
+    incoming: mpsc::Receiver<Accepted>,
     local: SocketAddr,
 }
+
+/// A connection whose handshake succeeded, with its peer and, behind a balancer, what
+/// its PROXY protocol header said.
+type Accepted = (TlsStream<TcpStream>, TlsPeer, Option<Proxied>);
+
+#[cfg(feature = "proxy-protocol")]
+pub(crate) type Proxied = portcullis_proxy_protocol::ProxiedPeer;
+#[cfg(not(feature = "proxy-protocol"))]
+pub(crate) type Proxied = std::convert::Infallible;
+
+/// Reads a connection's PROXY protocol header, when the listener has one to read.
+#[cfg(feature = "proxy-protocol")]
+type HeaderReader = Option<portcullis_proxy_protocol::ProxyProtocol>;
+#[cfg(not(feature = "proxy-protocol"))]
+type HeaderReader = Option<std::convert::Infallible>;
 
 impl TlsListener {
     /// Starts accepting on `tcp` (on the current tokio runtime); a client has 10 s to
     /// finish its handshake.
     pub fn new(tcp: TcpListener, config: Arc<ServerConfig>) -> Self {
-        Self::with_handshake_timeout(tcp, config, HANDSHAKE_TIMEOUT)
+        Self::with_handshake_timeout(tcp, config, DEFAULT_HANDSHAKE_TIMEOUT)
     }
 
     /// [`TlsListener::new`] with another time limit for the handshake.
@@ -88,17 +103,54 @@ impl TlsListener {
         config: Arc<ServerConfig>,
         timeout: Duration,
     ) -> Self {
+        Self::start(tcp, config, timeout, None)
+    }
+
+    /// A listener behind a TCP load balancer: each connection's PROXY protocol header
+    /// is read (as `proxy` says: trusted balancers only, within its time limit) before
+    /// the TLS handshake, and the client it names is the [`TlsPeer`]'s address, so
+    /// client-IP resolution, allow-lists and rate limits see the client rather than the
+    /// balancer. `serve_hyper` also puts the header (a
+    /// `portcullis_proxy_protocol::ProxiedPeer`) into each request's extensions.
+    #[cfg(feature = "proxy-protocol")]
+    pub fn with_proxy_protocol(
+        tcp: TcpListener,
+        config: Arc<ServerConfig>,
+        handshake_timeout: Duration,
+        proxy: portcullis_proxy_protocol::ProxyProtocol,
+    ) -> Self {
+        Self::start(tcp, config, handshake_timeout, Some(proxy))
+    }
+
+    fn start(
+        tcp: TcpListener,
+        config: Arc<ServerConfig>,
+        timeout: Duration,
+        proxy: HeaderReader,
+    ) -> Self {
         let local = tcp
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (sender, incoming) = mpsc::channel(64);
-        tokio::spawn(accept_loop(tcp, TlsAcceptor::from(config), sender, timeout));
+        tokio::spawn(accept_loop(
+            tcp,
+            TlsAcceptor::from(config),
+            sender,
+            timeout,
+            proxy,
+        ));
         Self { incoming, local }
     }
 
     /// The next connection whose handshake succeeded, with its peer. Waits forever once
     /// the runtime shuts the accept loop down.
     pub async fn accept(&mut self) -> (TlsStream<TcpStream>, TlsPeer) {
+        let (stream, peer, _) = self.accept_with_header().await;
+        (stream, peer)
+    }
+
+    /// [`accept`](Self::accept), with what a PROXY protocol header said.
+    pub(crate) async fn accept_with_header(&mut self) -> Accepted {
         match self.incoming.recv().await {
             Some(connection) => connection,
             None => std::future::pending().await,
@@ -114,8 +166,9 @@ impl TlsListener {
 async fn accept_loop(
     tcp: TcpListener,
     acceptor: TlsAcceptor,
-    sender: mpsc::Sender<(TlsStream<TcpStream>, TlsPeer)>,
+    sender: mpsc::Sender<Accepted>,
     handshake_timeout: Duration,
+    proxy: HeaderReader,
 ) {
     loop {
         // The listening socket closes as soon as the listener is dropped (a server
@@ -124,7 +177,7 @@ async fn accept_loop(
             () = sender.closed() => return,
             accepted = tcp.accept() => accepted,
         };
-        let (stream, addr) = match accepted {
+        let (mut stream, addr) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 // Out of file descriptors and the like: wait rather than spin.
@@ -142,7 +195,14 @@ async fn accept_loop(
         }
         let acceptor = acceptor.clone();
         let sender = sender.clone();
+        let proxy = proxy.clone();
         tokio::spawn(async move {
+            // Behind a balancer, its header comes before the handshake; the stream is
+            // left at the first byte of the client's own.
+            let (addr, proxied) = match read_proxy_header(proxy.as_ref(), &mut stream, addr).await {
+                Some(read) => read,
+                None => return,
+            };
             let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
             let stream = match handshake.await {
                 Ok(Ok(stream)) => stream,
@@ -161,9 +221,41 @@ async fn accept_loop(
                     .map(|c| Bytes::copy_from_slice(c.as_ref()))
                     .collect::<Arc<[Bytes]>>()
             });
-            let _ = sender.send((stream, TlsPeer { addr, chain })).await;
+            let _ = sender
+                .send((stream, TlsPeer { addr, chain }, proxied))
+                .await;
         });
     }
+}
+
+/// The client's address and the header, or `None` when the connection is refused.
+#[cfg(feature = "proxy-protocol")]
+async fn read_proxy_header(
+    proxy: Option<&portcullis_proxy_protocol::ProxyProtocol>,
+    stream: &mut TcpStream,
+    addr: SocketAddr,
+) -> Option<(SocketAddr, Option<Proxied>)> {
+    let Some(proxy) = proxy else {
+        return Some((addr, None));
+    };
+    match proxy.read_header(stream, addr).await {
+        Ok(peer) => Some((peer.addr, Some(peer))),
+        Err(error) => {
+            metrics::counter!("portcullis_proxy_protocol_refused_total", "reason" => error.kind())
+                .increment(1);
+            tracing::debug!(%error, "mtls: PROXY protocol header refused");
+            None
+        }
+    }
+}
+
+#[cfg(not(feature = "proxy-protocol"))]
+async fn read_proxy_header(
+    _: Option<&std::convert::Infallible>,
+    _: &mut TcpStream,
+    addr: SocketAddr,
+) -> Option<(SocketAddr, Option<Proxied>)> {
+    Some((addr, None))
 }
 
 #[cfg(feature = "axum")]

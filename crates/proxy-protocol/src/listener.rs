@@ -17,7 +17,7 @@ use crate::accept::{ProxiedPeer, ProxyProtocol};
 /// silent peer holds up nobody; refused connections are closed and logged at `debug`.
 ///
 /// Each connection comes as a [`ProxiedStream`] whose peer is the client the header
-/// announced. With axum, serve [`ProxyListener::for_axum`] with
+/// announced. With axum, serve `ProxyListener::for_axum` (feature `axum`) with
 /// `into_make_service_with_connect_info::<SocketAddr>()`: `ConnectInfo<SocketAddr>` is
 /// the client, and the layers' client-IP resolution reads it. With tonic, serve
 /// [`ProxyListener::into_stream`] through `serve_with_incoming` (feature `tonic`).
@@ -214,7 +214,7 @@ pub use for_axum::AxumProxyListener;
 mod for_axum {
     use super::*;
 
-    /// [`ProxyListener`] as axum serves it; see [`ProxyListener::for_axum`].
+    /// [`ProxyListener`] as axum serves it; see `ProxyListener::for_axum` (feature `axum`).
     pub type AxumProxyListener = axum::serve::TapIo<ProxyListener, fn(&mut ProxiedStream)>;
 
     impl ProxyListener {
