@@ -65,6 +65,9 @@ pub use portcullis_mtls_identity as mtls_identity;
 #[cfg(feature = "config")]
 pub mod config;
 
+#[cfg(feature = "ext-authz")]
+pub use portcullis_ext_authz as ext_authz;
+
 #[cfg(feature = "proxy-protocol")]
 pub use portcullis_proxy_protocol as proxy_protocol;
 

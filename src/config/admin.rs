@@ -60,7 +60,9 @@ impl Gateway {
                 Built::IpAllowlist(layer) => admin.layer(layer),
                 Built::MtlsIdentity(layer) => admin.layer(layer),
                 Built::ApiKey(layer) => admin.layer(layer),
-                Built::Jwt(_) | Built::RoleRouter(_) | Built::RateLimit(_) => admin,
+                Built::Jwt(_) | Built::RoleRouter(_) | Built::RateLimit(_) | Built::ExtAuthz(_) => {
+                    admin
+                }
             };
         }
         // The probes, merged after the layers: outside them.

@@ -39,6 +39,7 @@ pub(crate) enum Built {
     RoleRouter(RoleRouterLayer),
     RateLimit(RateLimitLayer),
     Audit(AuditLayer),
+    ExtAuthz(portcullis_ext_authz::ExtAuthzLayer),
 }
 
 /// The token issue and extend routes of `[token_issuer]`.
@@ -156,6 +157,7 @@ impl Gateway {
                 Built::RoleRouter(layer) => router.layer(layer),
                 Built::RateLimit(layer) => router.layer(layer),
                 Built::Audit(layer) => router.layer(layer),
+                Built::ExtAuthz(layer) => router.layer(layer),
             },
             // The token routes are routes of the router now: the stack need not look
             // for them.
@@ -340,6 +342,7 @@ impl GatewayConfig {
                     }
                     Built::RoleRouter(layer)
                 }
+                LayerConfig::ExtAuthz(c) => Built::ExtAuthz(ext_authz(c, &resolver).map_err(at)?),
                 LayerConfig::RateLimit(c) => {
                     let layer = self.rate_limit(c, &resolver).await.map_err(at)?;
                     reloadable.rate_limits.push(layer.handle());
@@ -1063,4 +1066,50 @@ fn spiffe_or(c: &schema::MtlsIdentity) -> Result<Identify, String> {
         return Err("trust_domains applies only with identify = \"spiffe\"".into());
     }
     Ok(identify)
+}
+
+/// An ext-authz layer from its `[[layer]]` entry.
+fn ext_authz(
+    c: &schema::ExtAuthz,
+    resolver: &ClientIpResolver,
+) -> Result<portcullis_ext_authz::ExtAuthzLayer, String> {
+    use portcullis_ext_authz::{CheckEncoding, ExtAuthzLayer, FailureMode};
+    let names =
+        |list: &[schema::HeaderNameText]| list.iter().map(|n| n.0.clone()).collect::<Vec<_>>();
+    let mut builder = ExtAuthzLayer::builder(c.url.clone())
+        .client_ip(resolver.clone())
+        .on_failure(match c.on_failure {
+            schema::ExtAuthzFailureName::Closed => FailureMode::Closed,
+            schema::ExtAuthzFailureName::Open => FailureMode::Open,
+        })
+        .encoding(match c.encoding {
+            schema::ExtAuthzEncodingName::Json => CheckEncoding::Json,
+            schema::ExtAuthzEncodingName::Headers => CheckEncoding::Headers,
+        })
+        .forward_headers(names(&c.forward_headers))
+        .upstream_headers(names(&c.upstream_headers))
+        .pass_denial_body(c.pass_denial_body);
+    if let Some(timeout) = c.timeout {
+        builder = builder.timeout(timeout);
+    }
+    if let Some(list) = &c.denial_headers {
+        builder = builder.denial_headers(names(list));
+    }
+    if let Some(name) = &c.principal_header {
+        builder = builder.principal_header(name.0.clone());
+    }
+    if let Some(name) = &c.roles_header {
+        builder = builder.roles_header(name.0.clone());
+    }
+    for (attribute, header) in &c.attributes {
+        builder = builder.attribute_header(header.0.clone(), attribute.clone());
+    }
+    if let Some(cache) = &c.cache {
+        builder = builder.cache(
+            cache.ttl,
+            cache.max_entries.get(),
+            cache.key.iter().map(|part| part.0.clone()),
+        );
+    }
+    builder.build().map_err(|e| e.to_string())
 }

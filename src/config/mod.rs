@@ -80,10 +80,11 @@ pub(crate) enum LayerConfig {
     RoleRouter(schema::RoleRouter),
     RateLimit(schema::RateLimit),
     Audit(schema::Audit),
+    ExtAuthz(schema::ExtAuthz),
 }
 
 /// The layer kinds a `[[layer]]` may name.
-pub const LAYER_KINDS: [&str; 7] = [
+pub const LAYER_KINDS: [&str; 8] = [
     "ip-allowlist",
     "mtls-identity",
     "api-key",
@@ -91,6 +92,7 @@ pub const LAYER_KINDS: [&str; 7] = [
     "role-router",
     "rate-limit",
     "audit",
+    "ext-authz",
 ];
 
 #[derive(Debug)]
@@ -247,6 +249,7 @@ fn entry(
         ),
         "rate-limit" => ("rate-limit", LayerConfig::RateLimit(read(table, key)?)),
         "audit" => ("audit", LayerConfig::Audit(read(table, key)?)),
+        "ext-authz" => ("ext-authz", LayerConfig::ExtAuthz(read(table, key)?)),
         other => {
             return Err((
                 format!("{key}.kind"),

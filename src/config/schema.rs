@@ -725,3 +725,85 @@ pub(crate) enum AuditOverflowName {
     Block,
     Drop,
 }
+
+/// `kind = "ext-authz"`: decisions asked of an external service.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ExtAuthz {
+    /// The decision endpoint (`http://` or `https://`).
+    pub(crate) url: String,
+    /// The whole budget of one check ("500ms" by default).
+    #[serde(default, deserialize_with = "optional_positive_duration")]
+    pub(crate) timeout: Option<Duration>,
+    /// `closed` (503, the default) or `open` when the service cannot answer.
+    #[serde(default)]
+    pub(crate) on_failure: ExtAuthzFailureName,
+    /// `json` (default) or `headers`.
+    #[serde(default)]
+    pub(crate) encoding: ExtAuthzEncodingName,
+    #[serde(default)]
+    pub(crate) forward_headers: Vec<HeaderNameText>,
+    #[serde(default)]
+    pub(crate) upstream_headers: Vec<HeaderNameText>,
+    pub(crate) denial_headers: Option<Vec<HeaderNameText>>,
+    pub(crate) principal_header: Option<HeaderNameText>,
+    pub(crate) roles_header: Option<HeaderNameText>,
+    /// Attribute name = the answer's header it is read from.
+    #[serde(default)]
+    pub(crate) attributes: std::collections::BTreeMap<String, HeaderNameText>,
+    #[serde(default)]
+    pub(crate) pass_denial_body: bool,
+    pub(crate) cache: Option<ExtAuthzCache>,
+}
+
+/// `[layer.cache]` of an ext-authz layer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ExtAuthzCache {
+    #[serde(deserialize_with = "duration")]
+    pub(crate) ttl: Duration,
+    pub(crate) max_entries: std::num::NonZeroUsize,
+    /// `method`, `path`, `query`, `client-ip`, `principals`, `header:NAME`; empty:
+    /// everything the service is sent.
+    #[serde(default)]
+    pub(crate) key: Vec<CacheKeyPartText>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum ExtAuthzFailureName {
+    #[default]
+    Closed,
+    Open,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum ExtAuthzEncodingName {
+    #[default]
+    Json,
+    Headers,
+}
+
+/// A header name, checked when the file is read.
+#[derive(Debug, Clone)]
+pub(crate) struct HeaderNameText(pub(crate) http::HeaderName);
+
+impl<'de> Deserialize<'de> for HeaderNameText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        http::HeaderName::from_bytes(text.as_bytes())
+            .map(Self)
+            .map_err(|_| serde::de::Error::custom(format!("{text:?} is not a header name")))
+    }
+}
+
+/// A cache key part, checked when the file is read.
+#[derive(Debug, Clone)]
+pub(crate) struct CacheKeyPartText(pub(crate) portcullis_ext_authz::CacheKeyPart);
+
+impl<'de> Deserialize<'de> for CacheKeyPartText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        from_str(deserializer).map(Self)
+    }
+}

@@ -245,6 +245,7 @@ where
                 Built::RoleRouter(layer) => boxed_layer(layer.layer(service)),
                 Built::RateLimit(layer) => boxed_layer(layer.layer(service)),
                 Built::Audit(layer) => boxed_layer(layer.layer(service)),
+                Built::ExtAuthz(layer) => boxed_layer(layer.layer(service)),
             };
         }
         service

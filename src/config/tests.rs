@@ -1069,3 +1069,94 @@ async fn spiffe_identities_from_the_file() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `kind = "ext-authz"` against a real decision service: every key reaches the layer.
+#[tokio::test]
+async fn ext_authz_entries_reach_the_stack() {
+    use axum::routing::post;
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = asked.clone();
+    let decisions = axum::Router::new().route(
+        "/check",
+        post(move |body: String| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                let input: serde_json::Value = serde_json::from_str(&body).unwrap();
+                match input["headers"]["x-token"][0].as_str() {
+                    Some("good") => (
+                        http::StatusCode::OK,
+                        [("x-user", "u-1"), ("x-roles", "reader")],
+                    ),
+                    _ => (
+                        http::StatusCode::UNAUTHORIZED,
+                        [("www-authenticate", "Token"), ("x-ignored", "1")],
+                    ),
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let service = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, decisions).await });
+    let text = format!(
+        "{SERVER}[[layer]]\nkind = \"ext-authz\"\nurl = \"http://{service}/check\"\ntimeout = \"300ms\"\nforward_headers = [\"x-token\"]\nupstream_headers = [\"x-user\"]\nprincipal_header = \"x-user\"\nroles_header = \"x-roles\"\n[layer.cache]\nttl = \"1m\"\nmax_entries = 100\nkey = [\"header:x-token\"]\n"
+    );
+    let gateway = parse(&text).unwrap().build().await.unwrap();
+    let app = gateway.apply(axum::Router::new().fallback(
+        |request: axum::extract::Request| async move {
+            let auth = portcullis_core::Authentication::from_extensions(request.extensions());
+            let principal = auth.get(portcullis_core::AuthMethod::External).unwrap();
+            format!(
+                "{} {} {}",
+                request.headers()["x-user"].to_str().unwrap(),
+                principal.id(),
+                principal.roles().join(",")
+            )
+        },
+    ));
+    std::mem::forget(gateway);
+    for _ in 0..3 {
+        let allowed = call(&app, "/", &[("x-token", "good"), ("x-user", "spoofed")]).await;
+        assert_eq!(allowed.status(), 200);
+        let body = axum::body::to_bytes(allowed.into_body(), 1000)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], b"u-1 u-1 reader");
+        let refused = call(&app, "/", &[("x-token", "bad")]).await;
+        assert_eq!(refused.status(), 401);
+        assert_eq!(refused.headers()["www-authenticate"], "Token");
+        assert!(refused.headers().get("x-ignored").is_none());
+    }
+    // Cached by the token: one question per token.
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+    // Every refused entry names its key.
+    let entry = |keys: &str| format!("{SERVER}[[layer]]\nkind = \"ext-authz\"\n{keys}");
+    for (keys, key) in [
+        ("", "layer[0]"),
+        ("url = \"http://authz/check\"\nforward_headers = [\"bad header\"]\n", "layer[0].forward_headers[0]"),
+        ("url = \"http://authz/check\"\non_failure = \"maybe\"\n", "layer[0].on_failure"),
+        ("url = \"http://authz/check\"\nencoding = \"xml\"\n", "layer[0].encoding"),
+        ("url = \"http://authz/check\"\ntimeout = \"0s\"\n", "layer[0].timeout"),
+        ("url = \"http://authz/check\"\nurl2 = 1\n", "layer[0]"),
+        ("url = \"http://authz/check\"\n[layer.cache]\nttl = \"1m\"\nmax_entries = 0\n", "layer[0].cache.max_entries"),
+        ("url = \"http://authz/check\"\n[layer.cache]\nttl = \"1m\"\nmax_entries = 5\nkey = [\"cookie\"]\n", "layer[0].cache.key[0]"),
+    ] {
+        let e = error(&entry(keys));
+        assert!(e.key.starts_with(key), "{keys}: {e}");
+    }
+    for (keys, message) in [
+        (
+            "url = \"ftp://authz/check\"\n",
+            "not an http:// or https:// URL",
+        ),
+        (
+            "url = \"http://authz/check\"\nupstream_headers = [\"host\"]\n",
+            "cannot be taken",
+        ),
+    ] {
+        let e = parse(&entry(keys)).unwrap().build().await.unwrap_err();
+        assert!(e.message.contains(message), "{keys}: {e}");
+        assert_eq!(e.key, "layer[0]", "{e}");
+    }
+}

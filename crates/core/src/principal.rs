@@ -16,18 +16,27 @@ pub enum AuthMethod {
     ApiKey,
     /// A JSON Web Token.
     Jwt,
+    /// An external authorization service that named the caller (the ext-authz layer,
+    /// from its answer's headers).
+    External,
 }
 
 impl AuthMethod {
     /// Every method, in a fixed order.
-    pub const ALL: [AuthMethod; 3] = [AuthMethod::Certificate, AuthMethod::ApiKey, AuthMethod::Jwt];
+    pub const ALL: [AuthMethod; 4] = [
+        AuthMethod::Certificate,
+        AuthMethod::ApiKey,
+        AuthMethod::Jwt,
+        AuthMethod::External,
+    ];
 
-    /// A stable lower-case name: `certificate`, `api_key`, `jwt`.
+    /// A stable lower-case name: `certificate`, `api_key`, `jwt`, `external`.
     pub const fn as_str(self) -> &'static str {
         match self {
             AuthMethod::Certificate => "certificate",
             AuthMethod::ApiKey => "api_key",
             AuthMethod::Jwt => "jwt",
+            AuthMethod::External => "external",
         }
     }
 
@@ -36,6 +45,7 @@ impl AuthMethod {
             AuthMethod::Certificate => 0,
             AuthMethod::ApiKey => 1,
             AuthMethod::Jwt => 2,
+            AuthMethod::External => 3,
         }
     }
 }
@@ -49,7 +59,8 @@ impl fmt::Display for AuthMethod {
 impl std::str::FromStr for AuthMethod {
     type Err = UnknownAuthMethod;
 
-    /// Parses the stable name of [`AuthMethod::as_str`]: `certificate`, `api_key`, `jwt`.
+    /// Parses the stable name of [`AuthMethod::as_str`]: `certificate`, `api_key`, `jwt`,
+    /// `external`.
     fn from_str(name: &str) -> Result<Self, Self::Err> {
         AuthMethod::ALL
             .into_iter()
@@ -108,6 +119,24 @@ impl Principal {
                 allowed_networks: None,
                 rate_limit_tier: None,
                 attributes: BTreeMap::new(),
+            },
+        }
+    }
+
+    /// A builder holding everything this principal has, to add to it: roles or
+    /// attributes granted after it was established.
+    pub fn to_builder(&self) -> PrincipalBuilder {
+        let inner = &*self.0;
+        PrincipalBuilder {
+            inner: PrincipalInner {
+                id: inner.id.clone(),
+                method: inner.method,
+                credential_id: inner.credential_id.clone(),
+                roles: inner.roles.clone(),
+                scopes: inner.scopes.clone(),
+                allowed_networks: inner.allowed_networks.clone(),
+                rate_limit_tier: inner.rate_limit_tier.clone(),
+                attributes: inner.attributes.clone(),
             },
         }
     }
@@ -284,14 +313,14 @@ fn dedup(values: &mut Vec<String>) {
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct Authentication {
-    by_method: [Option<Principal>; 3],
+    by_method: [Option<Principal>; 4],
 }
 
 impl Authentication {
     /// No principal.
     pub const fn new() -> Self {
         Self {
-            by_method: [None, None, None],
+            by_method: [None, None, None, None],
         }
     }
 
@@ -312,6 +341,13 @@ impl Authentication {
         }
         *slot = Some(principal);
         Ok(())
+    }
+
+    /// Puts `principal` in its method's place, replacing the one there: for a layer
+    /// that adds to what an earlier layer established (roles an external service
+    /// granted), never for a second credential of the same kind (see [`insert`](Self::insert)).
+    pub fn replace(&mut self, principal: Principal) -> Option<Principal> {
+        self.by_method[principal.method().index()].replace(principal)
     }
 
     /// Adds a principal to the `Authentication` in `extensions`, creating it if needed.
