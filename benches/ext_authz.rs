@@ -1,5 +1,5 @@
-//! The ext-authz layer against a no-op service floor: answers from its cache (the whole
-//! check as the key, and a narrow key of one header), a cached refusal, and, for scale,
+//! The ext-authz layer against a no-op service floor: answers from its cache (the default
+//! key, everything the service is sent, and a narrow key of one header), a cached refusal, and, for scale,
 //! a check that asks a decision service on loopback every time.
 
 #![allow(missing_docs, clippy::unwrap_used)]

@@ -163,64 +163,56 @@ impl Shared {
         }
     }
 
-    /// The key a decision is kept under: a SHA-256 digest of the whole check, or of the
-    /// configured parts when there are any.
-    pub(crate) fn cache_key(
-        &self,
-        parts: &[CacheKeyPart],
-        request: &Described<'_>,
-        check: &Check,
-    ) -> [u8; 32] {
-        if !parts.is_empty() {
-            return self.cache_key_of_parts(parts, request);
-        }
-        let mut digest = Sha256::new();
-        let mut field = |bytes: &[u8]| {
-            digest.update((bytes.len() as u64).to_be_bytes());
-            digest.update(bytes);
-        };
-        field(check.method.as_str().as_bytes());
-        for (name, value) in &check.headers {
-            field(name.as_str().as_bytes());
-            field(value.as_bytes());
-        }
-        field(&check.body);
-        digest.finalize().into()
-    }
-
-    /// The key of the configured parts.
-    pub(crate) fn cache_key_of_parts(
-        &self,
-        parts: &[CacheKeyPart],
-        request: &Described<'_>,
-    ) -> [u8; 32] {
+    /// The key a decision is kept under: a SHA-256 digest of the parts, each
+    /// length-prefixed. The default parts are everything a check is built from (see
+    /// [`Shared::new`]), read from the request rather than from the serialized check,
+    /// so that a cache hit builds no check at all.
+    pub(crate) fn cache_key(&self, parts: &[CacheKeyPart], request: &Described<'_>) -> [u8; 32] {
         let mut digest = Sha256::new();
         // Length-prefixed fields: ("ab", "c") and ("a", "bc") differ.
         let mut field = |bytes: &[u8]| {
             digest.update((bytes.len() as u64).to_be_bytes());
             digest.update(bytes);
         };
-        {
-            for part in parts {
-                match part {
-                    CacheKeyPart::Method => field(request.method.as_str().as_bytes()),
-                    CacheKeyPart::Path => field(request.uri.path().as_bytes()),
-                    CacheKeyPart::Query => field(request.uri.query().unwrap_or("").as_bytes()),
-                    CacheKeyPart::Header(name) => {
-                        let lines = request.headers.get_all(name);
-                        field(&(lines.iter().count() as u64).to_be_bytes());
-                        for value in lines {
+        for part in parts {
+            match part {
+                CacheKeyPart::Method => field(request.method.as_str().as_bytes()),
+                CacheKeyPart::Path => field(request.uri.path().as_bytes()),
+                CacheKeyPart::Query => field(request.uri.query().unwrap_or("").as_bytes()),
+                CacheKeyPart::Header(name) => {
+                    let lines = request.headers.get_all(name);
+                    field(&(lines.iter().count() as u64).to_be_bytes());
+                    for value in lines {
+                        field(value.as_bytes());
+                    }
+                }
+                CacheKeyPart::ClientIp => field(
+                    request
+                        .client
+                        .map(|ip| ip.to_string())
+                        .unwrap_or_default()
+                        .as_bytes(),
+                ),
+                CacheKeyPart::Principals => {
+                    field(&(request.auth.principals().count() as u64).to_be_bytes());
+                    for p in request.auth.principals() {
+                        field(p.method().as_str().as_bytes());
+                        field(p.id().as_bytes());
+                        field(p.credential_id().unwrap_or("").as_bytes());
+                        field(&(p.roles().len() as u64).to_be_bytes());
+                        for role in p.roles() {
+                            field(role.as_bytes());
+                        }
+                        field(&(p.scopes().len() as u64).to_be_bytes());
+                        for scope in p.scopes() {
+                            field(scope.as_bytes());
+                        }
+                        field(&(p.attributes().count() as u64).to_be_bytes());
+                        for (name, value) in p.attributes() {
+                            field(name.as_bytes());
                             field(value.as_bytes());
                         }
                     }
-                    CacheKeyPart::ClientIp => field(
-                        request
-                            .client
-                            .map(|ip| ip.to_string())
-                            .unwrap_or_default()
-                            .as_bytes(),
-                    ),
-                    CacheKeyPart::Principals => field(request.principals().to_string().as_bytes()),
                 }
             }
         }

@@ -19,7 +19,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::check::{Decision, Denied, Described, Grant, Unavailable};
-use crate::config::{CacheSettings, CheckEncoding, ExtAuthzBuilder, FailureMode};
+use crate::config::{CacheKeyPart, CacheSettings, CheckEncoding, ExtAuthzBuilder, FailureMode};
 use crate::LAYER_NAME;
 
 type Answer = Result<(Decision, bool), Unavailable>;
@@ -61,16 +61,36 @@ impl Shared {
             timeout: builder.timeout,
             failure: builder.failure,
             encoding: builder.encoding,
-            forward_headers: builder.forward_headers,
+            forward_headers: builder.forward_headers.clone(),
             upstream_headers: builder.upstream_headers,
             denial_headers: builder.denial_headers,
             principal_header: builder.principal_header,
             roles_header: builder.roles_header,
             attribute_headers: builder.attribute_headers,
             pass_denial_body: builder.pass_denial_body,
-            cache: builder.cache.map(|settings| Cache {
-                entries: bounded(settings.max_entries, Default::default()),
-                settings,
+            cache: builder.cache.map(|mut settings| {
+                if settings.key.is_empty() {
+                    // Everything a check is built from: the same requests get the same
+                    // check, so sharing its answer is always right.
+                    settings.key = vec![
+                        CacheKeyPart::Method,
+                        CacheKeyPart::Path,
+                        CacheKeyPart::Query,
+                        CacheKeyPart::ClientIp,
+                        CacheKeyPart::Principals,
+                    ];
+                    settings.key.extend(
+                        builder
+                            .forward_headers
+                            .iter()
+                            .cloned()
+                            .map(CacheKeyPart::Header),
+                    );
+                }
+                Cache {
+                    entries: bounded(settings.max_entries, Default::default()),
+                    settings,
+                }
             }),
             resolver: builder.resolver,
             renderer: builder.renderer,
@@ -355,25 +375,17 @@ where
                 .get::<Authentication>()
                 .unwrap_or(Authentication::empty()),
         };
-        // A narrow key is computed without describing the request; the whole-check key
-        // needs the description, which a miss sends anyway.
-        let mut check = None;
-        let key = shared.cache.as_ref().map(|cache| {
-            let parts = &cache.settings.key;
-            match parts.is_empty() {
-                true => {
-                    shared.cache_key(parts, &described, check.insert(shared.describe(&described)))
-                }
-                false => shared.cache_key_of_parts(parts, &described),
-            }
-        });
+        let key = shared
+            .cache
+            .as_ref()
+            .map(|cache| shared.cache_key(&cache.settings.key, &described));
         if let Some(decision) = key.as_ref().and_then(|key| shared.cached(key)) {
             return match shared.settle(request, Ok((decision, true)), key, true) {
                 Settled::Call(request) => ResponseFuture::calling(self.inner.call(request)),
                 Settled::Respond(response) => ResponseFuture::done(response),
             };
         }
-        let check = check.unwrap_or_else(|| shared.describe(&described));
+        let check = shared.describe(&described);
         let asking = shared.clone();
         let answer: PendingAnswer = Box::pin(async move { asking.ask(check).await });
         // The clone goes back in place; the instance that was polled ready serves this

@@ -627,3 +627,53 @@ async fn settings_are_checked_by_name() {
         assert!(wrong.parse::<CacheKeyPart>().is_err(), "{wrong}");
     }
 }
+
+#[tokio::test]
+async fn the_default_key_tells_apart_everything_the_service_is_sent() {
+    let (base, service) = decision_service().await;
+    let cached = layer(&format!("{base}/allow"))
+        .forward_headers(["x-tenant".parse().unwrap()])
+        .cache(Duration::from_secs(60), 100, [])
+        .build()
+        .unwrap();
+    let request = |path: &str, tenant: Option<&str>, principal: Option<(&str, &str)>| {
+        let mut request = http::Request::get(path);
+        if let Some(tenant) = tenant {
+            request = request.header("x-tenant", tenant);
+        }
+        let mut request = request.body(Body::empty()).unwrap();
+        if let Some((id, role)) = principal {
+            Authentication::insert_into(
+                request.extensions_mut(),
+                Principal::builder(id, AuthMethod::ApiKey)
+                    .role(role)
+                    .build(),
+            )
+            .unwrap();
+        }
+        request
+    };
+    let distinct = [
+        request("/a", None, None),
+        request("/b", None, None),
+        request("/a?x=1", None, None),
+        request("/a", Some("t1"), None),
+        request("/a", Some("t2"), None),
+        request("/a", None, Some(("k1", "reader"))),
+        request("/a", None, Some(("k1", "writer"))),
+        request("/a", None, Some(("k2", "reader"))),
+    ];
+    let count = distinct.len();
+    for request in distinct {
+        call(&cached, request).await;
+    }
+    assert_eq!(service.count(), count, "two requests shared an answer");
+    // And the same ones again are answered from the cache.
+    call(&cached, request("/a", Some("t1"), None)).await;
+    call(&cached, request("/a", None, Some(("k1", "writer")))).await;
+    // A header the service is not sent does not split the key.
+    let mut other = request("/a", None, None);
+    other.headers_mut().insert("cookie", "x=1".parse().unwrap());
+    call(&cached, other).await;
+    assert_eq!(service.count(), count);
+}
