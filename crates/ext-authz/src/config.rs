@@ -94,9 +94,10 @@ pub(crate) struct CacheSettings {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ExtAuthzConfigError {
-    /// The endpoint is not an `http` or `https` URL.
-    #[error("the decision endpoint {0:?} is not an http:// or https:// URL")]
-    InvalidEndpoint(String),
+    /// The endpoint is not an `http` or `https` URL with a host. The URL is not
+    /// repeated: it may hold a password.
+    #[error("the decision endpoint is not an http:// or https:// URL with a host")]
+    InvalidEndpoint,
     /// A duration or count is zero.
     #[error("{0} is zero; give it a positive value")]
     Zero(&'static str),
@@ -112,7 +113,6 @@ pub enum ExtAuthzConfigError {
 }
 
 /// Builds an [`ExtAuthzLayer`]; see [`ExtAuthzLayer::builder`].
-#[derive(Debug)]
 #[must_use = "call .build() to get the layer"]
 pub struct ExtAuthzBuilder {
     pub(crate) endpoint: String,
@@ -130,6 +130,26 @@ pub struct ExtAuthzBuilder {
     pub(crate) cache: Option<CacheSettings>,
     pub(crate) resolver: ClientIpResolver,
     pub(crate) renderer: Renderer,
+}
+
+impl std::fmt::Debug for ExtAuthzBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The endpoint's host only: its user info or query may hold a secret.
+        let host = self
+            .endpoint
+            .parse::<reqwest::Url>()
+            .ok()
+            .and_then(|url| url.host_str().map(str::to_owned));
+        f.debug_struct("ExtAuthzBuilder")
+            .field("host", &host)
+            .field("timeout", &self.timeout)
+            .field("failure", &self.failure)
+            .field("encoding", &self.encoding)
+            .field("forward_headers", &self.forward_headers)
+            .field("upstream_headers", &self.upstream_headers)
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ExtAuthzBuilder {
@@ -272,7 +292,7 @@ impl ExtAuthzBuilder {
             .ok()
             .filter(|url: &reqwest::Url| matches!(url.scheme(), "http" | "https"))
             .filter(|url| url.host().is_some())
-            .ok_or_else(|| ExtAuthzConfigError::InvalidEndpoint(self.endpoint.clone()))?;
+            .ok_or(ExtAuthzConfigError::InvalidEndpoint)?;
         if self.timeout.is_zero() {
             return Err(ExtAuthzConfigError::Zero("timeout"));
         }
