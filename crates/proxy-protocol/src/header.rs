@@ -254,37 +254,28 @@ fn parse_v1(bytes: &[u8]) -> Result<ProxyHeader, HeaderError> {
         return Err(HeaderError::V1("not ASCII".into()));
     }
     let header = v1::Header::try_from(text).map_err(|e| HeaderError::V1(e.to_string()))?;
-    let (command, source, destination) = match header.addresses {
-        v1::Addresses::Unknown => (Command::Local, None, None),
+    let (command, addresses) = match header.addresses {
+        v1::Addresses::Unknown => (Command::Local, None),
         v1::Addresses::Tcp4(a) => (
             Command::Proxy,
-            Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port)),
-            Some(SocketAddr::new(
-                IpAddr::V4(a.destination_address),
+            Some(pair(
+                a.source_address.into(),
+                a.source_port,
+                a.destination_address.into(),
                 a.destination_port,
             )),
         ),
         v1::Addresses::Tcp6(a) => (
             Command::Proxy,
-            Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port)),
-            Some(SocketAddr::new(
-                IpAddr::V6(a.destination_address),
+            Some(pair(
+                a.source_address.into(),
+                a.source_port,
+                a.destination_address.into(),
                 a.destination_port,
             )),
         ),
     };
-    Ok(ProxyHeader {
-        version: Version::V1,
-        command,
-        source,
-        destination,
-        alpn: None,
-        authority: None,
-        unique_id: None,
-        ssl: None,
-        netns: None,
-        tlvs: Vec::new(),
-    })
+    Ok(ProxyHeader::bare(Version::V1, command, addresses))
 }
 
 fn parse_v2(bytes: &[u8]) -> Result<ProxyHeader, HeaderError> {
@@ -300,35 +291,22 @@ fn parse_v2(bytes: &[u8]) -> Result<ProxyHeader, HeaderError> {
     };
     // Only a relayed TCP connection names a client this listener can use.
     let stream = header.protocol == v2::Protocol::Stream;
-    let (source, destination) = match (command, stream, header.addresses) {
-        (Command::Proxy, true, v2::Addresses::IPv4(a)) => (
-            Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port)),
-            Some(SocketAddr::new(
-                IpAddr::V4(a.destination_address),
-                a.destination_port,
-            )),
-        ),
-        (Command::Proxy, true, v2::Addresses::IPv6(a)) => (
-            Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port)),
-            Some(SocketAddr::new(
-                IpAddr::V6(a.destination_address),
-                a.destination_port,
-            )),
-        ),
-        _ => (None, None),
+    let addresses = match (command, stream, header.addresses) {
+        (Command::Proxy, true, v2::Addresses::IPv4(a)) => Some(pair(
+            a.source_address.into(),
+            a.source_port,
+            a.destination_address.into(),
+            a.destination_port,
+        )),
+        (Command::Proxy, true, v2::Addresses::IPv6(a)) => Some(pair(
+            a.source_address.into(),
+            a.source_port,
+            a.destination_address.into(),
+            a.destination_port,
+        )),
+        _ => None,
     };
-    let mut parsed = ProxyHeader {
-        version: Version::V2,
-        command,
-        source,
-        destination,
-        alpn: None,
-        authority: None,
-        unique_id: None,
-        ssl: None,
-        netns: None,
-        tlvs: Vec::new(),
-    };
+    let mut parsed = ProxyHeader::bare(Version::V2, command, addresses);
     let mut checksum = None;
     for tlv in header.tlvs() {
         let tlv = tlv.map_err(|e| HeaderError::Tlv(e.to_string()))?;
@@ -378,6 +356,41 @@ fn parse_v2(bytes: &[u8]) -> Result<ProxyHeader, HeaderError> {
         }
     }
     Ok(parsed)
+}
+
+impl ProxyHeader {
+    /// A header with its addresses and no TLVs.
+    fn bare(
+        version: Version,
+        command: Command,
+        addresses: Option<(SocketAddr, SocketAddr)>,
+    ) -> Self {
+        Self {
+            version,
+            command,
+            source: addresses.map(|(source, _)| source),
+            destination: addresses.map(|(_, destination)| destination),
+            alpn: None,
+            authority: None,
+            unique_id: None,
+            ssl: None,
+            netns: None,
+            tlvs: Vec::new(),
+        }
+    }
+}
+
+/// The source and destination addresses.
+fn pair(
+    source: IpAddr,
+    source_port: u16,
+    destination: IpAddr,
+    destination_port: u16,
+) -> (SocketAddr, SocketAddr) {
+    (
+        SocketAddr::new(source, source_port),
+        SocketAddr::new(destination, destination_port),
+    )
 }
 
 /// A known TLV may come once: two values for one fact would leave a reader to choose.
