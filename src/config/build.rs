@@ -1014,6 +1014,7 @@ impl GatewayConfig {
                 .on_failure(match c.redis_on_failure {
                     schema::RedisFailureName::LocalFallback => RedisFailure::LocalFallback,
                     schema::RedisFailureName::FailClosed => RedisFailure::FailClosed,
+                    schema::RedisFailureName::FailOpen => RedisFailure::FailOpen,
                 });
             if let Some(timeout) = c.redis_timeout {
                 backend = backend.timeout(timeout);

@@ -524,6 +524,7 @@ pub(crate) enum RedisFailureName {
     #[default]
     LocalFallback,
     FailClosed,
+    FailOpen,
 }
 
 /// A part of a quota's key: `client-ip`, `principal`, `credential`, `route`,

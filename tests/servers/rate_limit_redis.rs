@@ -469,7 +469,7 @@ async fn through_redis_the_longest_wait_is_sent_and_t_agrees() {
 
 /// The gateway file's Redis keys: `redis_namespace` prefixes the keys, and with Redis
 /// gone `redis_on_failure = "fail-closed"` answers 503 where the default falls back to
-/// local quotas.
+/// local quotas and `"fail-open"` lets through.
 #[tokio::test]
 async fn the_gateway_file_sets_the_redis_namespace_and_failure_policy() {
     let Some(mut redis) = RedisServer::start("gateway_file_redis_keys").await else {
@@ -487,6 +487,7 @@ async fn the_gateway_file_sets_the_redis_namespace_and_failure_policy() {
     };
     let fallback = serve_file("").await;
     let closed = serve_file("redis_on_failure = \"fail-closed\"\n").await;
+    let open = serve_file("redis_on_failure = \"fail-open\"\n").await;
     let get = |addr: std::net::SocketAddr| async move {
         reqwest::get(format!("http://{addr}/"))
             .await
@@ -500,6 +501,7 @@ async fn the_gateway_file_sets_the_redis_namespace_and_failure_policy() {
     redis.kill();
     assert_eq!(get(fallback).await, StatusCode::OK);
     assert_eq!(get(closed).await, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(get(open).await, StatusCode::OK);
 }
 
 /// The parts of a request from `ip`, for a check.
@@ -620,4 +622,144 @@ async fn a_check_while_redis_is_down_follows_the_failure_policy() {
     let check = local.check(&parts_from("127.0.0.72")).await;
     assert!(check.allowed);
     assert_eq!(check.quotas[0].remaining, 2);
+}
+
+/// A stalled Redis (SIGSTOP): the configured timeout is the whole budget, not an inner
+/// client timeout; then requests skip Redis for the pause instead of each waiting.
+#[tokio::test]
+async fn a_stalled_redis_is_given_the_whole_budget_then_left_alone_for_the_pause() {
+    let Some(redis) = RedisServer::start("stalled_budget").await else {
+        return;
+    };
+    let backend = RedisBackend::connect(&redis.url())
+        .await
+        .unwrap()
+        .namespace("stall")
+        .timeout(Duration::from_millis(500))
+        .retry_after(Duration::from_secs(2))
+        .on_failure(RedisFailure::FailClosed);
+    let (server, _) = instance(
+        Quota::new("q", "100 per 1h".parse().unwrap()),
+        backend,
+        None,
+    )
+    .await;
+    assert_eq!(
+        answered(server, "127.0.0.80", "/").await.status,
+        StatusCode::OK
+    );
+    redis.stop();
+    let started = Instant::now();
+    let reply = answered(server, "127.0.0.80", "/").await;
+    let waited = started.elapsed();
+    assert_eq!(reply.code().as_deref(), Some("rate_limit_unavailable"));
+    assert!(
+        waited >= Duration::from_millis(450) && waited < Duration::from_secs(3),
+        "a 500 ms budget answered after {waited:?}"
+    );
+    // Within the pause: refused at once, without waiting on Redis again.
+    let started = Instant::now();
+    let reply = answered(server, "127.0.0.80", "/").await;
+    assert_eq!(reply.code().as_deref(), Some("rate_limit_unavailable"));
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    // Resumed: back once the pause is over.
+    redis.resume();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answered(server, "127.0.0.80", "/").await.status != StatusCode::OK {
+        assert!(Instant::now() < deadline, "never went back to Redis");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A restarted Redis: the first request once it answers uses it, even with a long
+/// pause configured (refused connections cost no wait and are not paused).
+#[tokio::test]
+async fn after_a_restart_the_first_request_uses_redis_again() {
+    let Some(mut redis) = RedisServer::start("restart_first_request").await else {
+        return;
+    };
+    let backend = RedisBackend::connect(&redis.url())
+        .await
+        .unwrap()
+        .namespace("restart")
+        .timeout(Duration::from_millis(500))
+        .retry_after(Duration::from_secs(60))
+        .on_failure(RedisFailure::FailClosed);
+    let (server, _) = instance(
+        Quota::new("q", "100 per 1h".parse().unwrap()),
+        backend,
+        None,
+    )
+    .await;
+    assert_eq!(
+        answered(server, "127.0.0.81", "/").await.status,
+        StatusCode::OK
+    );
+    redis.kill();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let reply = answered(server, "127.0.0.81", "/").await;
+        assert_eq!(reply.code().as_deref(), Some("rate_limit_unavailable"));
+        assert!(
+            started.elapsed() < Duration::from_millis(400),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    // `restart` returns once the new server answers PING.
+    redis.restart().await;
+    for n in 0..5 {
+        let reply = answered(server, "127.0.0.81", "/").await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "request {n} after the restart: {:?}",
+            reply.code()
+        );
+    }
+    assert_eq!(keys(&redis, "restart:q:*").await.len(), 1);
+}
+
+/// `FailOpen`: unlimited while Redis is out, limited again once it is back.
+#[tokio::test]
+async fn fail_open_lets_everything_through_while_redis_is_out() {
+    let Some(mut redis) = RedisServer::start("fail_open").await else {
+        return;
+    };
+    let backend = backend(&redis, "open")
+        .await
+        .on_failure(RedisFailure::FailOpen);
+    let (server, handle) =
+        instance(Quota::new("q", "1 per 1h".parse().unwrap()), backend, None).await;
+    assert_eq!(
+        answered(server, "127.0.0.82", "/").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        answered(server, "127.0.0.82", "/").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    redis.kill();
+    for _ in 0..5 {
+        assert_eq!(
+            answered(server, "127.0.0.82", "/").await.status,
+            StatusCode::OK
+        );
+    }
+    let check = handle.check(&parts_from("127.0.0.82")).await;
+    assert!(check.allowed && check.quotas.is_empty(), "{check:?}");
+    redis.restart().await;
+    // Empty after the restart: one allowed, then limited again.
+    assert_eq!(
+        answered(server, "127.0.0.82", "/").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        answered(server, "127.0.0.82", "/").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
 }

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rustix::process::{Pid, Signal};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const REQUIRE_VAR: &str = "PORTCULLIS_REQUIRE_REDIS";
@@ -100,9 +101,28 @@ impl RedisServer {
     /// Kills the server, as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // Resumed first, so that a frozen server is never left behind.
+            let _ = rustix::process::kill_process(Pid::from_child(&child), Signal::CONT);
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open and nothing answers, as
+    /// when Redis stalls.
+    pub fn stop(&self) {
+        self.signal(Signal::STOP);
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(Signal::CONT);
+    }
+
+    fn signal(&self, signal: Signal) {
+        let child = self.child.as_ref().expect("the server runs");
+        let pid = Pid::from_child(child);
+        rustix::process::kill_process(pid, signal).expect("a signal to redis-server");
     }
 
     /// Starts the server again on the same port, empty.

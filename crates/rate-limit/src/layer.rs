@@ -217,6 +217,7 @@ impl Shared {
     ) -> Verdict {
         match self.redis.as_ref().map(crate::redis::Attached::fallback) {
             Some(crate::redis::Route::Unavailable) => Verdict::refused(Refusal::Unavailable),
+            Some(crate::redis::Route::Open) => Verdict::default(),
             _ => self.decide_locally(request, client),
         }
     }
@@ -533,12 +534,16 @@ impl RateLimitHandle {
         #[cfg(feature = "redis")]
         if let Some(redis) = &shared.redis {
             let calls = redis.peek_calls(&applied, &source);
-            match redis.peek(&calls).await {
-                Some(quotas) => return RateLimitCheck::from_quotas(quotas),
-                None if redis.fails_closed() => {
+            match (redis.peek(&calls).await, redis.failure()) {
+                (Some(quotas), _) => return RateLimitCheck::from_quotas(quotas),
+                (None, crate::RedisFailure::FailClosed) => {
                     return RateLimitCheck::refused("rate_limit_unavailable")
                 }
-                None => {}
+                // Unlimited while Redis is out: nothing to report per quota.
+                (None, crate::RedisFailure::FailOpen) => {
+                    return RateLimitCheck::from_quotas(Vec::new())
+                }
+                (None, _) => {}
             }
         }
         let quotas = applied.iter().map(|one| shared.engine.peek(one)).collect();
@@ -603,7 +608,9 @@ impl RateLimitHandle {
             if let Some(call) = redis.peek_key_call(applied, key) {
                 match redis.peek(std::slice::from_ref(&call)).await {
                     Some(mut answer) if answer.len() == 1 => return Ok(answer.remove(0)),
-                    _ if redis.fails_closed() => return Err(CheckKeyError::Unavailable),
+                    _ if redis.failure() != crate::RedisFailure::LocalFallback => {
+                        return Err(CheckKeyError::Unavailable)
+                    }
                     _ => {}
                 }
             }
@@ -692,6 +699,14 @@ where
                         Refusal::Unavailable,
                         &[],
                     ))
+                }
+                crate::redis::Route::Open => {
+                    return after_verdict(
+                        &self.shared,
+                        &mut self.inner,
+                        request,
+                        Verdict::default(),
+                    )
                 }
             }
         }

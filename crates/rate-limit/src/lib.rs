@@ -84,9 +84,11 @@
 //!
 //! With the `redis` feature, `RedisBackend` shares quotas and bans between instances:
 //! one Lua script checks bans and every quota and charges them in one round trip. If
-//! Redis is down or slower than the timeout, requests fall back to the in-process
-//! quotas (or are refused with 503, if the host chooses), and Redis is retried after a
-//! pause.
+//! Redis is down or slower than the timeout (the whole budget of a request's Redis
+//! work), the failure policy decides: the in-process quotas (the default), 503, or
+//! unlimited (`RedisFailure`). A Redis that stalls is left alone for a pause; one that
+//! refuses or drops connections (restarting) is tried by every request, so the first
+//! request once it is back uses it.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod ban;

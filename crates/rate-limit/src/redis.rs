@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, UNIX_EPOCH};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -25,6 +25,11 @@ pub enum RedisFailure {
     LocalFallback,
     /// Refuse with 503 `rate_limit_unavailable`.
     FailClosed,
+    /// Let every request through, unlimited, until Redis answers again: for quotas
+    /// that protect capacity rather than guard against abuse, where an outage of the
+    /// limiter must not become an outage of the service. Bans and failed-login
+    /// throttles are not enforced meanwhile either.
+    FailOpen,
 }
 
 /// A Redis error, without the connection URL (which may hold a password).
@@ -79,7 +84,7 @@ impl From<redis::RedisError> for RedisError {
 /// ```
 #[derive(Clone)]
 pub struct RedisBackend {
-    manager: ConnectionManager,
+    client: redis::Client,
     namespace: String,
     pub(crate) timeout: Duration,
     failure: RedisFailure,
@@ -100,20 +105,13 @@ impl fmt::Debug for RedisBackend {
 impl RedisBackend {
     /// A backend for the server at `url` (`redis://host:port/db`, `rediss://` for
     /// TLS). It connects on first use and reconnects by itself, so an instance starts
-    /// even while Redis is down. Must be called inside a Tokio runtime.
+    /// even while Redis is down.
     pub async fn connect(url: &str) -> Result<Self, RedisError> {
         let client = redis::Client::open(url)?;
-        let timeout = Duration::from_millis(50);
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(250)))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let manager = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(Self {
-            manager,
+            client,
             namespace: "portcullis".to_owned(),
-            timeout,
+            timeout: Duration::from_millis(50),
             failure: RedisFailure::LocalFallback,
             retry_after: Duration::from_secs(1),
         })
@@ -126,8 +124,9 @@ impl RedisBackend {
         self
     }
 
-    /// How long a request waits for Redis (50 ms by default) before the failure policy
-    /// applies.
+    /// The whole budget of a request's Redis work (50 ms by default): connecting (or
+    /// reconnecting), sending and the answer, a retry on a fresh connection included.
+    /// Past it, the failure policy applies.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -139,8 +138,11 @@ impl RedisBackend {
         self
     }
 
-    /// After a failure, how long requests skip Redis before trying it again (1 s by
-    /// default), so an outage costs one timeout per pause rather than one per request.
+    /// After Redis let a request's budget run out (stalled, or unreachable), how long
+    /// requests skip it before trying again (1 s by default), so a stall costs one
+    /// timeout per pause rather than one per request. A Redis that refuses or drops
+    /// connections (stopped, restarting) costs no wait and is not paused: each request
+    /// tries it, so the first request once it is back uses it.
     pub fn retry_after(mut self, pause: Duration) -> Self {
         self.retry_after = pause;
         self
@@ -152,6 +154,7 @@ impl RedisBackend {
             engine,
             backend: self,
             script: Script::new(include_str!("redis.lua")),
+            manager: OnceLock::new(),
             down_until: AtomicU64::new(0),
             reported_down: AtomicBool::new(false),
         }))
@@ -166,6 +169,8 @@ struct Inner {
     engine: Arc<Engine>,
     backend: RedisBackend,
     script: Script,
+    /// Made on first use, inside the runtime that serves requests.
+    manager: OnceLock<ConnectionManager>,
     /// Monotonic nanoseconds until which Redis is not asked.
     down_until: AtomicU64,
     /// Whether the `portcullis_rate_limit_redis_down` gauge says down.
@@ -178,6 +183,8 @@ pub(crate) enum Route {
     Redis(PendingVerdict),
     Local,
     Unavailable,
+    /// Let through unlimited ([`RedisFailure::FailOpen`]).
+    Open,
 }
 
 /// One quota in a script call.
@@ -199,22 +206,52 @@ impl Attached {
         self.now_nanos() < self.0.down_until.load(Ordering::Relaxed)
     }
 
-    fn mark_down(&self, error: &dyn fmt::Display) {
-        let until = self
-            .now_nanos()
-            .saturating_add(crate::ticker::nanos(self.0.backend.retry_after));
-        let previous = self.0.down_until.swap(until, Ordering::Relaxed);
-        if previous <= self.now_nanos() {
-            metrics::counter!("portcullis_rate_limit_redis_failures_total").increment(1);
-            if !self.0.reported_down.swap(true, Ordering::Relaxed) {
-                metrics::gauge!("portcullis_rate_limit_redis_down").set(1.0);
-            }
+    /// Counts a failure; a spent budget also pauses Redis for `retry_after`.
+    fn mark_down(&self, error: &RedisError) {
+        metrics::counter!("portcullis_rate_limit_redis_failures_total").increment(1);
+        if matches!(error, RedisError::TimedOut) {
+            let until = self
+                .now_nanos()
+                .saturating_add(crate::ticker::nanos(self.0.backend.retry_after));
+            self.0.down_until.fetch_max(until, Ordering::Relaxed);
+        }
+        if !self.0.reported_down.swap(true, Ordering::Relaxed) {
+            metrics::gauge!("portcullis_rate_limit_redis_down").set(1.0);
             tracing::warn!(
                 %error,
-                pause = ?self.0.backend.retry_after,
-                "rate-limit: Redis did not answer; using the failure policy until it is tried again"
+                policy = ?self.0.backend.failure,
+                "rate-limit: Redis did not answer; using the failure policy until it does"
             );
         }
+    }
+
+    /// Notes that Redis answered, after an outage.
+    fn mark_up(&self) {
+        if self.0.reported_down.load(Ordering::Relaxed)
+            && self.0.reported_down.swap(false, Ordering::Relaxed)
+        {
+            metrics::gauge!("portcullis_rate_limit_redis_down").set(0.0);
+            tracing::info!("rate-limit: Redis answers again");
+        }
+    }
+
+    /// The connection manager, made on first use (it spawns a task, so it needs the
+    /// runtime that serves requests). It connects lazily and reconnects by itself.
+    fn manager(&self) -> Result<ConnectionManager, RedisError> {
+        if let Some(manager) = self.0.manager.get() {
+            return Ok(manager.clone());
+        }
+        // The budget is ours (`run` wraps the whole exchange): no response timeout of
+        // the client's own answers first. A reconnection is one attempt, bounded by the
+        // budget, so a Redis that refuses connections fails fast.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.0.backend.timeout))
+            .set_response_timeout(None)
+            .set_number_of_retries(0);
+        let manager =
+            ConnectionManager::new_lazy_with_config(self.0.backend.client.clone(), config)?;
+        let _ = self.0.manager.set(manager);
+        Ok(self.0.manager.get().cloned().expect("set just above"))
     }
 
     /// What to do when Redis is not asked or did not answer.
@@ -222,6 +259,7 @@ impl Attached {
         match self.0.backend.failure {
             RedisFailure::LocalFallback => Route::Local,
             RedisFailure::FailClosed => Route::Unavailable,
+            RedisFailure::FailOpen => Route::Open,
         }
     }
 
@@ -256,12 +294,7 @@ impl Attached {
         Route::Redis(Box::pin(async move {
             match this.run(&calls).await {
                 Ok(answers) => {
-                    // Answering again after an outage.
-                    if this.0.reported_down.load(Ordering::Relaxed)
-                        && this.0.reported_down.swap(false, Ordering::Relaxed)
-                    {
-                        metrics::gauge!("portcullis_rate_limit_redis_down").set(0.0);
-                    }
+                    this.mark_up();
                     this.verdict(&calls, &answers, want_reports)
                 }
                 Err(error) => {
@@ -338,13 +371,27 @@ impl Attached {
                 .arg(&call.label)
                 .arg(u8::from(call.dry_run));
         }
-        let mut connection = self.0.backend.manager.clone();
-        let answer = tokio::time::timeout(
-            self.0.backend.timeout,
-            invocation.invoke_async::<Vec<i64>>(&mut connection),
-        )
-        .await
-        .map_err(|_| RedisError::TimedOut)??;
+        let mut connection = self.manager()?;
+        let exchange = async {
+            match invocation.invoke_async::<Vec<i64>>(&mut connection).await {
+                // The connection died under us (Redis restarted): the manager is
+                // already reconnecting, and this request tries once more on the new
+                // connection, within the same budget.
+                Err(error)
+                    if error.is_connection_dropped()
+                        || error.is_connection_refusal()
+                        || error.is_io_error() =>
+                {
+                    invocation.invoke_async::<Vec<i64>>(&mut connection).await
+                }
+                answer => answer,
+            }
+        };
+        let answer = match tokio::time::timeout(self.0.backend.timeout, exchange).await {
+            Err(_) => return Err(RedisError::TimedOut),
+            Ok(Err(error)) if error.is_timeout() => return Err(RedisError::TimedOut),
+            Ok(answer) => answer?,
+        };
         if answer.len() != calls.len() * 4 {
             return Err(RedisError::UnexpectedAnswer {
                 got: answer.len(),
@@ -502,7 +549,10 @@ impl Attached {
             return None;
         }
         let answers = match self.run(calls).await {
-            Ok(answers) => answers,
+            Ok(answers) => {
+                self.mark_up();
+                answers
+            }
             Err(error) => {
                 self.mark_down(&error);
                 return None;
@@ -533,14 +583,14 @@ impl Attached {
         )
     }
 
-    /// Whether the layer fails closed when Redis cannot answer.
-    pub(crate) fn fails_closed(&self) -> bool {
-        self.0.backend.failure == RedisFailure::FailClosed
+    /// The failure policy.
+    pub(crate) fn failure(&self) -> RedisFailure {
+        self.0.backend.failure
     }
 
     /// The bans in force in Redis.
     pub(crate) async fn bans(&self) -> Result<Vec<BanEntry>, RedisError> {
-        let mut connection = self.0.backend.manager.clone();
+        let mut connection = self.manager()?;
         let prefix = format!("{}:ban:", self.0.backend.namespace);
         let keys: Vec<String> = {
             let mut iter = connection
@@ -573,7 +623,7 @@ impl Attached {
 
     /// Lifts a ban held in Redis.
     pub(crate) async fn lift_ban(&self, quota: &str, label: &str) -> Result<bool, RedisError> {
-        let mut connection = self.0.backend.manager.clone();
+        let mut connection = self.manager()?;
         let prefix = format!("{}:ban:{quota}:", self.0.backend.namespace);
         let mut found = Vec::new();
         {
