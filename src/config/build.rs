@@ -1025,10 +1025,18 @@ impl GatewayConfig {
             if let Some(namespace) = &c.redis_namespace {
                 backend = backend.namespace(namespace.clone());
             }
+            if let Some(instances) = c.redis_instances {
+                backend = backend.instances(instances.get());
+            }
+            if let Some(every) = c.redis_heartbeat_every {
+                backend = backend.heartbeat_every(every);
+            }
             builder = builder.redis(backend);
         } else if c.redis_timeout.is_some()
             || c.redis_retry_after.is_some()
             || c.redis_namespace.is_some()
+            || c.redis_instances.is_some()
+            || c.redis_heartbeat_every.is_some()
             || c.redis_on_failure != schema::RedisFailureName::LocalFallback
         {
             return Err("redis_timeout, redis_on_failure, redis_retry_after and redis_namespace need redis = \"redis://…\"".into());

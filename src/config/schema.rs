@@ -506,6 +506,12 @@ pub(crate) struct RateLimit {
     pub(crate) redis_retry_after: Option<Duration>,
     /// The prefix of this layer's Redis keys.
     pub(crate) redis_namespace: Option<String>,
+    /// How many instances share the quotas (while Redis is out, each allows its share);
+    /// learned from heartbeats without it.
+    pub(crate) redis_instances: Option<std::num::NonZeroU32>,
+    /// How often an instance says it is alive in Redis ("5s" by default).
+    #[serde(default, deserialize_with = "optional_positive_duration")]
+    pub(crate) redis_heartbeat_every: Option<Duration>,
     /// How often idle keys are forgotten ("60s" by default).
     #[serde(default, deserialize_with = "optional_positive_duration")]
     pub(crate) sweep_every: Option<Duration>,

@@ -755,6 +755,19 @@ async fn every_rate_limit_key_reaches_the_stack() {
     .await
     .unwrap_err();
     assert!(e.message.contains("need redis"), "{e}");
+    let e = parse(&format!(
+        "{SERVER}[[layer]]\nkind = \"rate-limit\"\nredis_instances = 3\n[[layer.quota]]\nname = \"q\"\nrate = \"1/s\"\n"
+    ))
+    .unwrap()
+    .build()
+    .await
+    .unwrap_err();
+    assert!(e.message.contains("need redis"), "{e}");
+    assert!(error(&format!(
+        "{SERVER}[[layer]]\nkind = \"rate-limit\"\nredis = \"redis://127.0.0.1:1/\"\nredis_instances = 0\n[[layer.quota]]\nname = \"q\"\nrate = \"1/s\"\n"
+    ))
+    .key
+    .ends_with("redis_instances"));
 }
 
 /// role-router `shadow = true` lets through what it would refuse; the audit layer's

@@ -97,11 +97,16 @@ async fn two_instances_share_one_quota_exactly() {
         assert!(!written.is_empty());
         let mut client = redis.client().await;
         for key in written {
+            let ttl: i64 = client.pttl(&key).await.unwrap();
+            // The instances' heartbeats: gone three intervals after the last.
+            if key == format!("{namespace}:instances") {
+                assert!(ttl > 0 && ttl <= 15_000, "{key}: {ttl}");
+                continue;
+            }
             assert!(
                 key.starts_with(&format!("{namespace}:q:per-ip:0:")),
                 "{key}"
             );
-            let ttl: i64 = client.pttl(&key).await.unwrap();
             assert!(ttl > 0 && ttl <= 3_600_001, "{key}: {ttl}");
         }
     }
@@ -477,7 +482,7 @@ async fn the_gateway_file_sets_the_redis_namespace_and_failure_policy() {
     };
     let serve_file = |policy: &str| {
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\n[[layer]]\nkind = \"rate-limit\"\nredis = \"{}\"\nredis_namespace = \"from-file\"\nredis_timeout = \"200ms\"\nredis_retry_after = \"5s\"\n{policy}[[layer.quota]]\nname = \"q\"\nrate = \"100/s\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[[layer]]\nkind = \"rate-limit\"\nredis = \"{}\"\nredis_namespace = \"from-file\"\nredis_timeout = \"200ms\"\nredis_retry_after = \"5s\"\nredis_instances = 2\nredis_heartbeat_every = \"1s\"\n{policy}[[layer.quota]]\nname = \"q\"\nrate = \"100/s\"\n",
             redis.url()
         );
         async move {
@@ -762,4 +767,67 @@ async fn fail_open_lets_everything_through_while_redis_is_out() {
         answered(server, "127.0.0.82", "/").await.status,
         StatusCode::TOO_MANY_REQUESTS
     );
+}
+
+/// While Redis is out, each of N instances allows its share of the quota (configured,
+/// or learned from the heartbeats while Redis was up), not the whole quota each.
+#[tokio::test]
+async fn during_an_outage_each_instance_allows_its_share() {
+    let Some(mut redis) = RedisServer::start("outage_shares").await else {
+        return;
+    };
+    let quota = || Quota::new("q", "4 per 1h".parse().unwrap()).semantics(Semantics::StrictWindow);
+    // Configured: two instances.
+    let configured = || async { backend(&redis, "shares-configured").await.instances(2) };
+    let (a, handle_a) = instance(quota(), configured().await, None).await;
+    let (b, _) = instance(quota(), configured().await, None).await;
+    assert_eq!(handle_a.expected_instances(), Some(2));
+    // Learned: two more instances beating every 100 ms.
+    let learning = || async {
+        backend(&redis, "shares-learned")
+            .await
+            .heartbeat_every(Duration::from_millis(100))
+    };
+    let (c, handle_c) = instance(quota(), learning().await, None).await;
+    let (d, handle_d) = instance(quota(), learning().await, None).await;
+    assert_eq!(
+        handle_c.expected_instances(),
+        Some(1),
+        "nothing learned yet"
+    );
+    // A first request each starts the connections and the heartbeats.
+    for server in [c, d] {
+        assert_eq!(
+            answered(server, "127.0.0.90", "/").await.status,
+            StatusCode::OK
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while handle_c.expected_instances() != Some(2) || handle_d.expected_instances() != Some(2) {
+        assert!(
+            Instant::now() < deadline,
+            "the heartbeats were never counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    redis.kill();
+    for (pair, name) in [((a, b), "configured"), ((c, d), "learned")] {
+        let mut allowed = 0;
+        for n in 0..12 {
+            let server = if n % 2 == 0 { pair.0 } else { pair.1 };
+            let reply = answered(server, "127.0.0.91", "/").await;
+            match reply.status {
+                StatusCode::OK => allowed += 1,
+                StatusCode::TOO_MANY_REQUESTS => {}
+                other => panic!("{name}: {other}"),
+            }
+        }
+        // Two each: the quota of 4 across the pair, not 4 each.
+        assert_eq!(allowed, 4, "{name}");
+    }
+    // Once Redis is back, the shared quota is in force again.
+    redis.restart().await;
+    assert_eq!(answered(a, "127.0.0.92", "/").await.status, StatusCode::OK);
+    assert_eq!(keys(&redis, "shares-configured:q:*").await.len(), 1);
 }

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
+#[cfg(feature = "redis")]
+use std::sync::PoisonError;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -138,6 +140,8 @@ impl RateLimitBuilder {
                 renderer: self.renderer,
                 headers_on_allowed: self.headers_on_allowed,
                 needs_client_ip,
+                #[cfg(feature = "redis")]
+                shares: std::sync::RwLock::new(None),
             }),
         })
     }
@@ -151,6 +155,10 @@ pub(crate) struct Shared {
     needs_client_ip: bool,
     #[cfg(feature = "redis")]
     pub(crate) redis: Option<crate::redis::Attached>,
+    /// The per-instance shares of the quotas, for an instance count, made when first
+    /// needed.
+    #[cfg(feature = "redis")]
+    shares: std::sync::RwLock<Option<(u32, Arc<Engine>)>>,
 }
 
 impl Shared {
@@ -160,8 +168,51 @@ impl Shared {
         request: &Request<B>,
         client: Option<IpAddr>,
     ) -> Verdict {
+        #[cfg(feature = "redis")]
+        if self.redis.is_some() {
+            return self
+                .local_engine()
+                .decide(&self.source(request, client), self.headers_on_allowed);
+        }
         self.engine
             .decide(&self.source(request, client), self.headers_on_allowed)
+    }
+
+    /// The quotas an instance keeps while Redis cannot answer: its share of each, by
+    /// the expected instance count (the layer's own quotas for one instance).
+    #[cfg(feature = "redis")]
+    fn local_engine(&self) -> Arc<Engine> {
+        let instances = self
+            .redis
+            .as_ref()
+            .map_or(1, crate::redis::Attached::expected_instances);
+        if instances <= 1 {
+            return self.engine.clone();
+        }
+        let shares = &self.shares;
+        if let Some((n, engine)) = &*shares.read().unwrap_or_else(PoisonError::into_inner) {
+            if *n == instances {
+                return engine.clone();
+            }
+        }
+        let quotas = self
+            .engine
+            .quotas
+            .iter()
+            .map(|compiled| compiled.quota.share(instances).mode(compiled.mode()))
+            .collect();
+        let engine = Engine::new(
+            quotas,
+            self.engine.clock.clone(),
+            Some(Duration::from_secs(60)),
+            self.engine.dry_run_headers,
+        );
+        tracing::info!(
+            instances,
+            "rate-limit: quotas shared by instances while Redis cannot answer"
+        );
+        *shares.write().unwrap_or_else(PoisonError::into_inner) = Some((instances, engine.clone()));
+        engine
     }
 
     /// The client address under this layer's resolver: the one an outer layer resolved
@@ -231,7 +282,13 @@ impl Shared {
     ) -> Option<crate::future::PendingCharge> {
         #[cfg(feature = "redis")]
         if let Some(redis) = &self.redis {
-            return redis.refund_deferred(deferred);
+            // Reservations taken in process (Redis was out) go back where they were
+            // taken.
+            if deferred.iter().all(|one| one.digest.is_some()) {
+                return redis.refund_deferred(deferred);
+            }
+            self.local_engine().refund_deferred(&deferred);
+            return None;
         }
         self.engine.refund_deferred(&deferred);
         None
@@ -469,6 +526,17 @@ impl RateLimitHandle {
     /// no such quota. Logged at `info`, with both modes.
     pub fn set_mode(&self, quota: &str, mode: Mode) -> Option<Mode> {
         let previous = self.compiled(quota)?.set_mode(mode);
+        #[cfg(feature = "redis")]
+        if let Some((_, shares)) = &*self
+            .shared
+            .shares
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            if let Some(compiled) = shares.quotas.iter().find(|c| c.quota.name == quota) {
+                compiled.set_mode(mode);
+            }
+        }
         tracing::info!(quota, from = %previous, to = %mode, "rate-limit: quota mode set");
         Some(previous)
     }
@@ -616,6 +684,17 @@ impl RateLimitHandle {
             }
         }
         Ok(engine.peek(&applied))
+    }
+
+    /// How many instances this one counts on sharing its quotas with through Redis
+    /// (`RedisBackend::instances`, or learned from the heartbeats); `None` without
+    /// Redis.
+    #[cfg(feature = "redis")]
+    pub fn expected_instances(&self) -> Option<u32> {
+        self.shared
+            .redis
+            .as_ref()
+            .map(crate::redis::Attached::expected_instances)
     }
 
     /// The bans in force in Redis, shared by every instance.

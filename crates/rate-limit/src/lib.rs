@@ -88,7 +88,9 @@
 //! work), the failure policy decides: the in-process quotas (the default), 503, or
 //! unlimited (`RedisFailure`). A Redis that stalls is left alone for a pause; one that
 //! refuses or drops connections (restarting) is tried by every request, so the first
-//! request once it is back uses it.
+//! request once it is back uses it While falling back, each of N instances
+//! allows its share of every quota (`RedisBackend::instances`, or learned from
+//! heartbeats).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod ban;

@@ -471,6 +471,21 @@ impl Quota {
         self.rate
     }
 
+    /// This quota as one of `instances` shares it: count and burst divided, at least 1.
+    #[cfg(feature = "redis")]
+    pub(crate) fn share(&self, instances: u32) -> Self {
+        let part = |n: u32| (n / instances.max(1)).max(1);
+        let rate = |rate: Rate| Rate::new(part(rate.count()), rate.period()).unwrap_or(rate);
+        let mut share = self.clone();
+        share.rate = rate(self.rate);
+        share.burst = self.burst.map(part);
+        for tier in &mut share.tiers {
+            tier.1 = rate(tier.1);
+            tier.2 = tier.2.map(part);
+        }
+        share
+    }
+
     pub(crate) fn applies_to(&self, path: &str) -> bool {
         self.paths.is_empty()
             || self.paths.iter().any(|prefix| {
@@ -620,6 +635,23 @@ mod tests {
         assert!(!q.applies_to("/v1/signature"));
         assert!(!q.applies_to("/v1"));
         assert!(quota("all").applies_to("/anything"));
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn a_share_divides_counts_and_bursts_and_keeps_at_least_one() {
+        let quota = Quota::new("q", "100 per 1m".parse().unwrap())
+            .burst(30)
+            .tier_with_burst("gold", "10 per 1m".parse().unwrap(), 7)
+            .tier("tiny", "1 per 1h".parse().unwrap());
+        let share = quota.share(3);
+        assert_eq!(share.rate.count(), 33);
+        assert_eq!(share.rate.period(), Duration::from_secs(60));
+        assert_eq!(share.burst, Some(10));
+        assert_eq!((share.tiers[0].1.count(), share.tiers[0].2), (3, Some(2)));
+        assert_eq!(share.tiers[1].1.count(), 1);
+        assert_eq!(quota.share(0).rate.count(), 100);
+        assert_eq!(quota.share(1000).rate.count(), 1);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Quotas and bans shared by many instances through Redis.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -89,6 +89,8 @@ pub struct RedisBackend {
     pub(crate) timeout: Duration,
     failure: RedisFailure,
     retry_after: Duration,
+    instances: u32,
+    heartbeat_every: Duration,
 }
 
 impl fmt::Debug for RedisBackend {
@@ -98,6 +100,8 @@ impl fmt::Debug for RedisBackend {
             .field("timeout", &self.timeout)
             .field("failure", &self.failure)
             .field("retry_after", &self.retry_after)
+            .field("instances", &self.instances)
+            .field("heartbeat_every", &self.heartbeat_every)
             .finish_non_exhaustive()
     }
 }
@@ -114,7 +118,29 @@ impl RedisBackend {
             timeout: Duration::from_millis(50),
             failure: RedisFailure::LocalFallback,
             retry_after: Duration::from_secs(1),
+            instances: 0,
+            heartbeat_every: Duration::from_secs(5),
         })
+    }
+
+    /// How many instances share the quotas. While Redis cannot answer and the policy
+    /// is [`RedisFailure::LocalFallback`], each instance allows its share of every
+    /// quota (`count / instances` and `burst / instances`, at least 1), so that the
+    /// instances together stay near the quota instead of admitting it once each.
+    /// Without this setting (or with 0) the count is learned from the instances'
+    /// heartbeats while Redis was up ([`heartbeat_every`](Self::heartbeat_every)); an
+    /// instance that has learned nothing yet allows the whole quota.
+    pub fn instances(mut self, count: u32) -> Self {
+        self.instances = count;
+        self
+    }
+
+    /// How often an instance says it is alive in Redis (5 s by default): a sorted set
+    /// `{namespace}:instances` whose members not heard from in three intervals are
+    /// dropped. Its size is the learned instance count.
+    pub fn heartbeat_every(mut self, every: Duration) -> Self {
+        self.heartbeat_every = every;
+        self
     }
 
     /// The prefix of every key the layer writes (`portcullis` by default). Instances
@@ -155,6 +181,8 @@ impl RedisBackend {
             backend: self,
             script: Script::new(include_str!("redis.lua")),
             manager: OnceLock::new(),
+            instance_id: instance_id(),
+            instances_seen: AtomicU32::new(0),
             down_until: AtomicU64::new(0),
             reported_down: AtomicBool::new(false),
         }))
@@ -171,6 +199,10 @@ struct Inner {
     script: Script,
     /// Made on first use, inside the runtime that serves requests.
     manager: OnceLock<ConnectionManager>,
+    /// This instance's member in the heartbeat set.
+    instance_id: String,
+    /// The instances heard from at the last heartbeat (0: none yet).
+    instances_seen: AtomicU32,
     /// Monotonic nanoseconds until which Redis is not asked.
     down_until: AtomicU64,
     /// Whether the `portcullis_rate_limit_redis_down` gauge says down.
@@ -250,8 +282,53 @@ impl Attached {
             .set_number_of_retries(0);
         let manager =
             ConnectionManager::new_lazy_with_config(self.0.backend.client.clone(), config)?;
-        let _ = self.0.manager.set(manager);
+        if self.0.manager.set(manager).is_ok() {
+            self.start_heartbeat();
+        }
         Ok(self.0.manager.get().cloned().expect("set just above"))
+    }
+
+    /// Says this instance is alive every `heartbeat_every`, and learns how many are,
+    /// until the layer is dropped.
+    fn start_heartbeat(&self) {
+        if self.0.backend.instances > 0 || self.0.backend.heartbeat_every.is_zero() {
+            return;
+        }
+        let inner = Arc::downgrade(&self.0);
+        tokio::spawn(async move {
+            let script = Script::new(HEARTBEAT);
+            loop {
+                let Some(inner) = inner.upgrade() else {
+                    return;
+                };
+                let this = Attached(inner);
+                let every = this.0.backend.heartbeat_every;
+                if let Some(mut connection) = this.0.manager.get().cloned() {
+                    let window =
+                        u64::try_from(every.as_millis().saturating_mul(3)).unwrap_or(u64::MAX);
+                    let mut invocation = script.prepare_invoke();
+                    invocation
+                        .key(format!("{}:instances", this.0.backend.namespace))
+                        .arg(&this.0.instance_id)
+                        .arg(window);
+                    let beat = invocation.invoke_async::<u32>(&mut connection);
+                    let budget = this.0.backend.timeout.max(every);
+                    if let Ok(Ok(seen)) = tokio::time::timeout(budget, beat).await {
+                        this.0.instances_seen.store(seen, Ordering::Relaxed);
+                    }
+                }
+                drop(this);
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+
+    /// How many instances share the quotas: configured, learned, or 1.
+    pub(crate) fn expected_instances(&self) -> u32 {
+        match self.0.backend.instances {
+            0 => self.0.instances_seen.load(Ordering::Relaxed).max(1),
+            configured => configured,
+        }
     }
 
     /// What to do when Redis is not asked or did not answer.
@@ -485,12 +562,9 @@ impl Attached {
 
     /// Refunds reservations of quotas that count failed authentication. Returns `None`
     /// when it was done in process (the request was decided without Redis).
+    /// Every reservation has a digest: the layer refunds in process those decided
+    /// without Redis.
     pub(crate) fn refund_deferred(&self, deferred: Vec<Deferred>) -> Option<PendingCharge> {
-        // Without digests the request was decided in process (Redis was down then).
-        if deferred.iter().any(|one| one.digest.is_none()) {
-            self.0.engine.refund_deferred(&deferred);
-            return None;
-        }
         let calls: Vec<Call> = deferred
             .iter()
             .filter_map(|one| {
@@ -643,6 +717,22 @@ impl Attached {
         }
         Ok(false)
     }
+}
+
+/// Adds this instance to the heartbeat set (scored by the server's time in ms), drops
+/// members older than the window, and counts the rest.
+const HEARTBEAT: &str = "local t = redis.call('TIME') \
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
+redis.call('ZADD', KEYS[1], now, ARGV[1]) \
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2])) \
+redis.call('PEXPIRE', KEYS[1], ARGV[2]) \
+return redis.call('ZCARD', KEYS[1])";
+
+/// A member name no other instance will have: the process id and 64 random bits.
+fn instance_id() -> String {
+    use std::hash::BuildHasher;
+    let random = foldhash::quality::RandomState::default().hash_one(std::process::id());
+    format!("{}-{random:016x}", std::process::id())
 }
 
 /// The script's op that checks without charging or counting a strike.
