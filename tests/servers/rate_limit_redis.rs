@@ -629,6 +629,27 @@ async fn a_check_while_redis_is_down_follows_the_failure_policy() {
     assert_eq!(check.quotas[0].remaining, 2);
 }
 
+/// An instance with a 500 ms budget that fails closed, pausing Redis for `pause` after
+/// a spent budget, its first request (from `ip`) answered through Redis.
+async fn failing_closed_within_500ms(
+    redis: &RedisServer,
+    namespace: &str,
+    pause: Duration,
+    ip: &str,
+) -> SocketAddr {
+    let backend = RedisBackend::connect(&redis.url())
+        .await
+        .unwrap()
+        .namespace(namespace)
+        .timeout(Duration::from_millis(500))
+        .retry_after(pause)
+        .on_failure(RedisFailure::FailClosed);
+    let quota = Quota::new("q", "100 per 1h".parse().unwrap());
+    let (server, _) = instance(quota, backend, None).await;
+    assert_eq!(answered(server, ip, "/").await.status, StatusCode::OK);
+    server
+}
+
 /// A stalled Redis (SIGSTOP): the configured timeout is the whole budget, not an inner
 /// client timeout; then requests skip Redis for the pause instead of each waiting.
 #[tokio::test]
@@ -636,23 +657,8 @@ async fn a_stalled_redis_is_given_the_whole_budget_then_left_alone_for_the_pause
     let Some(redis) = RedisServer::start("stalled_budget").await else {
         return;
     };
-    let backend = RedisBackend::connect(&redis.url())
-        .await
-        .unwrap()
-        .namespace("stall")
-        .timeout(Duration::from_millis(500))
-        .retry_after(Duration::from_secs(2))
-        .on_failure(RedisFailure::FailClosed);
-    let (server, _) = instance(
-        Quota::new("q", "100 per 1h".parse().unwrap()),
-        backend,
-        None,
-    )
-    .await;
-    assert_eq!(
-        answered(server, "127.0.0.80", "/").await.status,
-        StatusCode::OK
-    );
+    let server =
+        failing_closed_within_500ms(&redis, "stall", Duration::from_secs(2), "127.0.0.80").await;
     redis.stop();
     let started = Instant::now();
     let reply = answered(server, "127.0.0.80", "/").await;
@@ -687,23 +693,8 @@ async fn after_a_restart_the_first_request_uses_redis_again() {
     let Some(mut redis) = RedisServer::start("restart_first_request").await else {
         return;
     };
-    let backend = RedisBackend::connect(&redis.url())
-        .await
-        .unwrap()
-        .namespace("restart")
-        .timeout(Duration::from_millis(500))
-        .retry_after(Duration::from_secs(60))
-        .on_failure(RedisFailure::FailClosed);
-    let (server, _) = instance(
-        Quota::new("q", "100 per 1h".parse().unwrap()),
-        backend,
-        None,
-    )
-    .await;
-    assert_eq!(
-        answered(server, "127.0.0.81", "/").await.status,
-        StatusCode::OK
-    );
+    let server =
+        failing_closed_within_500ms(&redis, "restart", Duration::from_secs(60), "127.0.0.81").await;
     redis.kill();
     for _ in 0..3 {
         let started = Instant::now();
