@@ -212,6 +212,9 @@ pub(crate) struct Engine {
     pub(crate) reads_principals: bool,
     /// Whether dry-run quotas send their RateLimit headers.
     pub(crate) dry_run_headers: bool,
+    /// How often the sweeper runs (`None`: the host sweeps).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) sweep_every: Option<Duration>,
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) clock: Clock,
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
@@ -241,6 +244,7 @@ impl Engine {
             seed: foldhash::quality::RandomState::default(),
             reads_principals,
             dry_run_headers,
+            sweep_every,
             clock,
             ticker,
             _sweeper: sweep_every.map(|_| sender),

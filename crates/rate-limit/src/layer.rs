@@ -189,8 +189,14 @@ impl Shared {
         if instances <= 1 {
             return self.engine.clone();
         }
-        let shares = &self.shares;
-        if let Some((n, engine)) = &*shares.read().unwrap_or_else(PoisonError::into_inner) {
+        if let Some((n, engine)) = &*self.shares.read().unwrap_or_else(PoisonError::into_inner) {
+            if *n == instances {
+                return engine.clone();
+            }
+        }
+        let mut shares = self.shares.write().unwrap_or_else(PoisonError::into_inner);
+        // Another request may have made it while this one waited for the lock.
+        if let Some((n, engine)) = &*shares {
             if *n == instances {
                 return engine.clone();
             }
@@ -204,14 +210,14 @@ impl Shared {
         let engine = Engine::new(
             quotas,
             self.engine.clock.clone(),
-            Some(Duration::from_secs(60)),
+            self.engine.sweep_every,
             self.engine.dry_run_headers,
         );
         tracing::info!(
             instances,
             "rate-limit: quotas shared by instances while Redis cannot answer"
         );
-        *shares.write().unwrap_or_else(PoisonError::into_inner) = Some((instances, engine.clone()));
+        *shares = Some((instances, engine.clone()));
         engine
     }
 
@@ -495,8 +501,18 @@ impl RateLimitHandle {
         self.shared.engine.lift_ban(quota, key)
     }
 
-    /// Drops idle keys now, as the scheduled sweep does. Returns how many.
+    /// Drops idle keys now, as the scheduled sweep does (the per-instance shares kept
+    /// while Redis is out included). Returns how many.
     pub fn sweep(&self) -> usize {
+        #[cfg(feature = "redis")]
+        if let Some((_, shares)) = &*self
+            .shared
+            .shares
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            return self.shared.engine.sweep() + shares.sweep();
+        }
         self.shared.engine.sweep()
     }
 
