@@ -5,6 +5,7 @@
 //! cargo run --release -p portcullis-load              # throughput, then the soak
 //! cargo run --release -p portcullis-load -- throughput --rounds 5 --seconds 10
 //! cargo run --release -p portcullis-load -- soak --requests 1000000
+//! cargo run --release -p portcullis-load -- redis --requests 3000   # needs redis-server
 //! ```
 //!
 //! `throughput` starts one hello-world server per target, each pinned to the first
@@ -24,10 +25,16 @@
 //! the gateway's resident memory at the end is more than 20 % above its memory after
 //! the warm-up.
 //!
+//! `redis` measures a rate-limited request with its quota shared through a
+//! `redis-server` it starts (two layer instances, the quota filled to 10, 50 and 95 %)
+//! beside the in-process quota: added latency (mean, p50, p99) and script calls per
+//! request.
+//!
 //! Not run in CI (two cores cannot give it a quiet machine); `cargo test` builds it and
 //! runs its unit tests. See benches/README.md for the latest numbers.
 
 mod hello;
+mod redis_quota;
 mod server;
 mod setup;
 mod soak;
@@ -65,6 +72,13 @@ enum Command {
     Throughput(ThroughputArgs),
     /// A million requests with random credentials and addresses: answers and memory.
     Soak(SoakArgs),
+    /// A rate-limited request through Redis (two instances) beside in process:
+    /// added latency and Redis script calls per request.
+    Redis {
+        /// Measured requests per mode and fill level.
+        #[arg(long, default_value_t = 3000)]
+        requests: usize,
+    },
     /// The hello-world server, bare or behind a stack or a peer (started by
     /// `throughput`).
     #[command(hide = true)]
@@ -150,6 +164,25 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("hello: {error}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Redis { requests }) => {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("load: starting Tokio: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            return match runtime.block_on(redis_quota::run(requests.max(100))) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("load: {error}");
                     ExitCode::FAILURE
                 }
             };
