@@ -138,7 +138,7 @@ struct SoakArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (throughput_args, soak_args) = match cli.command {
+    let (throughput_args, soak_args, redis_requests) = match cli.command {
         Some(Command::Hello {
             listen,
             config,
@@ -168,28 +168,10 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Some(Command::Redis { requests }) => {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    eprintln!("load: starting Tokio: {error}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            return match runtime.block_on(redis_quota::run(requests.max(100))) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("load: {error}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
-        Some(Command::Throughput(args)) => (Some(args), None),
-        Some(Command::Soak(args)) => (None, Some(args)),
-        None => (Some(cli.throughput), Some(cli.soak)),
+        Some(Command::Redis { requests }) => (None, None, Some(requests)),
+        Some(Command::Throughput(args)) => (Some(args), None, None),
+        Some(Command::Soak(args)) => (None, Some(args), None),
+        None => (Some(cli.throughput), Some(cli.soak), None),
     };
     if cfg!(debug_assertions) {
         eprintln!(
@@ -214,6 +196,9 @@ fn main() -> ExitCode {
         }
         if let Some(args) = soak_args {
             met &= soak(&args).await?;
+        }
+        if let Some(requests) = redis_requests {
+            redis_quota::run(requests.max(100)).await?;
         }
         Ok::<bool, String>(met)
     });
