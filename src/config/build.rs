@@ -970,7 +970,8 @@ impl GatewayConfig {
                     schema::MissingKeyName::Skip => MissingKey::Skip,
                     schema::MissingKeyName::Refuse => MissingKey::Refuse,
                 })
-                .mode(q.mode);
+                .mode(q.mode)
+                .exact(q.exact);
             if let Some(burst) = q.burst {
                 quota = quota.burst(burst);
             }
@@ -1031,15 +1032,28 @@ impl GatewayConfig {
             if let Some(every) = c.redis_heartbeat_every {
                 backend = backend.heartbeat_every(every);
             }
+            if let Some(ttl) = c.redis_lease_ttl {
+                backend = backend.lease_ttl(ttl);
+            }
+            if let Some(max) = c.redis_max_lease {
+                if max.get() > 1_000 {
+                    return Err(format!(
+                        "redis_max_lease = {max}: a lease holds at most 1000 permits"
+                    ));
+                }
+                backend = backend.max_lease(max.get());
+            }
             builder = builder.redis(backend);
         } else if c.redis_timeout.is_some()
             || c.redis_retry_after.is_some()
             || c.redis_namespace.is_some()
             || c.redis_instances.is_some()
             || c.redis_heartbeat_every.is_some()
+            || c.redis_lease_ttl.is_some()
+            || c.redis_max_lease.is_some()
             || c.redis_on_failure != schema::RedisFailureName::LocalFallback
         {
-            return Err("redis_timeout, redis_on_failure, redis_retry_after and redis_namespace need redis = \"redis://…\"".into());
+            return Err("the redis_* settings (redis_timeout, redis_on_failure, redis_lease_ttl, …) need redis = \"redis://…\"".into());
         }
         builder.build().map_err(|e| e.to_string())
     }

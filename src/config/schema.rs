@@ -512,6 +512,12 @@ pub(crate) struct RateLimit {
     /// How often an instance says it is alive in Redis ("5s" by default).
     #[serde(default, deserialize_with = "optional_positive_duration")]
     pub(crate) redis_heartbeat_every: Option<Duration>,
+    /// How long an instance may spend a lease of permits ("1s" by default; "0s": no
+    /// leases).
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub(crate) redis_lease_ttl: Option<Duration>,
+    /// The most permits one lease holds (64 by default, at most 1000).
+    pub(crate) redis_max_lease: Option<std::num::NonZeroU32>,
     /// How often idle keys are forgotten ("60s" by default).
     #[serde(default, deserialize_with = "optional_positive_duration")]
     pub(crate) sweep_every: Option<Duration>,
@@ -667,6 +673,9 @@ pub(crate) struct Quota {
     /// `enforce` (default) or `dry-run`: report what it would refuse, refuse nothing.
     #[serde(default, deserialize_with = "from_str")]
     pub(crate) mode: portcullis_rate_limit::Mode,
+    /// With Redis: every request a round trip, no leases.
+    #[serde(default)]
+    pub(crate) exact: bool,
 }
 
 fn by_ip() -> Vec<KeyPartName> {

@@ -768,6 +768,33 @@ async fn every_rate_limit_key_reaches_the_stack() {
     ))
     .key
     .ends_with("redis_instances"));
+    // Leases: a TTL of 0 turns them off; a lease holds at most 1000 permits.
+    let e = parse(&format!(
+        "{SERVER}[[layer]]\nkind = \"rate-limit\"\nredis_lease_ttl = \"0s\"\n[[layer.quota]]\nname = \"q\"\nrate = \"1/s\"\nexact = true\n"
+    ))
+    .unwrap()
+    .build()
+    .await
+    .unwrap_err();
+    assert!(e.message.contains("need redis"), "{e}");
+    let e = parse(&format!(
+        "{SERVER}[[layer]]\nkind = \"rate-limit\"\nredis = \"redis://127.0.0.1:1/\"\nredis_max_lease = 5000\n[[layer.quota]]\nname = \"q\"\nrate = \"1/s\"\n"
+    ))
+    .unwrap()
+    .build()
+    .await
+    .unwrap_err();
+    assert!(e.message.contains("at most 1000 permits"), "{e}");
+    assert!(error(&format!(
+        "{SERVER}[[layer]]\nkind = \"rate-limit\"\nredis = \"redis://127.0.0.1:1/\"\nredis_max_lease = 0\n[[layer.quota]]\nname = \"q\"\nrate = \"1/s\"\n"
+    ))
+    .key
+    .ends_with("redis_max_lease"));
+    assert!(error(&format!(
+        "{SERVER}[[layer]]\nkind = \"rate-limit\"\n[[layer.quota]]\nname = \"q\"\nrate = \"1/s\"\nexact = \"yes\"\n"
+    ))
+    .key
+    .ends_with("exact"));
 }
 
 /// role-router `shadow = true` lets through what it would refuse; the audit layer's

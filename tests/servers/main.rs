@@ -23,6 +23,7 @@ mod ocsp_responder;
 mod production;
 mod proxy_protocol;
 mod rate_limit_axum;
+mod rate_limit_leases;
 mod rate_limit_redis;
 mod redis_server;
 mod role_router_axum;

@@ -17,7 +17,7 @@ use redis::AsyncCommands;
 use crate::client::{get as fetch, serve_axum, Reply};
 use crate::redis_server::RedisServer;
 
-async fn backend(redis: &RedisServer, namespace: &str) -> RedisBackend {
+pub(crate) async fn backend(redis: &RedisServer, namespace: &str) -> RedisBackend {
     RedisBackend::connect(&redis.url())
         .await
         .unwrap()
@@ -27,7 +27,7 @@ async fn backend(redis: &RedisServer, namespace: &str) -> RedisBackend {
 }
 
 /// An instance of the service: an axum server with its own layer.
-async fn instance(
+pub(crate) async fn instance(
     quota: Quota,
     backend: RedisBackend,
     clock: Option<Clock>,
@@ -49,7 +49,7 @@ async fn instance(
 }
 
 /// A request that must be answered, however Redis is doing: never a hung request.
-async fn answered(server: SocketAddr, from: &str, path: &str) -> Reply {
+pub(crate) async fn answered(server: SocketAddr, from: &str, path: &str) -> Reply {
     tokio::time::timeout(Duration::from_secs(20), fetch(server, from, path, &[]))
         .await
         .expect("the request was answered")

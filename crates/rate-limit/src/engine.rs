@@ -166,6 +166,9 @@ pub(crate) struct Deferred {
     /// The key's digest in Redis; `None` in process.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) digest: Option<Box<str>>,
+    /// The leased permit the reservation was taken from, if it was.
+    #[cfg(feature = "redis")]
+    pub(crate) spend: Option<crate::lease::Spend>,
 }
 
 /// The decision for one request.
@@ -416,6 +419,8 @@ impl Engine {
                     tier: one.tier,
                     key: one.key,
                     digest: None,
+                    #[cfg(feature = "redis")]
+                    spend: None,
                 });
             }
         }

@@ -290,7 +290,10 @@ impl Shared {
         if let Some(redis) = &self.redis {
             // Reservations taken in process (Redis was out) go back where they were
             // taken.
-            if deferred.iter().all(|one| one.digest.is_some()) {
+            if deferred
+                .iter()
+                .all(|one| one.digest.is_some() || one.spend.is_some())
+            {
                 return redis.refund_deferred(deferred);
             }
             self.local_engine().refund_deferred(&deferred);
@@ -786,6 +789,9 @@ where
                         client,
                         self.shared.clone(),
                     );
+                }
+                crate::redis::Route::Decided(verdict) => {
+                    return after_verdict(&self.shared, &mut self.inner, request, verdict)
                 }
                 crate::redis::Route::Local => {}
                 crate::redis::Route::Unavailable => {

@@ -100,6 +100,8 @@ mod future;
 pub mod headers;
 mod key;
 mod layer;
+#[cfg(feature = "redis")]
+mod lease;
 mod limiter;
 mod quota;
 mod rate;

@@ -343,6 +343,7 @@ pub struct Quota {
     pub(crate) overflow: Overflow,
     pub(crate) paths: Vec<String>,
     pub(crate) mode: Mode,
+    pub(crate) exact: bool,
 }
 
 impl Quota {
@@ -368,6 +369,7 @@ impl Quota {
             overflow: Overflow::SharedBucket,
             paths: Vec::new(),
             mode: Mode::Enforce,
+            exact: false,
         }
     }
 
@@ -458,6 +460,16 @@ impl Quota {
     /// quota instead of refusing them.
     pub fn mode(mut self, mode: Mode) -> Self {
         self.mode = mode;
+        self
+    }
+
+    /// With Redis: decide every request of this quota in Redis (one round trip each),
+    /// instead of spending leased permits in process (the default, see
+    /// `RedisBackend::lease_ttl`). For quotas where every request must be ordered
+    /// globally, at the cost of a round trip per request. Without Redis it changes
+    /// nothing: in process every decision is exact.
+    pub fn exact(mut self, exact: bool) -> Self {
+        self.exact = exact;
         self
     }
 

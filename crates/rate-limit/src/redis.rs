@@ -14,6 +14,7 @@ use crate::check::QuotaCheck;
 use crate::engine::{Applied, Deferred, Engine, Refusal, Verdict};
 use crate::future::{PendingCharge, PendingVerdict};
 use crate::key::{self, KeySource};
+use crate::lease::{Entry, GiveBack, Leases, Spend, Take};
 use crate::quota::{Charge, Semantics};
 
 /// What the layer does when Redis cannot answer in time.
@@ -91,6 +92,8 @@ pub struct RedisBackend {
     retry_after: Duration,
     instances: u32,
     heartbeat_every: Duration,
+    lease_ttl: Duration,
+    max_lease: u32,
 }
 
 impl fmt::Debug for RedisBackend {
@@ -102,6 +105,8 @@ impl fmt::Debug for RedisBackend {
             .field("retry_after", &self.retry_after)
             .field("instances", &self.instances)
             .field("heartbeat_every", &self.heartbeat_every)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("max_lease", &self.max_lease)
             .finish_non_exhaustive()
     }
 }
@@ -120,7 +125,37 @@ impl RedisBackend {
             retry_after: Duration::from_secs(1),
             instances: 0,
             heartbeat_every: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(1),
+            max_lease: 64,
         })
+    }
+
+    /// How long an instance may spend a lease (1 s by default). A key far from its
+    /// limit costs a round trip per lease instead of per request: the instance takes
+    /// a few permits from Redis at once (counted there when granted) and spends them in
+    /// process. Redis grants at most half of what is left of a key's quota, so near the
+    /// boundary leases shrink to one permit and every request is decided in Redis: the
+    /// count there stays exact. What a lease has left at its end goes back to Redis.
+    ///
+    /// A lease never holds more than this TTL's worth of the quota's rate: a quota
+    /// too slow for two permits per TTL (100 per minute under the 1 s default) is
+    /// decided per request. Longer TTLs lease more of slow quotas and save more round
+    /// trips; shorter ones keep an instance's unspent permits (and a ban set by another
+    /// instance, seen at the next renewal) less time away from the others.
+    /// `Duration::ZERO` turns leases off: every request is a round trip, as with
+    /// [`Quota::exact`](crate::Quota::exact) on every quota.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    /// The most permits one lease holds (64 by default; at most 1,000). A lease's size
+    /// follows the key's recent rate on the instance (a TTL's worth of it); this bounds
+    /// it, and so bounds how much of a key's quota one instance can hold unspent. 1
+    /// turns leases off.
+    pub fn max_lease(mut self, permits: u32) -> Self {
+        self.max_lease = permits.min(1_000);
+        self
     }
 
     /// How many instances share the quotas. While Redis cannot answer and the policy
@@ -175,13 +210,35 @@ impl RedisBackend {
     }
 
     pub(crate) fn attach(self, engine: Arc<Engine>) -> Attached {
+        let instance_id = instance_id();
+        let ttl = self.lease_ttl;
+        let caps = engine
+            .quotas
+            .iter()
+            .map(|compiled| {
+                compiled
+                    .limiters
+                    .iter()
+                    .map(|limiter| match compiled.quota.exact || ttl.is_zero() {
+                        true => 0,
+                        false => lease_cap(limiter.rate(), ttl, self.max_lease),
+                    })
+                    .collect()
+            })
+            .collect();
+        let strict = engine
+            .quotas
+            .iter()
+            .map(|compiled| compiled.quota.semantics == Semantics::StrictWindow)
+            .collect();
         Attached(Arc::new(Inner {
             send_time: engine.clock.is_manual(),
+            leases: Leases::new(ttl, caps, strict, instance_id.clone()),
             engine,
             backend: self,
             script: Script::new(include_str!("redis.lua")),
             manager: OnceLock::new(),
-            instance_id: instance_id(),
+            instance_id,
             instances_seen: AtomicU32::new(0),
             down_until: AtomicU64::new(0),
             reported_down: AtomicBool::new(false),
@@ -208,11 +265,14 @@ struct Inner {
     /// Whether the `portcullis_rate_limit_redis_down` gauge says down.
     reported_down: AtomicBool,
     send_time: bool,
+    leases: Leases,
 }
 
 /// How a request is decided with Redis configured.
 pub(crate) enum Route {
     Redis(PendingVerdict),
+    /// Decided in process, from leased permits.
+    Decided(Verdict),
     Local,
     Unavailable,
     /// Let through unlimited ([`RedisFailure::FailOpen`]).
@@ -227,6 +287,38 @@ pub(crate) struct Call {
     op: u8,
     /// The quota's mode is a dry run, as read when the request came.
     dry_run: bool,
+    /// Op [`LEASE`]: how many permits, under which lease id.
+    want: u32,
+    lease: Option<Arc<str>>,
+    /// Ops [`GIVE_BACK`] and [`LEASE`]: what goes back first ('' for op 3: one plain
+    /// charge).
+    give_back: String,
+    /// A renewal: the key's lease entry, which the answer updates.
+    renew: Option<Arc<Entry>>,
+}
+
+impl Call {
+    fn new(applied: Applied, digest: Box<str>, op: u8) -> Self {
+        Self {
+            applied,
+            digest,
+            label: String::new(),
+            op,
+            dry_run: false,
+            want: 1,
+            lease: None,
+            give_back: String::new(),
+            renew: None,
+        }
+    }
+}
+
+/// A permit spent from a lease in process, for a request that is still to be decided.
+struct LocalSpend {
+    applied: Applied,
+    spend: Spend,
+    remaining: u32,
+    reset: Duration,
 }
 
 impl Attached {
@@ -284,6 +376,7 @@ impl Attached {
             ConnectionManager::new_lazy_with_config(self.0.backend.client.clone(), config)?;
         if self.0.manager.set(manager).is_ok() {
             self.start_heartbeat();
+            self.start_lease_sweeper();
         }
         Ok(self.0.manager.get().cloned().expect("set just above"))
     }
@@ -346,36 +439,98 @@ impl Attached {
             return self.fallback();
         }
         let engine = &self.0.engine;
-        let mut calls = Vec::with_capacity(engine.quotas.len());
+        let leases = &self.0.leases;
+        let now = self.now_nanos();
+        let mut calls = Vec::new();
+        let mut spent = Vec::new();
         for index in 0..engine.quotas.len() {
             let applied = match engine.applied(index, source) {
                 Ok(Some(applied)) => applied,
                 Ok(None) => continue,
-                Err(refusal) => return Route::Redis(ready(Verdict::refused(refusal))),
+                Err(refusal) => {
+                    self.put_back(&spent, now);
+                    return Route::Redis(ready(Verdict::refused(refusal)));
+                }
             };
-            let quota = &engine.quotas[index].quota;
+            let compiled = &engine.quotas[index];
             // A quota counting failed authentication reserves its unit now (refunded
             // after any answer but a 401), so concurrent guesses cannot all pass.
-            let op = match quota.charge {
+            let op = match compiled.quota.charge {
                 Charge::Every | Charge::Unauthenticated => 1,
                 Charge::Never => 0,
             };
-            if let Some(call) = self.call(applied, source, op) {
-                calls.push(call);
+            if op == 0 || !leases.leases(applied.quota, applied.tier) {
+                if let Some(call) = self.call(applied, source, op) {
+                    calls.push(call);
+                }
+                continue;
+            }
+            // A leased quota: spend in process, or ask Redis for a lease. A dry run
+            // asks for one permit at a time: its refusals must reach the script.
+            let take = match compiled.is_dry_run() {
+                true => Take::Alone {
+                    lease: leases.new_id(),
+                },
+                false => leases.take(&applied, now),
+            };
+            let (want, lease, give_back, renew) = match take {
+                Take::Spent {
+                    spend,
+                    remaining,
+                    reset,
+                } => {
+                    spent.push(LocalSpend {
+                        applied,
+                        spend,
+                        remaining,
+                        reset,
+                    });
+                    continue;
+                }
+                Take::Renew {
+                    entry,
+                    want,
+                    lease,
+                    give_back,
+                } => (want, lease, give_back, Some(entry)),
+                Take::Alone { lease } => (1, lease, String::new(), None),
+            };
+            match self.call(applied, source, LEASE) {
+                Some(mut call) => {
+                    call.want = want;
+                    call.lease = Some(lease);
+                    call.give_back = give_back;
+                    call.renew = renew;
+                    calls.push(call);
+                }
+                None => {
+                    if let Some(entry) = renew {
+                        leases.renewal_ended(&entry);
+                    }
+                }
             }
         }
         if calls.is_empty() {
-            return Route::Redis(ready(Verdict::default()));
+            return Route::Decided(self.spent_verdict(Verdict::default(), spent, want_reports));
         }
         let this = self.clone();
         Route::Redis(Box::pin(async move {
-            match this.run(&calls).await {
+            let sent = this.now_nanos();
+            let answer = this.run(&calls).await;
+            let now = this.now_nanos();
+            match answer {
                 Ok(answers) => {
                     this.mark_up();
-                    this.verdict(&calls, &answers, want_reports)
+                    let verdict = this.verdict(&calls, &answers, want_reports, sent, now);
+                    this.spent_verdict(verdict, spent, want_reports)
                 }
                 Err(error) => {
                     this.mark_down(&error);
+                    for entry in calls.iter().filter_map(|call| call.renew.as_ref()) {
+                        this.0.leases.renewal_ended(entry);
+                    }
+                    // The failure policy decides every quota, leased ones included.
+                    this.put_back(&spent, now);
                     Verdict {
                         redis_failed: true,
                         ..Verdict::default()
@@ -385,25 +540,72 @@ impl Attached {
         }))
     }
 
+    /// Adds the permits spent in process to `verdict`, or gives them back when it
+    /// refuses.
+    fn spent_verdict(
+        &self,
+        mut verdict: Verdict,
+        spent: Vec<LocalSpend>,
+        want_reports: bool,
+    ) -> Verdict {
+        if verdict.refusal.is_some() {
+            self.put_back(&spent, self.now_nanos());
+            return verdict;
+        }
+        let engine = &self.0.engine;
+        for one in spent {
+            let compiled = &engine.quotas[one.applied.quota];
+            if want_reports {
+                verdict.reports.push(compiled.report_of(
+                    one.applied.tier,
+                    one.applied.quota,
+                    one.remaining,
+                    one.reset,
+                ));
+            }
+            if compiled.quota.charge == Charge::Unauthenticated {
+                verdict.deferred.push(Deferred {
+                    quota: one.applied.quota,
+                    tier: one.applied.tier,
+                    key: one.applied.key,
+                    digest: None,
+                    spend: Some(one.spend),
+                });
+            }
+        }
+        // Reports in the quotas' order, as in process.
+        verdict.reports.sort_by_key(|report| report.quota);
+        verdict
+    }
+
+    /// Gives permits spent in process back to their leases (or, past them, to Redis
+    /// at the sweeper's next round).
+    fn put_back(&self, spent: &[LocalSpend], now: u64) {
+        let leases = &self.0.leases;
+        let give_backs: Vec<GiveBack> = spent
+            .iter()
+            .filter_map(|one| {
+                leases.put_back(&one.spend, one.applied.quota, one.applied.tier, None, now)
+            })
+            .collect();
+        if !give_backs.is_empty() {
+            leases.queue(give_backs);
+        }
+    }
+
     /// The script's arguments for one quota, or `None` when the key cannot be read.
     fn call(&self, applied: Applied, source: &KeySource<'_>, op: u8) -> Option<Call> {
         let engine = &self.0.engine;
         let compiled = &engine.quotas[applied.quota];
         let quota = &compiled.quota;
         let material = key::material(&quota.key, quota.ipv6_prefix, source).ok()?;
-        let label = match quota.ban {
-            Some(_) if op != PEEK => {
-                key::label(&quota.key, quota.ipv6_prefix, source, &engine.seed).unwrap_or_default()
-            }
-            _ => String::new(),
-        };
-        Some(Call {
-            applied,
-            digest: digest(&material),
-            label,
-            op,
-            dry_run: compiled.is_dry_run(),
-        })
+        let mut call = Call::new(applied, digest(&material), op);
+        if quota.ban.is_some() && op != PEEK {
+            call.label =
+                key::label(&quota.key, quota.ipv6_prefix, source, &engine.seed).unwrap_or_default();
+        }
+        call.dry_run = compiled.is_dry_run();
+        Some(call)
     }
 
     async fn run(&self, calls: &[Call]) -> Result<Vec<i64>, RedisError> {
@@ -420,6 +622,7 @@ impl Attached {
         } else {
             invocation.arg("");
         }
+        invocation.arg(micros(self.0.backend.lease_ttl));
         for call in calls {
             let compiled = &engine.quotas[call.applied.quota];
             let quota = &compiled.quota;
@@ -446,7 +649,10 @@ impl Attached {
                 .arg(ban.map_or(0, |b| micros(b.window())))
                 .arg(ban.map_or(0, |b| micros(b.duration())))
                 .arg(&call.label)
-                .arg(u8::from(call.dry_run));
+                .arg(u8::from(call.dry_run))
+                .arg(call.want)
+                .arg(call.lease.as_deref().unwrap_or(""))
+                .arg(&call.give_back);
         }
         let mut connection = self.manager()?;
         let exchange = async {
@@ -469,7 +675,7 @@ impl Attached {
             Ok(Err(error)) if error.is_timeout() => return Err(RedisError::TimedOut),
             Ok(answer) => answer?,
         };
-        if answer.len() != calls.len() * 4 {
+        if answer.len() != calls.len() * ANSWER {
             return Err(RedisError::UnexpectedAnswer {
                 got: answer.len(),
                 quotas: calls.len(),
@@ -478,18 +684,56 @@ impl Attached {
         Ok(answer)
     }
 
-    fn verdict(&self, calls: &[Call], answers: &[i64], want_reports: bool) -> Verdict {
+    /// Redis's answers as a verdict; leases granted are kept, counted from `sent` (when
+    /// the request left for Redis).
+    fn verdict(
+        &self,
+        calls: &[Call],
+        answers: &[i64],
+        want_reports: bool,
+        sent: u64,
+        now: u64,
+    ) -> Verdict {
         let engine = &self.0.engine;
+        let leases = &self.0.leases;
         let mut verdict = Verdict::default();
-        for (call, answer) in calls.iter().zip(answers.chunks_exact(4)) {
+        for (call, answer) in calls.iter().zip(answers.chunks_exact(ANSWER)) {
             let compiled = &engine.quotas[call.applied.quota];
             let duration = |us: i64| Duration::from_micros(u64::try_from(us).unwrap_or(0));
+            let granted = u32::try_from(answer[4]).unwrap_or(0);
+            // The lease this request leaves the instance: counted as not yet spent.
+            let remaining = u32::try_from(answer[1])
+                .unwrap_or(0)
+                .saturating_add(granted.saturating_sub(1));
             let report = compiled.report_of(
                 call.applied.tier,
                 call.applied.quota,
-                u32::try_from(answer[1]).unwrap_or(0),
+                remaining,
                 duration(answer[3]),
             );
+            // The permit this request was charged under a lease id, for its refund.
+            let spend = match (&call.lease, granted) {
+                (Some(lease), 1..) => Some(match &call.renew {
+                    Some(entry) => leases.granted(
+                        entry,
+                        lease.clone(),
+                        &call.digest,
+                        granted,
+                        answer[5],
+                        u32::try_from(answer[1]).unwrap_or(0),
+                        duration(answer[3]),
+                        sent,
+                        now,
+                    ),
+                    None => Spend::alone(lease.clone(), answer[5]),
+                }),
+                _ => {
+                    if let Some(entry) = &call.renew {
+                        leases.renewal_ended(entry);
+                    }
+                    None
+                }
+            };
             let quota = call.applied.quota;
             let refusal = match answer[0] {
                 1 => None,
@@ -542,7 +786,8 @@ impl Attached {
                 }
                 continue;
             }
-            if want_reports && call.op == 1 && (!call.dry_run || engine.dry_run_headers) {
+            let charged = call.op == 1 || call.op == LEASE;
+            if want_reports && charged && (!call.dry_run || engine.dry_run_headers) {
                 verdict.reports.push(report);
             }
             if compiled.quota.charge == Charge::Unauthenticated {
@@ -551,6 +796,7 @@ impl Attached {
                     tier: call.applied.tier,
                     key: call.applied.key,
                     digest: Some(call.digest.clone()),
+                    spend,
                 });
             }
         }
@@ -560,27 +806,39 @@ impl Attached {
         verdict
     }
 
-    /// Refunds reservations of quotas that count failed authentication. Returns `None`
-    /// when it was done in process (the request was decided without Redis).
-    /// Every reservation has a digest: the layer refunds in process those decided
-    /// without Redis.
+    /// Refunds reservations of quotas that count failed authentication: into their
+    /// leases in process where they can, the rest through Redis (the returned future).
     pub(crate) fn refund_deferred(&self, deferred: Vec<Deferred>) -> Option<PendingCharge> {
+        let now = self.now_nanos();
+        let leases = &self.0.leases;
         let calls: Vec<Call> = deferred
             .iter()
             .filter_map(|one| {
-                Some(Call {
-                    applied: Applied {
-                        quota: one.quota,
-                        tier: one.tier,
-                        key: one.key,
-                    },
-                    digest: one.digest.clone()?,
-                    label: String::new(),
-                    op: 3,
-                    dry_run: false,
-                })
+                let applied = Applied {
+                    quota: one.quota,
+                    tier: one.tier,
+                    key: one.key,
+                };
+                match &one.spend {
+                    Some(spend) => {
+                        let back = leases.put_back(
+                            spend,
+                            one.quota,
+                            one.tier,
+                            one.digest.as_deref(),
+                            now,
+                        )?;
+                        let mut call = Call::new(applied, back.digest, GIVE_BACK);
+                        call.give_back = back.spec;
+                        Some(call)
+                    }
+                    None => Some(Call::new(applied, one.digest.clone()?, GIVE_BACK)),
+                }
             })
             .collect();
+        if calls.is_empty() {
+            return None;
+        }
         let this = self.clone();
         Some(Box::pin(async move {
             // A refund that does not reach Redis leaves the reservation to expire with
@@ -589,6 +847,50 @@ impl Attached {
                 this.mark_down(&error);
             }
         }))
+    }
+
+    /// Sends leases' unspent permits back to Redis every quarter of the lease TTL,
+    /// until the layer is dropped.
+    fn start_lease_sweeper(&self) {
+        if self.0.backend.lease_ttl.is_zero() || !self.0.leases.any() {
+            return;
+        }
+        let every = (self.0.backend.lease_ttl / 4)
+            .clamp(Duration::from_millis(5), Duration::from_millis(250));
+        let inner = Arc::downgrade(&self.0);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(inner) = inner.upgrade() else {
+                    return;
+                };
+                let this = Attached(inner);
+                let give_backs = this.0.leases.sweep(this.now_nanos());
+                if give_backs.is_empty() || this.is_down() {
+                    // While Redis is paused they lapse on their own.
+                    continue;
+                }
+                let calls: Vec<Call> = give_backs
+                    .into_iter()
+                    .map(|back| {
+                        let applied = Applied {
+                            quota: back.quota,
+                            tier: back.tier,
+                            key: 0,
+                        };
+                        let mut call = Call::new(applied, back.digest, GIVE_BACK);
+                        call.give_back = back.spec;
+                        call
+                    })
+                    .collect();
+                for chunk in calls.chunks(64) {
+                    if let Err(error) = this.run(chunk).await {
+                        this.mark_down(&error);
+                        break;
+                    }
+                }
+            }
+        });
     }
 
     /// The calls that peek at `applied` quotas for `source`: nothing charged, no strike.
@@ -604,13 +906,9 @@ impl Attached {
         let compiled = &self.0.engine.quotas[applied.quota];
         let quota = &compiled.quota;
         let material = key::material_values(&quota.key, quota.ipv6_prefix, values).ok()?;
-        Some(Call {
-            applied,
-            digest: digest(&material),
-            label: String::new(),
-            op: PEEK,
-            dry_run: compiled.is_dry_run(),
-        })
+        let mut call = Call::new(applied, digest(&material), PEEK);
+        call.dry_run = compiled.is_dry_run();
+        Some(call)
     }
 
     /// What the quotas of `calls` answer in Redis now; `None` when Redis cannot answer
@@ -637,7 +935,7 @@ impl Attached {
         Some(
             calls
                 .iter()
-                .zip(answers.chunks_exact(4))
+                .zip(answers.chunks_exact(ANSWER))
                 .map(|(call, answer)| {
                     let compiled = &engine.quotas[call.applied.quota];
                     let rate = compiled.limiters[call.applied.tier].rate();
@@ -737,6 +1035,22 @@ fn instance_id() -> String {
 
 /// The script's op that checks without charging or counting a strike.
 const PEEK: u8 = 2;
+
+/// The script's op that gives permits back.
+const GIVE_BACK: u8 = 3;
+
+/// The script's op that charges a lease of permits.
+const LEASE: u8 = 4;
+
+/// How many integers the script answers per quota.
+const ANSWER: usize = 6;
+
+/// The largest lease of a quota at `rate`: a TTL's worth of the rate, so that an
+/// instance that dies holds no more than that, and at most `max`.
+fn lease_cap(rate: crate::Rate, ttl: Duration, max: u32) -> u32 {
+    let per_ttl = u128::from(rate.count()) * ttl.as_nanos() / rate.period().as_nanos().max(1);
+    u32::try_from(per_ttl).unwrap_or(u32::MAX).min(max)
+}
 
 /// A key's name in Redis: a digest of its stable bytes, the same on every instance.
 fn digest(material: &[u8]) -> Box<str> {
