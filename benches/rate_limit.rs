@@ -148,7 +148,8 @@ fn bench(c: &mut Criterion) {
     peers(c);
 }
 
-/// The Redis allow path on loopback: one script call per request.
+/// The Redis allow path on loopback: one script call per request (`redis_allow_exact`),
+/// and with leases, one per lease (`redis_allow_leased`).
 fn redis_allow(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
     let Some(mut server) = start_redis() else {
         eprintln!("rate_limit/redis_allow skipped: redis-server is not installed");
@@ -158,31 +159,33 @@ fn redis_allow(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement:
         .enable_all()
         .build()
         .unwrap();
-    let layer = runtime.block_on(async {
-        let backend = RedisBackend::connect(&format!("redis://127.0.0.1:{}/", server.1))
-            .await
-            .unwrap()
-            .namespace("bench");
-        RateLimitLayer::builder()
-            .quota(roomy("per-ip"))
-            .redis(backend)
-            .sweep_every(None)
-            .build()
-            .unwrap()
-    });
-    let mut service = layer.layer(noop_service());
-    group.bench_function("redis_allow", |b| {
-        b.iter_batched(
-            || from(3),
-            |req| {
-                runtime.block_on(async {
-                    let ready = service.ready().await.unwrap();
-                    black_box(ready.call(req).await.unwrap())
-                })
-            },
-            BatchSize::SmallInput,
-        )
-    });
+    for (name, exact) in [("redis_allow_exact", true), ("redis_allow_leased", false)] {
+        let layer = runtime.block_on(async {
+            let backend = RedisBackend::connect(&format!("redis://127.0.0.1:{}/", server.1))
+                .await
+                .unwrap()
+                .namespace(name);
+            RateLimitLayer::builder()
+                .quota(roomy("per-ip").exact(exact))
+                .redis(backend)
+                .sweep_every(None)
+                .build()
+                .unwrap()
+        });
+        let mut service = layer.layer(noop_service());
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || from(3),
+                |req| {
+                    runtime.block_on(async {
+                        let ready = service.ready().await.unwrap();
+                        black_box(ready.call(req).await.unwrap())
+                    })
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
     let _ = server.0.kill();
     let _ = server.0.wait();
 }

@@ -362,3 +362,79 @@ async fn the_gateway_file_sets_leases_and_exact_quotas() {
         }
     }
 }
+
+/// Redis killed while instances hold leases: each goes on spending what it holds (those
+/// permits are counted in Redis already) and nothing more; the rest follows the
+/// failure policy (here 503), and after a restart requests are decided in Redis again.
+#[tokio::test]
+async fn a_redis_outage_admits_no_more_than_the_leases_outstanding() {
+    let Some(mut redis) = RedisServer::start("leases_outage").await else {
+        return;
+    };
+    let (clock, _control) = manual_clock();
+    let quota = || Quota::new("outage", "36000 per 1h".parse().unwrap()).burst(2000);
+    let failing_closed = |redis: &RedisServer| {
+        let redis_url = redis.url();
+        async move {
+            RedisBackend::connect(&redis_url)
+                .await
+                .unwrap()
+                .namespace("outage")
+                .instances(2)
+                .lease_ttl(Duration::from_secs(30))
+                .timeout(Duration::from_secs(2))
+                .on_failure(portcullis::rate_limit::RedisFailure::FailClosed)
+        }
+    };
+    let servers = [
+        instance(quota(), failing_closed(&redis).await, Some(clock.clone())).await,
+        instance(quota(), failing_closed(&redis).await, Some(clock)).await,
+    ];
+    let mut admitted = 0u32;
+    for i in 0..101 {
+        let status = answered(servers[i % 2].0, "127.0.0.97", "/").await.status;
+        assert_eq!(status, StatusCode::OK);
+        admitted += 1;
+    }
+    // Redis counts the leases as spent: what it counted beyond the admitted requests is
+    // still held by the instances.
+    let left = servers[0]
+        .1
+        .check_key("outage", None, &["127.0.0.97"])
+        .await
+        .unwrap()
+        .remaining;
+    let outstanding = 2000 - left - admitted;
+    assert!(outstanding > 0, "the instances hold leases");
+
+    redis.kill();
+    let mut during = 0;
+    for i in 0..200 {
+        let reply = answered(servers[i % 2].0, "127.0.0.97", "/").await;
+        match reply.status {
+            StatusCode::OK => during += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(reply.code().as_deref(), Some("rate_limit_unavailable"));
+            }
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(
+        during, outstanding,
+        "the leases held at the kill, and no more"
+    );
+
+    redis.restart().await;
+    let reply = answered(servers[0].0, "127.0.0.97", "/").await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.code());
+    assert_eq!(
+        redis
+            .client()
+            .await
+            .keys::<_, Vec<String>>("outage:q:*")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}

@@ -3,7 +3,8 @@
 //! here on a loopback port), a quota filled to 10 %, 50 % and 95 % before the measured
 //! requests, which alternate between the instances. Per request: the added latency
 //! over a no-op service (mean, p50, p99) and the Redis commands it took (from `INFO
-//! commandstats`). The baseline for leased quotas (issue 25).
+//! commandstats`), with every request decided in Redis (`exact`) and with leases (the
+//! default).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -38,6 +39,10 @@ async fn start_redis() -> Result<RedisServer, String> {
         .and_then(|l| l.local_addr())
         .map_err(|e| format!("a free port: {e}"))?
         .port();
+    launch_redis(port).await
+}
+
+async fn launch_redis(port: u16) -> Result<RedisServer, String> {
     let child = Command::new("redis-server")
         .args([
             "--port",
@@ -145,7 +150,7 @@ fn summary(times: &mut [Duration], floor: Duration) -> (f64, f64, f64) {
 }
 
 pub(crate) async fn run(requests: usize) -> Result<(), String> {
-    let redis = start_redis().await?;
+    let mut redis = start_redis().await?;
     let url = format!("redis://{}/", redis.addr);
     let quota = || Quota::new("q", format!("{COUNT} per 1h").parse().expect("a rate"));
     let mut floor = [noop()];
@@ -176,33 +181,116 @@ pub(crate) async fn run(requests: usize) -> Result<(), String> {
             "{:<12} {:>5}% {mean:>10.2} {p50:>10.2} {p99:>10.2} {:>14}",
             "in-process", level, "0"
         );
-        // Through Redis: two instances sharing it, requests alternating.
-        let namespace = format!("load-{level}");
-        let mut services = Vec::new();
-        for _ in 0..2 {
-            let backend = RedisBackend::connect(&url)
-                .await
-                .map_err(|e| e.to_string())?
-                .namespace(namespace.clone())
-                .timeout(Duration::from_millis(200));
-            let layer = RateLimitLayer::builder()
-                .quota(quota())
-                .redis(backend)
-                .build()
-                .map_err(|e| e.to_string())?;
-            services.push(layer.layer(noop()));
+        // Through Redis: two instances sharing it, requests alternating; each request
+        // decided in Redis (exact), then with leases (the default).
+        for exact in [true, false] {
+            let namespace = format!("load-{level}-{exact}");
+            let mut services = Vec::new();
+            for _ in 0..2 {
+                let backend = RedisBackend::connect(&url)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .namespace(namespace.clone())
+                    .instances(2)
+                    .timeout(Duration::from_millis(200));
+                let layer = RateLimitLayer::builder()
+                    .quota(quota().exact(exact))
+                    .redis(backend)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                services.push(layer.layer(noop()));
+            }
+            timed(&mut services, prefill, "198.51.100.2").await;
+            let before = script_calls(redis.addr).await;
+            let mut times = timed(&mut services, requests, "198.51.100.2").await;
+            let calls = script_calls(redis.addr).await.saturating_sub(before);
+            let (mean, p50, p99) = summary(&mut times, floor_mean);
+            println!(
+                "{:<12} {:>5}% {mean:>10.2} {p50:>10.2} {p99:>10.2} {:>14.3}",
+                if exact { "redis exact" } else { "redis leased" },
+                level,
+                calls as f64 / requests as f64
+            );
         }
-        timed(&mut services, prefill, "198.51.100.2").await;
-        let before = script_calls(redis.addr).await;
-        let mut times = timed(&mut services, requests, "198.51.100.2").await;
-        let calls = script_calls(redis.addr).await.saturating_sub(before);
-        let (mean, p50, p99) = summary(&mut times, floor_mean);
-        println!(
-            "{:<12} {:>5}% {mean:>10.2} {p50:>10.2} {p99:>10.2} {:>14.2}",
-            "redis exact",
-            level,
-            calls as f64 / requests as f64
-        );
+    }
+    outage(&mut redis).await
+}
+
+/// Redis killed under load and started again (empty): the failure policy (local
+/// fallback, each instance its half) answers meanwhile, the leases held at the kill are
+/// spent, nothing panics, and the first request after the restart is decided in Redis.
+async fn outage(redis: &mut RedisServer) -> Result<(), String> {
+    let url = format!("redis://{}/", redis.addr);
+    let quota = || Quota::new("q", "6000 per 1h".parse().expect("a rate")).burst(200);
+    let mut services = Vec::new();
+    let mut handles = Vec::new();
+    for _ in 0..2 {
+        let backend = RedisBackend::connect(&url)
+            .await
+            .map_err(|e| e.to_string())?
+            .namespace("outage")
+            .instances(2)
+            .lease_ttl(Duration::from_secs(60))
+            .timeout(Duration::from_millis(200));
+        let layer = RateLimitLayer::builder()
+            .quota(quota())
+            .redis(backend)
+            .build()
+            .map_err(|e| e.to_string())?;
+        handles.push(layer.handle());
+        services.push(layer.layer(noop()));
+    }
+    let client = "198.51.100.3";
+    println!(
+        "\noutage: two instances, 6000 per hour with a burst of 200, leases of up to a \
+         minute, local fallback (each instance half); 40 requests, Redis killed, 400 \
+         requests, restarted"
+    );
+    let (before, _) = admitted(&mut services, 40, client).await;
+    let left = handles[0]
+        .check_key("q", None, &[client])
+        .await
+        .map_err(|e| e.to_string())?
+        .remaining;
+    let held = 200u32.saturating_sub(left).saturating_sub(before as u32);
+    redis.child.kill().map_err(|e| e.to_string())?;
+    let _ = redis.child.wait();
+    let (during, _) = admitted(&mut services, 400, client).await;
+    let port = redis.addr.port();
+    *redis = launch_redis(port).await?;
+    let (after, first) = admitted(&mut services, 1, client).await;
+    let calls = script_calls(redis.addr).await;
+    println!(
+        "admitted before the kill: {before}; leased permits held at the kill: {held}; \
+         during the outage: {during} (the two local halves, 200, and those leases)"
+    );
+    println!(
+        "after the restart: the first request {} in {:.0} µs, decided in the new Redis \
+         ({calls} script calls there: a NOSCRIPT answer, then the script loaded)",
+        if after == 1 { "allowed" } else { "refused" },
+        first.as_secs_f64() * 1e6,
+    );
+    if calls == 0 {
+        return Err("the first request after the restart did not reach Redis".into());
     }
     Ok(())
+}
+
+/// How many of `n` requests from `client` were allowed, and the last one's time.
+async fn admitted<S>(services: &mut [S], n: usize, client: &str) -> (usize, Duration)
+where
+    S: Service<Request<()>, Response = Response<portcullis::core::RejectOrBody<()>>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    let mut allowed = 0;
+    let mut last = Duration::ZERO;
+    for i in 0..n {
+        let service = &mut services[i % services.len()];
+        let started = Instant::now();
+        let ready = service.ready().await.expect("ready");
+        let response = ready.call(from(client)).await.expect("an answer");
+        last = started.elapsed();
+        allowed += usize::from(response.status() == http::StatusCode::OK);
+    }
+    (allowed, last)
 }

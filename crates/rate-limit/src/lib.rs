@@ -83,12 +83,15 @@
 //! # Redis
 //!
 //! With the `redis` feature, `RedisBackend` shares quotas and bans between instances:
-//! one Lua script checks bans and every quota and charges them in one round trip. If
-//! Redis is down or slower than the timeout (the whole budget of a request's Redis
-//! work), the failure policy decides: the in-process quotas (the default), 503, or
-//! unlimited (`RedisFailure`). A Redis that stalls is left alone for a pause; one that
-//! refuses or drops connections (restarting) is tried by every request, so the first
-//! request once it is back uses it While falling back, each of N instances
+//! one Lua script checks bans and every quota of a request and charges them in one
+//! round trip. By default an instance leases a few permits of a busy key at once and
+//! spends them in process (a round trip per lease, not per request); near a key's limit
+//! leases shrink to one permit, so the count there stays exact (`RedisBackend::lease_ttl`,
+//! `Quota::exact`). If Redis is down or slower than the timeout (the whole budget of a
+//! request's Redis work), the failure policy decides: the in-process quotas (the
+//! default), 503, or unlimited (`RedisFailure`). A Redis that stalls is left alone for a
+//! pause; one that refuses or drops connections (restarting) is tried by every request,
+//! so the first request once it is back uses it. While falling back, each of N instances
 //! allows its share of every quota (`RedisBackend::instances`, or learned from
 //! heartbeats).
 #![cfg_attr(docsrs, feature(doc_cfg))]
