@@ -213,7 +213,71 @@ pub(crate) async fn run(requests: usize) -> Result<(), String> {
             );
         }
     }
+    concurrent(&redis).await?;
     outage(&mut redis).await
+}
+
+/// Concurrent requests for different keys in exact mode: one script call each, but
+/// sharing one multiplexed connection, so their round trips overlap (pipelined) rather
+/// than queue.
+async fn concurrent(redis: &RedisServer) -> Result<(), String> {
+    let url = format!("redis://{}/", redis.addr);
+    println!("\nconcurrent keys, exact mode, one instance (one multiplexed connection):");
+    println!(
+        "{:<22} {:>12} {:>14} {:>14}",
+        "clients", "requests/s", "scripts/req", "connections"
+    );
+    for clients in [1usize, 8, 64] {
+        let backend = RedisBackend::connect(&url)
+            .await
+            .map_err(|e| e.to_string())?
+            .namespace(format!("concurrent-{clients}"))
+            .instances(1)
+            .timeout(Duration::from_secs(2));
+        let layer = RateLimitLayer::builder()
+            .quota(Quota::new("q", format!("{COUNT} per 1h").parse().expect("a rate")).exact(true))
+            .redis(backend)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let service = layer.layer(noop());
+        // One request first, so the connection exists before the clock starts.
+        timed(&mut [service.clone()], 1, "203.0.113.250").await;
+        let per_client = 2_000 / clients;
+        let before = script_calls(redis.addr).await;
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..clients)
+            .map(|c| {
+                let mut services = [service.clone()];
+                tokio::spawn(async move {
+                    timed(&mut services, per_client, &format!("203.0.113.{c}")).await;
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.map_err(|e| e.to_string())?;
+        }
+        let elapsed = started.elapsed();
+        let total = per_client * clients;
+        let calls = script_calls(redis.addr).await.saturating_sub(before);
+        let info = command(redis.addr, "INFO clients")
+            .await
+            .unwrap_or_default();
+        // Less the connection that asks.
+        let connections = info
+            .lines()
+            .find_map(|line| line.strip_prefix("connected_clients:"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(1)
+            .saturating_sub(1);
+        println!(
+            "{:<22} {:>12.0} {:>14.3} {:>14}",
+            format!("{clients} (distinct keys)"),
+            total as f64 / elapsed.as_secs_f64(),
+            calls as f64 / total as f64,
+            connections
+        );
+    }
+    Ok(())
 }
 
 /// Redis killed under load and started again (empty): the failure policy (local
