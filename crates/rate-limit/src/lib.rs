@@ -110,6 +110,8 @@ mod quota;
 mod rate;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "redis")]
+mod redis_link;
 mod slots;
 mod ticker;
 

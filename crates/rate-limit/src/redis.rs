@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, UNIX_EPOCH};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use sha2::{Digest, Sha256};
 
@@ -16,6 +15,7 @@ use crate::future::{PendingCharge, PendingVerdict};
 use crate::key::{self, KeySource};
 use crate::lease::{Entry, GiveBack, Leases, Spend, Take};
 use crate::quota::{Charge, Semantics};
+use crate::redis_link::{Connection, Links, Target};
 
 /// What the layer does when Redis cannot answer in time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -85,7 +85,7 @@ impl From<redis::RedisError> for RedisError {
 /// ```
 #[derive(Clone)]
 pub struct RedisBackend {
-    client: redis::Client,
+    target: Target,
     namespace: String,
     pub(crate) timeout: Duration,
     failure: RedisFailure,
@@ -116,9 +116,8 @@ impl RedisBackend {
     /// TLS). It connects on first use and reconnects by itself, so an instance starts
     /// even while Redis is down.
     pub async fn connect(url: &str) -> Result<Self, RedisError> {
-        let client = redis::Client::open(url)?;
         Ok(Self {
-            client,
+            target: Target::parse(url)?,
             namespace: "portcullis".to_owned(),
             timeout: Duration::from_millis(50),
             failure: RedisFailure::LocalFallback,
@@ -237,7 +236,8 @@ impl RedisBackend {
             engine,
             backend: self,
             script: Script::new(include_str!("redis.lua")),
-            manager: OnceLock::new(),
+            links: Links::default(),
+            started: OnceLock::new(),
             instance_id,
             instances_seen: AtomicU32::new(0),
             down_until: AtomicU64::new(0),
@@ -255,7 +255,9 @@ struct Inner {
     backend: RedisBackend,
     script: Script,
     /// Made on first use, inside the runtime that serves requests.
-    manager: OnceLock<ConnectionManager>,
+    links: Links,
+    /// Set when the heartbeat and the lease sweeper have been started.
+    started: OnceLock<()>,
     /// This instance's member in the heartbeat set.
     instance_id: String,
     /// The instances heard from at the last heartbeat (0: none yet).
@@ -359,26 +361,18 @@ impl Attached {
         }
     }
 
-    /// The connection manager, made on first use (it spawns a task, so it needs the
-    /// runtime that serves requests). It connects lazily and reconnects by itself.
-    fn manager(&self) -> Result<ConnectionManager, RedisError> {
-        if let Some(manager) = self.0.manager.get() {
-            return Ok(manager.clone());
-        }
-        // The budget is ours (`run` wraps the whole exchange): no response timeout of
-        // the client's own answers first. A reconnection is one attempt, bounded by the
-        // budget, so a Redis that refuses connections fails fast.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.0.backend.timeout))
-            .set_response_timeout(None)
-            .set_number_of_retries(0);
-        let manager =
-            ConnectionManager::new_lazy_with_config(self.0.backend.client.clone(), config)?;
-        if self.0.manager.set(manager).is_ok() {
+    /// A connection, made on first use (inside the runtime that serves requests: it
+    /// spawns tasks), which then reconnects by itself. The first use also starts the
+    /// heartbeat and the lease sweeper.
+    async fn connection(&self) -> Result<Connection, RedisError> {
+        if self.0.started.set(()).is_ok() {
             self.start_heartbeat();
             self.start_lease_sweeper();
         }
-        Ok(self.0.manager.get().cloned().expect("set just above"))
+        self.0
+            .links
+            .connect(&self.0.backend.target, self.0.backend.timeout)
+            .await
     }
 
     /// Says this instance is alive every `heartbeat_every`, and learns how many are,
@@ -396,19 +390,19 @@ impl Attached {
                 };
                 let this = Attached(inner);
                 let every = this.0.backend.heartbeat_every;
-                if let Some(mut connection) = this.0.manager.get().cloned() {
-                    let window =
-                        u64::try_from(every.as_millis().saturating_mul(3)).unwrap_or(u64::MAX);
-                    let mut invocation = script.prepare_invoke();
-                    invocation
-                        .key(format!("{}:instances", this.0.backend.namespace))
-                        .arg(&this.0.instance_id)
-                        .arg(window);
-                    let beat = invocation.invoke_async::<u32>(&mut connection);
-                    let budget = this.0.backend.timeout.max(every);
-                    if let Ok(Ok(seen)) = tokio::time::timeout(budget, beat).await {
-                        this.0.instances_seen.store(seen, Ordering::Relaxed);
-                    }
+                let window = u64::try_from(every.as_millis().saturating_mul(3)).unwrap_or(u64::MAX);
+                let mut invocation = script.prepare_invoke();
+                invocation
+                    .key(format!("{}:instances", this.0.backend.namespace))
+                    .arg(&this.0.instance_id)
+                    .arg(window);
+                let beat = async {
+                    let mut connection = this.connection().await?;
+                    Ok::<_, RedisError>(invocation.invoke_async::<u32>(&mut connection).await?)
+                };
+                let budget = this.0.backend.timeout.max(every);
+                if let Ok(Ok(seen)) = tokio::time::timeout(budget, beat).await {
+                    this.0.instances_seen.store(seen, Ordering::Relaxed);
                 }
                 drop(this);
                 tokio::time::sleep(every).await;
@@ -459,15 +453,17 @@ impl Attached {
                 Charge::Every | Charge::Unauthenticated => 1,
                 Charge::Never => 0,
             };
-            if op == 0 || !leases.leases(applied.quota, applied.tier) {
+            if op == 0 {
                 if let Some(call) = self.call(applied, source, op) {
                     calls.push(call);
                 }
                 continue;
             }
-            // A leased quota: spend in process, or ask Redis for a lease. A dry run
-            // asks for one permit at a time: its refusals must reach the script.
-            let take = match compiled.is_dry_run() {
+            // A leased quota spends in process, or asks Redis for a lease. Exact quotas
+            // and dry runs take one permit per request: a dry run's refusals must reach
+            // the script. Every charge is named by a lease id, so that a refund takes
+            // back that charge and no other.
+            let take = match compiled.is_dry_run() || !leases.leases(applied.quota, applied.tier) {
                 true => Take::Alone {
                     lease: leases.new_id(),
                 },
@@ -608,8 +604,94 @@ impl Attached {
         Some(call)
     }
 
+    /// One script call for `calls`, or on a Redis Cluster one per key (a script's keys
+    /// must share a slot). There, a request refused by one key's quotas gives back
+    /// what the other calls charged, so that as on one server nothing is charged
+    /// unless every quota allows.
     async fn run(&self, calls: &[Call]) -> Result<Vec<i64>, RedisError> {
+        let one_slot = calls.iter().all(|call| call.digest == calls[0].digest);
+        if !self.0.backend.target.is_cluster() || one_slot {
+            return self.run_one(calls.iter()).await;
+        }
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for (index, call) in calls.iter().enumerate() {
+            match groups
+                .iter_mut()
+                .find(|group| calls[group[0]].digest == call.digest)
+            {
+                Some(group) => group.push(index),
+                None => groups.push(vec![index]),
+            }
+        }
+        let answers = futures::future::join_all(
+            groups
+                .iter()
+                .map(|group| self.run_one(group.iter().map(|&i| &calls[i]))),
+        )
+        .await;
+        let mut out = vec![0; calls.len() * ANSWER];
+        let mut failed = None;
+        for (group, answer) in groups.iter().zip(answers) {
+            match answer {
+                Ok(answer) => {
+                    for (&index, values) in group.iter().zip(answer.chunks_exact(ANSWER)) {
+                        out[index * ANSWER..(index + 1) * ANSWER].copy_from_slice(values);
+                    }
+                }
+                Err(error) => failed = Some(error),
+            }
+        }
+        let refused = failed.is_some()
+            || calls
+                .iter()
+                .zip(out.chunks_exact(ANSWER))
+                .any(|(call, answer)| call.op == LEASE && !call.dry_run && answer[0] != 1);
+        if refused {
+            self.give_back_charges(calls, &mut out).await;
+        }
+        match failed {
+            Some(error) => Err(error),
+            None => Ok(out),
+        }
+    }
+
+    /// Gives back what `calls` were granted (their answers say so), and marks the
+    /// answers as granting nothing.
+    async fn give_back_charges(&self, calls: &[Call], answers: &mut [i64]) {
+        let mut back = Vec::new();
+        for (call, answer) in calls.iter().zip(answers.chunks_exact_mut(ANSWER)) {
+            let granted = u32::try_from(answer[4]).unwrap_or(0);
+            let Some(lease) = call.lease.as_ref().filter(|_| granted > 0) else {
+                continue;
+            };
+            answer[4] = 0;
+            let compiled = &self.0.engine.quotas[call.applied.quota];
+            let mut give = Call::new(call.applied, call.digest.clone(), GIVE_BACK);
+            give.give_back = match compiled.quota.semantics {
+                Semantics::Smooth => format!("{granted} {}", answer[5]),
+                Semantics::StrictWindow => {
+                    let mut spec = lease.to_string();
+                    for index in 0..granted {
+                        spec.push_str(&format!(" {index}"));
+                    }
+                    spec
+                }
+            };
+            back.push(give);
+        }
+        for give in &back {
+            // A give-back that does not arrive leaves the charge to expire with its
+            // window: the strict side.
+            let _ = self.run_one(std::iter::once(give)).await;
+        }
+    }
+
+    async fn run_one<'a>(
+        &self,
+        calls: impl ExactSizeIterator<Item = &'a Call> + Clone,
+    ) -> Result<Vec<i64>, RedisError> {
         let engine = &self.0.engine;
+        let count = calls.len();
         let ns = &self.0.backend.namespace;
         let mut invocation = self.0.script.prepare_invoke();
         if self.0.send_time {
@@ -623,18 +705,20 @@ impl Attached {
             invocation.arg("");
         }
         invocation.arg(micros(self.0.backend.lease_ttl));
-        for call in calls {
+        for call in calls.clone() {
             let compiled = &engine.quotas[call.applied.quota];
             let quota = &compiled.quota;
             let limiter = &compiled.limiters[call.applied.tier];
             let name = &quota.name;
+            // The digest is the keys' hash tag: one quota's keys for one key live in one
+            // slot of a Redis Cluster.
             invocation
                 .key(format!(
-                    "{ns}:q:{name}:{}:{}",
+                    "{ns}:q:{name}:{}:{{{}}}",
                     call.applied.tier, call.digest
                 ))
-                .key(format!("{ns}:ban:{name}:{}", call.digest))
-                .key(format!("{ns}:strikes:{name}:{}", call.digest));
+                .key(format!("{ns}:ban:{name}:{{{}}}", call.digest))
+                .key(format!("{ns}:strikes:{name}:{{{}}}", call.digest));
             let ban = quota.ban.as_ref();
             invocation
                 .arg(match quota.semantics {
@@ -654,31 +738,36 @@ impl Attached {
                 .arg(call.lease.as_deref().unwrap_or(""))
                 .arg(&call.give_back);
         }
-        let mut connection = self.manager()?;
         let exchange = async {
-            match invocation.invoke_async::<Vec<i64>>(&mut connection).await {
-                // The connection died under us (Redis restarted): the manager is
-                // already reconnecting, and this request tries once more on the new
-                // connection, within the same budget.
+            let mut connection = self.connection().await?;
+            let answer = match invocation.invoke_async::<Vec<i64>>(&mut connection).await {
+                // The connection died under us (Redis restarted): it is already
+                // reconnecting, and this request tries once more on the new connection,
+                // within the same budget.
                 Err(error)
                     if error.is_connection_dropped()
                         || error.is_connection_refusal()
                         || error.is_io_error() =>
                 {
+                    self.0.links.failed(&self.0.backend.target);
+                    let mut connection = self.connection().await?;
                     invocation.invoke_async::<Vec<i64>>(&mut connection).await
                 }
                 answer => answer,
-            }
+            };
+            answer.map_err(|error| match error.is_timeout() {
+                true => RedisError::TimedOut,
+                false => RedisError::from(error),
+            })
         };
         let answer = match tokio::time::timeout(self.0.backend.timeout, exchange).await {
             Err(_) => return Err(RedisError::TimedOut),
-            Ok(Err(error)) if error.is_timeout() => return Err(RedisError::TimedOut),
             Ok(answer) => answer?,
         };
-        if answer.len() != calls.len() * ANSWER {
+        if answer.len() != count * ANSWER {
             return Err(RedisError::UnexpectedAnswer {
                 got: answer.len(),
-                quotas: calls.len(),
+                quotas: count,
             });
         }
         Ok(answer)
@@ -962,18 +1051,9 @@ impl Attached {
 
     /// The bans in force in Redis.
     pub(crate) async fn bans(&self) -> Result<Vec<BanEntry>, RedisError> {
-        let mut connection = self.manager()?;
+        let mut connection = self.connection().await?;
         let prefix = format!("{}:ban:", self.0.backend.namespace);
-        let keys: Vec<String> = {
-            let mut iter = connection
-                .scan_match::<_, String>(format!("{prefix}*"))
-                .await?;
-            let mut keys = Vec::new();
-            while let Some(key) = iter.next_item().await {
-                keys.push(key?);
-            }
-            keys
-        };
+        let keys = self.keys(&mut connection, &format!("{prefix}*")).await?;
         let wall = self.0.engine.clock.now();
         let mut out = Vec::new();
         for key in keys {
@@ -993,20 +1073,30 @@ impl Attached {
         Ok(out)
     }
 
+    /// The keys matching `pattern`: SCAN on one server; on a cluster KEYS, which the
+    /// client sends to every master (SCAN would see one node). Only the admin's ban
+    /// listing asks, never a request.
+    async fn keys(
+        &self,
+        connection: &mut Connection,
+        pattern: &str,
+    ) -> Result<Vec<String>, RedisError> {
+        if self.0.backend.target.is_cluster() {
+            return Ok(connection.keys(pattern).await?);
+        }
+        let mut iter = connection.scan_match::<_, String>(pattern).await?;
+        let mut keys = Vec::new();
+        while let Some(key) = iter.next_item().await {
+            keys.push(key?);
+        }
+        Ok(keys)
+    }
+
     /// Lifts a ban held in Redis.
     pub(crate) async fn lift_ban(&self, quota: &str, label: &str) -> Result<bool, RedisError> {
-        let mut connection = self.manager()?;
+        let mut connection = self.connection().await?;
         let prefix = format!("{}:ban:{quota}:", self.0.backend.namespace);
-        let mut found = Vec::new();
-        {
-            let mut iter = connection
-                .scan_match::<_, String>(format!("{prefix}*"))
-                .await?;
-            while let Some(key) = iter.next_item().await {
-                found.push(key?);
-            }
-        }
-        for key in found {
+        for key in self.keys(&mut connection, &format!("{prefix}*")).await? {
             let value: Option<String> = connection.get(&key).await?;
             if value.as_deref() == Some(label) {
                 let removed: i64 = connection.del(&key).await?;
