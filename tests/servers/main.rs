@@ -25,6 +25,7 @@ mod proxy_protocol;
 mod rate_limit_axum;
 mod rate_limit_leases;
 mod rate_limit_redis;
+mod rate_limit_redis_topologies;
 mod redis_server;
 mod role_router_axum;
 mod role_router_tonic;

@@ -18,55 +18,89 @@ pub const REQUIRE_VAR: &str = "PORTCULLIS_REQUIRE_REDIS";
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    /// Arguments beside the port and the defaults (a config file first, for Sentinel).
+    before: Vec<String>,
+    after: Vec<String>,
+    /// Its working directory: a replica writes the master's data there, and a server
+    /// loads what it finds there, so none may share one (or the tests' own).
+    dir: Scratch,
+}
+
+/// Whether `redis-server` can run here; if not and the environment does not require
+/// it, says the test was skipped.
+fn installed(test: &str) -> bool {
+    let runs = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok();
+    if !runs {
+        let message = format!(
+            "SKIPPED {test}: redis-server is not installed. Install it (Debian/Ubuntu: \
+             `apt-get install -y redis-server`, macOS: `brew install redis`) to run the \
+             Redis tests."
+        );
+        if std::env::var_os(REQUIRE_VAR).is_some_and(|v| v != "0") {
+            panic!("{message} {REQUIRE_VAR} is set, so a skip is a failure.");
+        }
+        // Straight to stderr: `eprintln!` is captured and hidden for passing tests, and
+        // a skip must be seen.
+        let _ = writeln!(std::io::stderr(), "{message}");
+    }
+    runs
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl RedisServer {
     /// Starts a server, or returns `None` (having said why) if `redis-server` is not
     /// installed and the environment does not require it.
     pub async fn start(test: &str) -> Option<Self> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_err()
-        {
-            let message = format!(
-                "SKIPPED {test}: redis-server is not installed. Install it (Debian/Ubuntu: \
-                 `apt-get install -y redis-server`, macOS: `brew install redis`) to run the \
-                 Redis tests."
-            );
-            if std::env::var_os(REQUIRE_VAR).is_some_and(|v| v != "0") {
-                panic!("{message} {REQUIRE_VAR} is set, so a skip is a failure.");
-            }
-            // Straight to stderr: `eprintln!` is captured and hidden for passing tests,
-            // and a skip must be seen.
-            let _ = writeln!(std::io::stderr(), "{message}");
+        if !installed(test) {
             return None;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = Self { child: None, port };
+        Some(Self::launched(Vec::new(), Vec::new()).await)
+    }
+
+    async fn launched(before: Vec<String>, after: Vec<String>) -> Self {
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            before,
+            after,
+            dir: Scratch::new(),
+        };
         server.launch().await;
-        Some(server)
+        server
     }
 
     async fn launch(&mut self) {
+        let port = self.port.to_string();
+        let dir = self.dir.0.to_string_lossy().into_owned();
+        let defaults = [
+            "--dir",
+            &dir,
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+        ];
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-            ])
+            .args(&self.before)
+            .args(defaults)
+            .args(&self.after)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -144,5 +178,201 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A directory of its own under the system's temporary one, removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new() -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("portcullis-redis-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One command's answer from `server`, as text.
+async fn ask(server: &RedisServer, args: &[&str]) -> String {
+    let mut client = server.client().await;
+    let mut command = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        command.arg(*arg);
+    }
+    match command
+        .query_async::<redis::Value>(&mut client)
+        .await
+        .unwrap()
+    {
+        redis::Value::Okay => "OK".into(),
+        redis::Value::SimpleString(text) => text,
+        redis::Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        redis::Value::VerbatimString { text, .. } => text,
+        other => format!("{other:?}"),
+    }
+}
+
+/// A Redis Cluster of three masters on loopback ports, made by the test (slots split
+/// in three, the nodes introduced to each other), killed when dropped.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub async fn start(test: &str) -> Option<Self> {
+        if !installed(test) {
+            return None;
+        }
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            // Relative: in the node's own directory.
+            let after = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+            ]
+            .map(String::from)
+            .to_vec();
+            nodes.push(RedisServer::launched(Vec::new(), after).await);
+        }
+        for (i, node) in nodes.iter().enumerate() {
+            let (first, last) = (i * 16384 / 3, (i + 1) * 16384 / 3 - 1);
+            let answer = ask(
+                node,
+                &[
+                    "CLUSTER",
+                    "ADDSLOTSRANGE",
+                    &first.to_string(),
+                    &last.to_string(),
+                ],
+            )
+            .await;
+            assert_eq!(answer, "OK");
+        }
+        for node in &nodes[1..] {
+            let port = node.port.to_string();
+            assert_eq!(
+                ask(&nodes[0], &["CLUSTER", "MEET", "127.0.0.1", &port]).await,
+                "OK"
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut ready = true;
+            for node in &nodes {
+                let info = ask(node, &["CLUSTER", "INFO"]).await;
+                ready &=
+                    info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3");
+            }
+            if ready {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the cluster did not form");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Some(Self { nodes })
+    }
+
+    /// The cluster's URL, naming two of its nodes (the client learns the third).
+    pub fn url(&self) -> String {
+        format!(
+            "redis+cluster://127.0.0.1:{},127.0.0.1:{}/",
+            self.nodes[0].port, self.nodes[1].port
+        )
+    }
+}
+
+/// A master, its replica, and one Sentinel watching them (a master down for 500 ms is
+/// failed over to the replica), killed when dropped.
+pub struct RedisSentinel {
+    pub master: RedisServer,
+    pub replica: RedisServer,
+    pub sentinel: RedisServer,
+    _dir: Scratch,
+}
+
+impl RedisSentinel {
+    pub const MASTER: &str = "portcullis-master";
+
+    pub async fn start(test: &str) -> Option<Self> {
+        if !installed(test) {
+            return None;
+        }
+        let dir = Scratch::new();
+        let master = RedisServer::launched(Vec::new(), Vec::new()).await;
+        let replica = RedisServer::launched(
+            Vec::new(),
+            ["--replicaof", "127.0.0.1", &master.port.to_string()]
+                .map(String::from)
+                .to_vec(),
+        )
+        .await;
+        // Sentinel rewrites its configuration file, so it gets one of its own.
+        let config = dir.0.join("sentinel.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "sentinel monitor {} 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds {0} 500\n\
+                 sentinel failover-timeout {0} 5000\n",
+                Self::MASTER,
+                master.port
+            ),
+        )
+        .unwrap();
+        let sentinel = RedisServer::launched(
+            vec![config.to_string_lossy().into_owned(), "--sentinel".into()],
+            Vec::new(),
+        )
+        .await;
+        // Wait until Sentinel knows the replica, so that it can fail over to it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ask(&sentinel, &["SENTINEL", "REPLICAS", Self::MASTER])
+            .await
+            .contains(&replica.port.to_string())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "Sentinel did not find the replica"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Some(Self {
+            master,
+            replica,
+            sentinel,
+            _dir: dir,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "redis+sentinel://127.0.0.1:{}/{}",
+            self.sentinel.port,
+            Self::MASTER
+        )
+    }
+
+    /// The master Sentinel names now.
+    pub async fn master_port(&self) -> u16 {
+        let mut client = self.sentinel.client().await;
+        let (_host, port): (String, u16) = redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg(Self::MASTER)
+            .query_async(&mut client)
+            .await
+            .unwrap();
+        port
     }
 }

@@ -112,9 +112,21 @@ impl fmt::Debug for RedisBackend {
 }
 
 impl RedisBackend {
-    /// A backend for the server at `url` (`redis://host:port/db`, `rediss://` for
-    /// TLS). It connects on first use and reconnects by itself, so an instance starts
-    /// even while Redis is down.
+    /// A backend for the Redis at `url`:
+    ///
+    /// - one server: `redis://[user:password@]host:port/db`, `rediss://` for TLS;
+    /// - a Redis Cluster: `redis+cluster://[user:password@]node1:7000,node2:7001/`
+    ///   (any of its nodes; `rediss+cluster://` for TLS);
+    /// - the master that Redis Sentinel names:
+    ///   `redis+sentinel://[user:password@]sentinel1:26379,sentinel2:26379/MASTER[/db]`
+    ///   (user and password are the data nodes'); after a failover the next request
+    ///   asks Sentinel again.
+    ///
+    /// It connects on first use and reconnects by itself, so an instance starts even
+    /// while Redis is down. On a cluster, each quota's keys share a slot (the key's
+    /// digest is their hash tag); a request whose quotas key on different things is
+    /// one script call per slot, and what one call charged is given back when another
+    /// refuses.
     pub async fn connect(url: &str) -> Result<Self, RedisError> {
         Ok(Self {
             target: Target::parse(url)?,
