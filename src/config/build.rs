@@ -21,7 +21,7 @@ use portcullis_mtls_identity::{
 };
 use portcullis_rate_limit::{
     Ban, BanResponse, Charge, KeyPart, MissingKey, Overflow as KeyOverflow, Quota, RateLimitLayer,
-    RedisBackend, RedisFailure, Semantics,
+    RedisBackend, RedisFailure, RedisTls, Semantics,
 };
 use portcullis_role_router::RoleRouterLayer;
 
@@ -934,6 +934,26 @@ impl GatewayConfig {
         Ok(issuer)
     }
 
+    /// `redis_tls`: the files read now, so that a missing one stops the start.
+    fn redis_tls(&self, files: &schema::RedisTlsFiles) -> Result<RedisTls, String> {
+        let read = |what: &str, path: &std::path::Path| {
+            std::fs::read(self.path(path))
+                .map_err(|e| format!("redis_tls.{what}: {}: {e}", path.display()))
+        };
+        let mut tls = RedisTls::new();
+        if let Some(path) = &files.ca_file {
+            tls = tls.root_certificates(read("ca_file", path)?);
+        }
+        match (&files.cert_file, &files.key_file) {
+            (Some(cert), Some(key)) => {
+                tls = tls.client_certificate(read("cert_file", cert)?, read("key_file", key)?);
+            }
+            (None, None) => {}
+            _ => return Err("redis_tls: cert_file and key_file go together".into()),
+        }
+        Ok(tls)
+    }
+
     async fn rate_limit(
         &self,
         c: &schema::RateLimit,
@@ -1009,14 +1029,18 @@ impl GatewayConfig {
             builder = builder.quota(quota);
         }
         if let Some(url) = &c.redis {
-            let mut backend = RedisBackend::connect(url)
-                .await
-                .map_err(|e| format!("redis: {e}"))?
-                .on_failure(match c.redis_on_failure {
-                    schema::RedisFailureName::LocalFallback => RedisFailure::LocalFallback,
-                    schema::RedisFailureName::FailClosed => RedisFailure::FailClosed,
-                    schema::RedisFailureName::FailOpen => RedisFailure::FailOpen,
-                });
+            let backend = match &c.redis_tls {
+                Some(files) => RedisBackend::connect_with_tls(url, self.redis_tls(files)?).await,
+                None => RedisBackend::connect(url).await,
+            };
+            let mut backend =
+                backend
+                    .map_err(|e| format!("redis: {e}"))?
+                    .on_failure(match c.redis_on_failure {
+                        schema::RedisFailureName::LocalFallback => RedisFailure::LocalFallback,
+                        schema::RedisFailureName::FailClosed => RedisFailure::FailClosed,
+                        schema::RedisFailureName::FailOpen => RedisFailure::FailOpen,
+                    });
             if let Some(timeout) = c.redis_timeout {
                 backend = backend.timeout(timeout);
             }
@@ -1050,6 +1074,7 @@ impl GatewayConfig {
             || c.redis_instances.is_some()
             || c.redis_heartbeat_every.is_some()
             || c.redis_lease_ttl.is_some()
+            || c.redis_tls.is_some()
             || c.redis_max_lease.is_some()
             || c.redis_on_failure != schema::RedisFailureName::LocalFallback
         {

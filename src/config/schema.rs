@@ -518,6 +518,9 @@ pub(crate) struct RateLimit {
     pub(crate) redis_lease_ttl: Option<Duration>,
     /// The most permits one lease holds (64 by default, at most 1000).
     pub(crate) redis_max_lease: Option<std::num::NonZeroU32>,
+    /// Certificates for `rediss://`: a CA instead of the system's roots, a client
+    /// certificate.
+    pub(crate) redis_tls: Option<RedisTlsFiles>,
     /// How often idle keys are forgotten ("60s" by default).
     #[serde(default, deserialize_with = "optional_positive_duration")]
     pub(crate) sweep_every: Option<Duration>,
@@ -528,6 +531,14 @@ pub(crate) struct RateLimit {
     pub(crate) dry_run_headers: bool,
     #[serde(rename = "quota")]
     pub(crate) quotas: Vec<Quota>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RedisTlsFiles {
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) cert_file: Option<PathBuf>,
+    pub(crate) key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]

@@ -198,3 +198,144 @@ async fn sentinel_names_the_master_and_a_failover_is_followed() {
         ]
     );
 }
+
+/// Redis over TLS with certificates made here: the CA given, and the client
+/// certificate the server requires, share quotas; without the client certificate,
+/// with the system's roots only, or in plain text to the TLS port, nothing connects
+/// and the failure policy answers (503 here).
+#[tokio::test]
+async fn redis_over_tls_with_a_ca_and_a_client_certificate() {
+    use portcullis::rate_limit::RedisTls;
+    use rcgen::ExtendedKeyUsagePurpose;
+
+    let ca = crate::mtls_axum::Ca::new("Redis CA");
+    let server = ca.issue("127.0.0.1", Some(ExtendedKeyUsagePurpose::ServerAuth), 2);
+    let client = ca.issue("gateway", Some(ExtendedKeyUsagePurpose::ClientAuth), 3);
+    let Some(redis) = crate::redis_server::TlsRedisServer::start(
+        "redis_tls",
+        &server.pem,
+        &server.key,
+        &ca.pem,
+        true,
+    )
+    .await
+    else {
+        return;
+    };
+    let closed = |backend: RedisBackend| {
+        backend
+            .namespace("tls")
+            .instances(2)
+            .timeout(Duration::from_secs(2))
+            .on_failure(RedisFailure::FailClosed)
+    };
+    let serve_with = |backend: RedisBackend| async move {
+        let layer = RateLimitLayer::builder()
+            .quota(Quota::new("per-ip", "3 per 1h".parse().unwrap()))
+            .redis(closed(backend))
+            .build()
+            .unwrap();
+        serve(layer).await
+    };
+    let full = RedisTls::new()
+        .root_certificates(ca.pem.clone())
+        .client_certificate(client.pem.clone(), client.key.clone());
+    let debug = format!("{full:?}");
+    assert!(
+        !debug.contains("PRIVATE KEY") && !debug.contains(&client.key[40..80]),
+        "{debug}"
+    );
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let backend = RedisBackend::connect_with_tls(&redis.tls_url(), full.clone())
+            .await
+            .unwrap();
+        servers.push(serve_with(backend).await);
+    }
+    let servers = &servers;
+    let statuses: Vec<StatusCode> = futures::future::join_all(
+        (0..5).map(|i| async move { answered(servers[i % 2], "127.0.0.102", "/").await.status }),
+    )
+    .await;
+    let allowed = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!((allowed, refused), (3, 2), "{statuses:?}");
+    let written: Vec<String> = redis.server.client().await.keys("tls:q:*").await.unwrap();
+    assert_eq!(written.len(), 1);
+
+    let refused_connections = [
+        (
+            "no client certificate",
+            RedisBackend::connect_with_tls(
+                &redis.tls_url(),
+                RedisTls::new().root_certificates(ca.pem.clone()),
+            )
+            .await
+            .unwrap(),
+        ),
+        (
+            "the system's roots",
+            RedisBackend::connect(&redis.tls_url()).await.unwrap(),
+        ),
+        (
+            "plain text to the TLS port",
+            RedisBackend::connect(&format!("redis://127.0.0.1:{}/", redis.tls_port))
+                .await
+                .unwrap(),
+        ),
+    ];
+    for (case, backend) in refused_connections {
+        let server = serve_with(backend).await;
+        let reply = answered(server, "127.0.0.103", "/").await;
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{case}");
+        assert_eq!(
+            reply.code().as_deref(),
+            Some("rate_limit_unavailable"),
+            "{case}"
+        );
+    }
+
+    // The gateway file: `redis_tls` names the files, read relative to the file's
+    // directory; a certificate without its key is refused with a message.
+    let dir = std::env::temp_dir().join(format!("portcullis-redis-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ca.pem"), &ca.pem).unwrap();
+    std::fs::write(dir.join("client.pem"), &client.pem).unwrap();
+    std::fs::write(dir.join("client-key.pem"), &client.key).unwrap();
+    let file = |tls: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[[layer]]\nkind = \"rate-limit\"\nredis = \"{}\"\nredis_namespace = \"tls-file\"\nredis_on_failure = \"fail-closed\"\n{tls}\n[[layer.quota]]\nname = \"q\"\nrate = \"1 per 1h\"\n",
+            redis.tls_url()
+        )
+    };
+    let text = file("redis_tls = { ca_file = \"ca.pem\", cert_file = \"client.pem\", key_file = \"client-key.pem\" }");
+    let app = axum::Router::new().fallback(|| async { "ok" });
+    let gateway = crate::client::serve_gateway_file(&text, &dir, app).await;
+    assert_eq!(
+        answered(gateway, "127.0.0.104", "/").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        answered(gateway, "127.0.0.104", "/").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let error = portcullis::config::GatewayConfig::parse(
+        "gateway.toml",
+        &file("redis_tls = { ca_file = \"ca.pem\", cert_file = \"client.pem\" }"),
+        &dir,
+    )
+    .unwrap()
+    .build()
+    .await
+    .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("cert_file and key_file go together"),
+        "{error}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

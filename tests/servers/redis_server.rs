@@ -376,3 +376,60 @@ impl RedisSentinel {
         port
     }
 }
+
+/// A `redis-server` that also listens with TLS (its certificate and key, the CA whose
+/// clients it accepts, and whether it requires a client certificate), killed when
+/// dropped. Its plain port stays open for looking at what was written.
+pub struct TlsRedisServer {
+    pub server: RedisServer,
+    pub tls_port: u16,
+    _files: Scratch,
+}
+
+impl TlsRedisServer {
+    pub async fn start(
+        test: &str,
+        certificate: &str,
+        key: &str,
+        client_ca: &str,
+        require_client_certificate: bool,
+    ) -> Option<Self> {
+        if !installed(test) {
+            return None;
+        }
+        let files = Scratch::new();
+        let write = |name: &str, pem: &str| {
+            let path = files.0.join(name);
+            std::fs::write(&path, pem).unwrap();
+            path.to_string_lossy().into_owned()
+        };
+        let tls_port = free_port();
+        let after = vec![
+            "--tls-port".to_owned(),
+            tls_port.to_string(),
+            "--tls-cert-file".to_owned(),
+            write("server.pem", certificate),
+            "--tls-key-file".to_owned(),
+            write("server-key.pem", key),
+            "--tls-ca-cert-file".to_owned(),
+            write("ca.pem", client_ca),
+            "--tls-auth-clients".to_owned(),
+            if require_client_certificate {
+                "yes"
+            } else {
+                "no"
+            }
+            .to_owned(),
+        ];
+        let server = RedisServer::launched(Vec::new(), after).await;
+        Some(Self {
+            server,
+            tls_port,
+            _files: files,
+        })
+    }
+
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}/", self.tls_port)
+    }
+}

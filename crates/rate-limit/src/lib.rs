@@ -118,6 +118,23 @@ mod ticker;
 #[cfg(test)]
 mod tests;
 
+/// Parsers reached by the fuzz targets in `fuzz/` (built only with `--cfg fuzzing`,
+/// which `cargo fuzz` sets).
+#[cfg(all(fuzzing, feature = "redis"))]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Reads a Redis URL as [`RedisBackend::connect`](crate::RedisBackend::connect)
+    /// does: the kind of target, or the error's text.
+    pub fn redis_url(url: &str) -> Result<&'static str, String> {
+        match crate::redis_link::Target::parse(url, None) {
+            Ok(crate::redis_link::Target::Single(_)) => Ok("single"),
+            Ok(crate::redis_link::Target::Cluster(_)) => Ok("cluster"),
+            Ok(crate::redis_link::Target::Sentinel(_)) => Ok("sentinel"),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+}
+
 pub use ban::BanEntry;
 pub use check::{CheckKeyError, QuotaCheck, RateLimitCheck};
 pub use future::ResponseFuture;
@@ -129,6 +146,8 @@ pub use quota::{
 pub use rate::{InvalidRate, Rate};
 #[cfg(feature = "redis")]
 pub use redis::{RedisBackend, RedisError, RedisFailure};
+#[cfg(feature = "redis")]
+pub use redis_link::RedisTls;
 
 /// The layer's name in [`Denial`](portcullis_core::Denial)s and audit notes.
 pub const LAYER_NAME: &str = "rate-limit";

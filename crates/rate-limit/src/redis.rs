@@ -15,7 +15,7 @@ use crate::future::{PendingCharge, PendingVerdict};
 use crate::key::{self, KeySource};
 use crate::lease::{Entry, GiveBack, Leases, Spend, Take};
 use crate::quota::{Charge, Semantics};
-use crate::redis_link::{Connection, Links, Target};
+use crate::redis_link::{Connection, Links, RedisTls, Target};
 
 /// What the layer does when Redis cannot answer in time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -128,8 +128,32 @@ impl RedisBackend {
     /// one script call per slot, and what one call charged is given back when another
     /// refuses.
     pub async fn connect(url: &str) -> Result<Self, RedisError> {
+        Self::with_target(Target::parse(url, None)?)
+    }
+
+    /// Like [`connect`](Self::connect), for `rediss://` (and `rediss+cluster://`,
+    /// `rediss+sentinel://`) with certificates of your own: a CA to trust instead of
+    /// the system's roots, and a client certificate if the servers ask for one.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use portcullis_rate_limit::{RedisBackend, RedisTls};
+    ///
+    /// let tls = RedisTls::new()
+    ///     .root_certificates(std::fs::read("redis-ca.pem")?)
+    ///     .client_certificate(std::fs::read("client.pem")?, std::fs::read("client-key.pem")?);
+    /// let redis = RedisBackend::connect_with_tls("rediss://redis.internal:6380/", tls).await?;
+    /// # let _ = redis;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect_with_tls(url: &str, tls: RedisTls) -> Result<Self, RedisError> {
+        Self::with_target(Target::parse(url, Some(&tls))?)
+    }
+
+    fn with_target(target: Target) -> Result<Self, RedisError> {
         Ok(Self {
-            target: Target::parse(url)?,
+            target,
             namespace: "portcullis".to_owned(),
             timeout: Duration::from_millis(50),
             failure: RedisFailure::LocalFallback,

@@ -9,8 +9,10 @@ use redis::aio::{
 };
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{AsyncConnectionConfig, Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{
+    AsyncConnectionConfig, Cmd, ConnectionAddr, IntoConnectionInfo, Pipeline, RedisFuture, Value,
+};
 
 use crate::redis::RedisError;
 
@@ -20,20 +22,77 @@ const CLUSTER: [&str; 2] = ["redis+cluster://", "rediss+cluster://"];
 /// the path).
 const SENTINEL: [&str; 2] = ["redis+sentinel://", "rediss+sentinel://"];
 
+/// Certificates for Redis over TLS (`rediss://`): the roots to trust instead of the
+/// system's, and a client certificate for servers that ask for one.
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    root_certificates: Option<Vec<u8>>,
+    client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("RedisTls")
+            .field("root_certificates", &self.root_certificates.is_some())
+            .field("client_certificate", &self.client.is_some())
+            .finish()
+    }
+}
+
+impl RedisTls {
+    /// The system's roots, no client certificate.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Trusts the CA certificates in `pem` (one or more) instead of the system's roots.
+    pub fn root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_certificates = Some(pem.into());
+        self
+    }
+
+    /// Presents this certificate chain and key (PEM) to servers that ask for one
+    /// (`tls-auth-clients yes`).
+    pub fn client_certificate(
+        mut self,
+        chain_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.client = Some((chain_pem.into(), key_pem.into()));
+        self
+    }
+
+    fn certificates(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: self
+                .client
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+            root_cert: self.root_certificates.clone(),
+        }
+    }
+}
+
 /// Where Redis is, as the connection URL says.
 #[derive(Clone)]
 pub(crate) enum Target {
     Single(redis::Client),
-    /// The seed nodes' URLs.
-    Cluster(Arc<Vec<String>>),
+    /// The seed nodes' URLs, and the certificates for TLS.
+    Cluster(Arc<(Vec<String>, Option<redis::TlsCertificates>)>),
     Sentinel(Arc<tokio::sync::Mutex<SentinelClient>>),
 }
 
 impl Target {
     /// Reads `redis://`/`rediss://` (one server), `redis+cluster://h1:p1,h2:p2/`
     /// (a cluster, from any of its nodes) or `redis+sentinel://s1:p1,s2:p2/master/db`
-    /// (the master Sentinel names). User and password apply to the data nodes.
-    pub(crate) fn parse(url: &str) -> Result<Self, RedisError> {
+    /// (the master Sentinel names). User and password apply to the data nodes, and so
+    /// does TLS (`rediss`): the sentinels are asked in plain text.
+    pub(crate) fn parse(url: &str, tls: Option<&RedisTls>) -> Result<Self, RedisError> {
+        let certificates = tls.map(RedisTls::certificates);
         if let Some((tls, rest)) = strip(url, CLUSTER) {
             let (userinfo, hosts, _path) = split(rest)?;
             let nodes: Vec<String> = hosts
@@ -41,8 +100,8 @@ impl Target {
                 .map(|host| format!("{}://{userinfo}{host}/", scheme(tls)))
                 .collect();
             // Checked now; made again on first use, with the backend's budget.
-            ClusterClient::new(nodes.iter().map(String::as_str))?;
-            return Ok(Self::Cluster(Arc::new(nodes)));
+            cluster_client(&nodes, certificates.as_ref(), Duration::from_secs(1))?;
+            return Ok(Self::Cluster(Arc::new((nodes, certificates))));
         }
         if let Some((tls, rest)) = strip(url, SENTINEL) {
             let (userinfo, hosts, path) = split(rest)?;
@@ -54,33 +113,69 @@ impl Target {
             })?;
             let db = path.next().unwrap_or("0");
             // The data nodes' credentials and database, read as redis-rs reads a URL.
-            let master_info = format!("{}://{userinfo}localhost/{db}", scheme(tls))
-                .into_connection_info()?
-                .redis_settings()
-                .clone();
-            let sentinels: Vec<String> = hosts
-                .split(',')
-                .map(|host| format!("redis://{host}/"))
-                .collect();
-            let mut node =
-                SentinelNodeConnectionInfo::default().set_redis_connection_info(master_info);
-            if tls {
-                node = node.set_tls_mode(redis::TlsMode::Secure);
+            let data = format!("redis://{userinfo}localhost/{db}").into_connection_info()?;
+            let data = data.redis_settings();
+            let mut sentinels = Vec::new();
+            for host in hosts.split(',') {
+                sentinels.push(socket_address(host)?);
             }
-            let client = SentinelClient::build(
-                sentinels,
-                master.to_owned(),
-                Some(node),
-                SentinelServerType::Master,
-            )?;
-            return Ok(Self::Sentinel(Arc::new(tokio::sync::Mutex::new(client))));
+            let mut builder =
+                SentinelClientBuilder::new(sentinels, master, SentinelServerType::Master)?
+                    .set_client_to_redis_db(data.db());
+            if let Some(username) = data.username() {
+                builder = builder.set_client_to_redis_username(username);
+            }
+            if let Some(password) = data.password() {
+                builder = builder.set_client_to_redis_password(password);
+            }
+            if tls {
+                builder = builder.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+                if let Some(certificates) = certificates {
+                    builder = builder.set_client_to_redis_certificates(certificates);
+                }
+            }
+            return Ok(Self::Sentinel(Arc::new(tokio::sync::Mutex::new(
+                builder.build()?,
+            ))));
         }
-        Ok(Self::Single(redis::Client::open(url)?))
+        Ok(Self::Single(match certificates {
+            Some(certificates) => redis::Client::build_with_tls(url, certificates)?,
+            None => redis::Client::open(url)?,
+        }))
     }
 
     pub(crate) fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster(_))
     }
+}
+
+fn cluster_client(
+    nodes: &[String],
+    certificates: Option<&redis::TlsCertificates>,
+    budget: Duration,
+) -> Result<ClusterClient, RedisError> {
+    let mut builder = ClusterClient::builder(nodes.iter().map(String::as_str))
+        .connection_timeout(budget)
+        .response_timeout(budget);
+    if let Some(certificates) = certificates {
+        builder = builder.certs(certificates.clone());
+    }
+    Ok(builder.build()?)
+}
+
+/// `host:port` or `[v6]:port` as a plain TCP address.
+fn socket_address(text: &str) -> Result<ConnectionAddr, RedisError> {
+    let invalid = || RedisError::Redis(format!("a Sentinel address is host:port, not {text:?}"));
+    let (host, port) = text.rsplit_once(':').ok_or_else(invalid)?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port: u16 = port.parse().map_err(|_| invalid())?;
+    if host.is_empty() {
+        return Err(invalid());
+    }
+    Ok(ConnectionAddr::Tcp(host.to_owned(), port))
 }
 
 fn strip<'a>(url: &'a str, schemes: [&str; 2]) -> Option<(bool, &'a str)> {
@@ -146,16 +241,15 @@ impl Links {
                     self.single.get().cloned().expect("set just above"),
                 ))
             }
-            Target::Cluster(nodes) => {
+            Target::Cluster(cluster) => {
+                let (nodes, certificates) = &**cluster;
                 let connection = self
                     .cluster
                     .get_or_try_init(|| async {
-                        ClusterClient::builder(nodes.iter().map(String::as_str))
-                            .connection_timeout(budget)
-                            .response_timeout(budget)
-                            .build()?
+                        cluster_client(nodes, certificates.as_ref(), budget)?
                             .get_async_connection()
                             .await
+                            .map_err(RedisError::from)
                     })
                     .await?;
                 Ok(Connection::Cluster(connection.clone()))
@@ -245,19 +339,22 @@ mod tests {
     #[test]
     fn urls_name_one_server_a_cluster_or_a_sentinel_master() {
         assert!(matches!(
-            Target::parse("redis://127.0.0.1:6379/"),
+            Target::parse("redis://127.0.0.1:6379/", None),
             Ok(Target::Single(_))
         ));
         assert!(matches!(
-            Target::parse("redis+cluster://127.0.0.1:7000,127.0.0.1:7001/"),
+            Target::parse("redis+cluster://127.0.0.1:7000,127.0.0.1:7001/", None),
             Ok(Target::Cluster(_))
         ));
         assert!(matches!(
-            Target::parse("rediss+cluster://user:secret@n1:7000,n2:7001"),
+            Target::parse("rediss+cluster://user:secret@n1:7000,n2:7001", None),
             Ok(Target::Cluster(_))
         ));
         assert!(matches!(
-            Target::parse("redis+sentinel://:secret@s1:26379,s2:26379/mymaster/2"),
+            Target::parse(
+                "redis+sentinel://:secret@s1:26379,s2:26379/mymaster/2",
+                None
+            ),
             Ok(Target::Sentinel(_))
         ));
         for bad in [
@@ -268,7 +365,7 @@ mod tests {
             "redis+cluster://user:pw@/",
             "http://127.0.0.1/",
         ] {
-            let error = Target::parse(bad)
+            let error = Target::parse(bad, None)
                 .err()
                 .unwrap_or_else(|| panic!("{bad} parsed"));
             assert!(!error.to_string().contains("secret"), "{error}");
