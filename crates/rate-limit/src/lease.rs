@@ -42,6 +42,12 @@ pub(crate) struct Leases {
     /// This instance's prefix of lease ids, then a counter.
     prefix: String,
     counter: AtomicU64,
+    /// How long a renewal may be out before another request may ask (ticker ns): a
+    /// request dropped while waiting for Redis never ends its renewal.
+    stale: u64,
+    /// The most keys one shard tracks; past it new keys are decided per request, so a
+    /// flood of keys cannot grow memory without bound.
+    per_shard: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -66,8 +72,9 @@ struct EntryState {
     /// The key's name in Redis, known from its first call.
     digest: Option<Box<str>>,
     lease: Option<Lease>,
-    /// A renewal is on its way: other requests meanwhile go to Redis one by one.
-    renewing: bool,
+    /// A renewal is on its way, since then (ticker ns): other requests meanwhile go
+    /// to Redis one by one.
+    renewing: Option<u64>,
     /// Requests since `since` (ticker nanoseconds): the key's recent rate.
     arrivals: u32,
     since: u64,
@@ -170,11 +177,15 @@ pub(crate) enum Take {
 }
 
 impl Leases {
+    /// `stale`: how long a renewal may take (the Redis budget); `max_keys`: the most
+    /// keys tracked.
     pub(crate) fn new(
         ttl: Duration,
         caps: Vec<Vec<u32>>,
         strict: Vec<bool>,
         prefix: String,
+        stale: Duration,
+        max_keys: usize,
     ) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
@@ -184,6 +195,8 @@ impl Leases {
             strict,
             prefix,
             counter: AtomicU64::new(0),
+            stale: crate::ticker::nanos(stale),
+            per_shard: max_keys.div_ceil(SHARDS).max(1),
         }
     }
 
@@ -219,6 +232,12 @@ impl Leases {
                 .shard(&map_key)
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
+            if shard.len() >= self.per_shard && !shard.contains_key(&map_key) {
+                drop(shard);
+                return Take::Alone {
+                    lease: self.new_id(),
+                };
+            }
             shard
                 .entry(map_key)
                 .or_insert_with(|| {
@@ -226,7 +245,7 @@ impl Leases {
                         state: Mutex::new(EntryState {
                             digest: None,
                             lease: None,
-                            renewing: false,
+                            renewing: None,
                             arrivals: 0,
                             since: now,
                             last_seen: now,
@@ -253,7 +272,10 @@ impl Leases {
                 };
             }
         }
-        if state.renewing {
+        if state
+            .renewing
+            .is_some_and(|since| now.saturating_sub(since) < self.stale)
+        {
             return Take::Alone {
                 lease: self.new_id(),
             };
@@ -272,7 +294,7 @@ impl Leases {
             Some(old) if old.unspent() > 0 => old.give_back(strict),
             _ => String::new(),
         };
-        state.renewing = true;
+        state.renewing = Some(now);
         state.arrivals = 1;
         state.since = now;
         drop(state);
@@ -300,7 +322,7 @@ impl Leases {
         now: u64,
     ) -> Spend {
         let mut state = entry.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.renewing = false;
+        state.renewing = None;
         if state.digest.is_none() {
             state.digest = Some(digest.into());
         }
@@ -330,7 +352,7 @@ impl Leases {
     /// A renewal that Redis refused or did not answer: the next request may ask again.
     pub(crate) fn renewal_ended(&self, entry: &Entry) {
         let mut state = entry.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.renewing = false;
+        state.renewing = None;
     }
 
     /// Gives a spent permit back into its lease while the lease is still spent from;
@@ -396,9 +418,10 @@ impl Leases {
                         });
                     }
                 }
-                state.renewing
-                    || state.lease.is_some()
-                    || now.saturating_sub(state.last_seen) < idle
+                let renewing = state
+                    .renewing
+                    .is_some_and(|since| now.saturating_sub(since) < self.stale);
+                renewing || state.lease.is_some() || now.saturating_sub(state.last_seen) < idle
             });
         }
         out
@@ -426,6 +449,8 @@ mod tests {
             vec![vec![50]],
             vec![strict],
             "i".into(),
+            Duration::from_millis(50),
+            1_000,
         )
     }
 
@@ -547,5 +572,27 @@ mod tests {
         let (entry, ..) = renew(leases.take(&applied(1), 0));
         leases.renewal_ended(&entry);
         renew(leases.take(&applied(1), MS));
+        // One whose request was dropped does too, once the budget has passed.
+        assert!(matches!(
+            leases.take(&applied(1), 2 * MS),
+            Take::Alone { .. }
+        ));
+        renew(leases.take(&applied(1), 52 * MS));
+    }
+
+    #[test]
+    fn past_the_key_limit_new_keys_are_decided_per_request() {
+        let leases = leases(false);
+        for key in 0..20_000 {
+            let _ = leases.take(&applied(key), 0);
+        }
+        // 1,000 keys in 16 shards: at most 63 each.
+        assert!(leases.tracked() <= 16 * 63, "{}", leases.tracked());
+        assert!(leases.tracked() >= 900, "{}", leases.tracked());
+        // A tracked key keeps its entry.
+        assert!(matches!(
+            leases.take(&applied(0), MS),
+            Take::Alone { .. } | Take::Renew { .. }
+        ));
     }
 }

@@ -268,7 +268,19 @@ impl RedisBackend {
             .collect();
         Attached(Arc::new(Inner {
             send_time: engine.clock.is_manual(),
-            leases: Leases::new(ttl, caps, strict, instance_id.clone()),
+            leases: Leases::new(
+                ttl,
+                caps,
+                strict,
+                instance_id.clone(),
+                self.timeout,
+                engine
+                    .quotas
+                    .iter()
+                    .map(|compiled| compiled.quota.max_tracked_keys)
+                    .max()
+                    .unwrap_or(0),
+            ),
             engine,
             backend: self,
             script: Script::new(include_str!("redis.lua")),
@@ -837,6 +849,10 @@ impl Attached {
                 duration(answer[3]),
             );
             // The permit this request was charged under a lease id, for its refund.
+            if call.renew.is_some() && granted > 1 {
+                metrics::counter!("portcullis_rate_limit_leases_total", "quota" => compiled.quota.name.clone())
+                    .increment(1);
+            }
             let spend = match (&call.lease, granted) {
                 (Some(lease), 1..) => Some(match &call.renew {
                     Some(entry) => leases.granted(
@@ -994,6 +1010,11 @@ impl Attached {
                 if give_backs.is_empty() || this.is_down() {
                     // While Redis is paused they lapse on their own.
                     continue;
+                }
+                for back in &give_backs {
+                    let name = this.0.engine.name(back.quota).to_owned();
+                    metrics::counter!("portcullis_rate_limit_lease_returns_total", "quota" => name)
+                        .increment(1);
                 }
                 let calls: Vec<Call> = give_backs
                     .into_iter()
