@@ -80,7 +80,7 @@ impl RedisTls {
 /// Where Redis is, as the connection URL says.
 #[derive(Clone)]
 pub(crate) enum Target {
-    Single(redis::Client),
+    Single(Box<redis::Client>),
     /// The seed nodes' URLs, and the certificates for TLS.
     Cluster(Arc<(Vec<String>, Option<redis::TlsCertificates>)>),
     Sentinel(Arc<tokio::sync::Mutex<SentinelClient>>),
@@ -138,10 +138,10 @@ impl Target {
                 builder.build()?,
             ))));
         }
-        Ok(Self::Single(match certificates {
+        Ok(Self::Single(Box::new(match certificates {
             Some(certificates) => redis::Client::build_with_tls(url, certificates)?,
             None => redis::Client::open(url)?,
-        }))
+        })))
     }
 
     pub(crate) fn is_cluster(&self) -> bool {
@@ -235,7 +235,7 @@ impl Links {
                     .set_connection_timeout(Some(budget))
                     .set_response_timeout(None)
                     .set_number_of_retries(0);
-                let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+                let manager = ConnectionManager::new_lazy_with_config((**client).clone(), config)?;
                 let _ = self.single.set(manager);
                 Ok(Connection::Single(
                     self.single.get().cloned().expect("set just above"),
