@@ -113,7 +113,9 @@ impl Target {
             })?;
             let db = path.next().unwrap_or("0");
             // The data nodes' credentials and database, read as redis-rs reads a URL.
-            let data = format!("redis://{userinfo}localhost/{db}").into_connection_info()?;
+            let data = format!("redis://{userinfo}localhost/{db}")
+                .into_connection_info()
+                .map_err(url_error)?;
             let data = data.redis_settings();
             let mut sentinels = Vec::new();
             for host in hosts.split(',') {
@@ -138,10 +140,11 @@ impl Target {
                 builder.build()?,
             ))));
         }
-        Ok(Self::Single(Box::new(match certificates {
-            Some(certificates) => redis::Client::build_with_tls(url, certificates)?,
-            None => redis::Client::open(url)?,
-        })))
+        let client = match certificates {
+            Some(certificates) => redis::Client::build_with_tls(url, certificates),
+            None => redis::Client::open(url),
+        };
+        Ok(Self::Single(Box::new(client.map_err(url_error)?)))
     }
 
     pub(crate) fn is_cluster(&self) -> bool {
@@ -160,12 +163,27 @@ fn cluster_client(
     if let Some(certificates) = certificates {
         builder = builder.certs(certificates.clone());
     }
-    Ok(builder.build()?)
+    builder.build().map_err(url_error)
 }
 
-/// `host:port` or `[v6]:port` as a plain TCP address.
+/// A URL that redis-rs refused. Its message may quote the URL, password and all, so
+/// only the kind is kept.
+fn url_error(error: redis::RedisError) -> RedisError {
+    RedisError::Redis(format!(
+        "{:?}: not a usable Redis URL (redis://, rediss://, redis+cluster://, \
+         redis+sentinel://; see RedisBackend::connect)",
+        error.kind()
+    ))
+}
+
+/// `host:port` or `[v6]:port` as a plain TCP address. The error does not repeat the
+/// text: a URL with its `@` mistyped would put the password there.
 fn socket_address(text: &str) -> Result<ConnectionAddr, RedisError> {
-    let invalid = || RedisError::Redis(format!("a Sentinel address is host:port, not {text:?}"));
+    let invalid = || {
+        RedisError::Redis(
+            "each Sentinel address is host:port (redis+sentinel://s1:26379,s2:26379/MASTER)".into(),
+        )
+    };
     let (host, port) = text.rsplit_once(':').ok_or_else(invalid)?;
     let host = host
         .strip_prefix('[')
@@ -358,6 +376,9 @@ mod tests {
             Ok(Target::Sentinel(_))
         ));
         for bad in [
+            "redis+sentinel://:secretHs1:26379s/m",
+            "resqu:secret@[::1]:6379/?protocol=resq",
+            "redis://u:secret@h:1/?protocol=nope",
             "redis+sentinel://s1:26379",
             "redis+sentinel://s1:26379/",
             "redis+cluster://",
