@@ -348,6 +348,18 @@ pub(crate) struct Call {
 }
 
 impl Call {
+    /// A call that gives back permits of `quota` and `tier` (the script's spec).
+    fn giving_back(quota: usize, tier: usize, digest: Box<str>, spec: String) -> Self {
+        let applied = Applied {
+            quota,
+            tier,
+            key: 0,
+        };
+        let mut call = Self::new(applied, digest, GIVE_BACK);
+        call.give_back = spec;
+        call
+    }
+
     fn new(applied: Applied, digest: Box<str>, op: u8) -> Self {
         Self {
             applied,
@@ -714,8 +726,7 @@ impl Attached {
             };
             answer[4] = 0;
             let compiled = &self.0.engine.quotas[call.applied.quota];
-            let mut give = Call::new(call.applied, call.digest.clone(), GIVE_BACK);
-            give.give_back = match compiled.quota.semantics {
+            let spec = match compiled.quota.semantics {
                 Semantics::Smooth => format!("{granted} {}", answer[5]),
                 Semantics::StrictWindow => {
                     let mut spec = lease.to_string();
@@ -725,7 +736,12 @@ impl Attached {
                     spec
                 }
             };
-            back.push(give);
+            back.push(Call::giving_back(
+                call.applied.quota,
+                call.applied.tier,
+                call.digest.clone(),
+                spec,
+            ));
         }
         for give in &back {
             // A give-back that does not arrive leaves the charge to expire with its
@@ -954,27 +970,24 @@ impl Attached {
         let leases = &self.0.leases;
         let calls: Vec<Call> = deferred
             .iter()
-            .filter_map(|one| {
-                let applied = Applied {
-                    quota: one.quota,
-                    tier: one.tier,
-                    key: one.key,
-                };
-                match &one.spend {
-                    Some(spend) => {
-                        let back = leases.put_back(
-                            spend,
-                            one.quota,
-                            one.tier,
-                            one.digest.as_deref(),
-                            now,
-                        )?;
-                        let mut call = Call::new(applied, back.digest, GIVE_BACK);
-                        call.give_back = back.spec;
-                        Some(call)
-                    }
-                    None => Some(Call::new(applied, one.digest.clone()?, GIVE_BACK)),
+            .filter_map(|one| match &one.spend {
+                Some(spend) => {
+                    let back =
+                        leases.put_back(spend, one.quota, one.tier, one.digest.as_deref(), now)?;
+                    Some(Call::giving_back(
+                        one.quota,
+                        one.tier,
+                        back.digest,
+                        back.spec,
+                    ))
                 }
+                // One plain charge ('' to the script).
+                None => Some(Call::giving_back(
+                    one.quota,
+                    one.tier,
+                    one.digest.clone()?,
+                    String::new(),
+                )),
             })
             .collect();
         if calls.is_empty() {
@@ -1018,16 +1031,7 @@ impl Attached {
                 }
                 let calls: Vec<Call> = give_backs
                     .into_iter()
-                    .map(|back| {
-                        let applied = Applied {
-                            quota: back.quota,
-                            tier: back.tier,
-                            key: 0,
-                        };
-                        let mut call = Call::new(applied, back.digest, GIVE_BACK);
-                        call.give_back = back.spec;
-                        call
-                    })
+                    .map(|back| Call::giving_back(back.quota, back.tier, back.digest, back.spec))
                     .collect();
                 for chunk in calls.chunks(64) {
                     if let Err(error) = this.run(chunk).await {
