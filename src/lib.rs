@@ -68,6 +68,9 @@ pub mod config;
 #[cfg(feature = "ext-authz")]
 pub use portcullis_ext_authz as ext_authz;
 
+#[cfg(feature = "upstream")]
+pub use portcullis_upstream as upstream;
+
 #[cfg(feature = "proxy-protocol")]
 pub use portcullis_proxy_protocol as proxy_protocol;
 

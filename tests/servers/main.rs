@@ -13,6 +13,7 @@ mod client;
 mod examples;
 mod extractors;
 mod gateway;
+mod identity_headers;
 mod ip_allowlist_axum;
 mod ip_allowlist_hyper;
 mod ip_allowlist_tonic;

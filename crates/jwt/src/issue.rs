@@ -149,6 +149,8 @@ struct IssuerInner {
     key: SigningKey,
     issuer: String,
     audience: String,
+    /// The header's `typ` (`at+jwt` unless made with [`TokenIssuer::with_token_type`]).
+    token_type: String,
     lifetime: Duration,
     max_session: Option<Duration>,
     binding: Binding,
@@ -185,13 +187,27 @@ impl TokenIssuer {
         issuer: impl Into<String>,
         audience: impl Into<String>,
     ) -> Result<Self, ConfigError> {
+        Self::with_token_type(key, issuer, audience, ACCESS_TOKEN_TYPE)
+    }
+
+    /// Like [`new`](Self::new), for tokens of another kind than access tokens: their
+    /// header's `typ` is `token_type` (for example `identity+jwt` for the identity
+    /// assertions a gateway sends its upstream), so that neither kind is accepted
+    /// where the other is expected.
+    pub fn with_token_type(
+        key: SigningKey,
+        issuer: impl Into<String>,
+        audience: impl Into<String>,
+        token_type: impl Into<String>,
+    ) -> Result<Self, ConfigError> {
         let issuer = issuer.into();
         let audience = audience.into();
+        let token_type = token_type.into();
         let own = Issuer::new(issuer.clone())
             .audience(audience.clone())
             .key(key.verifying_key())
             .leeway(Duration::ZERO)
-            .token_type(ACCESS_TOKEN_TYPE)
+            .token_type(token_type.clone())
             .compile(&Arc::new(AtomicU64::new(0)))?;
         let validator = Validator {
             issuers: vec![own],
@@ -205,6 +221,7 @@ impl TokenIssuer {
                 key,
                 issuer,
                 audience,
+                token_type,
                 lifetime: Self::DEFAULT_LIFETIME,
                 max_session: None,
                 binding: Binding::Never,
@@ -311,13 +328,13 @@ impl TokenIssuer {
     }
 
     /// The [`Issuer`] a [`JwtLayer`](crate::JwtLayer) needs to accept these tokens:
-    /// this issuer's name, audience and public key, `typ: at+jwt`, and the
+    /// this issuer's name, audience and public key, its `typ` (`at+jwt`), and the
     /// [credential check](Self::credential_check) when one is set.
     pub fn validating_issuer(&self) -> Issuer {
         let issuer = Issuer::new(self.inner.issuer.clone())
             .audience(self.inner.audience.clone())
             .key(self.inner.key.verifying_key())
-            .token_type(ACCESS_TOKEN_TYPE);
+            .token_type(self.inner.token_type.clone());
         match &self.inner.credentials {
             Some(check) => issuer.credential_check(check.clone()),
             None => issuer,
@@ -375,7 +392,7 @@ impl TokenIssuer {
         let token_id = hex::encode(id);
         let header = TokenHeader {
             alg: algorithm_name(inner.key.algorithm()),
-            typ: ACCESS_TOKEN_TYPE,
+            typ: &inner.token_type,
             kid: inner.key.kid(),
         };
         let scope = (!scopes.is_empty()).then(|| scopes.join(" "));
@@ -722,7 +739,7 @@ fn now_ms(clock: &Clock) -> u64 {
 #[derive(Serialize)]
 struct TokenHeader<'a> {
     alg: &'static str,
-    typ: &'static str,
+    typ: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     kid: Option<&'a str>,
 }
