@@ -60,9 +60,11 @@ impl Gateway {
                 Built::IpAllowlist(layer) => admin.layer(layer),
                 Built::MtlsIdentity(layer) => admin.layer(layer),
                 Built::ApiKey(layer) => admin.layer(layer),
-                Built::Jwt(_) | Built::RoleRouter(_) | Built::RateLimit(_) | Built::ExtAuthz(_) => {
-                    admin
-                }
+                Built::Jwt(_)
+                | Built::RoleRouter(_)
+                | Built::RateLimit(_)
+                | Built::ExtAuthz(_)
+                | Built::IdentityHeaders(_) => admin,
             };
         }
         // The probes, merged after the layers: outside them.

@@ -40,6 +40,7 @@ pub(crate) enum Built {
     RateLimit(RateLimitLayer),
     Audit(AuditLayer),
     ExtAuthz(portcullis_ext_authz::ExtAuthzLayer),
+    IdentityHeaders(portcullis_upstream::IdentityHeadersLayer),
 }
 
 /// The token issue and extend routes of `[token_issuer]`.
@@ -158,6 +159,7 @@ impl Gateway {
                 Built::RateLimit(layer) => router.layer(layer),
                 Built::Audit(layer) => router.layer(layer),
                 Built::ExtAuthz(layer) => router.layer(layer),
+                Built::IdentityHeaders(layer) => router.layer(layer),
             },
             // The token routes are routes of the router now: the stack need not look
             // for them.
@@ -343,6 +345,9 @@ impl GatewayConfig {
                     Built::RoleRouter(layer)
                 }
                 LayerConfig::ExtAuthz(c) => Built::ExtAuthz(ext_authz(c, &resolver).map_err(at)?),
+                LayerConfig::IdentityHeaders(c) => {
+                    Built::IdentityHeaders(self.identity_headers(c, &resolver).map_err(at)?)
+                }
                 LayerConfig::RateLimit(c) => {
                     let layer = self.rate_limit(c, &resolver).await.map_err(at)?;
                     reloadable.rate_limits.push(layer.handle());
@@ -932,6 +937,100 @@ impl GatewayConfig {
                 .map_err(|e| format!("scopes_claim: {e}"))?;
         }
         Ok(issuer)
+    }
+
+    /// An identity-headers layer from its `[[layer]]` entry.
+    fn identity_headers(
+        &self,
+        c: &schema::IdentityHeaders,
+        resolver: &ClientIpResolver,
+    ) -> Result<portcullis_upstream::IdentityHeadersLayer, String> {
+        use portcullis_upstream::IdentityHeadersLayer;
+        let mut builder = IdentityHeadersLayer::builder().client_ip(resolver.clone());
+        let header = |name: &Option<schema::HeaderNameText>| name.as_ref().map(|n| n.0.clone());
+        if let Some(name) = header(&c.principal_header) {
+            builder = builder.principal_header(name);
+        }
+        if let Some(name) = header(&c.method_header) {
+            builder = builder.method_header(name);
+        }
+        if let Some(name) = header(&c.credential_header) {
+            builder = builder.credential_header(name);
+        }
+        if let Some(name) = header(&c.roles_header) {
+            builder = builder.roles_header(name);
+        }
+        if let Some(name) = header(&c.scopes_header) {
+            builder = builder.scopes_header(name);
+        }
+        if let Some(name) = header(&c.client_ip_header) {
+            builder = builder.client_ip_header(name);
+        }
+        for (attribute, name) in &c.attributes {
+            builder = builder.attribute_header(attribute.clone(), name.0.clone());
+        }
+        builder = builder.also_remove(c.also_remove.iter().map(|n| n.0.clone()));
+        if let Some(methods) = &c.prefer {
+            let mut prefer = Vec::new();
+            for name in methods {
+                let method = portcullis_core::AuthMethod::ALL
+                    .into_iter()
+                    .find(|m| m.as_str() == name.replace('-', "_"))
+                    .ok_or_else(|| {
+                        format!("prefer: {name:?} is not a method; use certificate, api-key, jwt or external")
+                    })?;
+                prefer.push(method);
+            }
+            builder = builder.prefer(prefer);
+        }
+        if let Some(a) = &c.assertion {
+            builder = builder.assertion(a.header.0.clone(), self.assertion_issuer(a)?);
+        }
+        builder.build().map_err(|e| e.to_string())
+    }
+
+    /// The token issuer of an identity assertion: its key read now.
+    fn assertion_issuer(&self, a: &schema::IdentityAssertion) -> Result<TokenIssuer, String> {
+        let algorithm = match &a.algorithm {
+            Some(name) => Some(name.parse::<Algorithm>().map_err(|_| {
+                format!("assertion.algorithm: {name:?} is not one; use EdDSA, ES256, ES384, RS256, PS256 or HS256")
+            })?),
+            None => None,
+        };
+        let key = match (&a.private_key_file, &a.secret_file) {
+            (Some(path), None) => {
+                let pem = std::fs::read(self.path(path))
+                    .map_err(|e| format!("assertion.private_key_file: {}: {e}", path.display()))?;
+                match algorithm.unwrap_or(Algorithm::EdDSA) {
+                    Algorithm::EdDSA => SigningKey::ed_pem(&pem),
+                    a @ (Algorithm::ES256 | Algorithm::ES384) => SigningKey::ec_pem(a, &pem),
+                    a @ (Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512) => SigningKey::rsa_pem(a, &pem),
+                    other => return Err(format!("assertion.algorithm: {other:?} does not sign with a private key; use secret_file")),
+                }
+                .map_err(|e| format!("assertion.private_key_file: {e}"))?
+            }
+            (None, Some(path)) => {
+                let secret = portcullis_jwt::read_secret_file(&self.path(path))
+                    .map_err(|e| format!("assertion.secret_file: {e}"))?;
+                SigningKey::hmac(algorithm.unwrap_or(Algorithm::HS256), &secret)
+                    .map_err(|e| format!("assertion.secret_file: {e}"))?
+            }
+            _ => return Err("assertion: name one key, private_key_file or secret_file".into()),
+        };
+        let key = match &a.key_id {
+            Some(kid) => key.with_kid(kid.clone()),
+            None => key,
+        };
+        let issuer = TokenIssuer::with_token_type(
+            key,
+            a.issuer.clone(),
+            a.audience.clone(),
+            a.token_type
+                .clone()
+                .unwrap_or_else(|| "identity+jwt".into()),
+        )
+        .map_err(|e| format!("assertion: {e}"))?;
+        Ok(issuer.lifetime(a.lifetime.unwrap_or(std::time::Duration::from_secs(60))))
     }
 
     /// `redis_tls`: the files read now, so that a missing one stops the start.

@@ -81,10 +81,11 @@ pub(crate) enum LayerConfig {
     RateLimit(schema::RateLimit),
     Audit(schema::Audit),
     ExtAuthz(schema::ExtAuthz),
+    IdentityHeaders(schema::IdentityHeaders),
 }
 
 /// The layer kinds a `[[layer]]` may name.
-pub const LAYER_KINDS: [&str; 8] = [
+pub const LAYER_KINDS: [&str; 9] = [
     "ip-allowlist",
     "mtls-identity",
     "api-key",
@@ -93,6 +94,7 @@ pub const LAYER_KINDS: [&str; 8] = [
     "rate-limit",
     "audit",
     "ext-authz",
+    "identity-headers",
 ];
 
 #[derive(Debug)]
@@ -250,6 +252,10 @@ fn entry(
         "rate-limit" => ("rate-limit", LayerConfig::RateLimit(read(table, key)?)),
         "audit" => ("audit", LayerConfig::Audit(read(table, key)?)),
         "ext-authz" => ("ext-authz", LayerConfig::ExtAuthz(read(table, key)?)),
+        "identity-headers" => (
+            "identity-headers",
+            LayerConfig::IdentityHeaders(read(table, key)?),
+        ),
         other => {
             return Err((
                 format!("{key}.kind"),

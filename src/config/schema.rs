@@ -753,6 +753,49 @@ pub(crate) enum AuditOverflowName {
     Drop,
 }
 
+/// `kind = "identity-headers"`: the caller's identity for the service behind.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IdentityHeaders {
+    pub(crate) principal_header: Option<HeaderNameText>,
+    pub(crate) method_header: Option<HeaderNameText>,
+    pub(crate) credential_header: Option<HeaderNameText>,
+    pub(crate) roles_header: Option<HeaderNameText>,
+    pub(crate) scopes_header: Option<HeaderNameText>,
+    pub(crate) client_ip_header: Option<HeaderNameText>,
+    /// Attribute name = the header it is written into.
+    #[serde(default)]
+    pub(crate) attributes: std::collections::BTreeMap<String, HeaderNameText>,
+    /// Headers removed from every request though nothing is written into them.
+    #[serde(default)]
+    pub(crate) also_remove: Vec<HeaderNameText>,
+    /// Which principal speaks for the request: methods, first present wins.
+    pub(crate) prefer: Option<Vec<String>>,
+    pub(crate) assertion: Option<IdentityAssertion>,
+}
+
+/// `[layer.assertion]` of an identity-headers layer: a signed JWT for the upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IdentityAssertion {
+    pub(crate) header: HeaderNameText,
+    /// The `iss` (the gateway's name).
+    pub(crate) issuer: String,
+    /// The `aud` (the upstream's name).
+    pub(crate) audience: String,
+    /// The header's `typ` ("identity+jwt" by default).
+    pub(crate) token_type: Option<String>,
+    /// "60s" by default.
+    #[serde(default, deserialize_with = "optional_token_seconds")]
+    pub(crate) lifetime: Option<Duration>,
+    /// EdDSA, ES256, ES384, RS256, … with `private_key_file`; HS256, … with `secret_file`.
+    pub(crate) algorithm: Option<String>,
+    pub(crate) private_key_file: Option<PathBuf>,
+    pub(crate) secret_file: Option<PathBuf>,
+    /// The key id written as `kid`.
+    pub(crate) key_id: Option<String>,
+}
+
 /// `kind = "ext-authz"`: decisions asked of an external service.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -246,6 +246,7 @@ where
                 Built::RateLimit(layer) => boxed_layer(layer.layer(service)),
                 Built::Audit(layer) => boxed_layer(layer.layer(service)),
                 Built::ExtAuthz(layer) => boxed_layer(layer.layer(service)),
+                Built::IdentityHeaders(layer) => boxed_layer(layer.layer(service)),
             };
         }
         service

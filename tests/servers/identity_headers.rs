@@ -242,3 +242,96 @@ async fn a_second_stack_verifies_the_signed_assertion() {
         StatusCode::OK
     );
 }
+
+/// The gateway file: `kind = "identity-headers"` after the API keys, with an assertion
+/// signed by the EdDSA key in `private_key_file`; the upstream verifies it with the
+/// public key.
+#[tokio::test]
+async fn the_gateway_file_writes_identity_and_signs_the_assertion() {
+    use portcullis::api_key::render_key_record;
+    let dir = std::env::temp_dir().join(format!("portcullis-identity-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = GeneratedKey::generate(&KeyPrefix::default()).unwrap();
+    let record = KeyRecord::new(key.id(), "bob", key.digest())
+        .unwrap()
+        .roles(["writer"]);
+    std::fs::write(dir.join("api-keys.toml"), render_key_record(&record)).unwrap();
+    let signing = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    std::fs::write(dir.join("assertion.pem"), signing.serialize_pem()).unwrap();
+
+    let verifying =
+        portcullis::jwt::VerifyingKey::ed_pem(signing.public_key_pem().as_bytes()).unwrap();
+    let verify = JwtLayer::builder()
+        .issuer(
+            Issuer::new("https://gateway.example")
+                .audience("orders")
+                .key(verifying)
+                .token_type(TYPE),
+        )
+        .header(HeaderName::from_static(ASSERTION), "")
+        .build()
+        .unwrap();
+    let upstream = serve_axum(
+        Router::new()
+            .fallback(|request: Request| async move {
+                let auth = Authentication::from_extensions(request.extensions());
+                let principal = auth.get(AuthMethod::Jwt).unwrap();
+                let id = request.headers()["x-caller-id"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
+                format!("{} {:?} header={id}", principal.id(), principal.roles())
+            })
+            .layer(verify),
+    )
+    .await;
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[layer]]\nkind = \"api-key\"\nkey_file = \"api-keys.toml\"\nmode = \"optional\"\nheaders = [\"x-api-key\"]\n\n\
+         [[layer]]\nkind = \"identity-headers\"\nprincipal_header = \"x-caller-id\"\nroles_header = \"x-caller-roles\"\nprefer = [\"api-key\"]\n\
+         [layer.assertion]\nheader = \"{ASSERTION}\"\nissuer = \"https://gateway.example\"\naudience = \"orders\"\nprivate_key_file = \"assertion.pem\"\nlifetime = \"30s\"\n"
+    );
+    let app = Router::new().fallback(relay).with_state(upstream);
+    let gateway = crate::client::serve_gateway_file(&text, &dir, app).await;
+    let reply = get_with(
+        gateway,
+        "GET",
+        "127.0.0.124",
+        "/orders",
+        &[("x-api-key", key.expose_secret()), ("x-caller-id", "root")],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body, r#"bob ["writer"] header=bob"#);
+    // Anonymous: no assertion, so the upstream refuses.
+    let reply = get_with(
+        gateway,
+        "GET",
+        "127.0.0.124",
+        "/orders",
+        &[("x-caller-id", "root")],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+
+    // Settings that cannot work are refused with the key's name.
+    for (bad, says) in [
+        ("prefer = [\"password\"]", "not a method"),
+        (
+            "principal_header = \"authorization\"",
+            "cannot carry identity",
+        ),
+        ("", "no identity header"),
+    ] {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[[layer]]\nkind = \"identity-headers\"\n{bad}\n"
+        );
+        let error = portcullis::config::GatewayConfig::parse("gateway.toml", &text, &dir)
+            .unwrap()
+            .build()
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains(says), "{bad}: {error}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
