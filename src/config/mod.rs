@@ -81,7 +81,7 @@ pub(crate) enum LayerConfig {
     RateLimit(schema::RateLimit),
     Audit(schema::Audit),
     ExtAuthz(schema::ExtAuthz),
-    IdentityHeaders(schema::IdentityHeaders),
+    IdentityHeaders(Box<schema::IdentityHeaders>),
 }
 
 /// The layer kinds a `[[layer]]` may name.
@@ -254,7 +254,7 @@ fn entry(
         "ext-authz" => ("ext-authz", LayerConfig::ExtAuthz(read(table, key)?)),
         "identity-headers" => (
             "identity-headers",
-            LayerConfig::IdentityHeaders(read(table, key)?),
+            LayerConfig::IdentityHeaders(Box::new(read(table, key)?)),
         ),
         other => {
             return Err((
