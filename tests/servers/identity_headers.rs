@@ -48,6 +48,21 @@ async fn relay(State(upstream): State<SocketAddr>, request: Request) -> (StatusC
     (status, answer.text().await.unwrap())
 }
 
+/// The upstream's JWT layer: only the gateway's assertions (its key, the assertion's
+/// `typ`), for this upstream (`orders`), read from the assertion header.
+fn verifier(key: portcullis::jwt::VerifyingKey) -> JwtLayer {
+    JwtLayer::builder()
+        .issuer(
+            Issuer::new("https://gateway.example")
+                .audience("orders")
+                .key(key)
+                .token_type(TYPE),
+        )
+        .header(HeaderName::from_static(ASSERTION), "")
+        .build()
+        .unwrap()
+}
+
 struct Setup {
     gateway: SocketAddr,
     key: String,
@@ -143,16 +158,7 @@ async fn a_second_stack_verifies_the_signed_assertion() {
     .unwrap()
     .lifetime(Duration::from_secs(60));
     // The upstream accepts only the gateway's assertions, for itself, of that type.
-    let verify = JwtLayer::builder()
-        .issuer(
-            Issuer::new("https://gateway.example")
-                .audience("orders")
-                .key(gateway_key.verifying_key())
-                .token_type(TYPE),
-        )
-        .header(HeaderName::from_static(ASSERTION), "")
-        .build()
-        .unwrap();
+    let verify = verifier(gateway_key.verifying_key());
     let upstream = serve_axum(
         Router::new()
             .fallback(|request: Request| async move {
@@ -261,16 +267,7 @@ async fn the_gateway_file_writes_identity_and_signs_the_assertion() {
 
     let verifying =
         portcullis::jwt::VerifyingKey::ed_pem(signing.public_key_pem().as_bytes()).unwrap();
-    let verify = JwtLayer::builder()
-        .issuer(
-            Issuer::new("https://gateway.example")
-                .audience("orders")
-                .key(verifying)
-                .token_type(TYPE),
-        )
-        .header(HeaderName::from_static(ASSERTION), "")
-        .build()
-        .unwrap();
+    let verify = verifier(verifying);
     let upstream = serve_axum(
         Router::new()
             .fallback(|request: Request| async move {
