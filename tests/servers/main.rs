@@ -32,3 +32,4 @@ mod role_router_axum;
 mod role_router_tonic;
 mod serving;
 mod stand_in;
+mod upstream_proxy;

@@ -48,5 +48,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod identity;
+#[cfg(feature = "proxy")]
+mod proxy;
 
 pub use identity::{ConfigError, IdentityHeaders, IdentityHeadersBuilder, IdentityHeadersLayer};
+#[cfg(feature = "proxy")]
+pub use proxy::{Upstream, UpstreamBody, UpstreamBuilder, UpstreamError, LAYER_NAME};
