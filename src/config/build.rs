@@ -83,6 +83,9 @@ pub struct Gateway {
     pub(crate) audit_files: Vec<FileSink>,
     /// `[server] tls_handshake_timeout`; the listener's own default without it.
     pub(crate) tls_handshake_timeout: Option<std::time::Duration>,
+    /// `[[route]]`: prefixes forwarded to upstream services, longest first; see
+    /// [`Gateway::has_routes`].
+    pub(crate) upstreams: Vec<(String, portcullis_upstream::Upstream)>,
     /// `[server] proxy_protocol`: the main listener reads PROXY protocol headers.
     pub(crate) proxy_protocol: Option<portcullis_proxy_protocol::ProxyProtocol>,
     /// Every role-router layer's policy, with where it came from.
@@ -127,6 +130,12 @@ impl Gateway {
             .collect()
     }
 
+    /// Whether the file has `[[route]]`s: upstream services behind the layers, which
+    /// [`apply`](Self::apply) forwards what the host's router does not match to.
+    pub fn has_routes(&self) -> bool {
+        !self.upstreams.is_empty()
+    }
+
     /// Wraps `router` in the layers, the file's first `[[layer]]` outermost, with the
     /// token routes (if any) answered inside the stack. Routes added to the returned
     /// router later are not behind the stack; with `[server] health = true`,
@@ -138,6 +147,12 @@ impl Gateway {
     /// layer again. A single layer is that layer's own `Router::layer`.
     #[cfg(feature = "axum")]
     pub fn apply(&self, mut router: axum::Router) -> axum::Router {
+        if !self.upstreams.is_empty() {
+            // The host's own routes first; what none of them matches goes to the
+            // upstreams (or 404 no_route).
+            router =
+                router.fallback_service(super::routes::UpstreamRoutes::new(self.upstreams.clone()));
+        }
         if let Some(limits) = &self.body_limits {
             router = router.layer(limits.clone());
         }
@@ -427,7 +442,76 @@ impl GatewayConfig {
             metrics: self.metrics()?,
             tls_handshake_timeout: self.file.server.tls_handshake_timeout,
             proxy_protocol: self.proxy_protocol()?,
+            upstreams: self.upstreams(&resolver)?,
         })
+    }
+
+    /// The `[[route]]` upstreams, longest prefix first.
+    fn upstreams(
+        &self,
+        resolver: &ClientIpResolver,
+    ) -> Result<Vec<(String, portcullis_upstream::Upstream)>, ConfigError> {
+        use portcullis_upstream::Upstream;
+        let mut out: Vec<(String, Upstream)> = Vec::new();
+        for (i, route) in self.file.routes.iter().enumerate() {
+            let at = |key: &str, message: String| {
+                self.error(None, &format!("route[{i}].{key}"), message)
+            };
+            if !route.path.starts_with('/') || route.path.contains(['?', '#', '*', '{']) {
+                return Err(at(
+                    "path",
+                    "a path prefix starts with / and has no query, wildcard or pattern: /api"
+                        .into(),
+                ));
+            }
+            let prefix = match route.path.trim_end_matches('/') {
+                "" => "/".to_owned(),
+                trimmed => trimmed.to_owned(),
+            };
+            if out.iter().any(|(other, _)| *other == prefix) {
+                return Err(at("path", format!("{prefix} is routed twice")));
+            }
+            let mut builder = Upstream::builder(route.upstream.clone())
+                .client_ip(resolver.clone())
+                .preserve_host(route.preserve_host)
+                .http2_only(route.http2);
+            if route.strip_prefix && prefix != "/" {
+                builder = builder.strip_prefix(prefix.clone());
+            }
+            if let Some(timeout) = route.timeout {
+                builder = builder.timeout(timeout);
+            }
+            if let Some(timeout) = route.connect_timeout {
+                builder = builder.connect_timeout(timeout);
+            }
+            builder = match (route.unlimited_body, route.max_body_bytes) {
+                (true, None) => builder.max_request_body(None),
+                (false, Some(max)) => builder.max_request_body(Some(max.get())),
+                (false, None) => builder,
+                (true, Some(_)) => {
+                    return Err(at(
+                        "unlimited_body",
+                        "max_body_bytes and unlimited_body contradict each other: keep one".into(),
+                    ))
+                }
+            };
+            if let Some(files) = &route.tls {
+                let tls = self
+                    .redis_tls(files)
+                    .map_err(|e| at("tls", e.replace("redis_tls", "tls")))?;
+                let (roots, client) = tls.into_parts();
+                if let Some(pem) = roots {
+                    builder = builder.root_certificates(pem);
+                }
+                if let Some((chain, key)) = client {
+                    builder = builder.client_certificate(chain, key);
+                }
+            }
+            let upstream = builder.build().map_err(|e| at("upstream", e.to_string()))?;
+            out.push((prefix, upstream));
+        }
+        out.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        Ok(out)
     }
 
     fn proxy_protocol(
@@ -1034,7 +1118,7 @@ impl GatewayConfig {
     }
 
     /// `redis_tls`: the files read now, so that a missing one stops the start.
-    fn redis_tls(&self, files: &schema::RedisTlsFiles) -> Result<RedisTls, String> {
+    fn redis_tls(&self, files: &schema::ClientTlsFiles) -> Result<RedisTls, String> {
         let read = |what: &str, path: &std::path::Path| {
             std::fs::read(self.path(path))
                 .map_err(|e| format!("redis_tls.{what}: {}: {e}", path.display()))

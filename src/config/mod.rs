@@ -28,6 +28,7 @@ mod body_limit;
 mod build;
 mod metrics;
 mod reload;
+mod routes;
 mod schema;
 mod serve;
 mod stack;

@@ -79,6 +79,41 @@ pub(crate) struct File {
     pub(crate) metrics: Option<Metrics>,
     #[serde(default, rename = "layer")]
     pub(crate) layers: Vec<toml::Spanned<toml::Table>>,
+    /// `[[route]]`: path prefixes forwarded to upstream services.
+    #[serde(default, rename = "route")]
+    pub(crate) routes: Vec<Route>,
+}
+
+/// `[[route]]`: a path prefix forwarded to an upstream service, after the layers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Route {
+    /// The prefix (`/api` matches `/api` and `/api/…`, not `/apis`); `/` for all.
+    pub(crate) path: String,
+    /// `http://host:port[/base-path]` or `https://…`.
+    pub(crate) upstream: String,
+    /// Remove `path` before appending the rest to the upstream's base path.
+    #[serde(default)]
+    pub(crate) strip_prefix: bool,
+    /// How long the upstream may take to start answering ("30s").
+    #[serde(default, deserialize_with = "optional_positive_duration")]
+    pub(crate) timeout: Option<Duration>,
+    /// How long connecting may take ("5s").
+    #[serde(default, deserialize_with = "optional_positive_duration")]
+    pub(crate) connect_timeout: Option<Duration>,
+    /// The largest request body forwarded (10 MiB by default).
+    pub(crate) max_body_bytes: Option<std::num::NonZeroU64>,
+    /// No limit on the request body (streams of any size).
+    #[serde(default)]
+    pub(crate) unlimited_body: bool,
+    /// Send the client's Host on instead of the upstream's.
+    #[serde(default)]
+    pub(crate) preserve_host: bool,
+    /// HTTP/2 only (gRPC upstreams).
+    #[serde(default)]
+    pub(crate) http2: bool,
+    /// For https upstreams: a CA instead of the system's roots, a client certificate.
+    pub(crate) tls: Option<ClientTlsFiles>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -520,7 +555,7 @@ pub(crate) struct RateLimit {
     pub(crate) redis_max_lease: Option<std::num::NonZeroU32>,
     /// Certificates for `rediss://`: a CA instead of the system's roots, a client
     /// certificate.
-    pub(crate) redis_tls: Option<RedisTlsFiles>,
+    pub(crate) redis_tls: Option<ClientTlsFiles>,
     /// How often idle keys are forgotten ("60s" by default).
     #[serde(default, deserialize_with = "optional_positive_duration")]
     pub(crate) sweep_every: Option<Duration>,
@@ -535,7 +570,7 @@ pub(crate) struct RateLimit {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RedisTlsFiles {
+pub(crate) struct ClientTlsFiles {
     pub(crate) ca_file: Option<PathBuf>,
     pub(crate) cert_file: Option<PathBuf>,
     pub(crate) key_file: Option<PathBuf>,

@@ -415,3 +415,64 @@ async fn grpc_passes_through_over_http2_with_its_trailers() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::NotFound);
 }
+
+/// The gateway file's `[[route]]`s: the layers run first, then the longest prefix's
+/// upstream; other paths get 404 `no_route`; mistakes are refused with their key.
+#[tokio::test]
+async fn gateway_routes_forward_after_the_layers() {
+    let upstream = serve_axum(Router::new().fallback(echo)).await;
+    let other = serve_axum(Router::new().fallback(|| async { "other service" })).await;
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[layer]]\nkind = \"identity-headers\"\nclient_ip_header = \"x-caller-ip\"\n\n\
+         [[route]]\npath = \"/api\"\nupstream = \"http://{upstream}/v2\"\nstrip_prefix = true\n\n\
+         [[route]]\npath = \"/api/legacy/\"\nupstream = \"http://{other}\"\n"
+    );
+    let dir = std::env::temp_dir();
+    let gw = crate::client::serve_gateway_file(&text, &dir, Router::new()).await;
+    let reply = get_with(
+        gw,
+        "GET",
+        "127.0.0.134",
+        "/api/items?page=2",
+        &[("x-caller-ip", "1.2.3.4")],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body.lines().next(), Some("GET /v2/items?page=2"));
+    assert_eq!(line(&reply.body, "x-caller-ip"), ["127.0.0.134"]);
+    let reply = get_with(gw, "GET", "127.0.0.134", "/api/legacy/x", &[]).await;
+    assert_eq!(reply.body, "other service");
+    let reply = get_with(gw, "GET", "127.0.0.134", "/apix", &[]).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(reply.code().as_deref(), Some("no_route"));
+
+    for (route, key, says) in [
+        ("path = \"api\"\nupstream = \"http://127.0.0.1:1\"", "route[0].path", "starts with /"),
+        ("path = \"/a/*\"\nupstream = \"http://127.0.0.1:1\"", "route[0].path", "wildcard"),
+        (
+            "path = \"/a\"\nupstream = \"ftp://127.0.0.1:1\"",
+            "route[0].upstream",
+            "http:// or https://",
+        ),
+        (
+            "path = \"/a\"\nupstream = \"http://127.0.0.1:1\"\nmax_body_bytes = 10\nunlimited_body = true",
+            "route[0].unlimited_body",
+            "contradict",
+        ),
+        (
+            "path = \"/a\"\nupstream = \"http://127.0.0.1:1\"\n[[route]]\npath = \"/a/\"\nupstream = \"http://127.0.0.1:2\"",
+            "route[1].path",
+            "routed twice",
+        ),
+    ] {
+        let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n\n[[route]]\n{route}\n");
+        let error = portcullis::config::GatewayConfig::parse("gateway.toml", &text, &dir)
+            .unwrap()
+            .build()
+            .await
+            .unwrap_err();
+        assert_eq!(error.key, key, "{route}: {error}");
+        assert!(error.to_string().contains(says), "{route}: {error}");
+    }
+}

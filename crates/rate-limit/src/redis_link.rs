@@ -63,6 +63,12 @@ impl RedisTls {
         self
     }
 
+    /// The roots and the client certificate (chain, key), as given.
+    #[allow(clippy::type_complexity)]
+    pub fn into_parts(self) -> (Option<Vec<u8>>, Option<(Vec<u8>, Vec<u8>)>) {
+        (self.root_certificates, self.client)
+    }
+
     fn certificates(&self) -> redis::TlsCertificates {
         redis::TlsCertificates {
             client_tls: self

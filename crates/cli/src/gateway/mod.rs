@@ -128,7 +128,13 @@ async fn serve(setup: Setup) -> ExitCode {
             config_path.display()
         );
     }
-    match server.serve(hsm::router(), first_signal()).await {
+    // With `[[route]]`s the gateway stands in front of other services; without, it
+    // serves its own demonstration service.
+    let app = match gateway.has_routes() {
+        true => axum::Router::new(),
+        false => hsm::router(),
+    };
+    match server.serve(app, first_signal()).await {
         // The summary is in the log (`portcullis::serve`).
         Ok(summary) => {
             if summary.audit_error.is_some() {
