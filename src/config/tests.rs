@@ -1200,3 +1200,31 @@ async fn ext_authz_entries_reach_the_stack() {
         assert_eq!(e.key, "layer[0]", "{e}");
     }
 }
+
+/// The README's complete file for "Portcullis in front of any service" parses: every
+/// key it shows exists.
+#[test]
+fn the_readme_front_of_any_service_file_parses() {
+    let readme = include_str!("../../README.md");
+    let section = readme
+        .split("## Portcullis in front of any service")
+        .nth(1)
+        .expect("the section");
+    let block = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("its toml block");
+    let config = GatewayConfig::parse("README.md", block, std::path::Path::new("."))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.layer_kinds(),
+        [
+            "audit",
+            "rate-limit",
+            "api-key",
+            "role-router",
+            "identity-headers"
+        ]
+    );
+}
