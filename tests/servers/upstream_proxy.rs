@@ -476,3 +476,64 @@ async fn gateway_routes_forward_after_the_layers() {
         assert!(error.to_string().contains(says), "{route}: {error}");
     }
 }
+
+/// An https upstream that requires a client certificate (certificates by rcgen): with
+/// the route's CA and client certificate the request goes through; without the client
+/// certificate, or trusting only the system's roots, 502.
+#[tokio::test]
+async fn https_upstreams_with_a_ca_and_a_client_certificate() {
+    use portcullis::mtls_identity::{ServerTls, TlsListener};
+    use rcgen::ExtendedKeyUsagePurpose;
+    let ca = crate::mtls_axum::Ca::new("Upstream CA");
+    let server = ca.issue("127.0.0.1", Some(ExtendedKeyUsagePurpose::ServerAuth), 2);
+    let client = ca.issue("gateway", Some(ExtendedKeyUsagePurpose::ClientAuth), 3);
+    let config = ServerTls::new(server.pem.as_bytes(), server.key.as_bytes())
+        .client_cas(ca.pem.as_bytes())
+        .build()
+        .unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = tcp.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            TlsListener::new(tcp, config).for_axum(),
+            Router::new().fallback(|| async { "over TLS" }),
+        )
+        .await
+        .unwrap();
+    });
+    let url = format!("https://{upstream}");
+    let full = gateway(
+        Upstream::builder(url.clone())
+            .root_certificates(ca.pem.clone())
+            .client_certificate(client.pem.clone(), client.key.clone())
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let reply = get_with(full, "GET", "127.0.0.135", "/", &[]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body, "over TLS");
+    for (case, builder) in [
+        (
+            "no client certificate",
+            Upstream::builder(url.clone()).root_certificates(ca.pem.clone()),
+        ),
+        ("the system's roots", Upstream::builder(url.clone())),
+    ] {
+        let gw = gateway(builder.build().unwrap()).await;
+        let reply = get_with(gw, "GET", "127.0.0.135", "/", &[]).await;
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{case}");
+        assert_eq!(
+            reply.code().as_deref(),
+            Some("upstream_unavailable"),
+            "{case}"
+        );
+    }
+    // A key that is not PEM is a settings error, not a panic.
+    let error = Upstream::builder(url)
+        .client_certificate(client.pem.clone(), "not a key")
+        .build()
+        .unwrap_err();
+    assert!(error.to_string().starts_with("upstream TLS"), "{error}");
+    assert!(!error.to_string().contains("PRIVATE"), "{error}");
+}
