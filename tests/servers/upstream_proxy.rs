@@ -85,6 +85,7 @@ async fn requests_reach_the_upstream_rewritten_and_without_hop_by_hop_fields() {
         [format!("for=127.0.0.130;proto=http;host=\"{gw}\"").as_str()]
     );
     assert_eq!(line(body, "x-end-to-end"), ["kept"]);
+    assert_eq!(line(body, "via"), ["1.1 portcullis"]);
     for gone in [
         "x-hop-secret",
         "keep-alive",

@@ -239,7 +239,7 @@ impl UpstreamBuilder {
 /// A service that forwards each request to one upstream and streams its answer back.
 ///
 /// Hop-by-hop headers (RFC 9110 §7.6.1, and those `Connection` names) are removed both
-/// ways; `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded` are
+/// ways; `Via` names this hop (`1.1 portcullis`); `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded` are
 /// written from the resolved client (the client's own copies are dropped unless its
 /// peer is a trusted proxy, whose list is appended to); `Host` becomes the upstream's.
 /// Upgrades (WebSocket) are refused with 501 `upgrade_not_supported`.
@@ -418,6 +418,22 @@ impl Shared {
             if let Ok(host) = HeaderValue::from_str(self.authority.as_str()) {
                 parts.headers.insert(header::HOST, host);
             }
+        }
+        // RFC 9110 §7.6.3: a gateway sends Via in each request it forwards, after any
+        // earlier hops', naming the protocol it received.
+        let received = match parts.version {
+            http::Version::HTTP_10 => "1.0",
+            http::Version::HTTP_2 => "2",
+            http::Version::HTTP_3 => "3",
+            _ => "1.1",
+        };
+        let via = match parts.headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
+            Some(earlier) => format!("{earlier}, {received} portcullis"),
+            None => format!("{received} portcullis"),
+        };
+        while parts.headers.remove(header::VIA).is_some() {}
+        if let Ok(via) = HeaderValue::from_str(&via) {
+            parts.headers.insert(header::VIA, via);
         }
         parts.uri = uri;
         parts.version = http::Version::HTTP_11;
