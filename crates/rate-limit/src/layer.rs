@@ -178,6 +178,16 @@ impl Shared {
             .decide(&self.source(request, client), self.headers_on_allowed)
     }
 
+    /// The per-instance shares, if they have been made (Redis was out at some point).
+    #[cfg(feature = "redis")]
+    fn made_shares(&self) -> Option<Arc<Engine>> {
+        self.shares
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|(_, engine)| engine.clone())
+    }
+
     /// The quotas an instance keeps while Redis cannot answer: its share of each, by
     /// the expected instance count (the layer's own quotas for one instance).
     #[cfg(feature = "redis")]
@@ -508,12 +518,7 @@ impl RateLimitHandle {
     /// while Redis is out included). Returns how many.
     pub fn sweep(&self) -> usize {
         #[cfg(feature = "redis")]
-        if let Some((_, shares)) = &*self
-            .shared
-            .shares
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-        {
+        if let Some(shares) = self.shared.made_shares() {
             return self.shared.engine.sweep() + shares.sweep();
         }
         self.shared.engine.sweep()
@@ -546,12 +551,7 @@ impl RateLimitHandle {
     pub fn set_mode(&self, quota: &str, mode: Mode) -> Option<Mode> {
         let previous = self.compiled(quota)?.set_mode(mode);
         #[cfg(feature = "redis")]
-        if let Some((_, shares)) = &*self
-            .shared
-            .shares
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-        {
+        if let Some(shares) = self.shared.made_shares() {
             if let Some(compiled) = shares.quotas.iter().find(|c| c.quota.name == quota) {
                 compiled.set_mode(mode);
             }
