@@ -13,8 +13,11 @@
 //! `target/gateway-dev/` (a CA, server and client certificates, an API key, a token
 //! secret, `examples/gateway.toml` and its role table) and reuses the rest, so keys made
 //! with `portcullis key new` survive a restart; `--fresh` makes everything anew. It
-//! prints `curl` commands that succeed (a client certificate, an API key, a JWT) and one
-//! that is refused, and serves, with audit events on stdout.
+//! starts an example upstream on a loopback port and forwards `/echo` to it, with the
+//! caller's identity in headers and in a signed assertion that the upstream verifies.
+//! It prints `curl` commands that succeed (a client certificate, an API key, a JWT,
+//! through to the upstream) and ones that are refused, and serves, with audit events on
+//! stdout.
 //!
 //! The gateway reads its files again when they change and on `SIGHUP`, and stops
 //! gracefully on `SIGTERM` or `SIGINT`: requests in flight finish, audit files are

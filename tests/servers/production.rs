@@ -771,3 +771,149 @@ async fn the_envoy_example_believes_the_proxys_certificate_only() {
     assert_eq!(unheard.status(), 401);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `portcullis serve --dev`: every `curl` command it prints does what the line above it
+/// says, run as curl would run it (its certificates, headers, method and body). The
+/// example upstream sees the caller the gateway established, never the client's own
+/// `x-caller-id`, and a verified assertion; around the gateway it refuses.
+#[tokio::test]
+async fn the_development_setup_prints_commands_that_work() {
+    let dir = fresh_dir("dev");
+    // The development setup keeps a file that exists: the example's, on a free port.
+    let config = include_str!("../../examples/gateway.toml")
+        .replace("listen = \"127.0.0.1:8443\"", "listen = \"127.0.0.1:0\"");
+    std::fs::write(dir.join("gateway.toml"), config).unwrap();
+    let mut child = tokio::process::Command::new(cli_binary())
+        .args(["serve", "--dev", "--dir"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr: SocketAddr = loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), stderr.next_line())
+            .await
+            .expect("the gateway said nothing for a minute")
+            .unwrap()
+            .expect("the gateway exited before listening");
+        if let Some(addr) = line.strip_prefix("gateway: listening on https://") {
+            break addr.parse().unwrap();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+
+    // The printed sections, each a heading and its commands, up to the blank line.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut sections: Vec<(String, Vec<String>)> = Vec::new();
+    loop {
+        let line = stdout.next_line().await.unwrap().unwrap();
+        if line.is_empty() && !sections.is_empty() {
+            break;
+        }
+        match line.strip_prefix("  curl ") {
+            Some(command) => sections.last_mut().unwrap().1.push(command.to_owned()),
+            None if !line.is_empty() => sections.push((line, Vec::new())),
+            None => {}
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+    let headings: Vec<&str> = sections.iter().map(|(h, _)| &h[..12]).collect();
+    assert_eq!(
+        headings,
+        [
+            "Try (each su",
+            "Refused (401",
+            "Through the ",
+            "Refused (401"
+        ],
+        "{sections:?}"
+    );
+    let counts: Vec<usize> = sections.iter().map(|(_, c)| c.len()).collect();
+    assert_eq!(counts, [4, 1, 2, 1], "{sections:?}");
+
+    for (heading, commands) in &sections {
+        for command in commands {
+            let (status, body) = run_curl(command, addr).await;
+            let said = format!("{heading}\n  curl {command}\n-> {status} {body}");
+            if heading.starts_with("Try") {
+                assert!(status.is_success(), "{said}");
+            } else if heading.starts_with("Refused") {
+                assert_eq!(status, reqwest::StatusCode::UNAUTHORIZED, "{said}");
+            } else {
+                assert_eq!(status, reqwest::StatusCode::OK, "{said}");
+                let echo: Value = serde_json::from_str(&body).unwrap();
+                let caller = &echo["identity_headers"];
+                assert_eq!(caller["x-caller-id"], "connector-7", "{said}");
+                assert_eq!(caller["x-caller-roles"], "signer,key-reader", "{said}");
+                assert_eq!(caller["x-caller-ip"], "127.0.0.1", "{said}");
+                assert_eq!(echo["verified_assertion"]["id"], "connector-7", "{said}");
+                assert_eq!(echo["x-forwarded-for"], "127.0.0.1", "{said}");
+                // The route strips its prefix.
+                assert!(
+                    echo["path"].as_str().unwrap().starts_with("/orders"),
+                    "{said}"
+                );
+            }
+        }
+    }
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Sends what `curl ARGS` would send (the options the gateway prints: `--cacert`,
+/// `--cert`, `-H`, `-X`, `-d`), `localhost` being `addr`; the status and the body.
+async fn run_curl(args: &str, addr: SocketAddr) -> (reqwest::StatusCode, String) {
+    let words = shlex::split(args).expect("a command a shell can read");
+    let mut words = words.into_iter();
+    let mut client = reqwest::Client::builder().resolve("localhost", addr);
+    let mut method = None;
+    let mut headers = Vec::new();
+    let mut body = None;
+    let mut url = None;
+    while let Some(word) = words.next() {
+        let mut value = || words.next().expect("an option without its value");
+        match word.as_str() {
+            "--cacert" => {
+                let pem = std::fs::read(value()).unwrap();
+                client = client.add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
+            }
+            "--cert" => {
+                let pem = std::fs::read(value()).unwrap();
+                client = client.identity(reqwest::Identity::from_pem(&pem).unwrap());
+            }
+            "-H" => {
+                let header = value();
+                let (name, text) = header.split_once(':').unwrap();
+                headers.push((name.trim().to_owned(), text.trim().to_owned()));
+            }
+            "-X" => method = Some(value()),
+            "-d" => body = Some(value()),
+            option if option.starts_with('-') => panic!("curl option {option} not known here"),
+            _ => url = Some(word),
+        }
+    }
+    // curl's `-d` posts a form unless told otherwise.
+    let method = method.unwrap_or_else(|| if body.is_some() { "POST" } else { "GET" }.to_owned());
+    let mut request = client.build().unwrap().request(
+        reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+        url.expect("a URL"),
+    );
+    if let Some(body) = body {
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        {
+            request = request.header("content-type", "application/x-www-form-urlencoded");
+        }
+        request = request.body(body);
+    }
+    for (name, text) in headers {
+        request = request.header(name, text);
+    }
+    let answer = request.send().await.unwrap();
+    let status = answer.status();
+    (status, answer.text().await.unwrap())
+}

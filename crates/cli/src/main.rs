@@ -228,7 +228,7 @@ fn check_gateway(setup: gateway::Setup, deny_warnings: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (path, _, built) = match runtime.block_on(gateway::load(setup)) {
+    let (path, _, built) = match runtime.block_on(gateway::load(setup, false)) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };

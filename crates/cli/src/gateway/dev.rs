@@ -1,6 +1,7 @@
 //! The development setup of `portcullis serve --dev` (and `cargo run --example
-//! gateway`): a CA, server and client certificates, an API key, a token secret, the
-//! example configuration and its role table, made where missing and kept otherwise.
+//! gateway`): a CA, server and client certificates, an API key, a token secret, the key
+//! that signs identity assertions, the example configuration and its role table, made
+//! where missing and kept otherwise; and the example upstream's route.
 
 use std::path::{Path, PathBuf};
 
@@ -13,12 +14,21 @@ use portcullis::mtls_identity::DevPki;
 const CONFIG: &str = include_str!("gateway.toml");
 const POLICY: &str = include_str!("gateway-policy.toml");
 
+/// The file that holds the key signing identity assertions for the example upstream.
+const ASSERTION_KEY_FILE: &str = "assertion-ed25519.pem";
+/// That key's id, in the assertions' headers.
+const ASSERTION_KEY_ID: &str = "development-gateway";
+
 /// What the development setup made, for the printed commands.
 pub(crate) struct DevSetup {
     dir: PathBuf,
     /// The API key's secret, when it was made now (only its digest is kept).
     api_key: Option<String>,
     token: String,
+    /// Verifies the identity assertions the gateway signs, for the example upstream.
+    pub(crate) assertion_key: portcullis::jwt::VerifyingKey,
+    /// Where the example upstream listens, once it does.
+    pub(crate) example_upstream: Option<std::net::SocketAddr>,
 }
 
 impl DevSetup {
@@ -35,7 +45,52 @@ impl DevSetup {
         println!("  curl {ca} -H 'authorization: Bearer {}' -X POST -H 'content-type: application/json' -d '{{\"key\":\"default\",\"data\":\"aGVsbG8=\"}}' {base}/v1/sign", self.token);
         println!("  curl {ca} --cert {dir}/connector-7.pem -X POST {base}/v1/token");
         println!("Refused (401, no credentials):");
-        println!("  curl {ca} {base}/v1/key\n");
+        println!("  curl {ca} {base}/v1/key");
+        if let Some(upstream) = self.example_upstream {
+            println!("Through the gateway to the example upstream (http://{upstream}), which answers what it was told about the caller (the client's own x-caller-id is removed):");
+            println!("  curl {ca} --cert {dir}/connector-7.pem -H 'x-caller-id: root' '{base}/echo/orders?page=2'");
+            println!(
+                "  curl {ca} -H 'authorization: Bearer {}' -X POST -d 'hello' {base}/echo/orders",
+                self.token
+            );
+            println!("Refused (401) by the example upstream itself, around the gateway (no signed assertion):");
+            println!("  curl -H 'x-caller-id: connector-7' http://{upstream}/orders");
+        }
+        println!();
+    }
+
+    /// The gateway file's entries for the example upstream, as the development setup
+    /// adds them to what it reads (never to the file): the caller's identity in plain
+    /// headers and in a signed assertion, and `/echo` forwarded to `upstream`.
+    pub(crate) fn example_upstream_config(upstream: std::net::SocketAddr) -> String {
+        use super::echo::{ASSERTION_AUDIENCE, ASSERTION_HEADER, ASSERTION_ISSUER, ASSERTION_TYPE};
+        format!(
+            r#"
+
+# Added by the development setup for its example upstream (not written to the file).
+[[layer]]
+kind = "identity-headers"
+principal_header = "x-caller-id"
+method_header = "x-caller-method"
+credential_header = "x-caller-credential"
+roles_header = "x-caller-roles"
+scopes_header = "x-caller-scopes"
+client_ip_header = "x-caller-ip"
+[layer.assertion]
+header = "{ASSERTION_HEADER}"
+issuer = "{ASSERTION_ISSUER}"
+audience = "{ASSERTION_AUDIENCE}"
+token_type = "{ASSERTION_TYPE}"
+private_key_file = "{ASSERTION_KEY_FILE}"
+algorithm = "EdDSA"
+key_id = "{ASSERTION_KEY_ID}"
+
+[[route]]
+path = "/echo"
+upstream = "http://{upstream}"
+strip_prefix = true
+"#
+        )
     }
 }
 
@@ -90,6 +145,13 @@ pub(crate) fn write_dev_setup(
     } else {
         portcullis::jwt::read_secret_file(&dir.join("token.secret"))?
     };
+    if missing(&[ASSERTION_KEY_FILE]) {
+        write_private(&dir.join(ASSERTION_KEY_FILE), &ed25519_pem()?)?;
+    }
+    let assertion_key =
+        portcullis::jwt::SigningKey::ed_pem(&std::fs::read(dir.join(ASSERTION_KEY_FILE))?)?
+            .with_kid(ASSERTION_KEY_ID)
+            .verifying_key();
     if missing(&["policy.toml"]) {
         std::fs::write(dir.join("policy.toml"), POLICY)?;
     }
@@ -111,7 +173,26 @@ pub(crate) fn write_dev_setup(
         dir: dir.to_owned(),
         api_key,
         token,
+        assertion_key,
+        example_upstream: None,
     })
+}
+
+/// A new Ed25519 private key, PKCS #8 in PEM.
+fn ed25519_pem() -> Result<String, Box<dyn std::error::Error>> {
+    use aws_lc_rs::signature::Ed25519KeyPair;
+    use base64::Engine as _;
+    let document = Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new())
+        .map_err(|_| "cannot make an Ed25519 key")?;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(document.as_ref());
+    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+    // PEM's lines are 64 characters (RFC 7468), and the text is ASCII.
+    for line in encoded.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line)?);
+        pem.push('\n');
+    }
+    pem.push_str("-----END PRIVATE KEY-----\n");
+    Ok(pem)
 }
 
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {

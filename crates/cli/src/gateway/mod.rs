@@ -9,6 +9,7 @@
 //! or a second signal that stopped it without waiting).
 
 mod dev;
+mod echo;
 mod hsm;
 
 use std::path::PathBuf;
@@ -61,11 +62,13 @@ pub(crate) fn run(setup: Setup, log: LogFormat) -> ExitCode {
 
 /// The gateway a setup describes, built (every file it names read and checked), with
 /// the file's path and the development setup's commands; or the exit status and a
-/// message already printed.
+/// message already printed. With `example_upstream`, the development setup starts its
+/// example upstream and adds its route to what it reads from the file.
 pub(crate) async fn load(
     setup: Setup,
+    example_upstream: bool,
 ) -> Result<(PathBuf, Option<dev::DevSetup>, portcullis::config::Gateway), ExitCode> {
-    let (config_path, dev) = match setup {
+    let (config_path, mut dev) = match setup {
         Setup::Config(path) => (path, None),
         Setup::Dev { dir, fresh } => match dev::write_dev_setup(&dir, fresh) {
             Ok(dev) => (dir.join("gateway.toml"), Some(dev)),
@@ -78,7 +81,21 @@ pub(crate) async fn load(
             }
         },
     };
-    let built = match GatewayConfig::from_file(&config_path) {
+    let config = match dev.as_mut() {
+        Some(dev) if example_upstream => {
+            let upstream = match echo::start(dev.assertion_key.clone()).await {
+                Ok(upstream) => upstream,
+                Err(error) => {
+                    eprintln!("gateway: {error}");
+                    return Err(ExitCode::from(RUNTIME_FAILURE));
+                }
+            };
+            dev.example_upstream = Some(upstream);
+            with_example_upstream(&config_path, upstream)
+        }
+        _ => GatewayConfig::from_file(&config_path),
+    };
+    let built = match config {
         Ok(config) => config.build().await,
         Err(error) => Err(error),
     };
@@ -91,8 +108,26 @@ pub(crate) async fn load(
     }
 }
 
+/// The file at `path` with the example upstream's entries after its own.
+fn with_example_upstream(
+    path: &std::path::Path,
+    upstream: std::net::SocketAddr,
+) -> Result<GatewayConfig, portcullis::config::ConfigError> {
+    // Read as `from_file` reads, so that its errors name the file the same way.
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(_) => return GatewayConfig::from_file(path),
+    };
+    let base = path.parent().map(PathBuf::from).unwrap_or_default();
+    GatewayConfig::parse(
+        &path.display().to_string(),
+        &(text + &dev::DevSetup::example_upstream_config(upstream)),
+        &base,
+    )
+}
+
 async fn serve(setup: Setup) -> ExitCode {
-    let (config_path, dev, gateway) = match load(setup).await {
+    let (config_path, dev, gateway) = match load(setup, true).await {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
@@ -122,15 +157,22 @@ async fn serve(setup: Setup) -> ExitCode {
     let addr = server.local_addr();
     eprintln!("gateway: listening on {scheme}://{addr}");
     if let Some(dev) = &dev {
+        if let Some(upstream) = dev.example_upstream {
+            eprintln!(
+                "gateway: the development setup adds to what it reads from the file (never to the file):{}",
+                dev::DevSetup::example_upstream_config(upstream)
+            );
+        }
         dev.print_commands(addr.port());
         eprintln!(
-            "gateway: the same setup without the development files: portcullis serve --config {}",
+            "gateway: what the file says, without the example upstream: portcullis serve --config {}",
             config_path.display()
         );
     }
     // With `[[route]]`s the gateway stands in front of other services; without, it
-    // serves its own demonstration service.
-    let app = match gateway.has_routes() {
+    // serves its own demonstration service. The development setup serves both: its
+    // example upstream's route is the one it adds.
+    let app = match gateway.has_routes() && dev.is_none() {
         true => axum::Router::new(),
         false => hsm::router(),
     };
