@@ -2,7 +2,8 @@
 //! `GET /v1/key/default` (the path the layers judge), served the way the gateway
 //! example serves (`axum::serve`, a multi-threaded Tokio runtime, the peer address as
 //! connect info), with nothing in front, with a stack built from a gateway file
-//! (`Gateway::apply`, as the gateway does), or with one of the peer crates.
+//! (`Gateway::apply`, as the gateway does), or with one of the peer crates. A gateway
+//! file with `[[route]]`s serves no handler of its own: it forwards every request.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -76,8 +77,13 @@ async fn app(front: Front) -> Result<Router, String> {
                 .build()
                 .await
                 .map_err(|e| e.to_string())?;
+            // With `[[route]]`s it forwards every request, as `portcullis serve` does.
+            let own = match gateway.has_routes() {
+                true => Router::new(),
+                false => hello(),
+            };
             // The gateway is kept alive for its background tasks (key refresh, audit).
-            let app = gateway.apply(hello());
+            let app = gateway.apply(own);
             std::mem::forget(gateway);
             app
         }

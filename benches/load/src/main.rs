@@ -11,7 +11,9 @@
 //! `throughput` starts one hello-world server per target, each pinned to the first
 //! core: bare axum, the peer crates (tower_governor, tower-http's bearer check,
 //! jwt-authorizer RS256), each of our layers alone and the whole stack, each built from
-//! a gateway file and applied as the gateway applies it, all around the same handler.
+//! a gateway file and applied as the gateway applies it, all around the same handler;
+//! and the whole stack forwarding (`[[route]]`) to a bare axum upstream of its own,
+//! whose CPU time counts with the gateway's, to price the proxy hop.
 //! It drives each in turn with `wrk` pinned to the second core, round after round, and
 //! prints the server's CPU time per request (utime + stime from `/proc`, which load on
 //! the other core does not inflate) beside requests per second, p50, p99 and the load
@@ -47,7 +49,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use server::{build_gateway, can_pin, workspace_root, Server};
-use setup::{write_common, write_gateway, write_stack, Layer, FULL_STACK};
+use setup::{write_common, write_gateway, write_stack, write_stack_with_route, Layer, FULL_STACK};
 use soak::SoakShape;
 use throughput::{Shape, Target};
 
@@ -256,6 +258,13 @@ async fn start_gateway(
     Server::start(name, pin, gateway, &["--config", &config]).await
 }
 
+/// The whole stack answering an API key's request itself.
+const FULL_STACK_API_KEY: &str = "full stack, API key";
+/// The same, forwarding the request to bare axum (the upstream's CPU counted too).
+const PROXIED: &str = "full stack, API key, proxied to bare axum";
+/// A gateway without layers forwarding to bare axum (the upstream's CPU counted too).
+const PROXY_ALONE: &str = "no layers, proxied to bare axum";
+
 /// A target before its server starts: its name, the hello server's arguments, the
 /// request's headers, and its goal.
 type Planned = (&'static str, Vec<String>, Vec<String>, Option<f64>);
@@ -269,6 +278,7 @@ async fn throughput(args: &ThroughputArgs) -> Result<bool, String> {
     let path = |p: PathBuf| p.to_string_lossy().into_owned();
 
     let api_key = format!("x-api-key: {}", credentials.api_keys[500]);
+    let api_key_header = api_key.clone();
     let bearer = format!("authorization: Bearer {}", credentials.rs256_tokens[500]);
     let bearer_token = credentials.rs256_tokens[500].clone();
     let jwks = path(dir.join("idp-jwks.json"));
@@ -359,7 +369,7 @@ async fn throughput(args: &ThroughputArgs) -> Result<bool, String> {
     let full = path(write_stack(&dir, "full", FULL_STACK)?);
     let without_audit = path(write_stack(&dir, "no-audit", &FULL_STACK[1..])?);
     plan.push((
-        "full stack, API key",
+        FULL_STACK_API_KEY,
         vec!["--config".into(), full.clone()],
         vec![api_key.clone()],
         Some(0.75),
@@ -402,9 +412,36 @@ async fn throughput(args: &ThroughputArgs) -> Result<bool, String> {
             url: format!("http://{}/v1/key/default", server.addr),
             headers,
             pid: server.pid(),
+            upstream_pid: None,
             goal,
         });
         servers.push(server);
+    }
+    // A gateway forwarding (`[[route]]`) to a bare axum of its own, both on the server
+    // core: their CPU per request together. Without layers, and with the full stack
+    // beside the stack answering itself.
+    let proxied: [(&'static str, &[Layer], Vec<String>); 2] = [
+        (PROXY_ALONE, &[], vec![]),
+        (PROXIED, FULL_STACK, vec![api_key_header.clone()]),
+    ];
+    for (name, layers, headers) in proxied {
+        if !wanted(name) {
+            continue;
+        }
+        let upstream = Server::start("upstream", pin, &me, &["hello"]).await?;
+        let config = write_stack_with_route(&dir, name, layers, Some(upstream.addr))?;
+        let config = path(config);
+        let proxy = Server::start(name, pin, &me, &["hello", "--config", &config]).await?;
+        targets.push(Target {
+            name,
+            url: format!("http://{}/v1/key/default", proxy.addr),
+            headers,
+            pid: proxy.pid(),
+            upstream_pid: upstream.pid(),
+            goal: None,
+        });
+        servers.push(proxy);
+        servers.push(upstream);
     }
     let shape = Shape {
         connections: args.connections,
@@ -422,6 +459,24 @@ async fn throughput(args: &ThroughputArgs) -> Result<bool, String> {
         args.seconds,
         throughput::load_average().map_or("unknown".into(), |l| format!("{l:.2}")),
     );
+    let named = |name: &str| targets.iter().position(|target| target.name == name);
+    if let Some(alone) = named(PROXY_ALONE) {
+        println!(
+            "{}\n",
+            throughput::proxy_hop("no layers", &samples[0], &samples[0], &samples[alone])
+        );
+    }
+    if let (Some(local), Some(proxied)) = (named(FULL_STACK_API_KEY), named(PROXIED)) {
+        println!(
+            "{}\n",
+            throughput::proxy_hop(
+                "the full stack",
+                &samples[0],
+                &samples[local],
+                &samples[proxied]
+            )
+        );
+    }
     println!(
         "goal (issue 22: full stack ≥ 0.75 of bare axum's CPU-bound throughput, audit alone ≥ 0.93, each other layer alone ≥ 0.97): {}",
         if met { "met" } else { "NOT met" }

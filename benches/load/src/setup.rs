@@ -327,12 +327,28 @@ pub(crate) const FULL_STACK: &[Layer] = &[
 /// A configuration with `layers` in this order (outermost first) and nothing else, for
 /// the hello server. Returns its path.
 pub(crate) fn write_stack(dir: &Path, name: &str, layers: &[Layer]) -> Result<PathBuf, String> {
+    write_stack_with_route(dir, name, layers, None)
+}
+
+/// [`write_stack`], forwarding every path to `upstream` (`[[route]] path = "/"`) when
+/// given one.
+pub(crate) fn write_stack_with_route(
+    dir: &Path,
+    name: &str,
+    layers: &[Layer],
+    upstream: Option<std::net::SocketAddr>,
+) -> Result<PathBuf, String> {
     let mut text = String::from(
         "# Written by portcullis-load for one run; see benches/README.md.\n[server]\nlisten = \"127.0.0.1:0\"\n",
     );
     for layer in layers {
         text.push('\n');
         text.push_str(&layer.table(name));
+    }
+    if let Some(upstream) = upstream {
+        text.push_str(&format!(
+            "\n[[route]]\npath = \"/\"\nupstream = \"http://{upstream}\"\n"
+        ));
     }
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(&config, text).map_err(|e| format!("writing {}: {e}", config.display()))?;
@@ -394,6 +410,14 @@ mod tests {
                 .await
                 .unwrap_or_else(|e| panic!("{layers:?}: {e}"));
         }
+        let upstream = "127.0.0.1:9".parse().unwrap();
+        let path = write_stack_with_route(&dir, "proxied", FULL_STACK, Some(upstream)).unwrap();
+        let gateway = portcullis::config::GatewayConfig::from_file(&path)
+            .unwrap()
+            .build()
+            .await
+            .unwrap();
+        assert!(gateway.has_routes());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -14,6 +14,9 @@ pub(crate) struct Target {
     pub(crate) headers: Vec<String>,
     /// The server's process, whose CPU time is read around each run.
     pub(crate) pid: Option<u32>,
+    /// The process the server forwards each request to, if it is a proxy: its CPU
+    /// time is counted with the server's.
+    pub(crate) upstream_pid: Option<u32>,
     /// The least CPU-bound ratio to the baseline (baseline CPU per request over this
     /// target's) the target must keep, if it is judged.
     pub(crate) goal: Option<f64>,
@@ -48,8 +51,11 @@ pub(crate) struct Sample {
     pub(crate) socket_errors: u64,
     pub(crate) p50_us: f64,
     pub(crate) p99_us: f64,
-    /// The server's CPU time (user and system, all threads) during the run.
+    /// The server's CPU time (user and system, all threads) during the run, with its
+    /// upstream's when it has one.
     pub(crate) cpu_seconds: Option<f64>,
+    /// The upstream's share of `cpu_seconds`, when the server is a proxy.
+    pub(crate) upstream_cpu_seconds: Option<f64>,
     /// The one-minute load average when the run ended.
     pub(crate) load_average: Option<f64>,
 }
@@ -59,10 +65,16 @@ impl Sample {
         self.requests as f64 / self.seconds
     }
 
-    /// The server's CPU time per request, in µs: what the server spent, whatever the
-    /// load generator on the other core could or could not send.
+    /// The server's CPU time per request, in µs: what the server (and its upstream)
+    /// spent, whatever the load generator on the other core could or could not send.
     pub(crate) fn cpu_us_per_request(&self) -> Option<f64> {
         let cpu = self.cpu_seconds?;
+        (self.requests > 0).then(|| cpu * 1e6 / self.requests as f64)
+    }
+
+    /// The upstream's share of [`cpu_us_per_request`](Self::cpu_us_per_request).
+    pub(crate) fn upstream_cpu_us_per_request(&self) -> Option<f64> {
+        let cpu = self.upstream_cpu_seconds?;
         (self.requests > 0).then(|| cpu * 1e6 / self.requests as f64)
     }
 }
@@ -147,6 +159,7 @@ pub(crate) fn parse(output: &str) -> Result<Sample, String> {
         p50_us: p50,
         p99_us: p99,
         cpu_seconds: None,
+        upstream_cpu_seconds: None,
         load_average: None,
     })
 }
@@ -176,12 +189,14 @@ async fn run_wrk(
     }
     args.push(&target.url);
     let cpu_before = target.pid.and_then(cpu_seconds);
+    let upstream_before = target.upstream_pid.and_then(cpu_seconds);
     let output = command(shape.pin, CLIENT_CORE, Path::new("wrk"), &args)
         .stdin(Stdio::null())
         .output()
         .await
         .map_err(|e| format!("running wrk (apt-get install wrk): {e}"))?;
     let cpu_after = target.pid.and_then(cpu_seconds);
+    let upstream_after = target.upstream_pid.and_then(cpu_seconds);
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         return Err(format!(
@@ -192,9 +207,12 @@ async fn run_wrk(
         ));
     }
     let mut sample = parse(&stdout)?;
+    sample.upstream_cpu_seconds = upstream_before
+        .zip(upstream_after)
+        .map(|(before, after)| after - before);
     sample.cpu_seconds = cpu_before
         .zip(cpu_after)
-        .map(|(before, after)| after - before);
+        .map(|(before, after)| after - before + sample.upstream_cpu_seconds.unwrap_or(0.0));
     sample.load_average = load_average();
     // A refused request costs less than an answered one: a run with refusals measures
     // something else, so it is an error, not a number.
@@ -299,6 +317,32 @@ pub(crate) fn report(targets: &[Target], samples: &[Vec<Sample>]) -> (String, bo
     (out, met)
 }
 
+/// What forwarding costs: `local` serves the request itself behind the stack,
+/// `proxied` has the same stack forward it to a bare upstream, `direct` is that upstream
+/// alone. CPU per request, medians of the rounds, in a sentence for the report.
+pub(crate) fn proxy_hop(
+    stack: &str,
+    direct: &[Sample],
+    local: &[Sample],
+    proxied: &[Sample],
+) -> String {
+    let median_of = |runs: &[Sample], value: fn(&Sample) -> Option<f64>| {
+        median(runs.iter().map(|s| value(s).unwrap_or(f64::NAN)).collect())
+    };
+    let direct = median_of(direct, Sample::cpu_us_per_request);
+    let local = median_of(local, Sample::cpu_us_per_request);
+    let total = median_of(proxied, Sample::cpu_us_per_request);
+    let upstream = median_of(proxied, Sample::upstream_cpu_us_per_request);
+    let gateway = total - upstream;
+    format!(
+        "proxy hop, {stack}: bare axum called directly {direct:.1} µs of CPU per request; answering itself {local:.1} µs; \
+         forwarding to bare axum {total:.1} µs ({gateway:.1} in the gateway, {upstream:.1} in the upstream): \
+         the hop adds {:.1} µs per request, {:.1} of them in the gateway",
+        total - local,
+        gateway - local,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,6 +390,7 @@ mod tests {
             p50_us: 100.0,
             p99_us: 200.0,
             cpu_seconds: Some(cpu_us * 1000.0 / 1e6),
+            upstream_cpu_seconds: None,
             load_average: Some(1.0),
         };
         let target = |name, goal| Target {
@@ -353,6 +398,7 @@ mod tests {
             url: String::new(),
             headers: vec!["x-api-key: secret".into()],
             pid: None,
+            upstream_pid: None,
             goal,
         };
         let targets = [
@@ -381,5 +427,38 @@ mod tests {
         let (table, met) = report(&targets, &slower);
         assert!(!met);
         assert!(table.contains("NOT met"), "{table}");
+    }
+
+    #[test]
+    fn the_proxy_hop_is_what_forwarding_adds() {
+        // `cpu_us` µs per request in all, `upstream_us` of them in the upstream.
+        let sample = |cpu_us: f64, upstream_us: Option<f64>| Sample {
+            requests: 1000,
+            seconds: 1.0,
+            non_2xx: 0,
+            socket_errors: 0,
+            p50_us: 100.0,
+            p99_us: 200.0,
+            cpu_seconds: Some(cpu_us * 1000.0 / 1e6),
+            upstream_cpu_seconds: upstream_us.map(|us| us * 1000.0 / 1e6),
+            load_average: Some(1.0),
+        };
+        let line = proxy_hop(
+            "the full stack",
+            &[sample(10.0, None); 3],
+            &[sample(14.0, None); 3],
+            &[sample(34.0, Some(11.0)); 3],
+        );
+        assert!(line.contains("directly 10.0 µs"), "{line}");
+        assert!(line.starts_with("proxy hop, the full stack: "), "{line}");
+        assert!(line.contains("answering itself 14.0 µs"), "{line}");
+        assert!(
+            line.contains("to bare axum 34.0 µs (23.0 in the gateway, 11.0 in the upstream)"),
+            "{line}"
+        );
+        assert!(
+            line.contains("adds 20.0 µs per request, 9.0 of them in the gateway"),
+            "{line}"
+        );
     }
 }
