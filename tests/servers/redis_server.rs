@@ -108,6 +108,9 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.answers_ping().await {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|child| child.try_wait()) {
+                panic!("redis-server on port {port} exited at start: {status}");
+            }
             assert!(Instant::now() < deadline, "redis-server did not come up");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -232,8 +235,15 @@ impl RedisCluster {
             return None;
         }
         let mut nodes = Vec::new();
+        let mut buses = Vec::new();
         for _ in 0..3 {
-            // Relative: in the node's own directory.
+            // The bus port is chosen too: by default it is the node's port + 10000, which
+            // does not exist for a third of the ephemeral range (the node then refuses
+            // to start) and may be taken for the rest.
+            let bus_port = free_port();
+            buses.push(bus_port);
+            let bus = bus_port.to_string();
+            // The configuration file is relative: in the node's own directory.
             let after = [
                 "--cluster-enabled",
                 "yes",
@@ -241,6 +251,8 @@ impl RedisCluster {
                 "nodes.conf",
                 "--cluster-node-timeout",
                 "2000",
+                "--cluster-port",
+                &bus,
             ]
             .map(String::from)
             .to_vec();
@@ -260,10 +272,10 @@ impl RedisCluster {
             .await;
             assert_eq!(answer, "OK");
         }
-        for node in &nodes[1..] {
-            let port = node.port.to_string();
+        for (node, bus) in nodes.iter().zip(&buses).skip(1) {
+            let (port, bus) = (node.port.to_string(), bus.to_string());
             assert_eq!(
-                ask(&nodes[0], &["CLUSTER", "MEET", "127.0.0.1", &port]).await,
+                ask(&nodes[0], &["CLUSTER", "MEET", "127.0.0.1", &port, &bus]).await,
                 "OK"
             );
         }
