@@ -831,7 +831,7 @@ async fn the_development_setup_prints_commands_that_work() {
         "{sections:?}"
     );
     let counts: Vec<usize> = sections.iter().map(|(_, c)| c.len()).collect();
-    assert_eq!(counts, [4, 1, 2, 1], "{sections:?}");
+    assert_eq!(counts, [4, 1, 3, 1], "{sections:?}");
 
     for (heading, commands) in &sections {
         for command in commands {
@@ -845,11 +845,20 @@ async fn the_development_setup_prints_commands_that_work() {
                 assert_eq!(status, reqwest::StatusCode::OK, "{said}");
                 let echo: Value = serde_json::from_str(&body).unwrap();
                 let caller = &echo["identity_headers"];
-                assert_eq!(caller["x-caller-id"], "connector-7", "{said}");
-                assert_eq!(caller["x-caller-roles"], "signer,key-reader", "{said}");
+                let (id, roles) = match command.contains("x-api-key") {
+                    true => ("partner-acme", "key-admin"),
+                    false => ("connector-7", "signer,key-reader"),
+                };
+                assert_eq!(caller["x-caller-id"], id, "{said}");
+                assert_eq!(caller["x-caller-roles"], roles, "{said}");
                 assert_eq!(caller["x-caller-ip"], "127.0.0.1", "{said}");
-                assert_eq!(echo["verified_assertion"]["id"], "connector-7", "{said}");
+                assert_eq!(echo["verified_assertion"]["id"], id, "{said}");
                 assert_eq!(echo["x-forwarded-for"], "127.0.0.1", "{said}");
+                assert_eq!(
+                    echo["credentials_received"],
+                    serde_json::json!([]),
+                    "{said}"
+                );
                 // The route strips its prefix.
                 assert!(
                     echo["path"].as_str().unwrap().starts_with("/orders"),

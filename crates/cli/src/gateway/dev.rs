@@ -47,12 +47,15 @@ impl DevSetup {
         println!("Refused (401, no credentials):");
         println!("  curl {ca} {base}/v1/key");
         if let Some(upstream) = self.example_upstream {
-            println!("Through the gateway to the example upstream (http://{upstream}), which answers what it was told about the caller (the client's own x-caller-id is removed):");
+            println!("Through the gateway to the example upstream (http://{upstream}), which answers what it was told about the caller (the client's own x-caller-id is removed, and so are the credentials the gateway checked):");
             println!("  curl {ca} --cert {dir}/connector-7.pem -H 'x-caller-id: root' '{base}/echo/orders?page=2'");
             println!(
                 "  curl {ca} -H 'authorization: Bearer {}' -X POST -d 'hello' {base}/echo/orders",
                 self.token
             );
+            if let Some(key) = &self.api_key {
+                println!("  curl {ca} -H 'x-api-key: {key}' {base}/echo/orders/7");
+            }
             println!("Refused (401) by the example upstream itself, around the gateway (no signed assertion):");
             println!("  curl -H 'x-caller-id: connector-7' http://{upstream}/orders");
         }

@@ -64,6 +64,11 @@ async fn echo(request: Request) -> Json<Value> {
             many => json!(many),
         }
     };
+    // The gateway keeps the credentials it checked (its layers remove them).
+    let credentials: Vec<&str> = ["authorization", "x-api-key", "cookie"]
+        .into_iter()
+        .filter(|name| headers.contains_key(*name))
+        .collect();
     let asserted = Authentication::from_extensions(request.extensions())
         .get(AuthMethod::Jwt)
         .map(|principal| {
@@ -86,6 +91,7 @@ async fn echo(request: Request) -> Json<Value> {
             "x-caller-ip": header("x-caller-ip"),
         },
         "verified_assertion": asserted,
+        "credentials_received": credentials,
         "x-forwarded-for": header("x-forwarded-for"),
         "forwarded": header("forwarded"),
         "via": header("via"),
