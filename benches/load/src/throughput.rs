@@ -379,10 +379,10 @@ mod tests {
         assert!(cpu_seconds(std::process::id()).is_some());
     }
 
-    #[test]
-    fn the_report_compares_cpu_per_request_to_the_baseline() {
-        // `cpu_us` µs of CPU per request, 1,000 requests a run.
-        let sample = |cpu_us: f64| Sample {
+    /// A run of 1,000 requests that cost `cpu_us` µs of CPU each, `upstream_us` of them
+    /// in the upstream.
+    fn run_of(cpu_us: f64, upstream_us: Option<f64>) -> Sample {
+        Sample {
             requests: 1000,
             seconds: 1.0,
             non_2xx: 0,
@@ -390,9 +390,14 @@ mod tests {
             p50_us: 100.0,
             p99_us: 200.0,
             cpu_seconds: Some(cpu_us * 1000.0 / 1e6),
-            upstream_cpu_seconds: None,
+            upstream_cpu_seconds: upstream_us.map(|us| us * 1000.0 / 1e6),
             load_average: Some(1.0),
-        };
+        }
+    }
+
+    #[test]
+    fn the_report_compares_cpu_per_request_to_the_baseline() {
+        let sample = |cpu_us: f64| run_of(cpu_us, None);
         let target = |name, goal| Target {
             name,
             url: String::new(),
@@ -431,18 +436,7 @@ mod tests {
 
     #[test]
     fn the_proxy_hop_is_what_forwarding_adds() {
-        // `cpu_us` µs per request in all, `upstream_us` of them in the upstream.
-        let sample = |cpu_us: f64, upstream_us: Option<f64>| Sample {
-            requests: 1000,
-            seconds: 1.0,
-            non_2xx: 0,
-            socket_errors: 0,
-            p50_us: 100.0,
-            p99_us: 200.0,
-            cpu_seconds: Some(cpu_us * 1000.0 / 1e6),
-            upstream_cpu_seconds: upstream_us.map(|us| us * 1000.0 / 1e6),
-            load_average: Some(1.0),
-        };
+        let sample = run_of;
         let line = proxy_hop(
             "the full stack",
             &[sample(10.0, None); 3],
