@@ -115,13 +115,24 @@ async fn requests_reach_the_upstream_rewritten_and_without_hop_by_hop_fields() {
         "GET",
         "127.0.0.131",
         "/",
-        &[("x-forwarded-for", "203.0.113.9")],
+        &[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-for", "198.51.100.7"),
+            ("forwarded", "for=203.0.113.9"),
+            ("via", "1.1 edge"),
+        ],
     )
     .await;
+    // Each list is one line: the earlier lines joined, this hop last.
     assert_eq!(
         line(&reply.body, "x-forwarded-for"),
-        ["203.0.113.9, 127.0.0.131"]
+        ["203.0.113.9, 198.51.100.7, 127.0.0.131"]
     );
+    assert_eq!(
+        line(&reply.body, "forwarded"),
+        [format!("for=203.0.113.9, for=127.0.0.131;proto=http;host=\"{gw}\"").as_str()]
+    );
+    assert_eq!(line(&reply.body, "via"), ["1.1 edge, 1.1 portcullis"]);
 }
 
 #[tokio::test]

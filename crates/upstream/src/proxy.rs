@@ -427,12 +427,24 @@ impl Shared {
             http::Version::HTTP_3 => "3",
             _ => "1.1",
         };
-        let via = match parts.headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
-            Some(earlier) => format!("{earlier}, {received} portcullis"),
-            None => format!("{received} portcullis"),
+        let mut via = String::new();
+        join_lines(&mut via, &parts.headers, &header::VIA);
+        parts.headers.remove(header::VIA);
+        let via = match via.is_empty() {
+            true => Ok(HeaderValue::from_static(match received {
+                "1.0" => "1.0 portcullis",
+                "2" => "2 portcullis",
+                "3" => "3 portcullis",
+                _ => "1.1 portcullis",
+            })),
+            false => {
+                via.push_str(", ");
+                via.push_str(received);
+                via.push_str(" portcullis");
+                HeaderValue::from_maybe_shared(Bytes::from(via))
+            }
         };
-        while parts.headers.remove(header::VIA).is_some() {}
-        if let Ok(via) = HeaderValue::from_str(&via) {
+        if let Ok(via) = via {
             parts.headers.insert(header::VIA, via);
         }
         parts.uri = uri;
@@ -476,6 +488,9 @@ impl Shared {
 
     /// `X-Forwarded-*` and `Forwarded`: the client's copies dropped unless its peer is
     /// a trusted proxy; then this hop appended (`peer`, the address it came from).
+    ///
+    /// Every forwarded request passes here, so the values are written into one buffer
+    /// each, the address formatted once, without `format!`.
     fn forwarding(
         &self,
         headers: &mut HeaderMap,
@@ -484,59 +499,66 @@ impl Shared {
         https: bool,
         host: Option<&HeaderValue>,
     ) {
-        let xff = HeaderName::from_static("x-forwarded-for");
-        let xfp = HeaderName::from_static("x-forwarded-proto");
-        let xfh = HeaderName::from_static("x-forwarded-host");
-        let earlier_for: Vec<String> = match peer_trusted {
-            true => headers
-                .get_all(&xff)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .map(str::to_owned)
-                .collect(),
-            false => Vec::new(),
-        };
-        let earlier_forwarded: Vec<String> = match peer_trusted {
-            true => headers
-                .get_all(header::FORWARDED)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .map(str::to_owned)
-                .collect(),
-            false => Vec::new(),
-        };
-        for name in [&xff, &xfp, &xfh, &header::FORWARDED] {
-            while headers.remove(name).is_some() {}
+        // A trusted proxy's lists are kept, and this hop goes after them.
+        let mut forwarded_for = String::new();
+        let mut forwarded = String::new();
+        if peer_trusted {
+            join_lines(&mut forwarded_for, headers, &X_FORWARDED_FOR);
+            join_lines(&mut forwarded, headers, &header::FORWARDED);
         }
-        let proto = if https { "https" } else { "http" };
+        for name in [
+            &X_FORWARDED_FOR,
+            &X_FORWARDED_PROTO,
+            &X_FORWARDED_HOST,
+            &header::FORWARDED,
+        ] {
+            headers.remove(name);
+        }
         let Some(client) = peer else {
             return;
         };
-        let mut chain = earlier_for;
-        chain.push(client.to_string());
-        if let Ok(value) = HeaderValue::from_str(&chain.join(", ")) {
-            headers.insert(xff, value);
+        let proto = if https { "https" } else { "http" };
+
+        let mut address = String::with_capacity(48);
+        push_ip(&mut address, client);
+        if !forwarded_for.is_empty() {
+            forwarded_for.push_str(", ");
         }
-        headers.insert(xfp, HeaderValue::from_static(proto));
+        forwarded_for.push_str(&address);
+        if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(forwarded_for)) {
+            headers.insert(X_FORWARDED_FOR, value);
+        }
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         if let Some(host) = host {
-            headers.insert(xfh, host.clone());
+            headers.insert(X_FORWARDED_HOST, host.clone());
         }
-        let node = match client {
-            IpAddr::V4(v4) => v4.to_string(),
-            IpAddr::V6(v6) => format!("\"[{v6}]\""),
-        };
-        let mut element = format!("for={node};proto={proto}");
+
+        // RFC 7239: an IPv6 node is bracketed and quoted.
+        if !forwarded.is_empty() {
+            forwarded.push_str(", ");
+        }
+        forwarded.push_str("for=");
+        match client {
+            IpAddr::V4(_) => forwarded.push_str(&address),
+            IpAddr::V6(_) => {
+                forwarded.push_str("\"[");
+                forwarded.push_str(&address);
+                forwarded.push_str("]\"");
+            }
+        }
+        forwarded.push_str(";proto=");
+        forwarded.push_str(proto);
         if let Some(host) = host.and_then(|h| h.to_str().ok()) {
             if host
                 .bytes()
                 .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
             {
-                element.push_str(&format!(";host=\"{host}\""));
+                forwarded.push_str(";host=\"");
+                forwarded.push_str(host);
+                forwarded.push('"');
             }
         }
-        let mut forwarded = earlier_forwarded;
-        forwarded.push(element);
-        if let Ok(value) = HeaderValue::from_str(&forwarded.join(", ")) {
+        if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(forwarded)) {
             headers.insert(header::FORWARDED, value);
         }
     }
@@ -597,9 +619,70 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The hop-by-hop fields every message loses at a proxy (RFC 9110 §7.6.1), besides
+/// those `Connection` names; `TE` is judged apart.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// Every line of `name` in `headers` that is text, joined with `", "` onto `out`.
+fn join_lines(out: &mut String, headers: &HeaderMap, name: &HeaderName) {
+    for value in headers.get_all(name) {
+        if let Ok(text) = value.to_str() {
+            if !out.is_empty() {
+                out.push_str(", ");
+            }
+            out.push_str(text);
+        }
+    }
+}
+
+/// `ip` in its usual text form; IPv4 without `fmt`, as every forwarded request
+/// writes one.
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 /// Removes the hop-by-hop fields (RFC 9110 §7.6.1): `Connection` and every field it
 /// names, and the fixed list. `TE: trailers` stays, as gRPC needs it end to end.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests carry none: one pass over the names they have decides that.
+    let any = headers
+        .keys()
+        .any(|name| name == header::TE || HOP_BY_HOP.contains(name));
+    if !any {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -608,26 +691,19 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
     for name in named {
-        while headers.remove(&name).is_some() {}
+        headers.remove(&name);
     }
-    let keep_te = headers.get_all(header::TE).iter().all(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("trailers"))
-    }) && headers.contains_key(header::TE);
-    for name in [
-        header::CONNECTION,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-    ] {
-        while headers.remove(&name).is_some() {}
+    let keep_te = headers.contains_key(header::TE)
+        && headers.get_all(header::TE).iter().all(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.trim().eq_ignore_ascii_case("trailers"))
+        });
+    for name in &HOP_BY_HOP {
+        // `remove` takes every line of the field.
+        headers.remove(name);
     }
     if !keep_te {
-        while headers.remove(header::TE).is_some() {}
+        headers.remove(header::TE);
     }
 }
 
@@ -654,5 +730,57 @@ mod tests {
         headers.append(header::TE, "gzip, trailers".parse().unwrap());
         strip_hop_by_hop(&mut headers);
         assert!(headers.is_empty());
+    }
+
+    #[test]
+    fn addresses_are_written_as_std_writes_them() {
+        let samples: [IpAddr; 6] = [
+            "0.0.0.0".parse().unwrap(),
+            "9.10.99.100".parse().unwrap(),
+            "255.255.255.255".parse().unwrap(),
+            "127.0.0.1".parse().unwrap(),
+            "::1".parse().unwrap(),
+            "2001:db8::ff00:42:8329".parse().unwrap(),
+        ];
+        for ip in samples {
+            let mut out = String::new();
+            push_ip(&mut out, ip);
+            assert_eq!(out, ip.to_string());
+        }
+        for octet in 0..=255u8 {
+            let ip = IpAddr::from([octet, octet, 1, octet]);
+            let mut out = String::new();
+            push_ip(&mut out, ip);
+            assert_eq!(out, ip.to_string());
+        }
+    }
+
+    #[test]
+    fn lines_are_joined_in_order_and_only_the_text_ones() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::VIA, "1.0 a".parse().unwrap());
+        headers.append(header::VIA, HeaderValue::from_bytes(b"\xff").unwrap());
+        headers.append(header::VIA, "1.1 b, 2 c".parse().unwrap());
+        let mut out = String::new();
+        join_lines(&mut out, &headers, &header::VIA);
+        assert_eq!(out, "1.0 a, 1.1 b, 2 c");
+        let mut none = String::new();
+        join_lines(&mut none, &headers, &header::FORWARDED);
+        assert_eq!(none, "");
+    }
+
+    #[test]
+    fn a_request_without_hop_by_hop_fields_keeps_every_header() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::ACCEPT, "*/*".parse().unwrap());
+        headers.append("x-kept", "1".parse().unwrap());
+        headers.append("x-kept", "2".parse().unwrap());
+        let before = headers.clone();
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers, before);
+        // TE alone is judged too.
+        headers.append(header::TE, "gzip".parse().unwrap());
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers, before);
     }
 }
