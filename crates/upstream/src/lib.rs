@@ -54,3 +54,12 @@ mod proxy;
 pub use identity::{ConfigError, IdentityHeaders, IdentityHeadersBuilder, IdentityHeadersLayer};
 #[cfg(feature = "proxy")]
 pub use proxy::{Upstream, UpstreamBody, UpstreamBuilder, UpstreamError, LAYER_NAME};
+
+/// What the fuzz targets in `fuzz/` drive (built only with `--cfg fuzzing`, which
+/// `cargo fuzz` sets).
+#[cfg(all(fuzzing, feature = "proxy"))]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::proxy::fuzzing::prepare;
+}
+

@@ -707,6 +707,29 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+#[cfg(fuzzing)]
+pub(crate) mod fuzzing {
+    use super::*;
+
+    /// The request head `upstream` would send for a request with `headers` from
+    /// `peer`, or the refusal's code.
+    pub fn prepare(
+        upstream: &Upstream,
+        headers: HeaderMap,
+        peer: std::net::SocketAddr,
+    ) -> Result<HeaderMap, &'static str> {
+        let mut request = Request::new(http_body_util::Empty::<Bytes>::new());
+        *request.headers_mut() = headers;
+        request
+            .extensions_mut()
+            .insert(portcullis_core::PeerAddr(peer));
+        match upstream.shared.prepare(request) {
+            Ok((outgoing, _)) => Ok(outgoing.into_parts().0.headers),
+            Err(refused) => Err(refused.0.rejection().code()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
