@@ -62,4 +62,3 @@ pub use proxy::{Upstream, UpstreamBody, UpstreamBuilder, UpstreamError, LAYER_NA
 pub mod fuzzing {
     pub use crate::proxy::fuzzing::prepare;
 }
-
