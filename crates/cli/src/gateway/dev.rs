@@ -184,18 +184,12 @@ pub(crate) fn write_dev_setup(
 /// A new Ed25519 private key, PKCS #8 in PEM.
 fn ed25519_pem() -> Result<String, Box<dyn std::error::Error>> {
     use aws_lc_rs::signature::Ed25519KeyPair;
-    use base64::Engine as _;
     let document = Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new())
         .map_err(|_| "cannot make an Ed25519 key")?;
-    let encoded = base64::engine::general_purpose::STANDARD.encode(document.as_ref());
-    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
-    // PEM's lines are 64 characters (RFC 7468), and the text is ASCII.
-    for line in encoded.as_bytes().chunks(64) {
-        pem.push_str(std::str::from_utf8(line)?);
-        pem.push('\n');
-    }
-    pem.push_str("-----END PRIVATE KEY-----\n");
-    Ok(pem)
+    Ok(pem::encode(&pem::Pem::new(
+        "PRIVATE KEY",
+        document.as_ref(),
+    )))
 }
 
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
