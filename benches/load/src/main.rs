@@ -422,7 +422,7 @@ async fn throughput(args: &ThroughputArgs) -> Result<bool, String> {
     // beside the stack answering itself.
     let proxied: [(&'static str, &[Layer], Vec<String>); 2] = [
         (PROXY_ALONE, &[], vec![]),
-        (PROXIED, FULL_STACK, vec![api_key_header.clone()]),
+        (PROXIED, FULL_STACK, vec![api_key_header]),
     ];
     for (name, layers, headers) in proxied {
         if !wanted(name) {
